@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Lyra builds and tests with, when missing.
+# Needs root (apt-get) only when something is missing; idempotent and fast
+# when everything is there.
+set -euo pipefail
+
+packages=(
+    build-essential cmake ninja-build pkg-config git ca-certificates
+    nodejs npm
+    libmicrohttpd-dev libwslay-dev libjansson-dev libsqlite3-dev libyaml-dev
+    libsodium-dev libcurl4-openssl-dev libcmocka-dev
+    wrk procps
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "setup: installing ${missing[*]}" >&2
+if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null; then SUDO=sudo; else
+        echo "setup: missing packages and not root: apt-get install ${missing[*]}" >&2; exit 1
+    fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+${SUDO:-} apt-get update -q >/dev/null
+${SUDO:-} apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,92 @@
+/* events.c — the event bus over HTTP (JSON; the live SSE/WebSocket stream
+ * builds on the same bus):
+ *   GET  /events/recent?since=SEQ&types=model.*,job.*&limit=N
+ *        events still in the replay ring, oldest first
+ *   POST /events {"type":"custom.NAME","data":{...}}
+ *        publishes an application event (types must start with "custom."
+ *        so clients cannot forge system events). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/server.h"
+
+struct collect {
+    json_t *list;
+    size_t limit;
+};
+
+static void collect_event(const struct lyra_event *ev, void *ud)
+{
+    struct collect *c = ud;
+    if (json_array_size(c->list) < c->limit)
+        json_array_append_new(c->list, lyra_event_to_json(ev));
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || s[0] == '-')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+void lyra_api_events_recent(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    uint64_t since = 0, limit = 1000;
+    const char *since_s = lyra_http_query(req, "since");
+    const char *limit_s = lyra_http_query(req, "limit");
+    if (since_s && parse_u64(since_s, &since) < 0) {
+        lyra_http_send_error(req, 400, "invalid_parameter", "since must be a non-negative integer");
+        return;
+    }
+    if (limit_s && (parse_u64(limit_s, &limit) < 0 || limit == 0 || limit > 100000)) {
+        lyra_http_send_error(req, 400, "invalid_parameter", "limit must be an integer from 1 to 100000");
+        return;
+    }
+    struct collect c = {json_array(), (size_t)limit};
+    lyra_bus_replay(srv->bus, since, lyra_http_query(req, "types"), collect_event, &c);
+    lyra_http_send_json(req, 200, json_pack("{s:o, s:I}", "events", c.list, "last_seq",
+                                            (json_int_t)lyra_bus_last_seq(srv->bus)));
+}
+
+static bool valid_custom_type(const char *t)
+{
+    size_t n = strlen(t);
+    if (n <= 7 || n >= 64 || strncmp(t, "custom.", 7) != 0)
+        return false;
+    for (size_t i = 7; i < n; i++)
+        if (!(t[i] == '.' || t[i] == '_' || t[i] == '-' || (t[i] >= 'a' && t[i] <= 'z') ||
+              (t[i] >= '0' && t[i] <= '9')))
+            return false;
+    return true;
+}
+
+void lyra_api_events_publish(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    json_t *body;
+    if (lyra_http_read_json(req, &body) < 0)
+        return;
+    json_t *type = json_object_get(body, "type");
+    json_t *data = json_object_get(body, "data");
+    if (!json_is_object(body) || !json_is_string(type)) {
+        lyra_http_send_error(req, 400, "invalid_field", "body must be an object with a string field 'type'");
+    } else if (!valid_custom_type(json_string_value(type))) {
+        lyra_http_send_error(req, 400, "invalid_field",
+                             "type must be 'custom.' followed by lower-case letters, digits, '.', '_' or '-' "
+                             "(at most 63 characters)");
+    } else if (data && !json_is_object(data)) {
+        lyra_http_send_error(req, 400, "invalid_field", "data must be an object");
+    } else {
+        uint64_t seq = lyra_bus_publish(srv->bus, json_string_value(type), "api", json_incref(data));
+        lyra_http_send_json(req, 201, json_pack("{s:I}", "seq", (json_int_t)seq));
+    }
+    json_decref(body);
+}

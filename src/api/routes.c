@@ -1,0 +1,14 @@
+/* routes.c — every HTTP endpoint in one table: method, path, handler and the
+ * permission a caller needs ("" = public).  Adding an endpoint touches this
+ * table and the file of its resource. */
+#include "api/server.h"
+
+const struct lyra_route lyra_routes[] = {
+    {"GET", "/", lyra_api_root, ""},
+    {"GET", "/health", lyra_api_health, ""},
+    {"GET", "/health/ready", lyra_api_ready, ""},
+    {"GET", "/status", lyra_api_status, "status.read"},
+    {"GET", "/events/recent", lyra_api_events_recent, "events.read"},
+    {"POST", "/events", lyra_api_events_publish, "events.publish"},
+};
+const size_t lyra_n_routes = sizeof lyra_routes / sizeof *lyra_routes;

@@ -1,0 +1,224 @@
+/* server.c — opens, runs and closes the daemon's modules in order. */
+#include "api/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+
+#define EVENT_SEQ_KEY "event_seq_reserved"
+
+static char *path_join(const char *dir, const char *name)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s/%s", dir, name) < 0)
+        return NULL;
+    return p;
+}
+
+/* Creates LYRA_HOME, proves it writable and takes an exclusive lock so two
+ * daemons never share one database. */
+static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
+{
+    const char *home = srv->cfg->home;
+    int rc = lyra_mkdirs(home);
+    if (rc < 0)
+        return lyra_err_set(err, LYRA_EIO, "LYRA_HOME %s cannot be created: %s", home, strerror(-rc));
+    if (access(home, W_OK | X_OK) < 0)
+        return lyra_err_set(err, LYRA_EIO, "LYRA_HOME %s is not writable: %s", home, strerror(errno));
+    char *lock_path = path_join(home, "lyra.lock");
+    if (!lock_path)
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    srv->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (srv->lock_fd < 0) {
+        rc = lyra_err_set(err, LYRA_EIO, "cannot open %s: %s", lock_path, strerror(errno));
+        free(lock_path);
+        return rc;
+    }
+    if (flock(srv->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        rc = lyra_err_set(err, LYRA_EBUSY, "another lyra serve is running with LYRA_HOME %s (%s is locked)", home,
+                          lock_path);
+        free(lock_path);
+        return rc;
+    }
+    free(lock_path);
+    return 0;
+}
+
+/* Bus callback: persists a new sequence high-water mark. */
+static uint64_t reserve_seq(uint64_t through, void *ud)
+{
+    struct lyra_server *srv = ud;
+    return lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, through) == 0 ? through : 0;
+}
+
+static int open_state(struct lyra_server *srv, struct lyra_err *err)
+{
+    char *db_path = path_join(srv->cfg->home, "lyra.db");
+    if (!db_path)
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    srv->store = lyra_store_open(db_path, err);
+    free(db_path);
+    if (!srv->store)
+        return LYRA_EDB;
+
+    struct lyra_session_info prev;
+    int n_unclean = 0;
+    int rc = lyra_store_session_begin(srv->store, LYRA_VERSION, srv->session_id, &prev, &n_unclean, err);
+    if (rc < 0)
+        return rc;
+
+    uint64_t seq_mark = 0;
+    lyra_store_meta_get_u64(srv->store, EVENT_SEQ_KEY, &seq_mark);
+    srv->bus = lyra_bus_new((size_t)srv->cfg->events.ring_size, seq_mark, reserve_seq, srv);
+    if (!srv->bus)
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+
+    if (n_unclean > 0) {
+        char started[40];
+        lyra_format_ts(prev.started_ms, started, sizeof started);
+        lyra_log(LYRA_LOG_WARN, "state", NULL,
+                 json_pack("{s:s, s:i, s:s, s:i}", "previous_session", prev.id, "previous_pid", prev.pid,
+                           "previous_started", started, "unclean_sessions", n_unclean),
+                 "previous run did not shut down cleanly; recovering");
+        lyra_bus_publish(srv->bus, "system.recovered", "state",
+                         json_pack("{s:s, s:s, s:i, s:s, s:i}", "previous_session", prev.id, "previous_started",
+                                   started, "previous_pid", prev.pid, "previous_version", prev.version,
+                                   "unclean_sessions", n_unclean));
+    }
+    return 0;
+}
+
+static int open_http(struct lyra_server *srv, struct lyra_err *err)
+{
+    const struct lyra_config *cfg = srv->cfg;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    struct lyra_http_options opts = {
+        .host = cfg->server.host,
+        .port = cfg->server.port,
+        .threads = cfg->server.threads > 0 ? cfg->server.threads : (int)(cores > 0 ? cores : 1),
+        .max_body_bytes = cfg->server.max_body_bytes,
+        .max_header_bytes = cfg->server.max_header_bytes,
+        .idle_timeout_s = cfg->server.idle_timeout_s,
+        .request_timeout_s = cfg->server.idle_timeout_s * 2,
+        .max_connections = cfg->server.max_connections,
+        .cors_origins = cfg->server.cors_origins,
+        .n_cors_origins = cfg->server.n_cors_origins,
+    };
+    srv->http = lyra_http_new(&opts, lyra_routes, lyra_n_routes, srv, err);
+    return srv->http ? 0 : (err ? err->code : LYRA_EIO);
+}
+
+/* Writes $LYRA_HOME/serve.json so clients (the CLI, tests) find the daemon. */
+static void write_state_file(struct lyra_server *srv)
+{
+    srv->state_file = path_join(srv->cfg->home, "serve.json");
+    if (!srv->state_file)
+        return;
+    const char *host = srv->cfg->server.host;
+    bool v6 = strchr(host, ':') != NULL;
+    char url[256];
+    snprintf(url, sizeof url, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", lyra_http_port(srv->http));
+    json_t *j = json_pack("{s:i, s:s, s:i, s:s, s:s, s:s}", "pid", (int)getpid(), "host", host, "port",
+                          lyra_http_port(srv->http), "url", url, "session_id", srv->session_id, "version",
+                          LYRA_VERSION);
+    char *s = json_dumps(j, JSON_INDENT(2));
+    json_decref(j);
+    if (s && lyra_write_file_atomic(srv->state_file, s, strlen(s), 0600) < 0)
+        lyra_warn("server", "cannot write %s: %s", srv->state_file, strerror(errno));
+    free(s);
+}
+
+int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, struct lyra_err *err)
+{
+    *out = NULL;
+    struct lyra_server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    srv->cfg = cfg;
+    srv->lock_fd = -1;
+    srv->started_us = lyra_now_us();
+    srv->started_wall_ms = lyra_wall_ms();
+    atomic_store(&srv->state, LYRA_SERVER_STARTING);
+    pthread_mutex_init(&srv->sample_lock, NULL);
+    lyra_proc_self_sample(&srv->last_sample);
+
+    int rc = prepare_home(srv, err);
+    if (rc == 0)
+        rc = open_state(srv, err);
+    if (rc == 0)
+        rc = open_http(srv, err);
+    if (rc < 0) {
+        /* Nothing was served: a failed start is not a crash of the session. */
+        lyra_server_close(srv, true);
+        return rc;
+    }
+    *out = srv;
+    return 0;
+}
+
+int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals)
+{
+    struct lyra_err err = {0};
+    if (lyra_http_start(srv->http, &err) < 0) {
+        lyra_error("server", "%s", err.msg);
+        return err.code;
+    }
+    write_state_file(srv);
+    atomic_store(&srv->state, LYRA_SERVER_READY);
+    double startup_ms = (double)(lyra_now_us() - srv->started_us) / 1000.0;
+    lyra_bus_publish(srv->bus, "system.startup", "server",
+                     json_pack("{s:s, s:s, s:i, s:f}", "version", LYRA_VERSION, "session_id", srv->session_id,
+                               "port", lyra_http_port(srv->http), "startup_ms", startup_ms));
+    lyra_log(LYRA_LOG_INFO, "server", NULL,
+             json_pack("{s:s, s:i, s:s, s:s, s:f}", "host", srv->cfg->server.host, "port",
+                       lyra_http_port(srv->http), "home", srv->cfg->home, "session_id", srv->session_id,
+                       "startup_ms", startup_ms),
+             "listening on %s:%d", srv->cfg->server.host, lyra_http_port(srv->http));
+
+    int sig = 0;
+    while (sigwait(stop_signals, &sig) != 0)
+        ;
+    atomic_store(&srv->state, LYRA_SERVER_DRAINING);
+    lyra_log(LYRA_LOG_INFO, "server", NULL, json_pack("{s:i, s:i}", "signal", sig, "in_flight",
+                                                      lyra_http_in_flight(srv->http)),
+             "%s received: draining", strsignal(sig));
+    lyra_bus_publish(srv->bus, "system.shutdown", "server",
+                     json_pack("{s:s, s:i}", "reason", strsignal(sig), "in_flight", lyra_http_in_flight(srv->http)));
+    lyra_http_quiesce(srv->http);
+    int left = lyra_http_drain(srv->http, srv->cfg->server.drain_timeout_s * 1000);
+    if (left > 0)
+        lyra_warn("server", "%d request(s) still running after %d s: closing them", left,
+                  srv->cfg->server.drain_timeout_s);
+    return 0;
+}
+
+void lyra_server_close(struct lyra_server *srv, bool clean)
+{
+    if (!srv)
+        return;
+    lyra_http_free(srv->http);
+    if (srv->state_file) {
+        unlink(srv->state_file);
+        free(srv->state_file);
+    }
+    if (srv->store && srv->session_id[0] && clean) {
+        struct lyra_err err = {0};
+        if (lyra_store_session_end(srv->store, srv->session_id, &err) < 0)
+            lyra_warn("state", "%s", err.msg);
+        if (srv->bus) /* the next run starts right after the last number used */
+            lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, lyra_bus_last_seq(srv->bus));
+    }
+    lyra_bus_free(srv->bus);
+    lyra_store_close(srv->store);
+    if (srv->lock_fd >= 0)
+        close(srv->lock_fd);
+    pthread_mutex_destroy(&srv->sample_lock);
+    free(srv);
+}

@@ -1,0 +1,76 @@
+/* server.h — the daemon's composition root: struct lyra_server owns the
+ * modules (store, event bus, HTTP server) and hands each what it uses.
+ * Handlers receive the server as their ctx.
+ *
+ * Start-up order: home directory (created, checked writable, locked against
+ * a second daemon), database (migrated; an unclean previous session is
+ * detected), event bus (seq continues after the stored mark), HTTP listener
+ * (bound, so a port in use fails here), then serving.  Any failure is
+ * reported through err and everything opened so far is closed.
+ *
+ * Thread-safety: lyra_server_open/run/close from the main thread only;
+ * handlers read the server from HTTP threads (its fields are set before
+ * serving starts, `state` is atomic). */
+#ifndef LYRA_SERVER_H
+#define LYRA_SERVER_H
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/events.h"
+#include "core/store.h"
+#include "http/http.h"
+#include "sys/proc.h"
+
+enum lyra_server_state {
+    LYRA_SERVER_STARTING,
+    LYRA_SERVER_READY,
+    LYRA_SERVER_DRAINING,
+};
+
+struct lyra_server {
+    const struct lyra_config *cfg;   /* borrowed */
+    struct lyra_store *store;
+    struct lyra_bus *bus;
+    struct lyra_http *http;
+    char session_id[40];
+    int64_t started_us;              /* monotonic */
+    int64_t started_wall_ms;
+    atomic_int state;
+    int lock_fd;                     /* flock on $LYRA_HOME/lyra.lock */
+    char *state_file;                /* $LYRA_HOME/serve.json while serving */
+    pthread_mutex_t sample_lock;     /* guards last_sample */
+    struct lyra_proc_sample last_sample;
+};
+
+/* Opens everything and binds the listener; does not serve yet. */
+int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, struct lyra_err *err);
+
+/* Serves until one of `stop_signals` arrives (the caller has blocked them
+ * in every thread), then drains and returns 0. */
+int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals);
+
+/* Closes everything; marks the session clean when `clean`.  NULL is a no-op. */
+void lyra_server_close(struct lyra_server *srv, bool clean);
+
+/* The route table (api/routes.c). */
+extern const struct lyra_route lyra_routes[];
+extern const size_t lyra_n_routes;
+
+/* Handlers (api/system.c). */
+void lyra_api_root(struct lyra_http_req *req, void *ctx);
+void lyra_api_health(struct lyra_http_req *req, void *ctx);
+void lyra_api_ready(struct lyra_http_req *req, void *ctx);
+void lyra_api_status(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/events.c). */
+void lyra_api_events_recent(struct lyra_http_req *req, void *ctx);
+void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
+
+double lyra_server_uptime_s(const struct lyra_server *srv);
+const char *lyra_server_state_name(int state);
+
+#endif

@@ -1,0 +1,85 @@
+/* system.c — GET /, /health, /health/ready and /status. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/server.h"
+#include "core/util.h"
+
+const char *lyra_server_state_name(int state)
+{
+    switch (state) {
+    case LYRA_SERVER_STARTING: return "starting";
+    case LYRA_SERVER_READY: return "ready";
+    case LYRA_SERVER_DRAINING: return "draining";
+    }
+    return "unknown";
+}
+
+double lyra_server_uptime_s(const struct lyra_server *srv)
+{
+    return (double)(lyra_now_us() - srv->started_us) / 1e6;
+}
+
+void lyra_api_root(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    lyra_http_send_json(req, 200,
+                        json_pack("{s:s, s:s, s:s, s:s, s:f}", "name", "Lyra", "version", LYRA_VERSION,
+                                  "status", lyra_server_state_name(atomic_load(&srv->state)), "session_id",
+                                  srv->session_id, "uptime_s", lyra_server_uptime_s(srv)));
+}
+
+/* Liveness: answers as long as the process serves HTTP at all. */
+void lyra_api_health(struct lyra_http_req *req, void *ctx)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    char *copy = malloc(sizeof body);
+    if (copy)
+        memcpy(copy, body, sizeof body);
+    lyra_http_send(req, 200, "application/json", copy, copy ? sizeof body - 1 : 0);
+}
+
+/* Readiness: 503 while starting or draining, so a load balancer stops
+ * sending before the daemon stops answering. */
+void lyra_api_ready(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    int state = atomic_load(&srv->state);
+    if (state != LYRA_SERVER_READY) {
+        lyra_http_add_header(req, "Retry-After", "1");
+        lyra_http_send_json(req, 503, json_pack("{s:s}", "status", lyra_server_state_name(state)));
+        return;
+    }
+    lyra_http_send_json(req, 200, json_pack("{s:s}", "status", "ready"));
+}
+
+void lyra_api_status(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    struct lyra_proc_sample now = {0}, before;
+    lyra_proc_self_sample(&now);
+    /* CPU % over the time since the previous /status (or since start). */
+    pthread_mutex_lock(&srv->sample_lock);
+    before = srv->last_sample;
+    srv->last_sample = now;
+    pthread_mutex_unlock(&srv->sample_lock);
+    uint64_t mem_total = 0, mem_avail = 0;
+    lyra_sys_memory(&mem_total, &mem_avail);
+    char started[40];
+    lyra_format_ts(srv->started_wall_ms, started, sizeof started);
+
+    json_t *body = json_pack(
+        "{s:s, s:s, s:s, s:f, s:{s:s, s:s, s:i}, s:{s:i, s:f, s:I, s:i}, s:{s:I, s:I, s:i}, s:{s:I}, "
+        "s:{s:i}}",
+        "name", "Lyra", "version", LYRA_VERSION, "status", lyra_server_state_name(atomic_load(&srv->state)),
+        "uptime_s", lyra_server_uptime_s(srv),
+        "session", "id", srv->session_id, "started", started, "pid", (int)getpid(),
+        "process", "pid", (int)getpid(), "cpu_percent", lyra_proc_cpu_percent(&before, &now), "rss_bytes",
+        (json_int_t)now.rss_bytes, "threads", now.threads,
+        "memory", "total_bytes", (json_int_t)mem_total, "available_bytes", (json_int_t)mem_avail, "cpus",
+        (int)sysconf(_SC_NPROCESSORS_ONLN),
+        "events", "last_seq", (json_int_t)lyra_bus_last_seq(srv->bus),
+        "http", "in_flight", lyra_http_in_flight(srv->http));
+    lyra_http_send_json(req, 200, body);
+}

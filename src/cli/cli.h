@@ -1,0 +1,27 @@
+/* cli.h — the `lyra` command's subcommands.  Each takes argc/argv starting
+ * at its own name and returns the process exit status. */
+#ifndef LYRA_CLI_H
+#define LYRA_CLI_H
+
+#include "core/config.h"
+
+int lyra_cmd_serve(int argc, char **argv);
+int lyra_cmd_config(int argc, char **argv);
+int lyra_cmd_version(int argc, char **argv);
+int lyra_cmd_help(int argc, char **argv);
+
+/* Flags every command that reads the configuration accepts. */
+struct lyra_common_flags {
+    const char *home, *config, *host, *port, *models_dir;
+};
+
+/* Parses --home --config --host --port --models-dir (also --flag=value)
+ * out of argv, compacting the rest in place; returns the new argc, or -1
+ * after printing an error. */
+int lyra_cli_common_flags(int argc, char **argv, struct lyra_common_flags *flags);
+
+/* Loads the configuration with the flags applied on top; prints the error
+ * and returns non-zero on failure. */
+int lyra_cli_load_config(struct lyra_config *cfg, const struct lyra_common_flags *flags, unsigned load_flags);
+
+#endif

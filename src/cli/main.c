@@ -1,0 +1,64 @@
+/* main.c — `lyra`: one binary, subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} commands[] = {
+    {"serve", lyra_cmd_serve, "run the daemon (HTTP API on 127.0.0.1:8000 by default)"},
+    {"config", lyra_cmd_config, "validate, migrate or show the configuration"},
+    {"version", lyra_cmd_version, "print the version"},
+    {"help", lyra_cmd_help, "show help for a command"},
+};
+#define N_COMMANDS (sizeof commands / sizeof *commands)
+
+int lyra_cmd_help(int argc, char **argv)
+{
+    if (argc > 1) {
+        for (size_t i = 0; i < N_COMMANDS; i++) {
+            if (strcmp(argv[1], commands[i].name) == 0 && commands[i].run != lyra_cmd_help) {
+                char *sub[] = {argv[1], "--help", NULL};
+                return commands[i].run(2, sub);
+            }
+        }
+        fprintf(stderr, "lyra: unknown command '%s'\n", argv[1]);
+        return 2;
+    }
+    printf("Lyra %s — a local multi-model LLM server\n\n"
+           "usage: lyra <command> [options]\n\ncommands:\n",
+           LYRA_VERSION);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        printf("  %-8s %s\n", commands[i].name, commands[i].summary);
+    printf("\n`lyra <command> --help` shows a command's options.\n");
+    return 0;
+}
+
+int lyra_cmd_version(int argc, char **argv)
+{
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: lyra version\n\nPrints Lyra's version.\n");
+        return 0;
+    }
+    printf("lyra %s\n", LYRA_VERSION);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return lyra_cmd_help(1, argv), 2;
+    const char *name = argv[1];
+    if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0)
+        return lyra_cmd_help(1, argv);
+    if (strcmp(name, "--version") == 0)
+        return lyra_cmd_version(1, argv);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(name, commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "lyra: unknown command '%s' (try `lyra help`)\n", name);
+    return 2;
+}

@@ -1,0 +1,69 @@
+/* serve.c — `lyra serve`: load the configuration, open the server, serve
+ * until SIGINT/SIGTERM, drain, exit 0. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "api/server.h"
+#include "cli/cli.h"
+#include "core/log.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: lyra serve [--home DIR] [--config FILE] [--host ADDR] [--port N] [--models-dir DIR]\n\n"
+            "Runs the Lyra daemon.  Defaults: 127.0.0.1:8000, LYRA_HOME ~/.local/share/lyra.\n"
+            "Every setting can also come from $LYRA_HOME/lyra.yaml or LYRA_<SECTION>_<KEY>\n"
+            "(see docs/configuration.md).  --port 0 picks a free port; the daemon writes\n"
+            "its address to $LYRA_HOME/serve.json.  SIGINT/SIGTERM drain and exit 0.\n");
+}
+
+int lyra_cmd_serve(int argc, char **argv)
+{
+    struct lyra_common_flags flags = {0};
+    argc = lyra_cli_common_flags(argc, argv, &flags);
+    if (argc < 0)
+        return 2;
+    if (argc > 1) {
+        bool help = strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0;
+        if (!help)
+            fprintf(stderr, "lyra serve: unknown argument '%s'\n", argv[1]);
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
+    }
+
+    /* Block the stop signals before any thread exists, so every thread
+     * inherits the mask and the main thread alone receives them. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct lyra_config cfg;
+    if (lyra_cli_load_config(&cfg, &flags, LYRA_CONFIG_MIGRATE) != 0)
+        return 1;
+    struct lyra_err err = {0};
+    if (lyra_log_open(cfg.log.level, cfg.log.format, cfg.log.file, &err) < 0) {
+        fprintf(stderr, "lyra serve: %s\n", err.msg);
+        lyra_config_free(&cfg);
+        return 1;
+    }
+    if (cfg.file)
+        lyra_info("config", "configuration read from %s", cfg.file);
+
+    struct lyra_server *srv = NULL;
+    if (lyra_server_open(&srv, &cfg, &err) < 0) {
+        lyra_error("server", "cannot start: %s", err.msg);
+        lyra_log_close();
+        lyra_config_free(&cfg);
+        return 1;
+    }
+    int rc = lyra_server_run(srv, &stop);
+    lyra_server_close(srv, true);
+    lyra_info("server", "stopped");
+    lyra_log_close();
+    lyra_config_free(&cfg);
+    return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,145 @@
+/* config.h — Lyra's configuration: YAML file, schema versions, env and flags.
+ *
+ * Sources, lowest precedence first: built-in defaults, the YAML file
+ * ($LYRA_HOME/lyra.yaml or --config), environment LYRA_<SECTION>_<KEY>
+ * (e.g. LYRA_SERVER_PORT, LYRA_MODELS_MAX_LOADED), then command-line flags
+ * (applied by the CLI through lyra_config_set()).  No file is needed.
+ *
+ * The file carries `schema_version`.  Older versions are migrated at load
+ * (lyra_config_load with LYRA_CONFIG_MIGRATE): the original is kept beside it
+ * as `<file>.v<N>.bak` and the migrated document written in its place.
+ * Unknown keys and wrong types are errors reported as "file:line:col: ...".
+ *
+ * Secrets (auth.admin_key) come only from the environment (LYRA_ADMIN_KEY) or
+ * a file named by auth.admin_key_file; a secret in the YAML file is an error,
+ * and secrets are never written back nor shown by lyra_config_dump().
+ *
+ * The struct is plain data: read its fields directly.  Strings are owned by
+ * the config and freed by lyra_config_free().
+ *
+ * Thread-safety: a loaded config is read-only and may be read from any
+ * thread; load/set/free are not thread-safe. */
+#ifndef LYRA_CONFIG_H
+#define LYRA_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+#define LYRA_CONFIG_SCHEMA_VERSION 2
+
+struct lyra_model_entry {
+    char *name;          /* required */
+    char *path;          /* required; relative paths resolve against models.dir */
+    char **aliases;      /* n_aliases strings */
+    size_t n_aliases;
+    int ctx_size;        /* 0 = model default */
+    int parallel;        /* 0 = models.parallel */
+    int threads;         /* 0 = models.threads */
+    int gpu_layers;      /* -1 = models.gpu_layers */
+    char *chat_template; /* NULL = template from the GGUF */
+    bool embeddings;
+    bool pinned;
+    double temperature;  /* < 0 = unset */
+    double top_p;        /* < 0 = unset */
+    int top_k;           /* < 0 = unset */
+};
+
+struct lyra_config {
+    int schema_version;
+    char *home;        /* LYRA_HOME: --home, env LYRA_HOME, else ~/.local/share/lyra */
+    char *file;        /* the YAML file that was read, NULL if none */
+
+    struct {
+        char *host;                /* default 127.0.0.1 */
+        int port;                  /* default 8000 */
+        char **cors_origins;       /* default none; "*" allows any */
+        size_t n_cors_origins;
+        int threads;               /* HTTP worker threads; 0 = number of cores */
+        size_t max_body_bytes;     /* default 8 MiB */
+        size_t max_header_bytes;   /* default 16 KiB */
+        int idle_timeout_s;        /* default 30: idle/slow connections are closed */
+        int drain_timeout_s;       /* default 10: shutdown waits this long for in-flight requests */
+        int max_connections;       /* default 1024 */
+    } server;
+
+    struct {
+        char *dir;                 /* default $LYRA_HOME/models */
+        char *default_model;       /* NULL = first available */
+        int max_loaded;            /* default 4 */
+        int keep_alive_s;          /* default 300; idle models unload after this */
+        uint64_t memory_budget;    /* bytes, 0 = no budget; YAML accepts "4GiB", "512MB" */
+        int parallel;              /* slots per model, default 4 */
+        int threads;               /* 0 = number of cores */
+        int gpu_layers;            /* default -1 = all that fit; 0 = CPU only */
+        int ctx_size;              /* default 4096 */
+        struct lyra_model_entry *entries;
+        size_t n_entries;
+    } models;
+
+    struct {
+        bool enabled;              /* default true */
+        int interval_ms;           /* default 1000 */
+        int warn_percent;          /* default 85 */
+        int critical_percent;      /* default 95 */
+    } watchdog;
+
+    struct {
+        bool enabled;              /* default false: no key required on loopback */
+        char *admin_key;           /* secret: env LYRA_ADMIN_KEY or admin_key_file only */
+        char *admin_key_file;
+    } auth;
+
+    struct {
+        int ring_size;             /* default 1024 events kept for replay */
+    } events;
+
+    struct {
+        int max_concurrent;        /* default 2 */
+    } jobs;
+
+    struct {
+        char *level;               /* debug|info|warn|error, default info */
+        char *format;              /* json|text|auto, default auto (text on a tty) */
+        char *file;                /* NULL = stderr */
+    } log;
+};
+
+enum lyra_config_flags {
+    LYRA_CONFIG_MIGRATE = 1 << 0,   /* rewrite an old-version file in place (keeping a backup) */
+};
+
+/* Fills *cfg with defaults, then the YAML file, then the environment.
+ * `home` (may be NULL) is the --home flag; `file` (may be NULL) the --config
+ * flag, else $LYRA_HOME/lyra.yaml if it exists.  `environ_` is the
+ * environment to read (NULL = the process's own; tests pass their own array).
+ * On failure *cfg is left freed/zeroed and err says "file:line:col: ...".
+ * With LYRA_CONFIG_MIGRATE an old file is migrated on disk; without it an old
+ * file is migrated in memory only. */
+int lyra_config_load(struct lyra_config *cfg, const char *home, const char *file,
+                     char *const *environ_, unsigned flags, struct lyra_err *err);
+
+/* Sets one key by its dotted name ("server.port") from text, with the same
+ * type checks as the file; used for flags.  `origin` names the source in
+ * error messages ("--port"). */
+int lyra_config_set(struct lyra_config *cfg, const char *key, const char *value,
+                    const char *origin, struct lyra_err *err);
+
+/* Checks cross-field rules (port range, percent order, ...). */
+int lyra_config_validate(const struct lyra_config *cfg, struct lyra_err *err);
+
+/* Migrates the YAML file at `path` to the current schema on disk, keeping the
+ * original as `<path>.v<N>.bak`.  *from_version receives the old version
+ * (equal to the current one when nothing was done). */
+int lyra_config_migrate_file(const char *path, int *from_version, struct lyra_err *err);
+
+/* Writes the effective configuration as YAML (secrets shown as "<set>" or
+ * omitted).  Returns a malloc'd string the caller frees. */
+char *lyra_config_dump(const struct lyra_config *cfg);
+
+/* Frees everything owned by cfg and zeroes it.  NULL is a no-op. */
+void lyra_config_free(struct lyra_config *cfg);
+
+#endif

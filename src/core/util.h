@@ -1,0 +1,41 @@
+/* util.h — small helpers shared by every module: time, ids, strings.
+ * Thread-safety: all functions are thread-safe. */
+#ifndef LYRA_UTIL_H
+#define LYRA_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic clock in milliseconds / microseconds (for durations). */
+int64_t lyra_now_ms(void);
+int64_t lyra_now_us(void);
+/* Wall clock in milliseconds since the epoch (for timestamps). */
+int64_t lyra_wall_ms(void);
+
+/* Formats a wall-clock time as RFC 3339 UTC with milliseconds
+ * ("2026-11-27T14:00:00.123Z") into buf (at least 32 bytes). */
+void lyra_format_ts(int64_t wall_ms, char *buf, size_t len);
+
+/* Writes `nbytes` random bytes as lower-case hex plus NUL into out
+ * (2*nbytes+1 bytes).  Uses getrandom(2). */
+void lyra_random_hex(char *out, size_t nbytes);
+
+/* Writes a random RFC 4122 version-4 UUID (37 bytes with NUL). */
+void lyra_uuid4(char out[37]);
+
+/* True if s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
+bool lyra_utf8_valid(const char *s, size_t len);
+
+/* mkdir -p with mode 0700 for created directories. Returns 0 or -errno. */
+int lyra_mkdirs(const char *path);
+
+/* Reads a whole file into a malloc'd NUL-terminated buffer; *len gets the
+ * size.  Returns NULL with errno set on failure.  Caller frees. */
+char *lyra_read_file(const char *path, size_t *len);
+
+/* Writes data to path atomically (temp file in the same directory, fsync,
+ * rename).  Returns 0 or -errno. */
+int lyra_write_file_atomic(const char *path, const void *data, size_t len, int mode);
+
+#endif

@@ -1,0 +1,663 @@
+/* http.c — the HTTP server: libmicrohttpd (epoll, thread pool) under Lyra's
+ * route table, limits, CORS, request ids and JSON errors.
+ *
+ * Life of a request in MHD's access handler:
+ *   1st call (headers read): create the lyra_http_req, settle the request id,
+ *     reject early what can be rejected without the body (431, 404, 405,
+ *     413 from Content-Length, CORS preflight);
+ *   next calls (body chunks): append, up to max_body_bytes, within
+ *     request_timeout_s of the first call;
+ *   last call (no more data): run the route's handler.
+ * MHD's completion callback frees the request and counts it out of flight. */
+#include "http/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+
+#define MAX_PARAMS 4
+#define MAX_EXTRA_HEADERS 16
+#define REQUEST_ID_MAX 128
+
+struct lyra_http {
+    struct lyra_http_options opts;
+    const struct lyra_route *routes;
+    size_t n_routes;
+    void *ctx;
+    int listen_fd;          /* ours until MHD takes it at start */
+    bool mhd_owns_listener; /* MHD closes it at stop unless quiesced */
+    int port;
+    struct MHD_Daemon *daemon;
+    atomic_int in_flight;
+    pthread_mutex_t drain_lock;
+    pthread_cond_t drained;
+};
+
+struct lyra_http_req {
+    struct lyra_http *http;
+    struct MHD_Connection *conn;
+    const char *method;
+    const char *path;
+    const struct lyra_route *route;
+    char request_id[REQUEST_ID_MAX + 1];
+    char *param_names[MAX_PARAMS];
+    char *param_values[MAX_PARAMS];
+    int n_params;
+    char *body;
+    size_t body_len, body_cap;
+    bool body_too_big;
+    bool answered;
+    int status;
+    int64_t start_us;
+    const char *origin;          /* allowed Origin to echo, or NULL */
+    char *extra_names[MAX_EXTRA_HEADERS];
+    char *extra_values[MAX_EXTRA_HEADERS];
+    int n_extra;
+};
+
+/* ------------------------------------------------------------------ */
+/* Responses                                                          */
+
+static void apply_common_headers(struct lyra_http_req *req, struct MHD_Response *resp)
+{
+    MHD_add_response_header(resp, "X-Request-Id", req->request_id);
+    if (req->origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", req->origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id");
+        MHD_add_response_header(resp, "Vary", "Origin");
+    }
+    for (int i = 0; i < req->n_extra; i++)
+        MHD_add_response_header(resp, req->extra_names[i], req->extra_values[i]);
+}
+
+void lyra_http_add_header(struct lyra_http_req *req, const char *name, const char *value)
+{
+    if (req->n_extra >= MAX_EXTRA_HEADERS)
+        return;
+    req->extra_names[req->n_extra] = strdup(name);
+    req->extra_values[req->n_extra] = strdup(value);
+    if (!req->extra_names[req->n_extra] || !req->extra_values[req->n_extra]) {
+        free(req->extra_names[req->n_extra]);
+        free(req->extra_values[req->n_extra]);
+        return;
+    }
+    req->n_extra++;
+}
+
+void lyra_http_send(struct lyra_http_req *req, int status, const char *content_type, char *body,
+                    size_t len)
+{
+    if (req->answered) {
+        lyra_log(LYRA_LOG_ERROR, "http", req->request_id, NULL, "handler answered twice: %s %s",
+                 req->method, req->path);
+        free(body);
+        return;
+    }
+    req->answered = true;
+    req->status = status;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE
+                                                                             : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(body);
+        return;
+    }
+    if (content_type)
+        MHD_add_response_header(resp, "Content-Type", content_type);
+    apply_common_headers(req, resp);
+    MHD_queue_response(req->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+}
+
+void lyra_http_send_json(struct lyra_http_req *req, int status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(body);
+    if (!s) {
+        s = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"response encoding failed\"}}");
+        status = 500;
+    }
+    lyra_http_send(req, status, "application/json", s, s ? strlen(s) : 0);
+}
+
+void lyra_http_send_error(struct lyra_http_req *req, int status, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *err = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
+    if (!err) /* a message with invalid UTF-8 (echoing client input) */
+        err = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", "invalid request");
+    if (status >= 500)
+        lyra_log(LYRA_LOG_WARN, "http", req->request_id, json_pack("{s:i, s:s}", "status", status, "code", code),
+                 "%s %s: %s", req->method, req->path, msg);
+    lyra_http_send_json(req, status, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* Request accessors                                                  */
+
+const char *lyra_http_method(const struct lyra_http_req *req) { return req->method; }
+const char *lyra_http_path(const struct lyra_http_req *req) { return req->path; }
+const char *lyra_http_request_id(const struct lyra_http_req *req) { return req->request_id; }
+
+const char *lyra_http_route_permission(const struct lyra_http_req *req)
+{
+    return req->route ? req->route->permission : NULL;
+}
+
+const char *lyra_http_header(const struct lyra_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *lyra_http_query(const struct lyra_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *lyra_http_param(const struct lyra_http_req *req, const char *name)
+{
+    for (int i = 0; i < req->n_params; i++)
+        if (strcmp(req->param_names[i], name) == 0)
+            return req->param_values[i];
+    return NULL;
+}
+
+const char *lyra_http_body(const struct lyra_http_req *req, size_t *len)
+{
+    if (len)
+        *len = req->body_len;
+    return req->body ? req->body : "";
+}
+
+int lyra_http_read_json(struct lyra_http_req *req, json_t **out)
+{
+    *out = NULL;
+    const char *ct = lyra_http_header(req, "Content-Type");
+    if (!ct || strncasecmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';' && ct[16] != ' ')) {
+        lyra_http_send_error(req, 415, "unsupported_media_type",
+                             "Content-Type must be application/json, got '%s'", ct ? ct : "(none)");
+        return LYRA_EUNSUPPORTED;
+    }
+    if (!lyra_utf8_valid(req->body ? req->body : "", req->body_len)) {
+        lyra_http_send_error(req, 400, "invalid_utf8", "request body is not valid UTF-8");
+        return LYRA_EPARSE;
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        lyra_http_send_error(req, 400, "invalid_json", "malformed JSON at line %d, column %d (byte %d): %s",
+                             jerr.line, jerr.column, jerr.position, jerr.text);
+        return LYRA_EPARSE;
+    }
+    *out = j;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Routing                                                            */
+
+/* Matches path against pattern, filling req's params.  Segments of the form
+ * {name} match any one non-empty segment. */
+static bool match_pattern(const char *pattern, const char *path, struct lyra_http_req *req)
+{
+    int n = 0;
+    const char *p = pattern, *s = path;
+    while (*p && *s) {
+        if (*p == '{') {
+            const char *pe = strchr(p, '}');
+            const char *se = strchr(s, '/');
+            if (!pe)
+                return false;
+            if (!se)
+                se = s + strlen(s);
+            if (se == s || n >= MAX_PARAMS)
+                return false;
+            if (req) {
+                req->param_names[n] = strndup(p + 1, (size_t)(pe - p - 1));
+                req->param_values[n] = strndup(s, (size_t)(se - s));
+            }
+            n++;
+            p = pe + 1;
+            s = se;
+            continue;
+        }
+        if (*p != *s)
+            return false;
+        p++, s++;
+    }
+    if (*p || *s)
+        return false;
+    if (req)
+        req->n_params = n;
+    return true;
+}
+
+static bool method_matches(const char *route_method, const char *method)
+{
+    return strcmp(route_method, method) == 0 ||
+           (strcmp(method, "HEAD") == 0 && strcmp(route_method, "GET") == 0);
+}
+
+/* Finds the route for method+path.  When the path exists under other
+ * methods only, *allow lists them ("GET, POST") and NULL is returned. */
+static const struct lyra_route *find_route(struct lyra_http *http, const char *method, const char *path,
+                                           char *allow, size_t allow_len)
+{
+    allow[0] = '\0';
+    for (size_t i = 0; i < http->n_routes; i++) {
+        const struct lyra_route *r = &http->routes[i];
+        if (!match_pattern(r->pattern, path, NULL))
+            continue;
+        if (method_matches(r->method, method))
+            return r;
+        if (!strstr(allow, r->method)) {
+            size_t used = strlen(allow);
+            snprintf(allow + used, allow_len - used, "%s%s", used ? ", " : "", r->method);
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* CORS                                                               */
+
+static bool origin_allowed(struct lyra_http *http, const char *origin)
+{
+    for (size_t i = 0; i < http->opts.n_cors_origins; i++) {
+        const char *o = http->opts.cors_origins[i];
+        if (strcmp(o, "*") == 0 || strcasecmp(o, origin) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Answers an OPTIONS request: a CORS preflight when it carries Origin and
+ * Access-Control-Request-Method, else a plain OPTIONS listing Allow. */
+static void answer_options(struct lyra_http_req *req, const char *allow)
+{
+    char methods[128];
+    snprintf(methods, sizeof methods, "%s%sOPTIONS", allow, allow[0] ? ", " : "");
+    const char *origin = lyra_http_header(req, "Origin");
+    const char *want = lyra_http_header(req, "Access-Control-Request-Method");
+    if (origin && want) {
+        if (!req->origin) {
+            lyra_http_send_error(req, 403, "cors_forbidden", "origin '%s' is not allowed", origin);
+            return;
+        }
+        const char *want_headers = lyra_http_header(req, "Access-Control-Request-Headers");
+        lyra_http_add_header(req, "Access-Control-Allow-Methods", methods);
+        lyra_http_add_header(req, "Access-Control-Allow-Headers",
+                             want_headers ? want_headers
+                                          : "Authorization, Content-Type, X-Request-Id, traceparent");
+        lyra_http_add_header(req, "Access-Control-Max-Age", "600");
+    }
+    lyra_http_add_header(req, "Allow", methods);
+    lyra_http_send(req, 204, NULL, NULL, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* MHD callbacks                                                      */
+
+static bool request_id_acceptable(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > REQUEST_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (id[i] < 0x21 || id[i] > 0x7e)
+            return false;
+    return true;
+}
+
+static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    size_t *total = cls;
+    *total += strlen(key) + (value ? strlen(value) : 0) + 4;
+    return MHD_YES;
+}
+
+static struct lyra_http_req *begin_request(struct lyra_http *http, struct MHD_Connection *conn,
+                                           const char *url, const char *method)
+{
+    struct lyra_http_req *req = calloc(1, sizeof *req);
+    if (!req)
+        return NULL;
+    req->http = http;
+    req->conn = conn;
+    req->method = method;
+    req->path = url;
+    req->start_us = lyra_now_us();
+    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (rid && request_id_acceptable(rid))
+        snprintf(req->request_id, sizeof req->request_id, "%s", rid);
+    else
+        lyra_random_hex(req->request_id, 16);
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    if (origin && origin_allowed(http, origin))
+        req->origin = origin;
+    atomic_fetch_add(&http->in_flight, 1);
+    return req;
+}
+
+/* Decides what can be decided from the headers alone.  Returns true when
+ * the request has been answered. */
+static bool screen_request(struct lyra_http_req *req)
+{
+    struct lyra_http *http = req->http;
+    size_t header_bytes = 0;
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sum_header, &header_bytes);
+    if (header_bytes > http->opts.max_header_bytes) {
+        lyra_http_send_error(req, 431, "headers_too_large", "request headers are %zu bytes; the limit is %zu",
+                             header_bytes, http->opts.max_header_bytes);
+        return true;
+    }
+    char allow[128];
+    req->route = find_route(http, req->method, req->path, allow, sizeof allow);
+    if (strcmp(req->method, "OPTIONS") == 0 && (req->route || allow[0])) {
+        answer_options(req, allow);
+        return true;
+    }
+    if (!req->route) {
+        if (allow[0]) {
+            lyra_http_add_header(req, "Allow", allow);
+            lyra_http_send_error(req, 405, "method_not_allowed", "%s is not allowed on %s (allowed: %s)",
+                                 req->method, req->path, allow);
+        } else {
+            lyra_http_send_error(req, 404, "not_found", "no such endpoint: %s", req->path);
+        }
+        return true;
+    }
+    match_pattern(req->route->pattern, req->path, req);
+    const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno || *end || n > http->opts.max_body_bytes) {
+            lyra_http_send_error(req, 413, "body_too_large", "request body of %s bytes exceeds the limit of %zu",
+                                 cl, http->opts.max_body_bytes);
+            return true;
+        }
+    }
+    return false;
+}
+
+static int append_body(struct lyra_http_req *req, const char *data, size_t len)
+{
+    if (req->body_too_big || req->body_len + len > req->http->opts.max_body_bytes) {
+        req->body_too_big = true;
+        return 0;
+    }
+    if (req->body_len + len + 1 > req->body_cap) {
+        size_t cap = req->body_cap ? req->body_cap : 1024;
+        while (cap < req->body_len + len + 1)
+            cap *= 2;
+        char *nb = realloc(req->body, cap);
+        if (!nb)
+            return LYRA_ENOMEM;
+        req->body = nb;
+        req->body_cap = cap;
+    }
+    memcpy(req->body + req->body_len, data, len);
+    req->body_len += len;
+    req->body[req->body_len] = '\0';
+    return 0;
+}
+
+static void dispatch(struct lyra_http_req *req)
+{
+    struct lyra_http *http = req->http;
+    if (http->opts.authorize && req->route->permission && req->route->permission[0]) {
+        if (http->opts.authorize(req, req->route->permission, http->ctx) != 0) {
+            if (!req->answered)
+                lyra_http_send_error(req, 403, "forbidden", "permission %s required", req->route->permission);
+            return;
+        }
+    }
+    req->route->handler(req, http->ctx);
+    if (!req->answered)
+        lyra_http_send_error(req, 500, "internal", "the handler for %s %s gave no response", req->method,
+                             req->path);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
+{
+    struct lyra_http *http = cls;
+    struct lyra_http_req *req = *con_cls;
+    if (!req) {
+        req = begin_request(http, conn, url, method);
+        if (!req)
+            return MHD_NO;
+        *con_cls = req;
+        screen_request(req);
+        return MHD_YES;
+    }
+    if (req->answered) { /* rejected early: discard whatever body comes */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if ((lyra_now_us() - req->start_us) / 1000000 >= http->opts.request_timeout_s) {
+            lyra_log(LYRA_LOG_WARN, "http", req->request_id, NULL,
+                     "request body not received within %d s: closing", http->opts.request_timeout_s);
+            return MHD_NO;
+        }
+        if (append_body(req, upload_data, *upload_size) < 0)
+            return MHD_NO;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (req->body_too_big) {
+        lyra_http_send_error(req, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
+                             http->opts.max_body_bytes);
+        return MHD_YES;
+    }
+    dispatch(req);
+    return MHD_YES;
+}
+
+static void free_request(struct lyra_http_req *req)
+{
+    for (int i = 0; i < req->n_params; i++) {
+        free(req->param_names[i]);
+        free(req->param_values[i]);
+    }
+    for (int i = 0; i < req->n_extra; i++) {
+        free(req->extra_names[i]);
+        free(req->extra_values[i]);
+    }
+    free(req->body);
+    free(req);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct lyra_http *http = cls;
+    struct lyra_http_req *req = *con_cls;
+    if (!req)
+        return;
+    *con_cls = NULL;
+    if (lyra_log_enabled(LYRA_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        enum lyra_log_level lvl = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? LYRA_LOG_DEBUG : LYRA_LOG_INFO;
+        lyra_log(lvl, "http", req->request_id,
+                 json_pack("{s:s, s:s, s:i, s:I, s:b}", "method", req->method, "path", req->path, "status",
+                           req->status, "duration_us", (json_int_t)(lyra_now_us() - req->start_us),
+                           "completed", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK),
+                 "%s", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request ended early");
+    }
+    free_request(req);
+    if (atomic_fetch_sub(&http->in_flight, 1) == 1) {
+        pthread_mutex_lock(&http->drain_lock);
+        pthread_cond_broadcast(&http->drained);
+        pthread_mutex_unlock(&http->drain_lock);
+    }
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    lyra_log(LYRA_LOG_DEBUG, "http", NULL, NULL, "libmicrohttpd: %s", msg);
+}
+
+/* ------------------------------------------------------------------ */
+/* Server                                                             */
+
+static int open_listener(const char *host, int port, int *bound_port, struct lyra_err *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int rc = getaddrinfo(host, portstr, &hints, &ai);
+    if (rc != 0)
+        return lyra_err_set(err, LYRA_EINVAL, "cannot listen on host '%s': %s (give a numeric IPv4 or IPv6 address)",
+                            host, gai_strerror(rc));
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        freeaddrinfo(ai);
+        return lyra_err_set(err, LYRA_EIO, "socket: %s", strerror(errno));
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        int e = errno;
+        close(fd);
+        freeaddrinfo(ai);
+        return lyra_err_set(err, e == EADDRINUSE ? LYRA_EADDRINUSE : LYRA_EIO, "cannot listen on %s:%d: %s%s",
+                            host, port, strerror(e),
+                            e == EADDRINUSE ? " (another process holds the port; pick another with --port)" : "");
+    }
+    freeaddrinfo(ai);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
+struct lyra_http *lyra_http_new(const struct lyra_http_options *opts, const struct lyra_route *routes,
+                                size_t n_routes, void *ctx, struct lyra_err *err)
+{
+    struct lyra_http *http = calloc(1, sizeof *http);
+    if (!http) {
+        lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+        return NULL;
+    }
+    http->opts = *opts;
+    if (http->opts.threads < 1)
+        http->opts.threads = 1;
+    if (http->opts.request_timeout_s < 1)
+        http->opts.request_timeout_s = 60;
+    http->routes = routes;
+    http->n_routes = n_routes;
+    http->ctx = ctx;
+    pthread_mutex_init(&http->drain_lock, NULL);
+    pthread_cond_init(&http->drained, NULL);
+    http->listen_fd = open_listener(opts->host, opts->port, &http->port, err);
+    if (http->listen_fd < 0) {
+        lyra_http_free(http);
+        return NULL;
+    }
+    return http;
+}
+
+int lyra_http_start(struct lyra_http *http, struct lyra_err *err)
+{
+    /* The pool must hold the headers, MHD's ~56-byte record per header and
+     * its read buffer; headers beyond max_header_bytes but within the pool
+     * get our JSON 431, beyond the pool MHD answers 431 itself (HTML body).
+     * Pool pages are touched only as used, so idle RSS does not grow. */
+    size_t pool = http->opts.max_header_bytes * 8 + 64 * 1024;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG | MHD_USE_TURBO;
+    http->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, http, MHD_OPTION_LISTEN_SOCKET, http->listen_fd,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http->opts.threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)http->opts.idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)http->opts.max_connections,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool, MHD_OPTION_NOTIFY_COMPLETED, on_completed, http,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, http, MHD_OPTION_END);
+    if (!http->daemon)
+        return lyra_err_set(err, LYRA_EIO, "libmicrohttpd failed to start on port %d", http->port);
+    http->mhd_owns_listener = true;
+    return 0;
+}
+
+int lyra_http_port(const struct lyra_http *http)
+{
+    return http->port;
+}
+
+void lyra_http_quiesce(struct lyra_http *http)
+{
+    if (http->daemon && http->mhd_owns_listener) {
+        MHD_socket fd = MHD_quiesce_daemon(http->daemon);
+        if (fd != MHD_INVALID_SOCKET)
+            close(fd);
+        http->mhd_owns_listener = false;
+        http->listen_fd = -1;
+    }
+}
+
+int lyra_http_in_flight(struct lyra_http *http)
+{
+    return atomic_load(&http->in_flight);
+}
+
+int lyra_http_drain(struct lyra_http *http, int timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&http->drain_lock);
+    while (atomic_load(&http->in_flight) > 0) {
+        if (pthread_cond_timedwait(&http->drained, &http->drain_lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&http->drain_lock);
+    return atomic_load(&http->in_flight);
+}
+
+void lyra_http_free(struct lyra_http *http)
+{
+    if (!http)
+        return;
+    if (http->daemon)
+        MHD_stop_daemon(http->daemon);
+    if (http->listen_fd >= 0 && !http->mhd_owns_listener)
+        close(http->listen_fd);
+    pthread_cond_destroy(&http->drained);
+    pthread_mutex_destroy(&http->drain_lock);
+    free(http);
+}

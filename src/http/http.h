@@ -1,0 +1,111 @@
+/* http.h — Lyra's thin HTTP layer over libmicrohttpd.
+ *
+ * Routes are declared in one table (method, path pattern, handler, required
+ * permission).  The layer owns everything that is the same for every route:
+ * request ids (X-Request-Id accepted or generated, always echoed), limits
+ * (body → 413, headers → 431, body read deadline), CORS (allowed origins,
+ * preflight), 404 / 405 with Allow, JSON errors
+ * {"error":{"code":"...","message":"..."}}, and draining on shutdown.
+ *
+ * Handlers run on one of the server's worker threads; each must answer the
+ * request exactly once with one of the lyra_http_send* functions (a handler
+ * that does not is answered 500).  A lyra_http_req is valid until the
+ * handler returns.
+ *
+ * Thread-safety: lyra_http_* request functions are called only by the thread
+ * running that request's handler.  lyra_http_quiesce/drain/in_flight may be
+ * called from any thread; new/start/free from one controlling thread. */
+#ifndef LYRA_HTTP_H
+#define LYRA_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/error.h"
+
+struct lyra_http;
+struct lyra_http_req;
+
+typedef void (*lyra_http_handler)(struct lyra_http_req *req, void *ctx);
+
+/* Checks that the caller may use a route needing `permission` (NULL or ""
+ * = public).  Returns 0 to proceed; otherwise it has answered the request
+ * (401/403) itself.  Installed by the auth module; NULL allows everything. */
+typedef int (*lyra_http_authorize_fn)(struct lyra_http_req *req, const char *permission, void *ctx);
+
+struct lyra_route {
+    const char *method;      /* "GET", "POST", "DELETE", ... */
+    const char *pattern;     /* "/conversations/{id}": {name} matches one segment */
+    lyra_http_handler handler;
+    const char *permission;  /* required permission, "" = public */
+};
+
+struct lyra_http_options {
+    const char *host;              /* "127.0.0.1", "::1", "0.0.0.0" */
+    int port;                      /* 0 = any free port; see lyra_http_port() */
+    int threads;                   /* worker threads (>= 1) */
+    size_t max_body_bytes;
+    size_t max_header_bytes;
+    int idle_timeout_s;            /* an idle connection is closed after this */
+    int request_timeout_s;         /* a body that takes longer to arrive is cut off */
+    int max_connections;
+    char *const *cors_origins;     /* borrowed; "*" = any */
+    size_t n_cors_origins;
+    lyra_http_authorize_fn authorize;
+};
+
+/* Creates the server and binds the listening socket (so "address in use"
+ * is reported here, with the address).  Routes and ctx are borrowed and
+ * must outlive the server.  Returns NULL with err set. */
+struct lyra_http *lyra_http_new(const struct lyra_http_options *opts, const struct lyra_route *routes,
+                                size_t n_routes, void *ctx, struct lyra_err *err);
+
+/* Starts serving on worker threads. */
+int lyra_http_start(struct lyra_http *http, struct lyra_err *err);
+
+/* The bound port (useful with port 0). */
+int lyra_http_port(const struct lyra_http *http);
+
+/* Stops accepting new connections; requests in flight go on. */
+void lyra_http_quiesce(struct lyra_http *http);
+
+/* Waits up to timeout_ms for requests in flight to finish.  Returns how
+ * many were still running. */
+int lyra_http_drain(struct lyra_http *http, int timeout_ms);
+
+/* Requests being handled right now. */
+int lyra_http_in_flight(struct lyra_http *http);
+
+/* Stops the server (closing remaining connections) and frees it. */
+void lyra_http_free(struct lyra_http *http);
+
+/* --- request accessors (strings borrowed, valid during the handler) --- */
+const char *lyra_http_method(const struct lyra_http_req *req);
+const char *lyra_http_path(const struct lyra_http_req *req);
+const char *lyra_http_header(const struct lyra_http_req *req, const char *name);
+const char *lyra_http_query(const struct lyra_http_req *req, const char *name);
+/* A {name} segment of the matched route pattern, NULL if none. */
+const char *lyra_http_param(const struct lyra_http_req *req, const char *name);
+const char *lyra_http_request_id(const struct lyra_http_req *req);
+const char *lyra_http_route_permission(const struct lyra_http_req *req);
+const char *lyra_http_body(const struct lyra_http_req *req, size_t *len);
+
+/* Parses the body as JSON.  On failure the request has been answered (415
+ * wrong content type, 400 invalid UTF-8 or malformed JSON naming line,
+ * column and byte) and a negative code is returned. */
+int lyra_http_read_json(struct lyra_http_req *req, json_t **out);
+
+/* --- responses: call exactly one send per request --- */
+/* Adds a response header (copied). Call before sending. */
+void lyra_http_add_header(struct lyra_http_req *req, const char *name, const char *value);
+/* Sends body (taken; malloc'd) with the given type. */
+void lyra_http_send(struct lyra_http_req *req, int status, const char *content_type, char *body,
+                    size_t len);
+/* Sends a JSON value (reference taken). */
+void lyra_http_send_json(struct lyra_http_req *req, int status, json_t *body);
+/* Sends {"error":{"code":code,"message":...}}. */
+void lyra_http_send_error(struct lyra_http_req *req, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#endif

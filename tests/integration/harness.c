@@ -1,0 +1,382 @@
+/* harness.c — see harness.h. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *lyra_bin(void)
+{
+    const char *b = getenv("LYRA_BIN");
+    return b ? b : "build/lyra";
+}
+
+void it_mkdtemp(char *out, size_t len)
+{
+    snprintf(out, len, "/tmp/lyra-it-XXXXXX");
+    if (!mkdtemp(out))
+        abort();
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+void it_rmrf(const char *path)
+{
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void it_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        abort();
+    fputs(text, f);
+    fclose(f);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Builds envp = environ + extra (extra entries override same-named ones). */
+static char **make_env(const char *const *extra)
+{
+    size_t n = 0, m = 0;
+    while (environ[n])
+        n++;
+    while (extra && extra[m])
+        m++;
+    char **env = calloc(n + m + 1, sizeof *env);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool overridden = false;
+        const char *eq = strchr(environ[i], '=');
+        size_t klen = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
+        for (size_t j = 0; j < m; j++)
+            if (strncmp(extra[j], environ[i], klen) == 0 && extra[j][klen] == '=')
+                overridden = true;
+        if (!overridden)
+            env[k++] = environ[i];
+    }
+    for (size_t j = 0; j < m; j++)
+        env[k++] = (char *)extra[j];
+    env[k] = NULL;
+    return env;
+}
+
+static int read_port(const char *home)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/serve.json", home);
+    json_t *j = json_load_file(path, 0, NULL);
+    int port = j ? (int)json_integer_value(json_object_get(j, "port")) : 0;
+    json_decref(j);
+    return port;
+}
+
+int it_server_start(struct it_server *s, const char *home, const char *const *args, const char *const *env)
+{
+    memset(s, 0, sizeof *s);
+    if (home) {
+        snprintf(s->home, sizeof s->home, "%s", home);
+    } else {
+        it_mkdtemp(s->home, sizeof s->home);
+        s->own_home = true;
+    }
+    snprintf(s->log_path, sizeof s->log_path, "%s.log", s->home);
+    char state[400];
+    snprintf(state, sizeof state, "%s/serve.json", s->home);
+    unlink(state);
+
+    const char *argv[64] = {lyra_bin(), "serve", "--home", s->home, "--port", "0"};
+    int argc = 6;
+    for (int i = 0; args && args[i] && argc < 62; i++)
+        argv[argc++] = args[i];
+    argv[argc] = NULL;
+    char **envp = make_env(env);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execve(argv[0], (char **)argv, envp);
+        _exit(127);
+    }
+    free(envp);
+    s->pid = pid;
+    for (int i = 0; i < 1500; i++) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            s->pid = 0;
+            return -1;
+        }
+        s->port = read_port(s->home);
+        if (s->port > 0)
+            return 0;
+        sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    s->pid = 0;
+    return -1;
+}
+
+int it_server_stop(struct it_server *s, int sig)
+{
+    if (s->pid <= 0)
+        return -1;
+    kill(s->pid, sig);
+    for (int i = 0; i < 3000; i++) {
+        int status;
+        if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
+            s->pid = 0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+        sleep_ms(10);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+    return -1;
+}
+
+void it_server_cleanup(struct it_server *s)
+{
+    if (s->pid > 0)
+        it_server_stop(s, SIGKILL);
+    if (s->own_home)
+        it_rmrf(s->home);
+    unlink(s->log_path);
+}
+
+int it_run_lyra(const char *const *args, const char *const *env, char **output)
+{
+    int pipefd[2];
+    if (pipe(pipefd) < 0)
+        return -1;
+    const char *argv[64] = {lyra_bin()};
+    int argc = 1;
+    for (int i = 0; args && args[i] && argc < 62; i++)
+        argv[argc++] = args[i];
+    argv[argc] = NULL;
+    char **envp = make_env(env);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        dup2(pipefd[1], 2);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        execve(argv[0], (char **)argv, envp);
+        _exit(127);
+    }
+    free(envp);
+    close(pipefd[1]);
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (n + 1024 > cap)
+            buf = realloc(buf, cap *= 2);
+        ssize_t r = read(pipefd[0], buf + n, cap - n - 1);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    close(pipefd[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (output)
+        *output = buf;
+    else
+        free(buf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int it_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static int send_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len > 0) {
+        ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Decodes a chunked body in place; returns the decoded length. */
+static size_t dechunk(char *body, size_t len)
+{
+    size_t in = 0, out = 0;
+    while (in < len) {
+        char *end;
+        unsigned long n = strtoul(body + in, &end, 16);
+        char *line_end = strstr(body + in, "\r\n");
+        if (!line_end || n == 0)
+            break;
+        in = (size_t)(line_end - body) + 2;
+        if (in + n > len)
+            n = len - in;
+        memmove(body + out, body + in, n);
+        out += n;
+        in += n + 2;
+    }
+    body[out] = '\0';
+    return out;
+}
+
+int it_read_response(int fd, struct it_response *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t cap = 8192, n = 0;
+    char *buf = malloc(cap);
+    char *head_end = NULL;
+    long content_length = -1;
+    bool chunked = false;
+    for (;;) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, 30000) <= 0)
+            break;
+        if (n + 4096 > cap)
+            buf = realloc(buf, cap *= 2);
+        ssize_t r = recv(fd, buf + n, cap - n - 1, 0);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+        buf[n] = '\0';
+        if (!head_end && (head_end = strstr(buf, "\r\n\r\n"))) {
+            char *cl = strcasestr(buf, "\r\nContent-Length:");
+            if (cl && cl < head_end)
+                content_length = strtol(cl + 17, NULL, 10);
+            char *te = strcasestr(buf, "\r\nTransfer-Encoding: chunked");
+            chunked = te && te < head_end;
+        }
+        if (head_end) {
+            size_t body_have = n - (size_t)(head_end + 4 - buf);
+            if (content_length >= 0 && body_have >= (size_t)content_length)
+                break;
+            if (chunked && strstr(head_end + 4, "\r\n0\r\n\r\n"))
+                break;
+            if (content_length < 0 && !chunked && strncmp(buf + 9, "204", 3) == 0)
+                break;
+        }
+    }
+    if (!head_end) {
+        out->head = buf;
+        return n == 0 ? -1 : -2;
+    }
+    size_t head_len = (size_t)(head_end - buf);
+    out->head = strndup(buf, head_len + 2);
+    out->status = atoi(buf + 9);
+    out->body_len = n - head_len - 4;
+    out->body = malloc(out->body_len + 1);
+    memcpy(out->body, head_end + 4, out->body_len);
+    out->body[out->body_len] = '\0';
+    if (chunked)
+        out->body_len = dechunk(out->body, out->body_len);
+    free(buf);
+    return 0;
+}
+
+int it_raw(int port, const void *data, size_t len, struct it_response *out)
+{
+    int fd = it_connect(port);
+    if (fd < 0)
+        return -1;
+    int rc = send_all(fd, data, len);
+    if (rc == 0)
+        rc = it_read_response(fd, out);
+    else
+        memset(out, 0, sizeof *out);
+    close(fd);
+    return rc;
+}
+
+int it_http(int port, const char *method, const char *path, const char *headers, const char *body,
+            struct it_response *out)
+{
+    char *req = NULL;
+    size_t blen = body ? strlen(body) : 0;
+    int n = asprintf(&req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%zu\r\n\r\n%s",
+                     method, path, headers ? headers : "", "Content-Length: ", blen, body ? body : "");
+    if (n < 0)
+        return -1;
+    int rc = it_raw(port, req, (size_t)n, out);
+    free(req);
+    return rc;
+}
+
+const char *it_header(const struct it_response *r, const char *name, char *buf, size_t len)
+{
+    if (!r->head)
+        return NULL;
+    char pat[128];
+    snprintf(pat, sizeof pat, "\r\n%s:", name);
+    const char *p = strcasestr(r->head, pat);
+    if (!p)
+        return NULL;
+    p += strlen(pat);
+    while (*p == ' ')
+        p++;
+    const char *e = strstr(p, "\r\n");
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+json_t *it_json(const struct it_response *r)
+{
+    return r->body ? json_loadb(r->body, r->body_len, 0, NULL) : NULL;
+}
+
+void it_response_free(struct it_response *r)
+{
+    free(r->head);
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
