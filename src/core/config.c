@@ -1690,7 +1690,9 @@ static int find_file(const char *home, const char *file, char **out, struct lyra
     char *p = path_join(home, "lyra.yaml");
     if (!p)
         return nomem(err);
-    if (stat(p, &st) && errno == ENOENT)
+    /* ENOTDIR: home is not a directory; no file here, and the daemon's own
+     * check of LYRA_HOME reports that clearly. */
+    if (stat(p, &st) && (errno == ENOENT || errno == ENOTDIR))
         free(p);
     else
         *out = p;

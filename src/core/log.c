@@ -161,7 +161,7 @@ void lyra_log(enum lyra_log_level level, const char *component, const char *requ
         if (request_id)
             json_object_set_new(line, "request_id", json_string(request_id));
         json_object_update_missing(line, fields);
-        char *s = json_dumps(line, JSON_COMPACT);
+        char *s = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(10));
         if (s) {
             fputs(s, out);
             fputc('\n', out);

@@ -125,7 +125,7 @@ void lyra_http_send(struct lyra_http_req *req, int status, const char *content_t
 
 void lyra_http_send_json(struct lyra_http_req *req, int status, json_t *body)
 {
-    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10)) : NULL;
     json_decref(body);
     if (!s) {
         s = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"response encoding failed\"}}");

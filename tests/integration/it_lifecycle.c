@@ -1,0 +1,357 @@
+/* it_lifecycle.c — start-up, shutdown and recovery of the real daemon:
+ * SIGTERM drains in-flight requests and exits 0; kill -9 is detected at the
+ * next start (system.recovered) with the database intact and event seqs
+ * still increasing; bad configuration, a port in use, an unusable LYRA_HOME
+ * and a second daemon on the same home each fail with a clear message. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static json_t *get_json(int port, const char *path, int want_status)
+{
+    struct it_response r;
+    assert_int_equal(it_http(port, "GET", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, want_status);
+    json_t *j = it_json(&r);
+    assert_non_null(j);
+    it_response_free(&r);
+    return j;
+}
+
+static bool output_has(const char *out, const char *needle)
+{
+    if (strstr(out, needle))
+        return true;
+    print_error("output lacks '%s':\n%s\n", needle, out);
+    return false;
+}
+
+static void test_sigterm_drains_in_flight(void **state)
+{
+    struct it_server s;
+    assert_int_equal(it_server_start(&s, NULL, NULL, NULL), 0);
+    /* A request whose body is still arriving is in flight. */
+    int fd = it_connect(s.port);
+    const char head[] = "POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        "Content-Length: 19\r\n\r\n{\"type\":\"cu";
+    assert_int_equal(send(fd, head, sizeof head - 1, MSG_NOSIGNAL), (ssize_t)(sizeof head - 1));
+    sleep_ms(200);
+    kill(s.pid, SIGTERM);
+    sleep_ms(300);
+    /* Draining: no new connections, but the in-flight request completes. */
+    assert_true(it_connect(s.port) < 0);
+    const char rest[] = "stom.a\"}";
+    assert_int_equal(send(fd, rest, sizeof rest - 1, MSG_NOSIGNAL), (ssize_t)(sizeof rest - 1));
+    struct it_response r;
+    assert_int_equal(it_read_response(fd, &r), 0);
+    assert_int_equal(r.status, 201);
+    it_response_free(&r);
+    close(fd);
+    assert_int_equal(it_server_stop(&s, 0), 0); /* exits 0 by itself */
+    char state_file[400];
+    snprintf(state_file, sizeof state_file, "%s/serve.json", s.home);
+    assert_int_not_equal(access(state_file, F_OK), 0);
+    it_server_cleanup(&s);
+}
+
+static uint64_t max_seq(json_t *events)
+{
+    uint64_t m = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(events, i, e) {
+        uint64_t seq = (uint64_t)json_integer_value(json_object_get(e, "seq"));
+        assert_true(seq > m); /* oldest first, strictly increasing */
+        m = seq;
+    }
+    return m;
+}
+
+static void test_crash_recovery(void **state)
+{
+    struct it_server s;
+    assert_int_equal(it_server_start(&s, NULL, NULL, NULL), 0);
+    char home[256];
+    snprintf(home, sizeof home, "%s", s.home);
+    json_t *j = get_json(s.port, "/events/recent", 200);
+    uint64_t seq_before = max_seq(json_object_get(j, "events"));
+    assert_true(seq_before >= 1);
+    json_decref(j);
+    json_t *root = get_json(s.port, "/", 200);
+    char crashed_session[64];
+    snprintf(crashed_session, sizeof crashed_session, "%s", json_string_value(json_object_get(root, "session_id")));
+    json_decref(root);
+    assert_int_equal(it_server_stop(&s, SIGKILL), 128 + SIGKILL);
+
+    /* Next start: recovered event naming the crashed session, seq goes on. */
+    struct it_server s2;
+    assert_int_equal(it_server_start(&s2, home, NULL, NULL), 0);
+    j = get_json(s2.port, "/events/recent", 200);
+    json_t *events = json_object_get(j, "events");
+    uint64_t first = (uint64_t)json_integer_value(json_object_get(json_array_get(events, 0), "seq"));
+    assert_true(first > seq_before);
+    max_seq(events);
+    bool recovered = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(events, i, e) {
+        if (strcmp(json_string_value(json_object_get(e, "type")), "system.recovered") == 0) {
+            recovered = true;
+            assert_string_equal(json_string_value(json_object_get(json_object_get(e, "data"), "previous_session")),
+                                crashed_session);
+        }
+    }
+    assert_true(recovered);
+    json_decref(j);
+    assert_int_equal(it_server_stop(&s2, SIGTERM), 0);
+
+    /* The database is sound and a clean stop is not reported again. */
+    char db_path[300];
+    snprintf(db_path, sizeof db_path, "%s/lyra.db", home);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
+    sqlite3_finalize(st);
+    sqlite3_prepare_v2(db, "SELECT count(*) FROM sessions WHERE clean = 1", -1, &st, NULL);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    struct it_server s3;
+    assert_int_equal(it_server_start(&s3, home, NULL, NULL), 0);
+    j = get_json(s3.port, "/events/recent?types=system.recovered", 200);
+    assert_int_equal(json_array_size(json_object_get(j, "events")), 0);
+    json_decref(j);
+    assert_int_equal(it_server_stop(&s3, SIGINT), 0);
+    it_rmrf(home);
+    it_server_cleanup(&s3);
+}
+
+static void test_port_in_use(void **state)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    listen(fd, 1);
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    char port[16], home[64];
+    snprintf(port, sizeof port, "%d", ntohs(sa.sin_port));
+    it_mkdtemp(home, sizeof home);
+    const char *args[] = {"serve", "--home", home, "--port", port, NULL};
+    char *out = NULL;
+    assert_int_equal(it_run_lyra(args, NULL, &out), 1);
+    assert_true(output_has(out, "in use"));
+    assert_true(output_has(out, port));
+    free(out);
+    close(fd);
+    it_rmrf(home);
+}
+
+static void test_bad_home(void **state)
+{
+    char dir[64], home[128];
+    it_mkdtemp(dir, sizeof dir);
+    snprintf(home, sizeof home, "%s/file", dir);
+    it_write_file(home, "not a directory");
+    const char *args[] = {"serve", "--home", home, "--port", "0", NULL};
+    char *out = NULL;
+    assert_int_equal(it_run_lyra(args, NULL, &out), 1);
+    assert_true(output_has(out, "LYRA_HOME"));
+    free(out);
+    if (geteuid() != 0) { /* root ignores permission bits */
+        snprintf(home, sizeof home, "%s/ro", dir);
+        mkdir(home, 0500);
+        assert_int_equal(it_run_lyra(args, NULL, &out), 1);
+        assert_true(output_has(out, "not writable"));
+        free(out);
+    }
+    it_rmrf(dir);
+}
+
+static void test_second_daemon_same_home(void **state)
+{
+    struct it_server s;
+    assert_int_equal(it_server_start(&s, NULL, NULL, NULL), 0);
+    const char *args[] = {"serve", "--home", s.home, "--port", "0", NULL};
+    char *out = NULL;
+    assert_int_equal(it_run_lyra(args, NULL, &out), 1);
+    assert_true(output_has(out, "another lyra serve"));
+    free(out);
+    json_decref(get_json(s.port, "/health", 200)); /* the first one is unharmed */
+    assert_int_equal(it_server_stop(&s, SIGTERM), 0);
+    it_server_cleanup(&s);
+}
+
+static void test_bad_config(void **state)
+{
+    char home[64], path[128];
+    it_mkdtemp(home, sizeof home);
+    snprintf(path, sizeof path, "%s/lyra.yaml", home);
+    const char *args[] = {"serve", "--home", home, "--port", "0", NULL};
+    char *out = NULL;
+
+    it_write_file(path, "schema_version: 2\nserver:\n  prot: 80\n");
+    assert_int_equal(it_run_lyra(args, NULL, &out), 1);
+    assert_true(output_has(out, "lyra.yaml:3:3"));
+    assert_true(output_has(out, "prot"));
+    free(out);
+
+    it_write_file(path, "schema_version: 2\nserver:\n  port: [1\n");
+    assert_int_equal(it_run_lyra(args, NULL, &out), 1);
+    assert_true(output_has(out, "lyra.yaml:"));
+    free(out);
+
+    const char *env[] = {"LYRA_SERVER_PORT=eighty", NULL};
+    unlink(path);
+    assert_int_equal(it_run_lyra(args, env, &out), 1);
+    assert_true(output_has(out, "LYRA_SERVER_PORT"));
+    free(out);
+
+    const char *args_missing[] = {"serve", "--home", home, "--config", "/nonexistent/lyra.yaml", NULL};
+    assert_int_equal(it_run_lyra(args_missing, NULL, &out), 1);
+    assert_true(output_has(out, "/nonexistent/lyra.yaml"));
+    free(out);
+
+    /* A directory where the file should be cannot be read. */
+    const char *args_dir[] = {"serve", "--home", home, "--config", home, NULL};
+    assert_int_equal(it_run_lyra(args_dir, NULL, &out), 1);
+    free(out);
+    it_rmrf(home);
+}
+
+static void test_config_commands(void **state)
+{
+    char home[64], path[128], bak[160];
+    it_mkdtemp(home, sizeof home);
+    snprintf(path, sizeof path, "%s/lyra.yaml", home);
+    snprintf(bak, sizeof bak, "%s.v1.bak", path);
+    const char *v1 = "schema_version: 1\nserver:\n  listen: \"127.0.0.1:9123\"\nmodels:\n  path: /srv/models\n";
+    it_write_file(path, v1);
+    char *out = NULL;
+
+    const char *validate[] = {"config", "validate", "--home", home, NULL};
+    assert_int_equal(it_run_lyra(validate, NULL, &out), 0);
+    free(out);
+
+    const char *show[] = {"config", "show", "--home", home, NULL};
+    const char *env[] = {"LYRA_ADMIN_KEY=super-secret-value", NULL};
+    assert_int_equal(it_run_lyra(show, env, &out), 0);
+    assert_true(output_has(out, "port: 9123"));
+    assert_true(output_has(out, "dir: /srv/models"));
+    assert_null(strstr(out, "super-secret-value"));
+    free(out);
+
+    const char *migrate[] = {"config", "migrate", "--home", home, NULL};
+    assert_int_equal(it_run_lyra(migrate, NULL, &out), 0);
+    assert_true(output_has(out, "from schema 1 to 2"));
+    free(out);
+    char *backup = NULL, *now = NULL;
+    FILE *f = fopen(bak, "r");
+    assert_non_null(f);
+    backup = calloc(1, 4096);
+    assert_true(fread(backup, 1, 4095, f) > 0);
+    fclose(f);
+    assert_string_equal(backup, v1);
+    free(backup);
+    f = fopen(path, "r");
+    now = calloc(1, 4096);
+    assert_true(fread(now, 1, 4095, f) > 0);
+    fclose(f);
+    assert_non_null(strstr(now, "schema_version: 2"));
+    assert_non_null(strstr(now, "port: 9123"));
+    free(now);
+    assert_int_equal(it_run_lyra(migrate, NULL, &out), 0);
+    assert_true(output_has(out, "already at schema 2"));
+    free(out);
+    it_rmrf(home);
+}
+
+static void test_serve_migrates_at_start(void **state)
+{
+    char home[64], path[128], bak[160];
+    it_mkdtemp(home, sizeof home);
+    snprintf(path, sizeof path, "%s/lyra.yaml", home);
+    snprintf(bak, sizeof bak, "%s.v1.bak", path);
+    it_write_file(path, "server:\n  listen: \"127.0.0.1:0\"\nlog:\n  json: true\n");
+    struct it_server s;
+    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    assert_int_equal(access(bak, F_OK), 0);
+    assert_int_equal(it_server_stop(&s, SIGTERM), 0);
+    /* log.json: true became log.format: json — the daemon logged JSON lines. */
+    FILE *f = fopen(s.log_path, "r");
+    char line[1024] = "";
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    json_t *j = json_loads(line, 0, NULL);
+    assert_non_null(j);
+    json_decref(j);
+    it_server_cleanup(&s);
+    it_rmrf(home);
+}
+
+static void test_cli_basics(void **state)
+{
+    char *out = NULL;
+    const char *version[] = {"version", NULL};
+    assert_int_equal(it_run_lyra(version, NULL, &out), 0);
+    assert_true(output_has(out, "lyra "));
+    free(out);
+    const char *help[] = {"help", NULL};
+    assert_int_equal(it_run_lyra(help, NULL, &out), 0);
+    assert_true(output_has(out, "serve"));
+    free(out);
+    const char *sub_help[][3] = {{"serve", "--help", NULL}, {"config", "--help", NULL}, {"version", "--help", NULL}};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(it_run_lyra(sub_help[i], NULL, &out), 0);
+        assert_true(output_has(out, "usage: lyra"));
+        free(out);
+    }
+    const char *bogus[] = {"frobnicate", NULL};
+    assert_int_equal(it_run_lyra(bogus, NULL, &out), 2);
+    assert_true(output_has(out, "unknown command"));
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sigterm_drains_in_flight),
+        cmocka_unit_test(test_crash_recovery),
+        cmocka_unit_test(test_port_in_use),
+        cmocka_unit_test(test_bad_home),
+        cmocka_unit_test(test_second_daemon_same_home),
+        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_config_commands),
+        cmocka_unit_test(test_serve_migrates_at_start),
+        cmocka_unit_test(test_cli_basics),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
