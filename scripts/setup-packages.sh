@@ -9,7 +9,7 @@ packages=(
     nodejs npm
     libmicrohttpd-dev libwslay-dev libjansson-dev libsqlite3-dev libyaml-dev
     libsodium-dev libcurl4-openssl-dev libcmocka-dev
-    wrk procps
+    wrk procps curl
 )
 missing=()
 for p in "${packages[@]}"; do
