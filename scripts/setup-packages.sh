@@ -4,14 +4,21 @@
 # when everything is there.
 set -euo pipefail
 
+# Tools count as present when their command exists (a machine may have them
+# from elsewhere, e.g. Node.js from nodesource); libraries by dpkg status.
+declare -A tool_package=(
+    [cc]=build-essential [cmake]=cmake [ninja]=ninja-build [pkg-config]=pkg-config [git]=git
+    [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps
+)
 packages=(
-    build-essential cmake ninja-build pkg-config git ca-certificates
-    nodejs npm
+    ca-certificates
     libmicrohttpd-dev libwslay-dev libjansson-dev libsqlite3-dev libyaml-dev
     libsodium-dev libcurl4-openssl-dev libcmocka-dev
-    wrk procps curl
 )
 missing=()
+for tool in "${!tool_package[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_package[$tool]}")
+done
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
