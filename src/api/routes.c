@@ -10,5 +10,8 @@ const struct lyra_route lyra_routes[] = {
     {"GET", "/status", lyra_api_status, "status.read"},
     {"GET", "/events/recent", lyra_api_events_recent, "events.read"},
     {"POST", "/events", lyra_api_events_publish, "events.publish"},
+    {"GET", "/models", lyra_api_models_list, "models.read"},
+    {"GET", "/models/{name}", lyra_api_models_get, "models.read"},
+    {"GET", "/v1/models", lyra_api_openai_models, "models.read"},
 };
 const size_t lyra_n_routes = sizeof lyra_routes / sizeof *lyra_routes;

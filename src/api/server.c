@@ -95,6 +95,23 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
     return 0;
 }
 
+/* The registry is scanned once here so that start-up logs what was found;
+ * an unreadable models dir is logged, not fatal (config entries still work). */
+static int open_registry(struct lyra_server *srv, struct lyra_err *err)
+{
+    int rc = lyra_registry_new(srv->cfg, &srv->registry, err);
+    if (rc < 0)
+        return rc;
+    struct lyra_err scan_err = {0};
+    if (lyra_registry_refresh(srv->registry, NULL, &scan_err) < 0)
+        lyra_warn("models", "%s", scan_err.msg);
+    lyra_log(LYRA_LOG_INFO, "models", NULL,
+             json_pack("{s:s, s:I}", "dir", lyra_registry_dir(srv->registry), "models",
+                       (json_int_t)lyra_registry_count(srv->registry)),
+             "%zu model(s) known", lyra_registry_count(srv->registry));
+    return 0;
+}
+
 static int open_http(struct lyra_server *srv, struct lyra_err *err)
 {
     const struct lyra_config *cfg = srv->cfg;
@@ -152,6 +169,8 @@ int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, st
     int rc = prepare_home(srv, err);
     if (rc == 0)
         rc = open_state(srv, err);
+    if (rc == 0)
+        rc = open_registry(srv, err);
     if (rc == 0)
         rc = open_http(srv, err);
     if (rc < 0) {
@@ -215,6 +234,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         if (srv->bus) /* the next run starts right after the last number used */
             lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, lyra_bus_last_seq(srv->bus));
     }
+    lyra_registry_free(srv->registry);
     lyra_bus_free(srv->bus);
     lyra_store_close(srv->store);
     if (srv->lock_fd >= 0)

@@ -24,6 +24,7 @@
 #include "core/events.h"
 #include "core/store.h"
 #include "http/http.h"
+#include "models/registry.h"
 #include "sys/proc.h"
 
 enum lyra_server_state {
@@ -37,6 +38,7 @@ struct lyra_server {
     struct lyra_store *store;
     struct lyra_bus *bus;
     struct lyra_http *http;
+    struct lyra_registry *registry;
     char session_id[40];
     int64_t started_us;              /* monotonic */
     int64_t started_wall_ms;
@@ -69,6 +71,10 @@ void lyra_api_status(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/events.c). */
 void lyra_api_events_recent(struct lyra_http_req *req, void *ctx);
 void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/models.c). */
+void lyra_api_models_list(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_get(struct lyra_http_req *req, void *ctx);
+void lyra_api_openai_models(struct lyra_http_req *req, void *ctx);
 
 double lyra_server_uptime_s(const struct lyra_server *srv);
 const char *lyra_server_state_name(int state);
