@@ -33,6 +33,22 @@
 #define MAX_EXTRA_HEADERS 16
 #define REQUEST_ID_MAX 128
 
+/* A connection that Lyra resumed and that must make progress soon.
+ * With libmicrohttpd 0.9.75 (epoll, thread pool) a MHD_resume_connection()
+ * from another thread is sometimes not acted on (seen here: a parked
+ * request woken 100 ms after its suspension stayed suspended, about one run
+ * in two).  The kicker thread repeats the resume every KICK_INTERVAL_MS
+ * until the connection shows progress (its content reader or resume handler
+ * runs), so a lost wake-up costs milliseconds, never a stalled request.
+ * Lock order: a stream's lock, then kick_lock, then libmicrohttpd's own. */
+struct kick {
+    struct kick *prev, *next;
+    struct MHD_Connection *conn;
+    int64_t since_us;
+    bool armed;
+};
+#define KICK_INTERVAL_MS 5
+
 struct lyra_http {
     struct lyra_http_options opts;
     const struct lyra_route *routes;
@@ -45,6 +61,11 @@ struct lyra_http {
     atomic_int in_flight;
     pthread_mutex_t drain_lock;
     pthread_cond_t drained;
+    pthread_mutex_t kick_lock;   /* guards kicks and kicker_stop */
+    pthread_cond_t kick_cond;
+    struct kick *kicks;
+    bool kicker_running, kicker_stop;
+    pthread_t kicker;
 };
 
 struct lyra_http_req {
@@ -67,6 +88,27 @@ struct lyra_http_req {
     char *extra_names[MAX_EXTRA_HEADERS];
     char *extra_values[MAX_EXTRA_HEADERS];
     int n_extra;
+    lyra_http_handler resume;    /* set while parked */
+    void *resume_ud;
+    struct kick kick;            /* armed between wake and resume */
+};
+
+/* A streamed body: a byte queue between a producer thread and MHD's
+ * content reader.  Two holders: the producer (until close) and MHD (until
+ * its free callback); freed when both let go.  When the queue runs dry the
+ * reader suspends the connection and the next write resumes it; both
+ * happen under the lock, so no wake-up is lost. */
+struct lyra_http_stream {
+    pthread_mutex_t lock;
+    struct lyra_http *http;
+    struct kick kick;            /* armed between a resume and the next read */
+    struct MHD_Connection *conn;
+    char *buf;
+    size_t len, cap, off;
+    bool finished;   /* the producer closed */
+    bool gone;       /* MHD let go: the body is done or the client left */
+    bool suspended;
+    int holders;
 };
 
 /* ------------------------------------------------------------------ */
@@ -148,6 +190,216 @@ void lyra_http_send_error(struct lyra_http_req *req, int status, const char *cod
         lyra_log(LYRA_LOG_WARN, "http", req->request_id, json_pack("{s:i, s:s}", "status", status, "code", code),
                  "%s %s: %s", req->method, req->path, msg);
     lyra_http_send_json(req, status, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* Parking and streams                                                */
+
+static void kick_arm(struct lyra_http *http, struct kick *k, struct MHD_Connection *conn)
+{
+    pthread_mutex_lock(&http->kick_lock);
+    if (!k->armed) {
+        k->conn = conn;
+        k->since_us = lyra_now_us();
+        k->prev = NULL;
+        k->next = http->kicks;
+        if (http->kicks)
+            http->kicks->prev = k;
+        http->kicks = k;
+        k->armed = true;
+        pthread_cond_signal(&http->kick_cond);
+    }
+    pthread_mutex_unlock(&http->kick_lock);
+}
+
+static void kick_disarm(struct lyra_http *http, struct kick *k)
+{
+    pthread_mutex_lock(&http->kick_lock);
+    if (k->armed) {
+        if (k->prev)
+            k->prev->next = k->next;
+        else
+            http->kicks = k->next;
+        if (k->next)
+            k->next->prev = k->prev;
+        k->armed = false;
+    }
+    pthread_mutex_unlock(&http->kick_lock);
+}
+
+static void *kicker_main(void *arg)
+{
+    struct lyra_http *http = arg;
+    pthread_mutex_lock(&http->kick_lock);
+    while (!http->kicker_stop) {
+        if (!http->kicks) {
+            pthread_cond_wait(&http->kick_cond, &http->kick_lock);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += KICK_INTERVAL_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&http->kick_cond, &http->kick_lock, &ts);
+        int64_t now = lyra_now_us();
+        for (struct kick *k = http->kicks; k; k = k->next) {
+            if (now - k->since_us >= KICK_INTERVAL_MS * 1000) {
+                MHD_resume_connection(k->conn);
+                k->since_us = now;
+            }
+        }
+    }
+    pthread_mutex_unlock(&http->kick_lock);
+    return NULL;
+}
+
+void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void *ud)
+{
+    req->resume = resume;
+    req->resume_ud = ud;
+    MHD_suspend_connection(req->conn);
+}
+
+void lyra_http_wake(struct lyra_http_req *req)
+{
+    kick_arm(req->http, &req->kick, req->conn);
+    MHD_resume_connection(req->conn);
+}
+
+static void stream_release(struct lyra_http_stream *st)
+{
+    /* Called with st->lock held; unlocks. */
+    bool last = --st->holders == 0;
+    pthread_mutex_unlock(&st->lock);
+    if (last) {
+        pthread_mutex_destroy(&st->lock);
+        free(st->buf);
+        free(st);
+    }
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct lyra_http_stream *st = cls;
+    pthread_mutex_lock(&st->lock);
+    kick_disarm(st->http, &st->kick);
+    size_t avail = st->len - st->off;
+    if (avail > 0) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, st->buf + st->off, n);
+        st->off += n;
+        if (st->off == st->len)
+            st->off = st->len = 0;
+        pthread_mutex_unlock(&st->lock);
+        return (ssize_t)n;
+    }
+    if (st->finished) {
+        pthread_mutex_unlock(&st->lock);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    st->suspended = true;
+    MHD_suspend_connection(st->conn);
+    pthread_mutex_unlock(&st->lock);
+    return 0;
+}
+
+static void stream_free(void *cls)
+{
+    struct lyra_http_stream *st = cls;
+    pthread_mutex_lock(&st->lock);
+    kick_disarm(st->http, &st->kick);
+    st->gone = true;
+    stream_release(st);
+}
+
+struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int status, const char *content_type,
+                                               const void *first, size_t first_len)
+{
+    struct lyra_http_stream *st = calloc(1, sizeof *st);
+    struct MHD_Response *resp = NULL;
+    if (st && first_len > 0 && (st->buf = malloc(first_len))) {
+        memcpy(st->buf, first, first_len);
+        st->len = st->cap = first_len;
+        pthread_mutex_init(&st->lock, NULL);
+        st->http = req->http;
+        st->conn = req->conn;
+        st->holders = 2;
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, st, stream_free);
+    }
+    if (!resp) {
+        if (st) {
+            if (st->http)
+                pthread_mutex_destroy(&st->lock);
+            free(st->buf);
+            free(st);
+        }
+        lyra_http_send_error(req, 500, "internal", "out of memory");
+        return NULL;
+    }
+    req->answered = true;
+    req->status = status;
+    MHD_add_response_header(resp, "Content-Type", content_type);
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    apply_common_headers(req, resp);
+    MHD_queue_response(req->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return st;
+}
+
+int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t len)
+{
+    pthread_mutex_lock(&st->lock);
+    if (st->gone) {
+        pthread_mutex_unlock(&st->lock);
+        return LYRA_EIO;
+    }
+    if (st->len + len > st->cap) {
+        size_t cap = st->cap ? st->cap : 4096;
+        while (cap < st->len + len)
+            cap *= 2;
+        char *nb = realloc(st->buf, cap);
+        if (!nb) {
+            pthread_mutex_unlock(&st->lock);
+            return LYRA_ENOMEM;
+        }
+        st->buf = nb;
+        st->cap = cap;
+    }
+    memcpy(st->buf + st->len, data, len);
+    st->len += len;
+    if (st->suspended) {
+        st->suspended = false;
+        kick_arm(st->http, &st->kick, st->conn);
+        MHD_resume_connection(st->conn);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return 0;
+}
+
+bool lyra_http_stream_gone(struct lyra_http_stream *st)
+{
+    pthread_mutex_lock(&st->lock);
+    bool gone = st->gone;
+    pthread_mutex_unlock(&st->lock);
+    return gone;
+}
+
+void lyra_http_stream_close(struct lyra_http_stream *st)
+{
+    if (!st)
+        return;
+    pthread_mutex_lock(&st->lock);
+    st->finished = true;
+    if (st->suspended && !st->gone) {
+        st->suspended = false;
+        kick_arm(st->http, &st->kick, st->conn);
+        MHD_resume_connection(st->conn);
+    }
+    stream_release(st);
 }
 
 /* ------------------------------------------------------------------ */
@@ -433,7 +685,7 @@ static void dispatch(struct lyra_http_req *req)
         }
     }
     req->route->handler(req, http->ctx);
-    if (!req->answered)
+    if (!req->answered && !req->resume)
         lyra_http_send_error(req, 500, "internal", "the handler for %s %s gave no response", req->method,
                              req->path);
 }
@@ -450,6 +702,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         *con_cls = req;
         screen_request(req);
+        return MHD_YES;
+    }
+    if (req->resume) { /* woken after lyra_http_park() */
+        kick_disarm(http, &req->kick);
+        lyra_http_handler resume = req->resume;
+        req->resume = NULL;
+        resume(req, req->resume_ud);
+        if (!req->answered && !req->resume)
+            lyra_http_send_error(req, 500, "internal", "a parked request was resumed without an answer");
         return MHD_YES;
     }
     if (req->answered) { /* rejected early: discard whatever body comes */
@@ -498,6 +759,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!req)
         return;
     *con_cls = NULL;
+    kick_disarm(http, &req->kick);
     if (lyra_log_enabled(LYRA_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         enum lyra_log_level lvl = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? LYRA_LOG_DEBUG : LYRA_LOG_INFO;
         lyra_log(lvl, "http", req->request_id,
@@ -580,6 +842,8 @@ struct lyra_http *lyra_http_new(const struct lyra_http_options *opts, const stru
     http->ctx = ctx;
     pthread_mutex_init(&http->drain_lock, NULL);
     pthread_cond_init(&http->drained, NULL);
+    pthread_mutex_init(&http->kick_lock, NULL);
+    pthread_cond_init(&http->kick_cond, NULL);
     http->listen_fd = open_listener(opts->host, opts->port, &http->port, err);
     if (http->listen_fd < 0) {
         lyra_http_free(http);
@@ -606,6 +870,9 @@ int lyra_http_start(struct lyra_http *http, struct lyra_err *err)
     if (!http->daemon)
         return lyra_err_set(err, LYRA_EIO, "libmicrohttpd failed to start on port %d", http->port);
     http->mhd_owns_listener = true;
+    if (pthread_create(&http->kicker, NULL, kicker_main, http) != 0)
+        return lyra_err_set(err, LYRA_ENOMEM, "cannot start the HTTP kicker thread");
+    http->kicker_running = true;
     return 0;
 }
 
@@ -653,11 +920,20 @@ void lyra_http_free(struct lyra_http *http)
 {
     if (!http)
         return;
+    if (http->kicker_running) {
+        pthread_mutex_lock(&http->kick_lock);
+        http->kicker_stop = true;
+        pthread_cond_signal(&http->kick_cond);
+        pthread_mutex_unlock(&http->kick_lock);
+        pthread_join(http->kicker, NULL);
+    }
     if (http->daemon)
         MHD_stop_daemon(http->daemon);
     if (http->listen_fd >= 0 && !http->mhd_owns_listener)
         close(http->listen_fd);
     pthread_cond_destroy(&http->drained);
     pthread_mutex_destroy(&http->drain_lock);
+    pthread_cond_destroy(&http->kick_cond);
+    pthread_mutex_destroy(&http->kick_lock);
     free(http);
 }

@@ -108,4 +108,40 @@ void lyra_http_send_json(struct lyra_http_req *req, int status, json_t *body);
 void lyra_http_send_error(struct lyra_http_req *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* --- deferred answers and streams --------------------------------- */
+
+/* Parks the request so that the handler can return without answering
+ * while another thread prepares the answer.  Call it from the handler
+ * BEFORE handing the request to another thread.  Later, that thread calls
+ * lyra_http_wake(); then `resume` runs on an HTTP thread with `ud`, and
+ * must answer (or park again).  While parked, the request stays valid and
+ * the connection does not time out. */
+void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void *ud);
+/* Thread-safe: makes a parked request's `resume` run soon. */
+void lyra_http_wake(struct lyra_http_req *req);
+
+struct lyra_http_stream;
+
+/* Answers with a streamed body (chunked transfer encoding) that starts
+ * with `first` (copied; at least one byte) and returns the stream, which
+ * the caller owns until lyra_http_stream_close().  Data written to the
+ * stream is sent as the client can take it.  The request itself may be
+ * freed once the handler returns; only the stream remains valid.  NULL on
+ * allocation failure (the request is then answered 500).
+ *
+ * Why a first chunk: the content reader then never suspends the connection
+ * while the headers are still being sent, a path libmicrohttpd 0.9.75
+ * handles less well than suspension between body chunks.  Park the
+ * request (lyra_http_park) until there is something to send. */
+struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int status, const char *content_type,
+                                               const void *first, size_t first_len);
+/* Thread-safe.  Queues data (copied).  Returns 0, or LYRA_EIO once the
+ * client has gone (the caller should then stop producing and close). */
+int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t len);
+/* Thread-safe.  True once the client has gone. */
+bool lyra_http_stream_gone(struct lyra_http_stream *st);
+/* Thread-safe.  Ends the body after what was written, and releases the
+ * caller's hold on the stream. */
+void lyra_http_stream_close(struct lyra_http_stream *st);
+
 #endif

@@ -1,4 +1,6 @@
-/* test_http.c — the HTTP layer in-process with its own route table. */
+/* test_http.c — the HTTP layer in-process with its own routes: parked
+ * requests answered from another thread, streamed bodies, a client that
+ * leaves mid-stream, route parameters. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -15,6 +17,90 @@
 #include "harness.h"
 #include "http/http.h"
 
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* --- a parked request woken by another thread ----------------------- */
+
+static void parked_resume(struct lyra_http_req *req, void *ud)
+{
+    lyra_http_send_json(req, 202, json_pack("{s:s}", "answered_by", (const char *)ud));
+}
+
+static void *wake_later(void *arg)
+{
+    sleep_ms(getenv("PARK_MS") ? atoi(getenv("PARK_MS")) : 100);
+    lyra_http_wake(arg);
+    return NULL;
+}
+
+static void h_park(struct lyra_http_req *req, void *ctx)
+{
+    lyra_http_park(req, parked_resume, "worker");
+    pthread_t t;
+    pthread_create(&t, NULL, wake_later, req);
+    pthread_detach(t);
+}
+
+/* --- a stream fed by another thread --------------------------------- */
+
+struct feeder {
+    int tag;
+    struct lyra_http_stream *st;
+    int n;
+    int delay_ms;
+    int write_failed_at; /* -1 if every write succeeded */
+};
+
+static pthread_mutex_t feed_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t feed_done = PTHREAD_COND_INITIALIZER;
+static struct feeder last_feed;
+static bool feed_finished;
+
+static void *feed(void *arg)
+{
+    struct feeder *f = arg;
+    f->write_failed_at = -1;
+    for (int i = 1; i < f->n; i++) {
+        char line[64];
+        int len = snprintf(line, sizeof line, "data: %d\n\n", i);
+        if (lyra_http_stream_write(f->st, line, (size_t)len) != 0) {
+            f->write_failed_at = i;
+            break;
+        }
+        sleep_ms(f->delay_ms);
+    }
+    lyra_http_stream_close(f->st);
+    pthread_mutex_lock(&feed_lock);
+    if (f->tag == 7) { /* only the client-leaves test's feeder reports */
+        last_feed = *f;
+        feed_finished = true;
+    }
+    pthread_cond_broadcast(&feed_done);
+    pthread_mutex_unlock(&feed_lock);
+    free(f);
+    return NULL;
+}
+
+static void h_stream(struct lyra_http_req *req, void *ctx)
+{
+    const char *n = lyra_http_query(req, "n");
+    const char *d = lyra_http_query(req, "delay");
+    struct feeder *f = calloc(1, sizeof *f);
+    const char *tag = lyra_http_query(req, "tag");
+    f->tag = tag ? atoi(tag) : 0;
+    f->n = n ? atoi(n) : 5;
+    f->delay_ms = d ? atoi(d) : 5;
+    f->st = lyra_http_send_stream(req, 200, "text/event-stream", "data: 0\n\n", 9);
+    assert_non_null(f->st);
+    pthread_t t;
+    pthread_create(&t, NULL, feed, f);
+    pthread_detach(t);
+}
+
 static void h_item(struct lyra_http_req *req, void *ctx)
 {
     lyra_http_send_json(req, 200, json_pack("{s:s, s:s}", "kind", lyra_http_param(req, "kind"), "id",
@@ -22,6 +108,8 @@ static void h_item(struct lyra_http_req *req, void *ctx)
 }
 
 static const struct lyra_route routes[] = {
+    {"GET", "/park", h_park, ""},
+    {"GET", "/stream", h_stream, ""},
     {"GET", "/items/{kind}/{id}", h_item, ""},
 };
 
@@ -44,6 +132,56 @@ static int teardown(void **state)
     return 0;
 }
 
+static void test_parked_request(void **state)
+{
+    struct it_response r;
+    assert_int_equal(it_http(lyra_http_port(http), "GET", "/park", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 202);
+    assert_non_null(strstr(r.body, "\"answered_by\":\"worker\""));
+    it_response_free(&r);
+}
+
+static void test_stream_complete(void **state)
+{
+    feed_finished = false;
+    struct it_response r;
+    assert_int_equal(it_http(lyra_http_port(http), "GET", "/stream?n=20&delay=2", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    char buf[64];
+    assert_string_equal(it_header(&r, "Content-Type", buf, sizeof buf), "text/event-stream");
+    for (int i = 0; i < 20; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "data: %d\n\n", i);
+        assert_non_null(strstr(r.body, want));
+    }
+    it_response_free(&r);
+}
+
+static void test_stream_client_leaves(void **state)
+{
+    feed_finished = false;
+    int fd = it_connect(lyra_http_port(http));
+    const char req[] = "GET /stream?n=1000&delay=5&tag=7 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
+    char buf[256];
+    assert_true(read(fd, buf, sizeof buf) > 0); /* the stream started */
+    close(fd);
+    /* The producer learns that the client left, well before 1000 writes. */
+    pthread_mutex_lock(&feed_lock);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    while (!feed_finished)
+        if (pthread_cond_timedwait(&feed_done, &feed_lock, &deadline) != 0)
+            break;
+    bool finished = feed_finished;
+    int failed_at = last_feed.write_failed_at;
+    pthread_mutex_unlock(&feed_lock);
+    assert_true(finished);
+    if (!(failed_at >= 0 && failed_at < 1000))
+        fail_msg("write_failed_at = %d", failed_at);
+}
+
 static void test_route_params(void **state)
 {
     struct it_response r;
@@ -63,6 +201,9 @@ static void test_route_params(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parked_request),
+        cmocka_unit_test(test_stream_complete),
+        cmocka_unit_test(test_stream_client_leaves),
         cmocka_unit_test(test_route_params),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
