@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "worker/worker.h"
 
 static const struct {
     const char *name;
@@ -13,6 +14,7 @@ static const struct {
     {"config", lyra_cmd_config, "validate, migrate or show the configuration"},
     {"version", lyra_cmd_version, "print the version"},
     {"help", lyra_cmd_help, "show help for a command"},
+    {"worker", lyra_cmd_worker, "internal: run one model (started by the daemon)"},
 };
 #define N_COMMANDS (sizeof commands / sizeof *commands)
 

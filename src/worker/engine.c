@@ -1,0 +1,1158 @@
+/* engine.c — model, context, slots and the continuous-batching step.
+ *
+ * One llama_context holds n_slots sequences; slot i is sequence i and keeps
+ * the list of tokens whose KV entries it holds (cache), so that a new prompt
+ * sharing a prefix with it re-evaluates only the rest.  Requests wait in a
+ * FIFO until a slot is idle.  Every step builds ONE llama_batch with the next
+ * token of every generating slot and as much of the pending prompts as fits
+ * in n_batch, decodes it, samples one token for every slot whose logits are
+ * ready, and streams the text.  Slots are added to the batch in sequence
+ * order because llama.cpp's per-sequence KV streams only put consecutive
+ * sequence ids into one micro-batch.
+ *
+ * Per request, not per token: tokens, sampler, JSON for started/done.  Per
+ * token nothing is allocated here: the batch, the candidate arrays (one per
+ * slot), the piece buffer and the token frame buffer are reused, and token
+ * frames are serialised by hand into that buffer. */
+#include "worker/engine.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "ggml-backend.h"
+#include "llama.h"
+#include "worker/llamalog.h"
+#include "worker/sampling.h"
+#include "worker/template.h"
+
+#define COMP "worker"
+
+/* Bounds on what one embed request may ask for, so its reply stays well
+ * under the frame limit (a float takes up to ~16 bytes of JSON). */
+#define EMBED_MAX_INPUTS 2048
+#define EMBED_MAX_FLOATS (3 * 1024 * 1024)
+
+enum slot_state { SLOT_IDLE, SLOT_PROMPT, SLOT_GENERATING };
+static const char *const state_names[] = {"idle", "prompt", "generating"};
+
+struct request {
+    json_int_t id;
+    bool embed;
+    llama_token *tokens; /* generate: the prompt; embed: all inputs back to back */
+    int n_tokens;
+    int *input_off;      /* embed: input i is tokens[input_off[i] .. input_off[i+1]) */
+    int n_inputs;
+    struct lyra_sampling_params params;
+    struct lyra_sampler *sampler;
+    int n_predict;       /* tokens to generate at most */
+    int64_t t_arrival_us;
+    struct request *next;
+};
+
+struct slot {
+    int id; /* also its llama sequence id */
+    enum slot_state state;
+    struct request *req;
+    llama_token *cache; /* tokens whose KV this sequence holds, at positions 0.. */
+    int n_cache;
+    int n_fed;          /* prompt tokens of req in the KV */
+    int n_reused;       /* of those, taken over from the previous request */
+    int b_off, b_len;   /* this slot's tokens in the current batch */
+    int i_batch;        /* batch row whose logits it samples, -1 = none */
+    llama_token next;   /* sampled, to be decoded in the next step */
+    bool has_next;
+    int n_decoded;      /* tokens sampled for req */
+    int n_unreported;   /* ... not yet counted in a token frame */
+    int64_t t_admit_us, t_prompt_us, t_last_us;
+    struct lyra_stream *stream;
+    llama_token_data *cand; /* n_vocab scratch for sampling */
+};
+
+struct lyra_engine {
+    struct lyra_engine_sink sink;
+    int sink_rc;
+    volatile sig_atomic_t *stop;
+    char *name, *path, *tmpl;
+    struct llama_model *model;
+    const struct llama_vocab *vocab;
+    struct llama_context *ctx;
+    llama_memory_t mem;
+    int n_vocab, n_embd, n_ctx_train, n_ctx_slot, n_slots, n_batch, n_ubatch, threads;
+    bool embeddings, kv_unified;
+    llama_token *eog;
+    int n_eog;
+    struct slot *slots;
+    struct request *q_head, *q_tail;
+    int n_queued;
+    struct llama_batch batch;
+    char *out; /* token frame scratch */
+    size_t out_cap;
+    char *piece;
+    int piece_cap;
+};
+
+/* ---- replies --------------------------------------------------------------- */
+
+/* Sends msg (reference taken) unless an earlier send failed. */
+static int emit(struct lyra_engine *e, json_t *msg)
+{
+    if (!msg) {
+        if (!e->sink_rc)
+            e->sink_rc = LYRA_ENOMEM;
+    } else {
+        if (!e->sink_rc) {
+            int rc = e->sink.send(e->sink.ud, msg);
+            if (rc < 0)
+                e->sink_rc = rc;
+        }
+        json_decref(msg);
+    }
+    return e->sink_rc;
+}
+
+/* Sends {"type":"error"} for request id (borrowed; NULL gives null). */
+static void reply_error(struct lyra_engine *e, const json_t *id, const char *code, int status,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void reply_error(struct lyra_engine *e, const json_t *id, const char *code, int status,
+                        const char *fmt, ...)
+{
+    char msg[LYRA_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    emit(e, json_pack("{s:s, s:O?, s:s, s:s, s:i}", "type", "error", "id", id, "code", code,
+                      "message", msg, "status", status));
+}
+
+static void reply_error_id(struct lyra_engine *e, json_int_t id, const char *code, int status,
+                           const char *msg)
+{
+    json_t *idv = json_integer(id);
+    reply_error(e, idv, code, status, "%s", msg);
+    json_decref(idv);
+}
+
+static double ms_between(int64_t from_us, int64_t to_us)
+{
+    return to_us > from_us ? (double)(to_us - from_us) / 1000.0 : 0.0;
+}
+
+static double per_second(int n, double ms)
+{
+    return ms > 0 ? (double)n * 1000.0 / ms : 0.0;
+}
+
+/* Escapes s[0..len) (valid UTF-8) as the inside of a JSON string into dst,
+ * which has room for 6 * len bytes; returns the bytes written. */
+static size_t json_escape(char *dst, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *d = dst;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"': *d++ = '\\'; *d++ = '"'; break;
+        case '\\': *d++ = '\\'; *d++ = '\\'; break;
+        case '\n': *d++ = '\\'; *d++ = 'n'; break;
+        case '\r': *d++ = '\\'; *d++ = 'r'; break;
+        case '\t': *d++ = '\\'; *d++ = 't'; break;
+        default:
+            if (c < 0x20) {
+                memcpy(d, "\\u00", 4);
+                d[4] = hex[c >> 4];
+                d[5] = hex[c & 15];
+                d += 6;
+            } else {
+                *d++ = (char)c;
+            }
+        }
+    }
+    return (size_t)(d - dst);
+}
+
+/* Sends a token frame with text[0..len) and the tokens not yet reported. */
+static void emit_token(struct lyra_engine *e, struct slot *s, const char *text, size_t len)
+{
+    if (e->sink_rc)
+        return;
+    size_t need = 96 + 6 * len;
+    if (need > e->out_cap) {
+        size_t cap = e->out_cap ? e->out_cap : 1024;
+        while (cap < need)
+            cap *= 2;
+        char *p = realloc(e->out, cap);
+        if (!p) {
+            e->sink_rc = LYRA_ENOMEM;
+            return;
+        }
+        e->out = p;
+        e->out_cap = cap;
+    }
+    int n = snprintf(e->out, e->out_cap, "{\"type\":\"token\",\"id\":%" JSON_INTEGER_FORMAT ",\"text\":\"",
+                     s->req->id);
+    size_t w = (size_t)n + json_escape(e->out + n, text, len);
+    w += (size_t)snprintf(e->out + w, e->out_cap - w, "\",\"n\":%d}", s->n_unreported);
+    s->n_unreported = 0;
+    int rc = e->sink.send_raw(e->sink.ud, e->out, w);
+    if (rc < 0)
+        e->sink_rc = rc;
+}
+
+/* ---- requests ---------------------------------------------------------------- */
+
+static void request_free(struct request *r)
+{
+    if (!r)
+        return;
+    free(r->tokens);
+    free(r->input_off);
+    lyra_sampler_free(r->sampler);
+    lyra_sampling_params_clear(&r->params);
+    free(r);
+}
+
+static bool id_in_use(const struct lyra_engine *e, json_int_t id)
+{
+    for (int i = 0; i < e->n_slots; i++)
+        if (e->slots[i].req && e->slots[i].req->id == id)
+            return true;
+    for (const struct request *r = e->q_head; r; r = r->next)
+        if (r->id == id)
+            return true;
+    return false;
+}
+
+static void enqueue(struct lyra_engine *e, struct request *r)
+{
+    r->t_arrival_us = lyra_now_us();
+    r->next = NULL;
+    if (e->q_tail)
+        e->q_tail->next = r;
+    else
+        e->q_head = r;
+    e->q_tail = r;
+    e->n_queued++;
+}
+
+/* Tokenizes text; returns the token count (which may exceed cap, in which
+ * case toks holds nothing useful) or a negative LYRA_E* code. */
+static int tokenize(struct lyra_engine *e, const char *text, size_t len, bool add_special,
+                    llama_token *toks, int cap)
+{
+    if (len > (size_t)INT32_MAX)
+        return LYRA_ETOOBIG;
+    int32_t n = llama_tokenize(e->vocab, text, (int32_t)len, toks, cap, add_special, true);
+    if (n == INT32_MIN)
+        return LYRA_ETOOBIG;
+    return n < 0 ? -n : n;
+}
+
+/* The prompt text of a generate or tokenize message: "prompt"/"text" or
+ * "messages" through the chat template.  *owned is set when *text must be
+ * freed.  On a client error replies and returns LYRA_EINVAL. */
+static int prompt_text(struct lyra_engine *e, const json_t *msg, const json_t *idv, const char *key,
+                       const char **text, size_t *len, char **owned)
+{
+    *owned = NULL;
+    const json_t *prompt = json_object_get(msg, key);
+    const json_t *messages = json_object_get(msg, "messages");
+    if (prompt && messages) {
+        reply_error(e, idv, "invalid_request", 400, "%s: give either %s or messages, not both", key, key);
+        return LYRA_EINVAL;
+    }
+    if (prompt) {
+        if (!json_is_string(prompt)) {
+            reply_error(e, idv, "invalid_request", 400, "%s: must be a string", key);
+            return LYRA_EINVAL;
+        }
+        *text = json_string_value(prompt);
+        *len = json_string_length(prompt);
+        return 0;
+    }
+    if (!messages) {
+        reply_error(e, idv, "invalid_request", 400, "%s: missing (give %s or messages)", key, key);
+        return LYRA_EINVAL;
+    }
+    struct lyra_err err = {0};
+    int rc = lyra_template_apply(e->tmpl, messages, owned, len, &err);
+    if (rc < 0) {
+        reply_error(e, idv, rc == LYRA_EINVAL ? "invalid_request" : "template_failed",
+                    rc == LYRA_EINVAL ? 400 : 500, "%s", err.msg);
+        return rc;
+    }
+    *text = *owned;
+    return 0;
+}
+
+static void handle_generate(struct lyra_engine *e, const json_t *msg, const json_t *idv)
+{
+    json_int_t id = json_integer_value(idv);
+    struct request *r = calloc(1, sizeof *r);
+    if (!r) {
+        e->sink_rc = LYRA_ENOMEM;
+        return;
+    }
+    r->id = id;
+    struct lyra_err err = {0};
+    const json_t *params = json_object_get(msg, "params");
+    if (params && !json_is_object(params) && !json_is_null(params)) {
+        reply_error(e, idv, "invalid_request", 400, "params: must be an object");
+        free(r);
+        return;
+    }
+    if (lyra_sampling_params_parse(params, &r->params, &err) < 0) {
+        reply_error(e, idv, "invalid_request", 400, "params.%s", err.msg);
+        free(r);
+        return;
+    }
+    const struct lyra_sampling_params *p = &r->params;
+    if (p->max_tokens > e->n_ctx_slot) {
+        reply_error(e, idv, "invalid_request", 400,
+                    "params.max_tokens: %d exceeds the slot context of %d tokens", p->max_tokens,
+                    e->n_ctx_slot);
+        goto fail;
+    }
+    const char *text;
+    size_t len;
+    char *owned;
+    if (prompt_text(e, msg, idv, "prompt", &text, &len, &owned) < 0)
+        goto fail;
+    r->tokens = malloc(sizeof *r->tokens * (size_t)e->n_ctx_slot);
+    if (!r->tokens) {
+        free(owned);
+        e->sink_rc = LYRA_ENOMEM;
+        goto fail;
+    }
+    int n = tokenize(e, text, len, p->add_special, r->tokens, e->n_ctx_slot);
+    free(owned);
+    if (n < 0) {
+        reply_error(e, idv, "invalid_request", 400, "prompt: cannot be tokenized (%s)", lyra_strerror(n));
+        goto fail;
+    }
+    if (n == 0) {
+        reply_error(e, idv, "invalid_request", 400, "prompt: empty (no tokens)");
+        goto fail;
+    }
+    if (p->max_tokens == -1 ? n >= e->n_ctx_slot : n + p->max_tokens > e->n_ctx_slot) {
+        reply_error(e, idv, "context_length_exceeded", 400,
+                    "prompt has %d tokens, max_tokens %d, slot context is %d", n, p->max_tokens,
+                    e->n_ctx_slot);
+        goto fail;
+    }
+    r->n_tokens = n;
+    r->n_predict = p->max_tokens == -1 ? e->n_ctx_slot - n : p->max_tokens;
+    lyra_llamalog_mark();
+    int rc = lyra_sampler_new(e->vocab, p, e->eog, e->n_eog, e->n_ctx_slot, &r->sampler, &err);
+    if (rc < 0) {
+        if (rc == LYRA_EPARSE)
+            reply_error(e, idv, "invalid_grammar", 400, "params.%s", err.msg);
+        else
+            e->sink_rc = rc;
+        goto fail;
+    }
+    enqueue(e, r);
+    return;
+fail:
+    request_free(r);
+}
+
+static void handle_embed(struct lyra_engine *e, const json_t *msg, const json_t *idv)
+{
+    if (!e->embeddings) {
+        reply_error(e, idv, "embeddings_disabled", 400,
+                    "this model was loaded without embeddings (worker flag --embeddings)");
+        return;
+    }
+    const json_t *inputs = json_object_get(msg, "inputs");
+    size_t n_in = json_array_size(inputs);
+    if (!json_is_array(inputs) || n_in == 0 || n_in > EMBED_MAX_INPUTS) {
+        reply_error(e, idv, "invalid_request", 400, "inputs: must be an array of 1 to %d strings",
+                    EMBED_MAX_INPUTS);
+        return;
+    }
+    if ((double)n_in * e->n_embd > EMBED_MAX_FLOATS) {
+        reply_error(e, idv, "invalid_request", 400,
+                    "inputs: %zu inputs of %d dimensions is more than one reply may hold", n_in,
+                    e->n_embd);
+        return;
+    }
+    /* One input must fit a micro-batch: mean pooling sees one ubatch. */
+    int limit = e->n_ubatch < e->n_ctx_slot ? e->n_ubatch : e->n_ctx_slot;
+    struct request *r = calloc(1, sizeof *r);
+    if (!r || !(r->input_off = malloc(sizeof *r->input_off * (n_in + 1)))) {
+        free(r);
+        e->sink_rc = LYRA_ENOMEM;
+        return;
+    }
+    r->id = json_integer_value(idv);
+    r->embed = true;
+    r->n_inputs = (int)n_in;
+    int cap = 0;
+    for (size_t i = 0; i < n_in; i++) {
+        const json_t *s = json_array_get(inputs, i);
+        if (!json_is_string(s)) {
+            reply_error(e, idv, "invalid_request", 400, "inputs[%zu]: must be a string", i);
+            goto fail;
+        }
+        if (cap - r->n_tokens < limit) {
+            int ncap = cap ? 2 * cap : 2 * limit;
+            llama_token *t = realloc(r->tokens, sizeof *t * (size_t)ncap);
+            if (!t) {
+                e->sink_rc = LYRA_ENOMEM;
+                goto fail;
+            }
+            r->tokens = t;
+            cap = ncap;
+        }
+        int n = tokenize(e, json_string_value(s), json_string_length(s), true, r->tokens + r->n_tokens,
+                         limit);
+        if (n > limit) {
+            reply_error(e, idv, "context_length_exceeded", 400,
+                        "inputs[%zu] has %d tokens, the limit for one input is %d", i, n, limit);
+            goto fail;
+        }
+        if (n <= 0) {
+            reply_error(e, idv, "invalid_request", 400, "inputs[%zu]: empty (no tokens)", i);
+            goto fail;
+        }
+        r->input_off[i] = r->n_tokens;
+        r->n_tokens += n;
+    }
+    r->input_off[n_in] = r->n_tokens;
+    enqueue(e, r);
+    return;
+fail:
+    request_free(r);
+}
+
+static void send_done(struct lyra_engine *e, json_int_t id, const char *reason, int n_prompt,
+                      int n_cached, int n_eval, int n_gen, double queue_ms, double prompt_ms,
+                      double gen_ms)
+{
+    emit(e, json_pack("{s:s, s:I, s:s, s:{s:i, s:i, s:i}, s:{s:f, s:i, s:f, s:f, s:i, s:f, s:f}}",
+                      "type", "done", "id", (json_int_t)id, "finish_reason", reason, "usage",
+                      "prompt_tokens", n_prompt, "completion_tokens", n_gen, "cached_tokens", n_cached,
+                      "timings", "queue_ms", queue_ms, "prompt_n", n_eval, "prompt_ms", prompt_ms,
+                      "prompt_per_second", per_second(n_eval, prompt_ms), "predicted_n", n_gen,
+                      "predicted_ms", gen_ms, "predicted_per_second", per_second(n_gen, gen_ms)));
+}
+
+static void release(struct slot *s, int64_t now)
+{
+    request_free(s->req);
+    s->req = NULL;
+    s->state = SLOT_IDLE;
+    s->has_next = false;
+    s->i_batch = -1;
+    s->b_len = 0;
+    s->t_last_us = now;
+}
+
+/* Ends the slot's request with "done".  Except for a cancel, text still held
+ * back is sent first. */
+static void finish(struct lyra_engine *e, struct slot *s, const char *reason)
+{
+    int64_t now = lyra_now_us();
+    if (strcmp(reason, "cancelled") != 0) {
+        size_t n = lyra_stream_finish(s->stream);
+        if (n > 0 || s->n_unreported > 0)
+            emit_token(e, s, lyra_stream_text(s->stream), n);
+    }
+    int64_t t_prompt = s->t_prompt_us ? s->t_prompt_us : now;
+    send_done(e, s->req->id, reason, s->req->n_tokens, s->n_reused, s->n_fed - s->n_reused,
+              s->n_decoded, ms_between(s->req->t_arrival_us, s->t_admit_us),
+              ms_between(s->t_admit_us, t_prompt), s->t_prompt_us ? ms_between(s->t_prompt_us, now) : 0);
+    release(s, now);
+}
+
+/* Fails the slot's request after a decode error; its KV is dropped since
+ * its contents are no longer known. */
+static void fail_slot(struct lyra_engine *e, struct slot *s, int rc)
+{
+    char why[LYRA_ERR_MSG_MAX - 64];
+    if (lyra_llamalog_errors(why, sizeof why) == 0)
+        snprintf(why, sizeof why, "%s",
+                 rc == 1 ? "no room in the KV cache" : rc == 2 ? "aborted" : "decode error");
+    lyra_llamalog_mark();
+    lyra_error(COMP, "request %" JSON_INTEGER_FORMAT " failed: llama_decode returned %d: %s", s->req->id,
+               rc, why);
+    char msg[LYRA_ERR_MSG_MAX];
+    snprintf(msg, sizeof msg, "llama_decode failed (%d): %s", rc, why);
+    reply_error_id(e, s->req->id, "decode_failed", 500, msg);
+    llama_memory_seq_rm(e->mem, s->id, -1, -1);
+    s->n_cache = 0;
+    release(s, lyra_now_us());
+}
+
+static void handle_cancel(struct lyra_engine *e, json_int_t id)
+{
+    for (int i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->req && s->req->id == id) {
+            finish(e, s, "cancelled");
+            return;
+        }
+    }
+    for (struct request **pp = &e->q_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+        struct request *r = *pp;
+        if (r->id != id)
+            continue;
+        *pp = r->next;
+        if (e->q_tail == r)
+            e->q_tail = prev;
+        e->n_queued--;
+        double waited = ms_between(r->t_arrival_us, lyra_now_us());
+        send_done(e, id, "cancelled", r->n_tokens, 0, 0, 0, waited, 0, 0);
+        request_free(r);
+        return;
+    }
+    /* Unknown id: the request most likely finished while the cancel was on
+     * its way; its done frame was or will be sent. */
+}
+
+static void handle_status(struct lyra_engine *e, const json_t *idv)
+{
+    json_t *slots = json_array();
+    for (int i = 0; i < e->n_slots; i++) {
+        const struct slot *s = &e->slots[i];
+        json_array_append_new(slots, json_pack("{s:i, s:s, s:o, s:i}", "slot", s->id, "state",
+                                               state_names[s->state], "request",
+                                               s->req ? json_integer(s->req->id) : json_null(),
+                                               "n_cached", s->n_cache));
+    }
+    emit(e, json_pack("{s:s, s:O, s:o, s:i}", "type", "status", "id", idv, "slots", slots, "queued",
+                      e->n_queued));
+}
+
+static void handle_tokenize(struct lyra_engine *e, const json_t *msg, const json_t *idv)
+{
+    bool add_special = true;
+    const json_t *as = json_object_get(msg, "add_special");
+    if (as && !json_is_boolean(as)) {
+        reply_error(e, idv, "invalid_request", 400, "add_special: must be true or false");
+        return;
+    }
+    if (as)
+        add_special = json_is_true(as);
+    const char *text;
+    size_t len;
+    char *owned;
+    if (prompt_text(e, msg, idv, "text", &text, &len, &owned) < 0)
+        return;
+    int n = tokenize(e, text, len, add_special, NULL, 0);
+    free(owned);
+    if (n < 0) {
+        reply_error(e, idv, "invalid_request", 400, "text: cannot be tokenized (%s)", lyra_strerror(n));
+        return;
+    }
+    emit(e, json_pack("{s:s, s:O, s:i}", "type", "tokens", "id", idv, "count", n));
+}
+
+int lyra_engine_handle(struct lyra_engine *e, const json_t *msg)
+{
+    if (e->sink_rc)
+        return e->sink_rc;
+    const json_t *type = json_object_get(msg, "type");
+    const json_t *idv = json_object_get(msg, "id");
+    if (!json_is_string(type)) {
+        reply_error(e, json_is_integer(idv) ? idv : NULL, "invalid_request", 400,
+                    "type: missing or not a string");
+        return e->sink_rc;
+    }
+    const char *t = json_string_value(type);
+    static const char *const known[] = {"generate", "embed", "cancel", "status", "tokenize"};
+    bool is_known = false;
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        is_known |= strcmp(t, known[i]) == 0;
+    if (!is_known) {
+        reply_error(e, json_is_integer(idv) ? idv : NULL, "invalid_request", 400,
+                    "type: unknown message type '%.64s'", t);
+        return e->sink_rc;
+    }
+    if (!json_is_integer(idv) || json_integer_value(idv) < 0) {
+        reply_error(e, NULL, "invalid_request", 400, "id: must be a non-negative integer");
+        return e->sink_rc;
+    }
+    json_int_t id = json_integer_value(idv);
+    if (strcmp(t, "cancel") == 0) {
+        handle_cancel(e, id);
+    } else if (strcmp(t, "status") == 0) {
+        handle_status(e, idv);
+    } else if (strcmp(t, "tokenize") == 0) {
+        handle_tokenize(e, msg, idv);
+    } else if (id_in_use(e, id)) {
+        reply_error(e, idv, "invalid_request", 400, "id: %" JSON_INTEGER_FORMAT " is already in use", id);
+    } else if (strcmp(t, "generate") == 0) {
+        handle_generate(e, msg, idv);
+    } else {
+        handle_embed(e, msg, idv);
+    }
+    return e->sink_rc;
+}
+
+/* ---- admission -------------------------------------------------------------- */
+
+static int common_prefix(const llama_token *a, int na, const llama_token *b, int nb)
+{
+    int n = na < nb ? na : nb, i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* The idle slot for r, or NULL.  A slot whose cache covers at least a tenth
+ * of the prompt is reused (the longest match wins); otherwise an empty slot,
+ * lowest index first (keeps busy sequences contiguous, see the top), else
+ * the least recently used one.  *lcp gets the reusable prefix. */
+static struct slot *pick_slot(struct lyra_engine *e, const struct request *r, int *lcp)
+{
+    struct slot *best = NULL, *empty = NULL, *lru = NULL;
+    int best_lcp = -1;
+    for (int i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->state != SLOT_IDLE)
+            continue;
+        if (r->embed) { /* embeddings wipe the sequence: take the least valuable */
+            if (!best || s->n_cache < best->n_cache)
+                best = s;
+            continue;
+        }
+        int l = common_prefix(s->cache, s->n_cache, r->tokens, r->n_tokens);
+        if (l > best_lcp) {
+            best = s;
+            best_lcp = l;
+        }
+        if (s->n_cache == 0 && !empty)
+            empty = s;
+        if (!lru || s->t_last_us < lru->t_last_us)
+            lru = s;
+    }
+    if (!best || r->embed) {
+        *lcp = 0;
+        return best;
+    }
+    if (best_lcp > 0 && (int64_t)best_lcp * 10 >= r->n_tokens) {
+        *lcp = best_lcp;
+        return best;
+    }
+    struct slot *s = empty ? empty : lru;
+    *lcp = common_prefix(s->cache, s->n_cache, r->tokens, r->n_tokens);
+    return s;
+}
+
+static void batch_add(struct llama_batch *b, llama_token t, llama_pos pos, llama_seq_id seq, bool logits)
+{
+    int i = b->n_tokens++;
+    b->token[i] = t;
+    b->pos[i] = pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+}
+
+/* Computes embeddings for every input of r in sequence s->id, between steps
+ * (the batch is free then), and replies. */
+static void run_embed(struct lyra_engine *e, struct slot *s, struct request *r)
+{
+    int64_t t0 = lyra_now_us();
+    llama_memory_seq_rm(e->mem, s->id, -1, -1);
+    s->n_cache = 0;
+    json_t *data = json_array();
+    llama_set_embeddings(e->ctx, true);
+    int rc = 0;
+    for (int i = 0; i < r->n_inputs && data; i++) {
+        e->batch.n_tokens = 0;
+        for (int k = r->input_off[i]; k < r->input_off[i + 1]; k++)
+            batch_add(&e->batch, r->tokens[k], k - r->input_off[i], s->id, true);
+        lyra_llamalog_mark();
+        rc = llama_decode(e->ctx, e->batch);
+        const float *v = rc == 0 ? llama_get_embeddings_seq(e->ctx, s->id) : NULL;
+        llama_memory_seq_rm(e->mem, s->id, -1, -1);
+        if (!v) {
+            rc = rc ? rc : -100;
+            break;
+        }
+        double norm = 0;
+        for (int d = 0; d < e->n_embd; d++)
+            norm += (double)v[d] * v[d];
+        norm = norm > 0 ? 1.0 / sqrt(norm) : 0.0;
+        json_t *vec = json_array();
+        for (int d = 0; d < e->n_embd && vec; d++)
+            json_array_append_new(vec, json_real(v[d] * norm));
+        json_array_append_new(data, vec);
+    }
+    llama_set_embeddings(e->ctx, false);
+    e->batch.n_tokens = 0;
+    s->t_last_us = lyra_now_us();
+    if (rc != 0) {
+        json_decref(data);
+        char why[256];
+        if (lyra_llamalog_errors(why, sizeof why) == 0)
+            snprintf(why, sizeof why, "no pooled embedding");
+        lyra_llamalog_mark();
+        char msg[LYRA_ERR_MSG_MAX];
+        snprintf(msg, sizeof msg, "embedding failed (%d): %s", rc, why);
+        reply_error_id(e, r->id, "decode_failed", 500, msg);
+    } else {
+        emit(e, json_pack("{s:s, s:I, s:o, s:i, s:f}", "type", "embedding", "id", (json_int_t)r->id,
+                          "data", data, "prompt_tokens", r->n_tokens, "ms",
+                          ms_between(t0, s->t_last_us)));
+    }
+    request_free(r);
+}
+
+static void start(struct lyra_engine *e, struct slot *s, struct request *r, int lcp)
+{
+    /* Keep the shared prefix but always evaluate the last prompt token, so
+     * that there are logits to sample the first token from. */
+    int keep = lcp < r->n_tokens - 1 ? lcp : r->n_tokens - 1;
+    if (keep < s->n_cache && !llama_memory_seq_rm(e->mem, s->id, keep, -1)) {
+        /* partial removal is not possible for every memory type */
+        llama_memory_seq_rm(e->mem, s->id, -1, -1);
+        keep = 0;
+    }
+    s->req = r;
+    s->state = SLOT_PROMPT;
+    s->n_cache = s->n_fed = s->n_reused = keep;
+    s->has_next = false;
+    s->n_decoded = s->n_unreported = 0;
+    s->t_admit_us = lyra_now_us();
+    s->t_prompt_us = 0;
+    lyra_stream_reset(s->stream);
+    emit(e, json_pack("{s:s, s:I, s:i, s:i, s:i, s:f}", "type", "started", "id", (json_int_t)r->id,
+                      "slot", s->id, "prompt_tokens", r->n_tokens, "cached_tokens", keep, "queue_ms",
+                      ms_between(r->t_arrival_us, s->t_admit_us)));
+}
+
+static void admit(struct lyra_engine *e)
+{
+    while (e->q_head && !e->sink_rc) {
+        int lcp;
+        struct slot *s = pick_slot(e, e->q_head, &lcp);
+        if (!s)
+            return;
+        struct request *r = e->q_head;
+        e->q_head = r->next;
+        if (!e->q_head)
+            e->q_tail = NULL;
+        e->n_queued--;
+        if (r->embed)
+            run_embed(e, s, r);
+        else
+            start(e, s, r, lcp);
+    }
+}
+
+/* ---- the step --------------------------------------------------------------- */
+
+/* Records the slot's batch tokens as evaluated, then, if its logits are
+ * ready (row idx of the last decode), samples and streams one token. */
+static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
+{
+    struct request *r = s->req;
+    if (s->state == SLOT_PROMPT) {
+        memcpy(s->cache + s->n_cache, r->tokens + s->n_fed, sizeof *s->cache * (size_t)s->b_len);
+        s->n_fed += s->b_len;
+        s->n_cache += s->b_len;
+    } else {
+        s->cache[s->n_cache++] = s->next;
+        s->has_next = false;
+    }
+    if (idx < 0)
+        return;
+    if (s->state == SLOT_PROMPT) {
+        s->state = SLOT_GENERATING;
+        s->t_prompt_us = lyra_now_us();
+    }
+    llama_token tok = lyra_sampler_sample(r->sampler, e->ctx, idx, s->cand, e->n_vocab);
+    if (tok < 0) { /* the grammar is complete */
+        finish(e, s, "stop");
+        return;
+    }
+    s->n_decoded++;
+    s->n_unreported++;
+    if (!r->params.ignore_eos && llama_vocab_is_eog(e->vocab, tok)) {
+        finish(e, s, "stop");
+        return;
+    }
+    int n = llama_token_to_piece(e->vocab, tok, e->piece, e->piece_cap, 0, false);
+    if (n < 0) {
+        char *p = realloc(e->piece, (size_t)-n);
+        if (!p) {
+            e->sink_rc = LYRA_ENOMEM;
+            return;
+        }
+        e->piece = p;
+        e->piece_cap = -n;
+        n = llama_token_to_piece(e->vocab, tok, e->piece, e->piece_cap, 0, false);
+    }
+    if (n > 0 && lyra_stream_push(s->stream, e->piece, (size_t)n) < 0) {
+        e->sink_rc = LYRA_ENOMEM;
+        return;
+    }
+    bool stopped;
+    size_t ready = lyra_stream_ready(s->stream, r->params.stop, r->params.n_stop, &stopped);
+    if (stopped) {
+        finish(e, s, "stop");
+    } else if (s->n_decoded >= r->n_predict || s->n_cache >= e->n_ctx_slot) {
+        finish(e, s, "length");
+    } else {
+        if (ready > 0) {
+            emit_token(e, s, lyra_stream_text(s->stream), ready);
+            lyra_stream_consume(s->stream, ready);
+        }
+        s->next = tok;
+        s->has_next = true;
+    }
+}
+
+/* A decode of the whole batch failed: retry slot by slot so that only the
+ * requests whose own tokens cannot be decoded fail. */
+static void recover(struct lyra_engine *e, int rc)
+{
+    lyra_warn(COMP, "llama_decode of %d tokens returned %d; retrying per slot", e->batch.n_tokens, rc);
+    int n_in_batch = 0;
+    for (int i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->b_len > 0) {
+            /* undo micro-batches that were stored before the failure */
+            llama_memory_seq_rm(e->mem, s->id, s->n_cache, -1);
+            n_in_batch++;
+        }
+    }
+    for (int i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->b_len == 0)
+            continue;
+        int rc2 = rc;
+        if (n_in_batch > 1) {
+            struct llama_batch view = {
+                .n_tokens = s->b_len,
+                .token = e->batch.token + s->b_off,
+                .pos = e->batch.pos + s->b_off,
+                .n_seq_id = e->batch.n_seq_id + s->b_off,
+                .seq_id = e->batch.seq_id + s->b_off,
+                .logits = e->batch.logits + s->b_off,
+            };
+            rc2 = llama_decode(e->ctx, view);
+        }
+        if (rc2 == 2 && e->stop && *e->stop)
+            return;
+        if (rc2 != 0) {
+            llama_memory_seq_rm(e->mem, s->id, s->n_cache, -1);
+            fail_slot(e, s, rc2);
+        } else {
+            after_decode(e, s, s->i_batch < 0 ? -1 : s->i_batch - s->b_off);
+        }
+    }
+}
+
+int lyra_engine_step(struct lyra_engine *e)
+{
+    admit(e);
+    if (e->sink_rc)
+        return e->sink_rc;
+
+    int n_gen = 0;
+    for (int i = 0; i < e->n_slots; i++)
+        n_gen += e->slots[i].state == SLOT_GENERATING && e->slots[i].has_next;
+    int budget = e->n_batch - n_gen;
+
+    struct llama_batch *b = &e->batch;
+    b->n_tokens = 0;
+    for (int i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        s->b_off = b->n_tokens;
+        s->b_len = 0;
+        s->i_batch = -1;
+        if (s->state == SLOT_GENERATING && s->has_next) {
+            batch_add(b, s->next, s->n_cache, s->id, true);
+            s->b_len = 1;
+            s->i_batch = b->n_tokens - 1;
+        } else if (s->state == SLOT_PROMPT && budget > 0) {
+            int left = s->req->n_tokens - s->n_fed;
+            int n = left < budget ? left : budget;
+            for (int k = 0; k < n; k++)
+                batch_add(b, s->req->tokens[s->n_fed + k], s->n_cache + k, s->id, k == left - 1);
+            s->b_len = n;
+            budget -= n;
+            if (n == left)
+                s->i_batch = b->n_tokens - 1;
+        }
+    }
+    if (b->n_tokens == 0)
+        return e->sink_rc;
+
+    int rc = llama_decode(e->ctx, *b);
+    if (rc == 2 && e->stop && *e->stop)
+        return e->sink_rc; /* aborted for exit */
+    if (rc != 0) {
+        lyra_llamalog_mark();
+        recover(e, rc);
+    } else {
+        for (int i = 0; i < e->n_slots; i++) {
+            struct slot *s = &e->slots[i];
+            if (s->b_len > 0)
+                after_decode(e, s, s->i_batch);
+        }
+    }
+    b->n_tokens = 0;
+    return e->sink_rc;
+}
+
+bool lyra_engine_busy(const struct lyra_engine *e)
+{
+    if (e->q_head)
+        return true;
+    for (int i = 0; i < e->n_slots; i++)
+        if (e->slots[i].state != SLOT_IDLE)
+            return true;
+    return false;
+}
+
+/* ---- set-up ----------------------------------------------------------------- */
+
+static bool abort_cb(void *data)
+{
+    volatile sig_atomic_t *stop = data;
+    return stop && *stop;
+}
+
+static bool progress_cb(float progress, void *data)
+{
+    (void)progress;
+    volatile sig_atomic_t *stop = data;
+    return !(stop && *stop);
+}
+
+static int llama_failure(struct lyra_err *err, int code, const char *what)
+{
+    char why[LYRA_ERR_MSG_MAX];
+    if (lyra_llamalog_errors(why, sizeof why) == 0)
+        snprintf(why, sizeof why, "llama.cpp gave no reason");
+    lyra_llamalog_mark();
+    return lyra_err_set(err, code, "%s: %s", what, why);
+}
+
+/* A first decode so that the first request does not pay for graph
+ * allocation and page faults (llama-server does the same). */
+static void warm_up(struct lyra_engine *e)
+{
+    llama_token t = llama_vocab_bos(e->vocab);
+    if (t == LLAMA_TOKEN_NULL)
+        t = 0;
+    e->batch.n_tokens = 0;
+    batch_add(&e->batch, t, 0, 0, true);
+    if (llama_decode(e->ctx, e->batch) != 0)
+        lyra_warn(COMP, "warm-up decode failed");
+    llama_memory_clear(e->mem, true);
+    llama_synchronize(e->ctx);
+    e->batch.n_tokens = 0;
+}
+
+int lyra_engine_new(const struct lyra_engine_config *cfg, const struct lyra_engine_sink *sink,
+                    struct lyra_engine **out, struct lyra_err *err)
+{
+    *out = NULL;
+    if (cfg->parallel < 1 || cfg->parallel > 256 || cfg->ctx < 1 || cfg->threads < 1 || cfg->batch < 1 ||
+        cfg->ubatch < 1)
+        return lyra_err_set(err, LYRA_EINVAL, "invalid engine configuration");
+    struct stat st;
+    if (stat(cfg->model_path, &st) != 0)
+        return lyra_err_set(err, errno == ENOENT ? LYRA_ENOTFOUND : LYRA_EIO,
+                            "failed to load model %s: %s", cfg->model_path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return lyra_err_set(err, LYRA_EIO, "failed to load model %s: not a regular file", cfg->model_path);
+
+    struct lyra_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    e->sink = *sink;
+    e->stop = cfg->stop;
+    e->embeddings = cfg->embeddings;
+    e->kv_unified = cfg->kv_unified;
+    e->threads = cfg->threads;
+    e->name = cfg->name ? strdup(cfg->name) : NULL;
+    e->path = strdup(cfg->model_path);
+    int rc = LYRA_ENOMEM;
+    if (!e->path)
+        goto fail_msg;
+
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = cfg->gpu_layers < 0 ? 999 : cfg->gpu_layers;
+    mp.progress_callback = progress_cb;
+    mp.progress_callback_user_data = (void *)cfg->stop;
+    lyra_llamalog_mark();
+    e->model = llama_model_load_from_file(cfg->model_path, mp);
+    if (!e->model) {
+        char what[LYRA_ERR_MSG_MAX / 2];
+        snprintf(what, sizeof what, "failed to load model %s", cfg->model_path);
+        rc = llama_failure(err, LYRA_EIO, what);
+        goto fail;
+    }
+    e->vocab = llama_model_get_vocab(e->model);
+    e->n_vocab = llama_vocab_n_tokens(e->vocab);
+    e->n_embd = llama_model_n_embd(e->model);
+    e->n_ctx_train = llama_model_n_ctx_train(e->model);
+    int ctx_slot = cfg->ctx;
+    if (e->n_ctx_train > 0 && ctx_slot > e->n_ctx_train)
+        ctx_slot = e->n_ctx_train;
+
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)ctx_slot * (uint32_t)cfg->parallel;
+    cp.n_seq_max = (uint32_t)cfg->parallel;
+    cp.n_batch = (uint32_t)(cfg->batch > cfg->parallel ? cfg->batch : cfg->parallel);
+    cp.n_ubatch = (uint32_t)(cfg->ubatch < (int)cp.n_batch ? cfg->ubatch : (int)cp.n_batch);
+    cp.n_threads = cp.n_threads_batch = cfg->threads;
+    cp.kv_unified = cfg->kv_unified;
+    cp.no_perf = true;
+    cp.abort_callback = abort_cb;
+    cp.abort_callback_data = (void *)cfg->stop;
+    if (cfg->embeddings)
+        cp.pooling_type = LLAMA_POOLING_TYPE_MEAN; /* embeddings switched on per embed request */
+    lyra_llamalog_mark();
+    e->ctx = llama_init_from_model(e->model, cp);
+    if (!e->ctx) {
+        char what[LYRA_ERR_MSG_MAX / 2];
+        snprintf(what, sizeof what, "failed to create a context of %u tokens (%d slots x %d)", cp.n_ctx,
+                 cfg->parallel, ctx_slot);
+        rc = llama_failure(err, LYRA_ENOMEM, what);
+        goto fail;
+    }
+    e->mem = llama_get_memory(e->ctx);
+    e->n_slots = cfg->parallel;
+    e->n_batch = (int)llama_n_batch(e->ctx);
+    e->n_ubatch = (int)llama_n_ubatch(e->ctx);
+    /* Per-sequence KV streams are padded by llama.cpp; a unified buffer
+     * is shared, so the per-slot limit is ours to keep. */
+    e->n_ctx_slot = cfg->kv_unified ? ctx_slot : (int)llama_n_ctx_seq(e->ctx);
+
+    bool fell_back;
+    rc = lyra_template_select(e->model, cfg->chat_template, &e->tmpl, &fell_back, err);
+    if (rc < 0)
+        goto fail;
+    if (fell_back)
+        lyra_warn(COMP, "the model's chat template is not supported by llama.cpp; using chatml");
+
+    rc = LYRA_ENOMEM;
+    e->eog = malloc(sizeof *e->eog * 16);
+    if (!e->eog)
+        goto fail_msg;
+    for (llama_token t = 0; t < e->n_vocab; t++) {
+        if (llama_vocab_is_eog(e->vocab, t)) {
+            if (e->n_eog % 16 == 0 && e->n_eog > 0) {
+                llama_token *p = realloc(e->eog, sizeof *p * (size_t)(e->n_eog + 16));
+                if (!p)
+                    goto fail_msg;
+                e->eog = p;
+            }
+            e->eog[e->n_eog++] = t;
+        }
+    }
+    e->slots = calloc((size_t)e->n_slots, sizeof *e->slots);
+    e->piece_cap = 256;
+    e->piece = malloc((size_t)e->piece_cap);
+    if (!e->slots || !e->piece)
+        goto fail_msg;
+    for (int i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        s->id = i;
+        s->i_batch = -1;
+        s->cache = malloc(sizeof *s->cache * (size_t)e->n_ctx_slot);
+        s->cand = malloc(sizeof *s->cand * (size_t)e->n_vocab);
+        s->stream = lyra_stream_new();
+        if (!s->cache || !s->cand || !s->stream)
+            goto fail_msg;
+    }
+    e->batch = llama_batch_init(e->n_batch, 0, 1);
+    warm_up(e);
+    *out = e;
+    return 0;
+
+fail_msg:
+    lyra_err_set(err, rc, "out of memory setting up the engine");
+fail:
+    lyra_engine_free(e);
+    return rc;
+}
+
+void lyra_engine_free(struct lyra_engine *e)
+{
+    if (!e)
+        return;
+    for (struct request *r = e->q_head, *n; r; r = n) {
+        n = r->next;
+        request_free(r);
+    }
+    if (e->slots) {
+        for (int i = 0; i < e->n_slots; i++) {
+            request_free(e->slots[i].req);
+            free(e->slots[i].cache);
+            free(e->slots[i].cand);
+            lyra_stream_free(e->slots[i].stream);
+        }
+    }
+    free(e->slots);
+    if (e->batch.token)
+        llama_batch_free(e->batch);
+    if (e->ctx)
+        llama_free(e->ctx);
+    if (e->model)
+        llama_model_free(e->model);
+    free(e->eog);
+    free(e->out);
+    free(e->piece);
+    free(e->tmpl);
+    free(e->name);
+    free(e->path);
+    free(e);
+}
+
+static const char *dev_type_name(enum ggml_backend_dev_type t)
+{
+    switch (t) {
+    case GGML_BACKEND_DEVICE_TYPE_CPU: return "cpu";
+    case GGML_BACKEND_DEVICE_TYPE_GPU: return "gpu";
+    case GGML_BACKEND_DEVICE_TYPE_IGPU: return "igpu";
+    case GGML_BACKEND_DEVICE_TYPE_ACCEL: return "accel";
+    default: return "other";
+    }
+}
+
+json_t *lyra_engine_ready(struct lyra_engine *e, double load_ms)
+{
+    char desc[256];
+    llama_model_desc(e->model, desc, sizeof desc);
+    const char *own = llama_model_chat_template(e->model, NULL);
+    json_t *devices = json_array();
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        size_t free_b = 0, total_b = 0;
+        ggml_backend_dev_memory(d, &free_b, &total_b);
+        json_array_append_new(devices, json_pack("{s:s, s:s, s:s, s:I, s:I}", "name",
+                                                 ggml_backend_dev_name(d), "description",
+                                                 ggml_backend_dev_description(d), "type",
+                                                 dev_type_name(ggml_backend_dev_type(d)), "memory_total",
+                                                 (json_int_t)total_b, "memory_free", (json_int_t)free_b));
+    }
+    json_t *model = json_pack(
+        "{s:s, s:I, s:i, s:i, s:i, s:i, s:I, s:s, s:s?, s:b}", "path", e->path, "n_params",
+        (json_int_t)llama_model_n_params(e->model), "n_vocab", e->n_vocab, "n_ctx_train", e->n_ctx_train,
+        "n_embd", e->n_embd, "n_layer", llama_model_n_layer(e->model), "size_bytes",
+        (json_int_t)llama_model_size(e->model), "desc", desc, "chat_template", own, "has_encoder",
+        llama_model_has_encoder(e->model));
+    return json_pack("{s:s, s:s?, s:f, s:i, s:i, s:i, s:i, s:i, s:b, s:b, s:s, s:o, s:o}", "type", "ready",
+                     "name", e->name, "load_ms", load_ms, "n_ctx_slot", e->n_ctx_slot, "n_slots",
+                     e->n_slots, "threads", e->threads, "n_batch", e->n_batch, "n_ubatch", e->n_ubatch,
+                     "embeddings", e->embeddings, "kv_unified", e->kv_unified, "chat_template", e->tmpl,
+                     "model", model, "devices", devices);
+}

@@ -1,0 +1,106 @@
+/* sampling.h — a generate request's sampling: its parameters, the llama
+ * sampler chain that picks each token, and the text stream that turns token
+ * pieces into what may be sent (complete UTF-8, never a stop string).
+ *
+ * Thread-safety: objects belong to the engine thread; no shared state. */
+#ifndef LYRA_SAMPLING_H
+#define LYRA_SAMPLING_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "llama.h"
+
+#define LYRA_MAX_STOP 16         /* stop strings per request */
+#define LYRA_MAX_STOP_LEN 256    /* bytes per stop string */
+#define LYRA_MAX_GRAMMAR (1 << 20) /* bytes of GBNF */
+
+/* A request's "params", with llama-server's defaults. */
+struct lyra_sampling_params {
+    int max_tokens;          /* >= 1, or -1 = until the slot's context is full */
+    float temperature;       /* 0 = greedy */
+    int top_k;               /* 0 = off */
+    float top_p, min_p;      /* 1 / 0 = off */
+    float repeat_penalty;    /* 1 = off */
+    int repeat_last_n;       /* tokens of history penalised; -1 = whole context */
+    float presence_penalty, frequency_penalty;
+    uint32_t seed;           /* LLAMA_DEFAULT_SEED = random */
+    bool ignore_eos, json_mode, add_special;
+    char *grammar;           /* owned; NULL = none */
+    char *stop[LYRA_MAX_STOP]; /* owned */
+    int n_stop;
+};
+
+/* Fills *p from the request's "params" object (borrowed; NULL = all
+ * defaults).  Unknown keys are ignored (forward compatibility).  Returns 0,
+ * or LYRA_EINVAL with err->msg naming the field ("temperature: must be a
+ * number >= 0"), or LYRA_ENOMEM.  On success the caller releases *p with
+ * lyra_sampling_params_clear(). */
+int lyra_sampling_params_parse(const json_t *params, struct lyra_sampling_params *p,
+                               struct lyra_err *err);
+void lyra_sampling_params_clear(struct lyra_sampling_params *p);
+
+/* One request's token picker: the llama sampler chain plus, when a grammar
+ * or json_mode is set, a grammar sampler used as in llama-server (sample
+ * with the chain, check the token against the grammar, and only when it is
+ * rejected apply the grammar to the full vocabulary and sample again). */
+struct lyra_sampler;
+
+/* Builds the sampler for `p` (borrowed).  eog[0..n_eog) lists the vocab's
+ * end-of-generation tokens (borrowed for the call), banned when
+ * p->ignore_eos.  n_ctx_slot resolves repeat_last_n = -1.  Returns 0 with *out
+ * (caller frees with lyra_sampler_free), LYRA_EPARSE for a grammar llama.cpp
+ * rejects (err->msg has the parser's reason), or LYRA_ENOMEM. */
+int lyra_sampler_new(const struct llama_vocab *vocab, const struct lyra_sampling_params *p,
+                     const llama_token *eog, int n_eog, int n_ctx_slot, struct lyra_sampler **out,
+                     struct lyra_err *err);
+void lyra_sampler_free(struct lyra_sampler *s);
+
+/* Picks the next token from row `idx` of ctx's logits and records it in the
+ * sampler's state (penalty history, grammar).  cand is scratch space of
+ * n_vocab entries owned by the caller (reused across calls, so sampling does
+ * not allocate).  Returns the token, or -1 when the grammar admits no further
+ * token (the output is complete). */
+llama_token lyra_sampler_sample(struct lyra_sampler *s, struct llama_context *ctx, int32_t idx,
+                                llama_token_data *cand, int n_vocab);
+
+/* Text stream: collects the pieces of generated tokens and releases text
+ * that is safe to send: only complete UTF-8 (an incomplete multi-byte
+ * sequence at the end is held back until it completes; invalid bytes become
+ * U+FFFD), and never any part of a stop string (text that could be the start
+ * of a stop string is held back; on a match everything from the match on is
+ * dropped). */
+struct lyra_stream;
+
+/* Returns a new empty stream or NULL when out of memory.  Caller frees with
+ * lyra_stream_free(). */
+struct lyra_stream *lyra_stream_new(void);
+void lyra_stream_free(struct lyra_stream *s);
+/* Empties the stream for a new request, keeping its buffers. */
+void lyra_stream_reset(struct lyra_stream *s);
+
+/* Adds a token's piece (borrowed, copied).  Returns 0 or LYRA_ENOMEM. */
+int lyra_stream_push(struct lyra_stream *s, const char *piece, size_t len);
+
+/* Checks the stop strings stop[0..n_stop) (borrowed) and returns how many
+ * bytes at the front of lyra_stream_text() may be sent now.  *stopped is set
+ * when a stop string matched: the text is then cut before the match and
+ * nothing more will be released. */
+size_t lyra_stream_ready(struct lyra_stream *s, char *const *stop, int n_stop, bool *stopped);
+
+/* Ends the stream: everything still held (a stop-string prefix that never
+ * completed, an incomplete UTF-8 tail as U+FFFD) becomes sendable.  Returns
+ * the number of bytes at the front of lyra_stream_text() to send. */
+size_t lyra_stream_finish(struct lyra_stream *s);
+
+/* The sendable-or-held text (valid UTF-8, not NUL-terminated); borrowed,
+ * valid until the next call on s. */
+const char *lyra_stream_text(const struct lyra_stream *s);
+
+/* Drops the first n bytes of the text (after they were sent). */
+void lyra_stream_consume(struct lyra_stream *s, size_t n);
+
+#endif

@@ -1,0 +1,392 @@
+/* worker.c — `lyra worker`: argument parsing, start-up (backends, model,
+ * "ready" or "fatal"), and the loop that moves frames between the daemon's
+ * socket and the engine.
+ *
+ * One thread does everything.  When a slot is busy the loop polls the socket
+ * without blocking before every step; when all is idle it blocks in poll.
+ * Replies produced while handling input or during a step are queued in one
+ * frame writer and flushed once, so a step costs one write(2) whatever the
+ * number of streams.  SIGTERM sets the process's stop flag (the one global
+ * CONVENTIONS allows), wakes poll through a self-pipe and aborts a running
+ * llama_decode through the context's abort callback. */
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "ggml-backend.h"
+#include "llama.h"
+#include "worker/engine.h"
+#include "worker/llamalog.h"
+#include "worker/protocol.h"
+
+#define COMP "worker"
+
+#ifndef LYRA_BACKEND_DIR
+#define LYRA_BACKEND_DIR "deps/llama/lib"
+#endif
+
+static volatile sig_atomic_t stop_flag;
+static int wake_fd = -1; /* write end of the self-pipe */
+
+static void on_sigterm(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    stop_flag = 1;
+    if (wake_fd >= 0) {
+        ssize_t n = write(wake_fd, "x", 1);
+        (void)n;
+    }
+    errno = saved;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: lyra worker --fd N --model PATH [options]\n"
+            "\n"
+            "Serves one model over the socket inherited as fd N (started by `lyra serve`;\n"
+            "protocol in docs/worker.md).\n"
+            "\n"
+            "options:\n"
+            "  --fd N              socket to the daemon (required)\n"
+            "  --model PATH        GGUF file (required)\n"
+            "  --name NAME         model name reported in \"ready\"\n"
+            "  --ctx N             context per slot in tokens (default 4096, capped at the\n"
+            "                      model's training context)\n"
+            "  --parallel N        slots = concurrent requests (default 4)\n"
+            "  --threads N         CPU threads (default: the CPUs this process may use)\n"
+            "  --gpu-layers N      layers to offload, -1 = all (default -1)\n"
+            "  --batch N           tokens per decode step (default 2048)\n"
+            "  --ubatch N          tokens per micro-batch (default 512)\n"
+            "  --embeddings        accept embed requests (mean pooling)\n"
+            "  --kv-unified        one KV buffer shared by all slots\n"
+            "  --chat-template T   chat template name or text (default: the model's)\n"
+            "\n"
+            "environment: LYRA_BACKEND_DIR (ggml backend plug-ins), LYRA_WORKER_VERBOSE=1\n"
+            "(llama.cpp's log on stderr), LYRA_WORKER_LOG_LEVEL (default info).\n");
+}
+
+static int cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+struct opts {
+    int fd;
+    struct lyra_engine_config cfg;
+};
+
+static bool parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return false;
+    *out = (int)v;
+    return true;
+}
+
+/* Parses argv into o; prints the problem and returns -1 on a usage error,
+ * 1 for --help. */
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    static const struct {
+        const char *name;
+        long lo, hi;
+        size_t off;
+    } ints[] = {
+        {"--fd", 0, INT_MAX, offsetof(struct opts, fd)},
+        {"--ctx", 16, 1 << 24, offsetof(struct opts, cfg.ctx)},
+        {"--parallel", 1, 256, offsetof(struct opts, cfg.parallel)},
+        {"--threads", 1, 1024, offsetof(struct opts, cfg.threads)},
+        {"--gpu-layers", -1, 100000, offsetof(struct opts, cfg.gpu_layers)},
+        {"--batch", 1, 1 << 20, offsetof(struct opts, cfg.batch)},
+        {"--ubatch", 1, 1 << 20, offsetof(struct opts, cfg.ubatch)},
+    };
+    for (int i = 1; i < argc; i++) {
+        char *arg = argv[i], *val = NULL;
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
+            return 1;
+        if (strcmp(arg, "--embeddings") == 0) {
+            o->cfg.embeddings = true;
+            continue;
+        }
+        if (strcmp(arg, "--kv-unified") == 0) {
+            o->cfg.kv_unified = true;
+            continue;
+        }
+        char *eq = strncmp(arg, "--", 2) == 0 ? strchr(arg, '=') : NULL;
+        size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
+        if (eq)
+            val = eq + 1;
+        else if (i + 1 < argc)
+            val = argv[i + 1];
+        bool matched = false;
+        for (size_t k = 0; k < sizeof ints / sizeof *ints && !matched; k++) {
+            if (strlen(ints[k].name) != nlen || strncmp(arg, ints[k].name, nlen) != 0)
+                continue;
+            matched = true;
+            if (!val || !parse_int(val, ints[k].lo, ints[k].hi, (int *)((char *)o + ints[k].off))) {
+                fprintf(stderr, "lyra worker: %.*s needs an integer between %ld and %ld\n", (int)nlen, arg,
+                        ints[k].lo, ints[k].hi);
+                return -1;
+            }
+        }
+        const char **str = NULL;
+        if (!matched) {
+            if (nlen == 7 && strncmp(arg, "--model", 7) == 0)
+                str = &o->cfg.model_path;
+            else if (nlen == 6 && strncmp(arg, "--name", 6) == 0)
+                str = &o->cfg.name;
+            else if (nlen == 15 && strncmp(arg, "--chat-template", 15) == 0)
+                str = &o->cfg.chat_template;
+            if (!str) {
+                fprintf(stderr, "lyra worker: unknown option '%s'\n", arg);
+                return -1;
+            }
+            if (!val) {
+                fprintf(stderr, "lyra worker: %s needs a value\n", arg);
+                return -1;
+            }
+            *str = val;
+        }
+        if (!eq)
+            i++;
+    }
+    if (o->fd < 0 || !o->cfg.model_path) {
+        fprintf(stderr, "lyra worker: --fd and --model are required\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reports a start-up failure to the daemon (best effort) and the log. */
+static void send_fatal(int fd, const char *msg)
+{
+    lyra_error(COMP, "%s", msg);
+    if (fd < 0)
+        return;
+    json_t *m = json_pack("{s:s, s:s}", "type", "fatal", "message", msg);
+    if (m)
+        lyra_frame_write(fd, m, NULL);
+    json_decref(m);
+}
+
+/* Sink: replies are queued in the frame writer and flushed by the loop. */
+static int sink_send(void *ud, const json_t *msg)
+{
+    struct lyra_err err;
+    int rc = lyra_frame_writer_add(ud, msg, &err);
+    if (rc < 0)
+        lyra_error(COMP, "cannot queue a reply: %s", err.msg);
+    return rc;
+}
+
+static int sink_send_raw(void *ud, const char *json, size_t len)
+{
+    return lyra_frame_writer_add_raw(ud, json, len, NULL);
+}
+
+/* Reads what the socket has and hands every complete frame to the engine.
+ * Returns 0, 1 at end of file, or an exit status (1 or 2) on failure. */
+static int pump_input(int fd, struct lyra_frame_reader *rd, struct lyra_engine *e)
+{
+    bool eof = false;
+    struct lyra_err err = {0};
+    for (;;) {
+        int n = lyra_frame_reader_read(rd, fd, &err);
+        if (n == LYRA_EBUSY)
+            break;
+        if (n == 0) {
+            eof = true;
+            break;
+        }
+        if (n < 0) {
+            lyra_error(COMP, "reading from the daemon: %s", err.msg);
+            return 1;
+        }
+    }
+    for (;;) {
+        json_t *msg;
+        int rc = lyra_frame_reader_next(rd, &msg, &err);
+        if (rc < 0) {
+            lyra_error(COMP, "protocol violation by the daemon: %s; exiting", err.msg);
+            return 2;
+        }
+        if (!msg)
+            break;
+        rc = lyra_engine_handle(e, msg);
+        json_decref(msg);
+        if (rc < 0)
+            return 1;
+    }
+    if (eof) {
+        if (lyra_frame_reader_eof(rd, &err) < 0)
+            lyra_warn(COMP, "daemon closed the socket: %s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int flush(struct lyra_frame_writer *w, int fd)
+{
+    struct lyra_err err = {0};
+    if (lyra_frame_writer_flush(w, fd, &err) == 0)
+        return 0;
+    /* A daemon that went away is a normal way for a worker to end. */
+    if (strstr(err.msg, strerror(EPIPE)) || strstr(err.msg, strerror(ECONNRESET))) {
+        lyra_info(COMP, "daemon went away; exiting");
+        return -1;
+    }
+    lyra_error(COMP, "writing to the daemon: %s", err.msg);
+    return 1;
+}
+
+static int serve(int fd, int wake_rd, struct lyra_engine *e, struct lyra_frame_writer *w)
+{
+    struct lyra_frame_reader *rd = lyra_frame_reader_new();
+    if (!rd)
+        return 1;
+    int status = 0;
+    for (;;) {
+        if (stop_flag) {
+            lyra_info(COMP, "SIGTERM received; exiting");
+            break;
+        }
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = wake_rd, .events = POLLIN}};
+        int pr = poll(p, 2, lyra_engine_busy(e) ? 0 : -1);
+        if (pr < 0 && errno != EINTR) {
+            lyra_error(COMP, "poll: %s", strerror(errno));
+            status = 1;
+            break;
+        }
+        if (stop_flag)
+            continue;
+        if (pr > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+            int rc = pump_input(fd, rd, e);
+            if (rc != 0) {
+                if (rc < 0)
+                    lyra_info(COMP, "daemon closed the socket; exiting");
+                status = rc < 0 ? 0 : rc;
+                break;
+            }
+        }
+        if (lyra_engine_busy(e) && lyra_engine_step(e) < 0) {
+            status = 1;
+            break;
+        }
+        int rc = flush(w, fd);
+        if (rc != 0) {
+            status = rc < 0 ? 0 : rc;
+            break;
+        }
+    }
+    lyra_frame_reader_free(rd);
+    return status;
+}
+
+int lyra_cmd_worker(int argc, char **argv)
+{
+    struct opts o = {
+        .fd = -1,
+        .cfg = {.ctx = 4096, .parallel = 4, .threads = 0, .gpu_layers = -1, .batch = 2048, .ubatch = 512},
+    };
+    int prc = parse_args(argc, argv, &o);
+    if (prc != 0) {
+        usage(prc > 0 ? stdout : stderr);
+        return prc > 0 ? 0 : 2;
+    }
+    if (fcntl(o.fd, F_GETFD) < 0) {
+        fprintf(stderr, "lyra worker: --fd %d is not an open file descriptor\n", o.fd);
+        return 2;
+    }
+    const char *level = getenv("LYRA_WORKER_LOG_LEVEL");
+    struct lyra_err err = {0};
+    if (lyra_log_open(level && *level ? level : "info", "auto", NULL, &err) < 0)
+        lyra_log_open("info", "auto", NULL, NULL);
+    if (o.cfg.threads == 0)
+        o.cfg.threads = cpu_count();
+
+    /* The daemon decides when we stop: SIGINT from a terminal's Ctrl-C goes
+     * to the whole process group and must not kill requests it drains. */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0) {
+        send_fatal(o.fd, "cannot create a pipe");
+        return 1;
+    }
+    wake_fd = pipefd[1];
+    struct sigaction sa = {.sa_handler = on_sigterm};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    fcntl(o.fd, F_SETFD, FD_CLOEXEC);
+    fcntl(o.fd, F_SETFL, fcntl(o.fd, F_GETFL) | O_NONBLOCK);
+
+    const char *verbose = getenv("LYRA_WORKER_VERBOSE");
+    lyra_llamalog_install(verbose && strcmp(verbose, "1") == 0);
+    const char *dir = getenv("LYRA_BACKEND_DIR");
+    if (!dir || !*dir)
+        dir = LYRA_BACKEND_DIR;
+    int64_t t0 = lyra_now_us();
+    ggml_backend_load_all_from_path(dir);
+    llama_backend_init();
+
+    int status = 1;
+    struct lyra_engine *e = NULL;
+    struct lyra_frame_writer *w = lyra_frame_writer_new();
+    if (!w) {
+        send_fatal(o.fd, "out of memory");
+        goto out;
+    }
+    if (ggml_backend_dev_count() == 0) {
+        char msg[PATH_MAX + 64];
+        snprintf(msg, sizeof msg, "no ggml backends found in %s (set LYRA_BACKEND_DIR)", dir);
+        send_fatal(o.fd, msg);
+        goto out;
+    }
+    o.cfg.stop = &stop_flag;
+    struct lyra_engine_sink sink = {sink_send, sink_send_raw, w};
+    if (lyra_engine_new(&o.cfg, &sink, &e, &err) < 0) {
+        send_fatal(o.fd, stop_flag ? "terminated while loading the model" : err.msg);
+        goto out;
+    }
+    double load_ms = (double)(lyra_now_us() - t0) / 1000.0;
+    json_t *ready = lyra_engine_ready(e, load_ms);
+    int rc = ready ? lyra_frame_writer_add(w, ready, &err) : LYRA_ENOMEM;
+    json_decref(ready);
+    if (rc < 0) {
+        send_fatal(o.fd, "cannot build the ready message");
+        goto out;
+    }
+    lyra_info(COMP, "model %s ready in %.0f ms (%d slots, %d threads)", o.cfg.model_path, load_ms,
+              o.cfg.parallel, o.cfg.threads);
+    rc = flush(w, o.fd);
+    status = rc != 0 ? (rc < 0 ? 0 : rc) : serve(o.fd, pipefd[0], e, w);
+out:
+    lyra_engine_free(e);
+    lyra_frame_writer_free(w);
+    llama_backend_free();
+    wake_fd = -1;
+    close(pipefd[0]);
+    close(pipefd[1]);
+    return status;
+}
