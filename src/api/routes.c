@@ -13,5 +13,8 @@ const struct lyra_route lyra_routes[] = {
     {"GET", "/models", lyra_api_models_list, "models.read"},
     {"GET", "/models/{name}", lyra_api_models_get, "models.read"},
     {"GET", "/v1/models", lyra_api_openai_models, "models.read"},
+    {"POST", "/v1/chat/completions", lyra_api_openai_chat, "inference"},
+    {"POST", "/v1/completions", lyra_api_openai_completions, "inference"},
+    {"POST", "/v1/embeddings", lyra_api_openai_embeddings, "inference"},
 };
 const size_t lyra_n_routes = sizeof lyra_routes / sizeof *lyra_routes;

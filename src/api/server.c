@@ -109,7 +109,15 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
              json_pack("{s:s, s:I}", "dir", lyra_registry_dir(srv->registry), "models",
                        (json_int_t)lyra_registry_count(srv->registry)),
              "%zu model(s) known", lyra_registry_count(srv->registry));
-    return 0;
+    /* Workers are this same binary run as `lyra worker`. */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return lyra_err_set(err, LYRA_EIO, "cannot find the lyra binary (/proc/self/exe): %s", strerror(errno));
+    exe[n] = '\0';
+    struct lyra_manager_options mo = {.worker_exe = exe, .registry = srv->registry, .bus = srv->bus,
+                                      .max_loaded = srv->cfg->models.max_loaded};
+    return lyra_manager_new(&mo, &srv->manager, err);
 }
 
 static int open_http(struct lyra_server *srv, struct lyra_err *err)
@@ -223,6 +231,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     if (!srv)
         return;
     lyra_http_free(srv->http);
+    lyra_manager_free(srv->manager);
     if (srv->state_file) {
         unlink(srv->state_file);
         free(srv->state_file);

@@ -24,6 +24,7 @@
 #include "core/events.h"
 #include "core/store.h"
 #include "http/http.h"
+#include "models/manager.h"
 #include "models/registry.h"
 #include "sys/proc.h"
 
@@ -39,6 +40,7 @@ struct lyra_server {
     struct lyra_bus *bus;
     struct lyra_http *http;
     struct lyra_registry *registry;
+    struct lyra_manager *manager;
     char session_id[40];
     int64_t started_us;              /* monotonic */
     int64_t started_wall_ms;
@@ -75,6 +77,10 @@ void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_list(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_get(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_models(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/openai.c). */
+void lyra_api_openai_chat(struct lyra_http_req *req, void *ctx);
+void lyra_api_openai_completions(struct lyra_http_req *req, void *ctx);
+void lyra_api_openai_embeddings(struct lyra_http_req *req, void *ctx);
 
 double lyra_server_uptime_s(const struct lyra_server *srv);
 const char *lyra_server_state_name(int state);

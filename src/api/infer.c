@@ -1,0 +1,335 @@
+/* infer.c — see infer.h.  One struct lyra_infer per request, shared by the
+ * HTTP side (until it has answered) and the job side (until the terminal
+ * frame); freed when both let go.  Lock order: infer->lock, then the
+ * stream's lock, then the HTTP kicker's. */
+#include "api/infer.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api/server.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "models/manager.h"
+
+struct lyra_infer {
+    pthread_mutex_t lock;
+    int refs;
+    struct lyra_server *srv;
+    struct lyra_http_req *req;   /* valid while parked */
+    struct lyra_http_stream *st; /* while streaming */
+    struct lyra_job *job;
+    const struct lyra_infer_format *fmt;
+    void *ud;
+    bool stream, parked, woken, started;
+    char *text;
+    size_t len, cap;
+    json_t *terminal;            /* done / error / embedding frame */
+    char model[128];
+    char id[64];
+    char request_id[130];
+    long created;
+    int64_t t0_us;
+};
+
+static void infer_unref_locked(struct lyra_infer *in)
+{
+    /* Called with in->lock held; unlocks. */
+    bool last = --in->refs == 0;
+    pthread_mutex_unlock(&in->lock);
+    if (!last)
+        return;
+    lyra_job_release(in->job);
+    json_decref(in->terminal);
+    if (in->fmt->free_ud)
+        in->fmt->free_ud(in->ud);
+    free(in->text);
+    pthread_mutex_destroy(&in->lock);
+    free(in);
+}
+
+static void append_text(struct lyra_infer *in, const char *s)
+{
+    size_t n = strlen(s);
+    if (in->len + n + 1 > in->cap) {
+        size_t cap = in->cap ? in->cap : 256;
+        while (cap < in->len + n + 1)
+            cap *= 2;
+        char *nt = realloc(in->text, cap);
+        if (!nt)
+            return;
+        in->text = nt;
+        in->cap = cap;
+    }
+    memcpy(in->text + in->len, s, n + 1);
+    in->len += n;
+}
+
+/* The result view the formatters read. */
+static void result_of(struct lyra_infer *in, struct lyra_infer_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->model = in->model;
+    r->text = in->text ? in->text : "";
+    r->id = in->id;
+    r->created = in->created;
+    if (in->terminal) {
+        r->finish_reason = json_string_value(json_object_get(in->terminal, "finish_reason"));
+        r->usage = json_object_get(in->terminal, "usage");
+        r->timings = json_object_get(in->terminal, "timings");
+        if (json_object_get(in->terminal, "data"))
+            r->embedding = in->terminal;
+    }
+}
+
+static char *sse_encode(json_t *chunk, bool sse)
+{
+    char *body = json_dumps(chunk, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    if (!body)
+        return NULL;
+    char *out = NULL;
+    if (asprintf(&out, sse ? "data: %s\n\n" : "%s\n", body) < 0)
+        out = NULL;
+    free(body);
+    return out;
+}
+
+/* Appends the encoded chunk(s) of `j` (object or array of objects; taken). */
+static void encode_into(struct lyra_infer *in, json_t *j, char **buf, size_t *len)
+{
+    if (!j)
+        return;
+    size_t n = json_is_array(j) ? json_array_size(j) : 1;
+    for (size_t i = 0; i < n; i++) {
+        char *s = sse_encode(json_is_array(j) ? json_array_get(j, i) : j, in->fmt->sse);
+        if (!s)
+            continue;
+        size_t sl = strlen(s);
+        char *nb = realloc(*buf, *len + sl + 1);
+        if (nb) {
+            memcpy(nb + *len, s, sl + 1);
+            *buf = nb;
+            *len += sl;
+        }
+        free(s);
+    }
+    json_decref(j);
+}
+
+static void stream_write_json(struct lyra_infer *in, json_t *j)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    encode_into(in, j, &buf, &len);
+    if (buf && lyra_http_stream_write(in->st, buf, len) != 0 && in->job)
+        lyra_manager_cancel(in->job); /* the client left: free the slot */
+    free(buf);
+}
+
+static void stream_finish(struct lyra_infer *in)
+{
+    if (in->fmt->sse) {
+        static const char done[] = "data: [DONE]\n\n";
+        lyra_http_stream_write(in->st, done, sizeof done - 1);
+    }
+    lyra_http_stream_close(in->st);
+    in->st = NULL;
+}
+
+static json_t *error_body(struct lyra_infer *in, json_t *frame, int *status)
+{
+    *status = (int)json_integer_value(json_object_get(frame, "status"));
+    if (*status < 400)
+        *status = 500;
+    return in->fmt->error(json_string_value(json_object_get(frame, "code")),
+                          json_string_value(json_object_get(frame, "message")), *status, in->ud);
+}
+
+/* Adds the daemon's own spans to the worker's timings. */
+static void complete_timings(struct lyra_infer *in)
+{
+    json_t *t = json_object_get(in->terminal, "timings");
+    if (!json_is_object(t)) {
+        t = json_object();
+        json_object_set_new(in->terminal, "timings", t);
+    }
+    json_object_set_new(t, "load_ms", json_real(in->job ? lyra_job_load_ms(in->job) : 0.0));
+    json_object_set_new(t, "total_ms", json_real((double)(lyra_now_us() - in->t0_us) / 1000.0));
+}
+
+static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
+{
+    struct lyra_infer *in = ud;
+    const char *type = json_string_value(json_object_get(frame, "type"));
+    if (!type)
+        return;
+    pthread_mutex_lock(&in->lock);
+    bool terminal = strcmp(type, "done") == 0 || strcmp(type, "error") == 0 || strcmp(type, "embedding") == 0;
+    if (strcmp(type, "started") == 0) {
+        in->started = true;
+        if (in->stream && in->parked && !in->woken) {
+            in->woken = true;
+            lyra_http_wake(in->req);
+        }
+    } else if (strcmp(type, "token") == 0) {
+        const char *text = json_string_value(json_object_get(frame, "text"));
+        if (text && *text) {
+            append_text(in, text);
+            if (in->st) {
+                struct lyra_infer_result r;
+                result_of(in, &r);
+                stream_write_json(in, in->fmt->delta(&r, text, in->ud));
+            }
+        }
+    } else if (terminal) {
+        in->terminal = json_deep_copy(frame);
+        if (strcmp(type, "done") == 0)
+            complete_timings(in);
+        if (in->st) {
+            struct lyra_infer_result r;
+            result_of(in, &r);
+            if (strcmp(type, "done") == 0) {
+                if (in->fmt->finished)
+                    in->fmt->finished(&r, NULL, in->ud);
+                stream_write_json(in, in->fmt->closing(&r, in->ud));
+            } else {
+                int status;
+                stream_write_json(in, error_body(in, in->terminal, &status));
+            }
+            stream_finish(in);
+        } else if (in->parked && !in->woken) {
+            in->woken = true;
+            lyra_http_wake(in->req);
+        }
+    }
+    if (terminal)
+        infer_unref_locked(in); /* the job side lets go */
+    else
+        pthread_mutex_unlock(&in->lock);
+}
+
+static void on_resume(struct lyra_http_req *req, void *ud)
+{
+    struct lyra_infer *in = ud;
+    pthread_mutex_lock(&in->lock);
+    in->parked = false;
+    const char *type = in->terminal ? json_string_value(json_object_get(in->terminal, "type")) : NULL;
+    struct lyra_infer_result r;
+    result_of(in, &r);
+    if (type && strcmp(type, "error") == 0) {
+        int status;
+        json_t *body = error_body(in, in->terminal, &status);
+        lyra_http_send_json(req, status, body);
+    } else if (!in->stream && type) {
+        json_t *body = in->fmt->full(&r, in->ud);
+        if (in->fmt->finished)
+            in->fmt->finished(&r, body, in->ud);
+        lyra_http_send_json(req, 200, body);
+    } else if (in->stream && (in->started || type)) {
+        char *buf = NULL;
+        size_t len = 0;
+        encode_into(in, in->fmt->opening(&r, in->ud), &buf, &len);
+        if (in->len > 0)
+            encode_into(in, in->fmt->delta(&r, in->text, in->ud), &buf, &len);
+        if (type) {
+            if (in->fmt->finished)
+                in->fmt->finished(&r, NULL, in->ud);
+            encode_into(in, in->fmt->closing(&r, in->ud), &buf, &len);
+        }
+        in->st = lyra_http_send_stream(req, 200, in->fmt->sse ? "text/event-stream" : "application/x-ndjson", buf,
+                                       len);
+        free(buf);
+        if (in->st && type)
+            stream_finish(in);
+    } else {
+        /* Woken early (should not happen): wait on. */
+        in->parked = true;
+        in->woken = false;
+        in->req = req;
+        lyra_http_park(req, on_resume, in);
+        pthread_mutex_unlock(&in->lock);
+        return;
+    }
+    infer_unref_locked(in); /* the HTTP side lets go */
+}
+
+void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const struct lyra_infer_options *opts)
+{
+    struct lyra_infer *in = calloc(1, sizeof *in);
+    if (!in) {
+        json_decref(opts->msg);
+        if (opts->fmt->free_ud)
+            opts->fmt->free_ud(opts->ud);
+        lyra_http_send_json(req, 500, opts->fmt->error("internal", "out of memory", 500, opts->ud));
+        return;
+    }
+    pthread_mutex_init(&in->lock, NULL);
+    in->refs = 2;
+    in->srv = srv;
+    in->req = req;
+    in->fmt = opts->fmt;
+    in->ud = opts->ud;
+    in->stream = opts->stream;
+    in->t0_us = lyra_now_us();
+    in->created = (long)time(NULL);
+    char rnd[25];
+    lyra_random_hex(rnd, 12);
+    snprintf(in->id, sizeof in->id, "%s%s", opts->id_prefix, rnd);
+    snprintf(in->request_id, sizeof in->request_id, "%s", lyra_http_request_id(req));
+
+    pthread_mutex_lock(&in->lock);
+    struct lyra_err err = {0};
+    int retry_after = 0;
+    int rc = lyra_manager_submit(srv->manager, opts->model, opts->msg, opts->stream ? 0 : LYRA_JOB_RETRYABLE, on_frame,
+                                 in, &in->job, &retry_after, &err);
+    if (rc < 0) {
+        int status = rc == LYRA_ENOTFOUND ? 404 : rc == LYRA_EUNAVAILABLE ? 503 : rc == LYRA_EINVAL ? 422 : 500;
+        const char *code = rc == LYRA_ENOTFOUND      ? "model_not_found"
+                           : rc == LYRA_EUNAVAILABLE ? "model_unavailable"
+                           : rc == LYRA_EINVAL       ? "model_invalid"
+                                                     : "internal";
+        if (retry_after > 0) {
+            char ra[16];
+            snprintf(ra, sizeof ra, "%d", retry_after);
+            lyra_http_add_header(req, "Retry-After", ra);
+        }
+        lyra_http_send_json(req, status, in->fmt->error(code, err.msg, status, in->ud));
+        in->refs = 1; /* no job side */
+        infer_unref_locked(in);
+        return;
+    }
+    snprintf(in->model, sizeof in->model, "%s", lyra_job_model(in->job));
+    in->parked = true;
+    lyra_http_park(req, on_resume, in);
+    pthread_mutex_unlock(&in->lock);
+}
+
+json_t *lyra_openai_error(const char *code, const char *message, int status, void *ud)
+{
+    const char *type = status == 401 || status == 403 ? "authentication_error"
+                       : status == 404             ? "invalid_request_error"
+                       : status < 500              ? "invalid_request_error"
+                       : status == 503             ? "server_overloaded"
+                                                   : "server_error";
+    return json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", message ? message : "error", "type", type,
+                     "param", "code", code ? code : "error");
+}
+
+char *lyra_default_model(struct lyra_server *srv)
+{
+    if (srv->cfg->models.default_model)
+        return strdup(srv->cfg->models.default_model);
+    const struct lyra_model **models = NULL;
+    size_t n = 0;
+    char *name = NULL;
+    if (lyra_registry_list(srv->registry, &models, &n) == 0) {
+        for (size_t i = 0; i < n && !name; i++)
+            if (models[i]->valid)
+                name = strdup(models[i]->name);
+        lyra_registry_list_free(models, n);
+    }
+    return name;
+}
