@@ -81,5 +81,7 @@ void lyra_api_status(struct lyra_http_req *req, void *ctx)
         (int)sysconf(_SC_NPROCESSORS_ONLN),
         "events", "last_seq", (json_int_t)lyra_bus_last_seq(srv->bus),
         "http", "in_flight", lyra_http_in_flight(srv->http));
+    /* Resident models: state, pid, memory, slots, requests in flight. */
+    json_object_set_new(body, "models", lyra_manager_status(srv->manager));
     lyra_http_send_json(req, 200, body);
 }

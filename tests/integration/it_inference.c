@@ -1,0 +1,349 @@
+/* it_inference.c — inference through the real daemon and real workers with
+ * the tiny model: OpenAI chat/completions/embeddings, streaming, errors with
+ * the right status, lazy loading shared by concurrent first requests, a
+ * client leaving mid-stream, and a worker killed mid-stream. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/util.h"
+#include "harness.h"
+
+static struct it_server srv;
+static char home[64];
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void copy_model(const char *name, const char *as)
+{
+    char from[512], to[256];
+    const char *dir = getenv("LYRA_TEST_MODELS");
+    snprintf(from, sizeof from, "%s/%s", dir ? dir : "build/models", name);
+    snprintf(to, sizeof to, "%s/models/%s", home, as);
+    size_t len = 0;
+    char *data = lyra_read_file(from, &len);
+    assert_non_null(data);
+    assert_int_equal(lyra_write_file_atomic(to, data, len, 0644), 0);
+    free(data);
+}
+
+static int setup(void **state)
+{
+    it_mkdtemp(home, sizeof home);
+    char p[256];
+    snprintf(p, sizeof p, "%s/models", home);
+    lyra_mkdirs(p);
+    copy_model("tiny.gguf", "tiny.gguf");
+    copy_model("tiny.gguf", "tiny2.gguf");
+    snprintf(p, sizeof p, "%s/lyra.yaml", home);
+    it_write_file(p, "schema_version: 2\nmodels:\n  ctx_size: 256\n  parallel: 2\n  entries:\n"
+                     "    - name: embedder\n      path: tiny.gguf\n      embeddings: true\n"
+                     "    - name: long\n      path: tiny.gguf\n      ctx_size: 2048\n      parallel: 1\n");
+    static const char *const env[] = {"LYRA_LOG_LEVEL=warn", NULL};
+    return it_server_start(&srv, home, NULL, env);
+}
+
+static int teardown(void **state)
+{
+    int rc = it_server_stop(&srv, SIGTERM);
+    it_server_cleanup(&srv);
+    it_rmrf(home);
+    return rc == 0 ? 0 : -1;
+}
+
+static json_t *post(const char *path, const char *body, int want)
+{
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "POST", path, "Content-Type: application/json\r\n", body, &r), 0);
+    if (r.status != want)
+        fail_msg("POST %s: status %d, want %d: %s", path, r.status, want, r.body);
+    json_t *j = it_json(&r);
+    assert_non_null(j);
+    it_response_free(&r);
+    return j;
+}
+
+static const char *oai_code(json_t *j)
+{
+    return json_string_value(json_object_get(json_object_get(j, "error"), "code"));
+}
+
+static void test_chat_non_stream(void **state)
+{
+    json_t *j = post("/v1/chat/completions",
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                     "\"max_tokens\":8,\"temperature\":0,\"ignore_eos\":true}",
+                     200);
+    assert_string_equal(json_string_value(json_object_get(j, "object")), "chat.completion");
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(c, "message"), "role")), "assistant");
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "length");
+    json_t *u = json_object_get(j, "usage");
+    assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")), 8);
+    assert_true(json_integer_value(json_object_get(u, "prompt_tokens")) > 0);
+    assert_true(json_is_object(json_object_get(j, "timings")));
+    /* Greedy: the same request gives the same text, and reuses the prefix. */
+    json_t *j2 = post("/v1/chat/completions",
+                      "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                      "\"max_tokens\":8,\"temperature\":0,\"ignore_eos\":true}",
+                      200);
+    json_t *c2 = json_array_get(json_object_get(j2, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(c, "message"), "content")),
+                        json_string_value(json_object_get(json_object_get(c2, "message"), "content")));
+    assert_true(json_integer_value(json_object_get(json_object_get(json_object_get(j2, "usage"), "prompt_tokens_details"),
+                                                   "cached_tokens")) > 0);
+    json_decref(j);
+    json_decref(j2);
+}
+
+/* Reads an SSE response and returns the concatenated delta contents;
+ * *chunks gets the number of data lines, *done whether [DONE] came. */
+static char *read_sse(const char *body, int *chunks, bool *done, char *finish, size_t flen)
+{
+    char *text = calloc(1, 1);
+    size_t len = 0;
+    *chunks = 0;
+    *done = false;
+    for (const char *p = body; (p = strstr(p, "data: ")); p += 6) {
+        const char *end = strstr(p, "\n\n");
+        if (!end)
+            break;
+        if (strncmp(p + 6, "[DONE]", 6) == 0) {
+            *done = true;
+            break;
+        }
+        (*chunks)++;
+        json_t *j = json_loadb(p + 6, (size_t)(end - p - 6), 0, NULL);
+        assert_non_null(j);
+        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+        const char *t = json_string_value(json_object_get(json_object_get(c, "delta"), "content"));
+        if (t) {
+            text = realloc(text, len + strlen(t) + 1);
+            strcpy(text + len, t);
+            len += strlen(t);
+        }
+        const char *fr = json_string_value(json_object_get(c, "finish_reason"));
+        if (fr && finish)
+            snprintf(finish, flen, "%s", fr);
+        json_decref(j);
+    }
+    return text;
+}
+
+static void test_chat_stream(void **state)
+{
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "POST", "/v1/chat/completions", "Content-Type: application/json\r\n",
+                             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                             "\"max_tokens\":6,\"temperature\":0,\"ignore_eos\":true,\"stream\":true,"
+                             "\"stream_options\":{\"include_usage\":true}}",
+                             &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    char ct[64];
+    assert_string_equal(it_header(&r, "Content-Type", ct, sizeof ct), "text/event-stream");
+    int chunks;
+    bool done;
+    char finish[16] = "";
+    char *text = read_sse(r.body, &chunks, &done, finish, sizeof finish);
+    assert_true(done);
+    assert_true(chunks >= 3); /* role, content..., finish, usage */
+    assert_string_equal(finish, "length");
+    assert_non_null(strstr(r.body, "\"role\":\"assistant\""));
+    assert_non_null(strstr(r.body, "\"usage\":{\"prompt_tokens\""));
+    free(text);
+    it_response_free(&r);
+}
+
+static void test_completions_and_embeddings(void **state)
+{
+    json_t *j = post("/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"Once upon\",\"max_tokens\":4,\"ignore_eos\":true}",
+                     200);
+    assert_string_equal(json_string_value(json_object_get(j, "object")), "text_completion");
+    assert_true(json_is_string(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text")));
+    json_decref(j);
+    j = post("/v1/embeddings", "{\"model\":\"embedder\",\"input\":[\"hello\",\"world\"]}", 200);
+    json_t *data = json_object_get(j, "data");
+    assert_int_equal(json_array_size(data), 2);
+    assert_int_equal(json_array_size(json_object_get(json_array_get(data, 0), "embedding")), 128);
+    json_decref(j);
+    j = post("/v1/embeddings", "{\"model\":\"tiny\",\"input\":\"hello\"}", 400);
+    assert_string_equal(oai_code(j), "embeddings_disabled");
+    json_decref(j);
+}
+
+static void test_errors(void **state)
+{
+    json_t *j = post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 404);
+    assert_string_equal(oai_code(j), "model_not_found");
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "nope"));
+    json_decref(j);
+    j = post("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"hot\"}", 400);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "param")), "temperature");
+    json_decref(j);
+    j = post("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":-1}", 400);
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "temperature"));
+    json_decref(j);
+    j = post("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}", 400);
+    json_decref(j);
+    j = post("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[]}", 400);
+    json_decref(j);
+    /* Prompt longer than the 256-token slot context: 400 with the counts. */
+    char *big = malloc(20000);
+    int n = sprintf(big, "{\"model\":\"tiny\",\"max_tokens\":4,\"messages\":[{\"role\":\"user\",\"content\":\"");
+    for (int i = 0; i < 600; i++)
+        n += sprintf(big + n, "word ");
+    sprintf(big + n, "\"}]}");
+    j = post("/v1/chat/completions", big, 400);
+    assert_string_equal(oai_code(j), "context_length_exceeded");
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "256"));
+    json_decref(j);
+    free(big);
+}
+
+static json_t *status_model(const char *name)
+{
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "GET", "/status", NULL, NULL, &r), 0);
+    json_t *j = it_json(&r);
+    it_response_free(&r);
+    json_t *found = NULL;
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(j, "models"), i, m) if (strcmp(json_string_value(json_object_get(m, "name")), name) == 0)
+        found = json_incref(m);
+    json_decref(j);
+    return found;
+}
+
+static void test_client_leaves_frees_slot(void **state)
+{
+    int fd = it_connect(srv.port);
+    const char body[] = "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                        "\"max_tokens\":200,\"ignore_eos\":true,\"stream\":true}";
+    char req[512];
+    int n = snprintf(req, sizeof req, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                      "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    char buf[512];
+    assert_true(recv(fd, buf, sizeof buf, 0) > 0); /* the stream started */
+    close(fd);
+    /* The job is cancelled: nothing in flight well before 200 tokens. */
+    int in_flight = -1;
+    for (int i = 0; i < 100 && in_flight != 0; i++) {
+        json_t *m = status_model("tiny");
+        in_flight = m ? (int)json_integer_value(json_object_get(m, "in_flight")) : -1;
+        json_decref(m);
+        if (in_flight != 0)
+            sleep_ms(50);
+    }
+    assert_int_equal(in_flight, 0);
+}
+
+static void test_worker_killed_mid_stream(void **state)
+{
+    /* Load "long" (2048-token slot: 2000 tokens take a while). */
+    json_decref(post("/v1/completions", "{\"model\":\"long\",\"prompt\":\"a\",\"max_tokens\":1}", 200));
+    json_t *m = status_model("long");
+    assert_non_null(m);
+    int pid = (int)json_integer_value(json_object_get(m, "pid"));
+    json_decref(m);
+    int fd = it_connect(srv.port);
+    const char body[] = "{\"model\":\"long\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                        "\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}";
+    char req[512];
+    int n = snprintf(req, sizeof req, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    char buf[256];
+    assert_true(recv(fd, buf, sizeof buf, 0) > 0);
+    kill(pid, SIGKILL);
+    /* The stream ends with an error chunk and [DONE]. */
+    char *all = calloc(1, 1 << 20);
+    size_t len = 0;
+    ssize_t got;
+    while ((got = recv(fd, all + len, (1 << 20) - len - 1, 0)) > 0)
+        len += (size_t)got;
+    close(fd);
+    if (!strstr(all, "worker_crashed"))
+        fail_msg("no worker_crashed in the stream's end: ...%s", len > 300 ? all + len - 300 : all);
+    assert_non_null(strstr(all, "data: [DONE]"));
+    free(all);
+    /* The next request is served by a new worker. */
+    json_t *j = post("/v1/chat/completions", "{\"model\":\"long\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                                             "\"max_tokens\":2,\"ignore_eos\":true}", 200);
+    json_decref(j);
+    m = status_model("long");
+    assert_int_not_equal(json_integer_value(json_object_get(m, "pid")), pid);
+    assert_int_equal(json_integer_value(json_object_get(m, "crashes")), 1);
+    json_decref(m);
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "GET", "/events/recent?types=worker.crashed", NULL, NULL, &r), 0);
+    assert_non_null(strstr(r.body, "worker.crashed"));
+    it_response_free(&r);
+}
+
+static void *one_request(void *arg)
+{
+    json_t *j = post("/v1/completions", "{\"model\":\"tiny2\",\"prompt\":\"a\",\"max_tokens\":2,\"ignore_eos\":true}", 200);
+    json_decref(j);
+    return NULL;
+}
+
+static void test_concurrent_first_requests_share_one_load(void **state)
+{
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t[i], NULL, one_request, NULL);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "GET", "/events/recent?types=model.loading,model.loaded", NULL, NULL, &r), 0);
+    json_t *j = it_json(&r);
+    it_response_free(&r);
+    int loading = 0, loaded = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(j, "events"), i, e) {
+        if (strcmp(json_string_value(json_object_get(json_object_get(e, "data"), "model")), "tiny2") != 0)
+            continue;
+        if (strcmp(json_string_value(json_object_get(e, "type")), "model.loading") == 0)
+            loading++;
+        else {
+            loaded++;
+            assert_true(json_real_value(json_object_get(json_object_get(e, "data"), "load_ms")) > 0);
+        }
+    }
+    assert_int_equal(loading, 1);
+    assert_int_equal(loaded, 1);
+    json_decref(j);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chat_non_stream),
+        cmocka_unit_test(test_chat_stream),
+        cmocka_unit_test(test_completions_and_embeddings),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_client_leaves_frees_slot),
+        cmocka_unit_test(test_worker_killed_mid_stream),
+        cmocka_unit_test(test_concurrent_first_requests_share_one_load),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
