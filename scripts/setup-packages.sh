@@ -8,7 +8,7 @@ set -euo pipefail
 # from elsewhere, e.g. Node.js from nodesource); libraries by dpkg status.
 declare -A tool_package=(
     [cc]=build-essential [cmake]=cmake [ninja]=ninja-build [pkg-config]=pkg-config [git]=git
-    [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps
+    [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq
 )
 packages=(
     ca-certificates

@@ -12,6 +12,7 @@
 
 #include "api/server.h"
 #include "core/log.h"
+#include "core/trace.h"
 #include "core/util.h"
 #include "models/manager.h"
 
@@ -31,6 +32,8 @@ struct lyra_infer {
     char model[128];
     char id[64];
     char request_id[130];
+    char trace_id[33];
+    char endpoint[64];
     long created;
     int64_t t0_us;
 };
@@ -160,6 +163,40 @@ static void complete_timings(struct lyra_infer *in)
     json_object_set_new(t, "total_ms", json_real((double)(lyra_now_us() - in->t0_us) / 1000.0));
 }
 
+/* Records the request's spans in the trace ring and the log (job side,
+ * at the terminal frame). */
+static void record_trace(struct lyra_infer *in)
+{
+    json_t *t = json_object_get(in->terminal, "timings");
+    const char *type = json_string_value(json_object_get(in->terminal, "type"));
+    bool ok = type && strcmp(type, "error") != 0;
+    int status = ok ? 200 : (int)json_integer_value(json_object_get(in->terminal, "status"));
+    double total = (double)(lyra_now_us() - in->t0_us) / 1000.0;
+    json_t *u = json_object_get(in->terminal, "usage");
+    json_t *spans = json_pack("[{s:s, s:f}, {s:s, s:f}]", "name", "queue", "ms",
+                              json_real_value(json_object_get(t, "queue_ms")), "name", "load", "ms",
+                              in->job ? lyra_job_load_ms(in->job) : 0.0);
+    if (json_object_get(t, "prompt_ms"))
+        json_array_append_new(spans, json_pack("{s:s, s:O, s:O, s:O?}", "name", "prompt", "ms",
+                                               json_object_get(t, "prompt_ms"), "tokens", json_object_get(t, "prompt_n"),
+                                               "cached_tokens", json_object_get(u, "cached_tokens")));
+    if (json_object_get(t, "predicted_ms"))
+        json_array_append_new(spans, json_pack("{s:s, s:O, s:O, s:O}", "name", "generation", "ms",
+                                               json_object_get(t, "predicted_ms"), "tokens",
+                                               json_object_get(t, "predicted_n"), "tokens_per_second",
+                                               json_object_get(t, "predicted_per_second")));
+    json_array_append_new(spans, json_pack("{s:s, s:f}", "name", "total", "ms", total));
+    char ts[40];
+    lyra_format_ts(lyra_wall_ms() - (int64_t)total, ts, sizeof ts);
+    json_t *trace = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:s?, s:o}", "request_id", in->request_id, "trace_id",
+                              in->trace_id, "endpoint", in->endpoint, "model", in->model, "started", ts, "status",
+                              status, "error", ok ? NULL : json_string_value(json_object_get(in->terminal, "code")),
+                              "spans", spans);
+    lyra_log(LYRA_LOG_INFO, "trace", in->request_id, json_deep_copy(trace), "%s %s %.1f ms", in->endpoint, in->model,
+             total);
+    lyra_trace_add(in->srv->traces, trace);
+}
+
 static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
 {
     struct lyra_infer *in = ud;
@@ -188,6 +225,7 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
         in->terminal = json_deep_copy(frame);
         if (strcmp(type, "done") == 0)
             complete_timings(in);
+        record_trace(in);
         if (in->st) {
             struct lyra_infer_result r;
             result_of(in, &r);
@@ -279,6 +317,8 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
     lyra_random_hex(rnd, 12);
     snprintf(in->id, sizeof in->id, "%s%s", opts->id_prefix, rnd);
     snprintf(in->request_id, sizeof in->request_id, "%s", lyra_http_request_id(req));
+    snprintf(in->trace_id, sizeof in->trace_id, "%s", lyra_http_trace_id(req));
+    snprintf(in->endpoint, sizeof in->endpoint, "%s", lyra_http_path(req));
 
     pthread_mutex_lock(&in->lock);
     struct lyra_err err = {0};

@@ -8,6 +8,7 @@ const struct lyra_route lyra_routes[] = {
     {"GET", "/health", lyra_api_health, ""},
     {"GET", "/health/ready", lyra_api_ready, ""},
     {"GET", "/status", lyra_api_status, "status.read"},
+    {"GET", "/traces", lyra_api_traces, "status.read"},
     {"GET", "/events/recent", lyra_api_events_recent, "events.read"},
     {"POST", "/events", lyra_api_events_publish, "events.publish"},
     {"GET", "/models", lyra_api_models_list, "models.read"},
@@ -16,5 +17,9 @@ const struct lyra_route lyra_routes[] = {
     {"POST", "/v1/chat/completions", lyra_api_openai_chat, "inference"},
     {"POST", "/v1/completions", lyra_api_openai_completions, "inference"},
     {"POST", "/v1/embeddings", lyra_api_openai_embeddings, "inference"},
+    {"POST", "/chat", lyra_api_chat, "chat"},
+    {"GET", "/conversations", lyra_api_conversations_list, "conversations.read"},
+    {"GET", "/conversations/{id}", lyra_api_conversations_get, "conversations.read"},
+    {"DELETE", "/conversations/{id}", lyra_api_conversations_delete, "conversations.write"},
 };
 const size_t lyra_n_routes = sizeof lyra_routes / sizeof *lyra_routes;

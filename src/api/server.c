@@ -174,6 +174,11 @@ int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, st
     pthread_mutex_init(&srv->sample_lock, NULL);
     lyra_proc_self_sample(&srv->last_sample);
 
+    srv->traces = lyra_trace_ring_new(256);
+    if (!srv->traces) {
+        free(srv);
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    }
     int rc = prepare_home(srv, err);
     if (rc == 0)
         rc = open_state(srv, err);
@@ -244,6 +249,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
             lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, lyra_bus_last_seq(srv->bus));
     }
     lyra_registry_free(srv->registry);
+    lyra_trace_ring_free(srv->traces);
     lyra_bus_free(srv->bus);
     lyra_store_close(srv->store);
     if (srv->lock_fd >= 0)

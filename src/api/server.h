@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "core/events.h"
 #include "core/store.h"
+#include "core/trace.h"
 #include "http/http.h"
 #include "models/manager.h"
 #include "models/registry.h"
@@ -41,6 +42,7 @@ struct lyra_server {
     struct lyra_http *http;
     struct lyra_registry *registry;
     struct lyra_manager *manager;
+    struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
     char session_id[40];
     int64_t started_us;              /* monotonic */
     int64_t started_wall_ms;
@@ -70,6 +72,7 @@ void lyra_api_root(struct lyra_http_req *req, void *ctx);
 void lyra_api_health(struct lyra_http_req *req, void *ctx);
 void lyra_api_ready(struct lyra_http_req *req, void *ctx);
 void lyra_api_status(struct lyra_http_req *req, void *ctx);
+void lyra_api_traces(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/events.c). */
 void lyra_api_events_recent(struct lyra_http_req *req, void *ctx);
 void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
@@ -81,6 +84,11 @@ void lyra_api_openai_models(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_chat(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_completions(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_embeddings(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/chat.c). */
+void lyra_api_chat(struct lyra_http_req *req, void *ctx);
+void lyra_api_conversations_list(struct lyra_http_req *req, void *ctx);
+void lyra_api_conversations_get(struct lyra_http_req *req, void *ctx);
+void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx);
 
 double lyra_server_uptime_s(const struct lyra_server *srv);
 const char *lyra_server_state_name(int state);

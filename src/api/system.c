@@ -85,3 +85,22 @@ void lyra_api_status(struct lyra_http_req *req, void *ctx)
     json_object_set_new(body, "models", lyra_manager_status(srv->manager));
     lyra_http_send_json(req, 200, body);
 }
+
+/* GET /traces?limit=N&id=REQUEST_OR_TRACE_ID — recent request traces,
+ * newest first. */
+void lyra_api_traces(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    const char *ls = lyra_http_query(req, "limit");
+    long limit = 100;
+    if (ls) {
+        char *end;
+        limit = strtol(ls, &end, 10);
+        if (*end || limit < 1 || limit > 1000) {
+            lyra_http_send_error(req, 400, "invalid_parameter", "limit must be an integer from 1 to 1000");
+            return;
+        }
+    }
+    lyra_http_send_json(req, 200, json_pack("{s:o}", "traces",
+                                            lyra_trace_list(srv->traces, (size_t)limit, lyra_http_query(req, "id"))));
+}

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/trace.h"
 #include "core/util.h"
 
 #define MAX_PARAMS 4
@@ -75,6 +76,8 @@ struct lyra_http_req {
     const char *path;
     const struct lyra_route *route;
     char request_id[REQUEST_ID_MAX + 1];
+    char trace_id[33];           /* W3C: from traceparent, else generated */
+    char span_id[17];
     char *param_names[MAX_PARAMS];
     char *param_values[MAX_PARAMS];
     int n_params;
@@ -117,6 +120,11 @@ struct lyra_http_stream {
 static void apply_common_headers(struct lyra_http_req *req, struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
+    if (req->trace_id[0]) {
+        char tp[64];
+        snprintf(tp, sizeof tp, "00-%s-%s-01", req->trace_id, req->span_id);
+        MHD_add_response_header(resp, "traceparent", tp);
+    }
     if (req->origin) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", req->origin);
         MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id");
@@ -408,6 +416,17 @@ void lyra_http_stream_close(struct lyra_http_stream *st)
 const char *lyra_http_method(const struct lyra_http_req *req) { return req->method; }
 const char *lyra_http_path(const struct lyra_http_req *req) { return req->path; }
 const char *lyra_http_request_id(const struct lyra_http_req *req) { return req->request_id; }
+
+const char *lyra_http_trace_id(struct lyra_http_req *req)
+{
+    if (!req->trace_id[0]) {
+        const char *tp = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "traceparent");
+        if (!lyra_traceparent_parse(tp, req->trace_id))
+            lyra_random_hex(req->trace_id, 16);
+        lyra_random_hex(req->span_id, 8);
+    }
+    return req->trace_id;
+}
 
 const char *lyra_http_route_permission(const struct lyra_http_req *req)
 {

@@ -88,6 +88,10 @@ const char *lyra_http_query(const struct lyra_http_req *req, const char *name);
 /* A {name} segment of the matched route pattern, NULL if none. */
 const char *lyra_http_param(const struct lyra_http_req *req, const char *name);
 const char *lyra_http_request_id(const struct lyra_http_req *req);
+/* The request's W3C trace id: from a valid `traceparent` header, else a new
+ * random one.  Once asked for, the response echoes a traceparent with this
+ * trace id and a span id of Lyra's own. */
+const char *lyra_http_trace_id(struct lyra_http_req *req);
 const char *lyra_http_route_permission(const struct lyra_http_req *req);
 const char *lyra_http_body(const struct lyra_http_req *req, size_t *len);
 

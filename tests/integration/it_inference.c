@@ -334,6 +334,36 @@ static void test_concurrent_first_requests_share_one_load(void **state)
     json_decref(j);
 }
 
+static void test_traces(void **state)
+{
+    const char *tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    struct it_response r;
+    char hdr[256];
+    char headers[256];
+    snprintf(headers, sizeof headers, "Content-Type: application/json\r\ntraceparent: %s\r\nX-Request-Id: trace-me-1\r\n", tp);
+    assert_int_equal(it_http(srv.port, "POST", "/v1/completions", headers,
+                             "{\"model\":\"tiny\",\"prompt\":\"a b c\",\"max_tokens\":3,\"ignore_eos\":true}", &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(it_header(&r, "traceparent", hdr, sizeof hdr));
+    assert_int_equal(strncmp(hdr, "00-4bf92f3577b34da6a3ce929d0e0e4736-", 36), 0);
+    it_response_free(&r);
+    assert_int_equal(it_http(srv.port, "GET", "/traces?id=trace-me-1", NULL, NULL, &r), 0);
+    json_t *j = it_json(&r);
+    it_response_free(&r);
+    json_t *t = json_array_get(json_object_get(j, "traces"), 0);
+    assert_non_null(t);
+    assert_string_equal(json_string_value(json_object_get(t, "trace_id")), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_string_equal(json_string_value(json_object_get(t, "endpoint")), "/v1/completions");
+    const char *names[] = {"queue", "load", "prompt", "generation", "total"};
+    json_t *spans = json_object_get(t, "spans");
+    assert_int_equal(json_array_size(spans), 5);
+    for (size_t i = 0; i < 5; i++)
+        assert_string_equal(json_string_value(json_object_get(json_array_get(spans, i), "name")), names[i]);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(spans, 3), "tokens")), 3);
+    json_decref(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_client_leaves_frees_slot),
         cmocka_unit_test(test_worker_killed_mid_stream),
         cmocka_unit_test(test_concurrent_first_requests_share_one_load),
+        cmocka_unit_test(test_traces),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
