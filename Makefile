@@ -16,7 +16,7 @@ MODELS_DIR := build/models
 VOCAB_DIR := deps/llama/share/vocab
 CMAKE_FLAGS ?=
 
-.PHONY: all deps packages build models test run bench clean format
+.PHONY: all deps packages build models node-deps test run bench clean format
 
 all: build
 
@@ -37,7 +37,12 @@ build: deps $(BUILD_DIR)/build.ninja
 models: build
 	@scripts/models.sh $(BUILD_DIR)
 
-test: models
+# The official openai npm client, for the API compatibility test (pinned by
+# tests/node/package-lock.json; skipped if already installed).
+node-deps:
+	@[ -f tests/node/node_modules/openai/package.json ] || npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+test: models node-deps
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j 2
 
 run: models
