@@ -299,9 +299,9 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
     struct lyra_infer *in = calloc(1, sizeof *in);
     if (!in) {
         json_decref(opts->msg);
+        lyra_http_send_json(req, 500, opts->fmt->error("internal", "out of memory", 500, opts->ud));
         if (opts->fmt->free_ud)
             opts->fmt->free_ud(opts->ud);
-        lyra_http_send_json(req, 500, opts->fmt->error("internal", "out of memory", 500, opts->ud));
         return;
     }
     pthread_mutex_init(&in->lock, NULL);

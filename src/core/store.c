@@ -28,6 +28,28 @@ static const char *const migrations[] = {
     "  version TEXT NOT NULL);"
     "CREATE INDEX sessions_open ON sessions(ended_ms) WHERE ended_ms IS NULL;"
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    /* 2: chat conversations (core/conversations.c) */
+    "CREATE TABLE conversations ("
+    "  id TEXT PRIMARY KEY,"
+    "  created_ms INTEGER NOT NULL,"
+    "  updated_ms INTEGER NOT NULL,"
+    "  title TEXT,"
+    "  model TEXT);"
+    "CREATE INDEX conversations_updated ON conversations(updated_ms);"
+    "CREATE TABLE messages ("
+    "  id INTEGER PRIMARY KEY,"
+    "  conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,"
+    "  seq INTEGER NOT NULL,"
+    "  role TEXT NOT NULL,"
+    "  content TEXT NOT NULL,"
+    "  model TEXT,"
+    "  prompt_tokens INTEGER,"
+    "  completion_tokens INTEGER,"
+    "  cached_tokens INTEGER,"
+    "  prompt_ms REAL,"
+    "  predicted_ms REAL,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE UNIQUE INDEX messages_conversation_seq ON messages(conversation_id, seq);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof *migrations))
 

@@ -349,6 +349,9 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
         goto fail;
     }
     r->n_tokens = n;
+    llama_token *fit = realloc(r->tokens, sizeof *fit * (size_t)n); /* queued requests hold only this */
+    if (fit)
+        r->tokens = fit;
     r->n_predict = p->max_tokens == -1 ? e->n_ctx_slot - n : p->max_tokens;
     lyra_llamalog_mark();
     int rc = lyra_sampler_new(e->vocab, p, e->eog, e->n_eog, e->n_ctx_slot, &r->sampler, &err);

@@ -309,7 +309,10 @@ int lyra_frame_reader_next(struct lyra_frame_reader *r, json_t **out, struct lyr
     if (avail - LYRA_FRAME_HEADER < len)
         return 0;
     json_error_t jerr;
-    json_t *msg = json_loadb((const char *)p + LYRA_FRAME_HEADER, len, 0, &jerr);
+    /* JSON_ALLOW_NUL: "\u0000" inside a string is valid JSON that a client
+     * may send through the daemon; refusing it would make it a protocol
+     * violation that kills the connection. */
+    json_t *msg = json_loadb((const char *)p + LYRA_FRAME_HEADER, len, JSON_ALLOW_NUL, &jerr);
     if (!msg)
         return fail(r, err, LYRA_EPARSE, "frame is not valid JSON: %s at byte %d", jerr.text,
                     jerr.position);

@@ -94,8 +94,9 @@ int lyra_frame_reader_read(struct lyra_frame_reader *r, int fd, struct lyra_err 
  * (caller frees with json_decref) or to NULL when no complete frame is
  * buffered yet; or a protocol error: LYRA_ETOOBIG (length prefix over
  * LYRA_FRAME_MAX) or LYRA_EPARSE (body is not one JSON object; err->msg has
- * jansson's text and position).  Errors are sticky: every later call returns
- * the same code. */
+ * jansson's text and position).  Strings may contain NUL characters
+ * ("\u0000"); use json_string_length().  Errors are sticky: every later call
+ * returns the same code. */
 int lyra_frame_reader_next(struct lyra_frame_reader *r, json_t **out, struct lyra_err *err);
 
 /* Bytes buffered that do not yet form a complete frame (after all complete

@@ -334,6 +334,68 @@ static void test_concurrent_first_requests_share_one_load(void **state)
     json_decref(j);
 }
 
+struct bg_post {
+    const char *path, *body;
+    int status;
+    pthread_t t;
+};
+
+static void *bg_post_main(void *arg)
+{
+    struct bg_post *b = arg;
+    struct it_response r;
+    b->status = it_http(srv.port, "POST", b->path, "Content-Type: application/json\r\n", b->body, &r) == 0 ? r.status : -1;
+    it_response_free(&r);
+    return NULL;
+}
+
+static int long_pid(void)
+{
+    json_t *m = status_model("long");
+    int pid = m ? (int)json_integer_value(json_object_get(m, "pid")) : 0;
+    json_decref(m);
+    return pid;
+}
+
+/* Runs after test_worker_killed_mid_stream (one crash of "long" so far). */
+static void test_retry_then_circuit(void **state)
+{
+    /* A stream occupies "long"'s only slot; a non-streaming request waits
+     * behind it inside the worker.  Killing the worker fails the stream
+     * but retries the waiting request on a fresh worker. */
+    int fd = it_connect(srv.port);
+    const char body[] = "{\"model\":\"long\",\"prompt\":\"a\",\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}";
+    char req[512];
+    int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    char buf[256];
+    assert_true(recv(fd, buf, sizeof buf, 0) > 0);
+    struct bg_post waiting = {.path = "/v1/completions", .body = "{\"model\":\"long\",\"prompt\":\"b\",\"max_tokens\":2}"};
+    pthread_create(&waiting.t, NULL, bg_post_main, &waiting);
+    sleep_ms(150);
+    kill(long_pid(), SIGKILL);
+    pthread_join(waiting.t, NULL);
+    close(fd);
+    assert_int_equal(waiting.status, 200);
+
+    /* Third crash within 60 s: the circuit opens; 503 with Retry-After. */
+    sleep_ms(100);
+    int pid = long_pid();
+    assert_true(pid > 0);
+    kill(pid, SIGKILL);
+    for (int i = 0; i < 100 && long_pid() == pid; i++)
+        sleep_ms(20);
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "POST", "/v1/completions", "Content-Type: application/json\r\n",
+                             "{\"model\":\"long\",\"prompt\":\"c\",\"max_tokens\":2}", &r), 0);
+    assert_int_equal(r.status, 503);
+    char ra[16];
+    assert_non_null(it_header(&r, "Retry-After", ra, sizeof ra));
+    assert_true(atoi(ra) > 0);
+    it_response_free(&r);
+}
+
 static void test_traces(void **state)
 {
     const char *tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -373,6 +435,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_client_leaves_frees_slot),
         cmocka_unit_test(test_worker_killed_mid_stream),
+        cmocka_unit_test(test_retry_then_circuit),
         cmocka_unit_test(test_concurrent_first_requests_share_one_load),
         cmocka_unit_test(test_traces),
     };

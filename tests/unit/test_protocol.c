@@ -66,6 +66,18 @@ static void test_round_trip(void **state)
         assert_int_equal(lyra_frame_reader_next(r, &got, &err), 0);
     }
     assert_true(json_equal(msg, got));
+    /* a NUL inside a string is data, not a protocol error */
+    json_decref(got);
+    got = NULL;
+    json_decref(msg);
+    msg = json_pack("{s:s%}", "prompt", "a\0b", (size_t)3);
+    assert_int_equal(lyra_frame_write(sv[0], msg, &err), 0);
+    while (!got) {
+        assert_true(lyra_frame_reader_read(r, sv[1], &err) > 0);
+        assert_int_equal(lyra_frame_reader_next(r, &got, &err), 0);
+    }
+    assert_int_equal(json_string_length(json_object_get(got, "prompt")), 3);
+    assert_true(json_equal(msg, got));
     assert_int_equal(lyra_frame_reader_buffered(r), 0);
     assert_int_equal(lyra_frame_reader_eof(r, &err), 0);
     json_decref(got);

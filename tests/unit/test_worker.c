@@ -711,6 +711,18 @@ static void test_invalid_params(void **state)
     e = expect_error(&w, 103, "invalid_request");
     assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "frobnicate"));
     json_decref(e);
+    /* a NUL in a prompt is data (the tokenizer gets the length) and a NUL in
+     * a chat message is refused, neither is fatal */
+    send_msg(&w, json_pack("{s:s, s:i, s:s%, s:{s:i}}", "type", "generate", "id", 105, "prompt", "a\0b",
+                           (size_t)3, "params", "max_tokens", 2));
+    struct result *nul = new_result(105);
+    collect(&w, &nul, 1, 30000);
+    assert_int_equal(usage(nul, "completion_tokens"), 2);
+    result_clear(nul);
+    free(nul);
+    send_msg(&w, json_pack("{s:s, s:i, s:[{s:s, s:s%}]}", "type", "generate", "id", 106, "messages", "role",
+                           "user", "content", "a\0b", (size_t)3));
+    json_decref(expect_error(&w, 106, "invalid_request"));
     /* the worker still serves */
     struct result *r = generate(&w, 104, "Still alive?", json_pack("{s:i}", "max_tokens", 3));
     assert_non_null(r->done);
