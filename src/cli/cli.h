@@ -7,6 +7,9 @@
 
 int lyra_cmd_serve(int argc, char **argv);
 int lyra_cmd_config(int argc, char **argv);
+int lyra_cmd_run(int argc, char **argv);
+int lyra_cmd_ls(int argc, char **argv);
+int lyra_cmd_ps(int argc, char **argv);
 int lyra_cmd_version(int argc, char **argv);
 int lyra_cmd_help(int argc, char **argv);
 

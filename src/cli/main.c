@@ -11,6 +11,9 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"serve", lyra_cmd_serve, "run the daemon (HTTP API on 127.0.0.1:8000 by default)"},
+    {"run", lyra_cmd_run, "chat with a model, or answer one prompt (streamed)"},
+    {"ls", lyra_cmd_ls, "list the models the daemon knows"},
+    {"ps", lyra_cmd_ps, "list the models loaded now"},
     {"config", lyra_cmd_config, "validate, migrate or show the configuration"},
     {"version", lyra_cmd_version, "print the version"},
     {"help", lyra_cmd_help, "show help for a command"},

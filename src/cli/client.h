@@ -1,0 +1,80 @@
+/* client.h — the CLI's HTTP client for a running daemon (libcurl easy API).
+ *
+ * The client commands (run, ls, ps) find the daemon with
+ * lyra_client_find_daemon(), open a client on its URL, and make blocking
+ * requests: GET a JSON document, or POST a JSON body and receive an OpenAI
+ * server-sent-event stream chunk by chunk.  Every call returns 0 or a
+ * negative LYRA_E* code and leaves a message for a person on the handle
+ * (lyra_client_errmsg):
+ *   LYRA_EUNAVAILABLE  the daemon cannot be reached ("cannot reach the Lyra
+ *                      daemon at URL: is `lyra serve` running?")
+ *   LYRA_EIO           the daemon answered 4xx/5xx: the message is the
+ *                      daemon's own (error.message of Lyra's and OpenAI's
+ *                      error shapes); lyra_client_status() has the status
+ *   LYRA_EPARSE        the answer is not the JSON that was expected
+ *   LYRA_ETOOBIG       the answer is larger than LYRA_CLIENT_MAX_BODY
+ *   LYRA_ENOMEM        out of memory
+ *
+ * Thread-safety: a client is used by one thread at a time.  curl's global
+ * initialisation happens in lyra_client_new(), which must not race with
+ * other threads starting up libcurl (the CLI is single-threaded). */
+#ifndef LYRA_CLI_CLIENT_H
+#define LYRA_CLI_CLIENT_H
+
+#include <jansson.h>
+#include <signal.h>
+#include <stddef.h>
+
+#include "cli/cli.h"
+#include "core/error.h"
+
+/* A body the client holds in memory (GET answers, error bodies). */
+#define LYRA_CLIENT_MAX_BODY (64u << 20)
+
+struct lyra_client;
+
+/* The daemon's base URL, first found of: `url_flag` (--url, may be NULL),
+ * env LYRA_URL, the `url` of $LYRA_HOME/serve.json when the pid it names is
+ * alive (home resolved like the configuration: --home, env LYRA_HOME,
+ * default), else the configured server.host:port (127.0.0.1:8000 by
+ * default).  *out receives a malloc'd string without a trailing slash
+ * (caller frees).  Configuration errors are printed to stderr, as
+ * lyra_cli_load_config() does, and return LYRA_ECONFIG. */
+int lyra_client_find_daemon(const char *url_flag, const struct lyra_common_flags *flags, char **out);
+
+/* Opens a client on `base_url` (copied).  Returns 0 or LYRA_ENOMEM /
+ * LYRA_EINTERNAL with err filled.  Free with lyra_client_free(). */
+int lyra_client_new(struct lyra_client **out, const char *base_url, struct lyra_err *err);
+void lyra_client_free(struct lyra_client *c);
+
+/* Borrowed strings, valid until the next call on the client or its free. */
+const char *lyra_client_url(const struct lyra_client *c);
+const char *lyra_client_errmsg(const struct lyra_client *c);
+/* HTTP status of the last answer, 0 when none came. */
+long lyra_client_status(const struct lyra_client *c);
+
+/* GET base_url + path.  On 2xx, *body receives the answer NUL-terminated
+ * (caller frees) and *len its length (len may be NULL). */
+int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t *len);
+
+/* GET base_url + path and parse the answer; *out is a new reference the
+ * caller decrefs. */
+int lyra_client_get_json(struct lyra_client *c, const char *path, json_t **out);
+
+/* Called with each chunk of a stream (borrowed: valid during the call).
+ * A non-zero return stops the stream. */
+typedef int (*lyra_client_chunk_fn)(json_t *chunk, void *ud);
+
+/* POST `body` (borrowed) as JSON to base_url + path and read the answer as
+ * server-sent events: each `data:` event is parsed as JSON and handed to fn
+ * as it arrives; `data: [DONE]` ends the stream.  A plain JSON answer (a
+ * daemon that does not stream) is handed to fn once, whole.  An error
+ * object sent in the stream ({"error":{...}}) ends it with LYRA_EIO and its
+ * message.  The transfer is aborted soon (within about a second) after
+ * *cancel becomes non-zero (cancel may be NULL); that, fn asking to stop, and
+ * the end of the stream all return 0, so a caller that cancels tells the
+ * cases apart by its own flag. */
+int lyra_client_post_stream(struct lyra_client *c, const char *path, const json_t *body,
+                            lyra_client_chunk_fn fn, void *ud, const volatile sig_atomic_t *cancel);
+
+#endif

@@ -1,0 +1,455 @@
+/* it_cli.c — the client commands `lyra run`, `lyra ls` and `lyra ps`, run as
+ * the real binary against a real daemon with the tiny model: the daemon is
+ * found by --url, by LYRA_HOME's serve.json and by --home; answers are
+ * compared with what the HTTP API gives for the same request (sampling
+ * with a fixed seed is repeatable); errors name their cause. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/util.h"
+#include "harness.h"
+
+static struct it_server srv;
+static char home[64], models[128], url[64], home_env[128];
+
+/* LYRA_URL from the test's own environment must not pick the daemon. */
+#define NO_URL_ENV "LYRA_URL="
+
+static void copy_prefix(const char *from, const char *to, size_t n)
+{
+    size_t len = 0;
+    char *data = lyra_read_file(from, &len);
+    assert_non_null(data);
+    if (n > len)
+        n = len;
+    assert_int_equal(lyra_write_file_atomic(to, data, n, 0644), 0);
+    free(data);
+}
+
+static const char *tiny_path(void)
+{
+    static char path[512];
+    const char *dir = getenv("LYRA_TEST_MODELS");
+    snprintf(path, sizeof path, "%s/tiny.gguf", dir ? dir : "build/models");
+    return path;
+}
+
+static int setup(void **state)
+{
+    it_mkdtemp(home, sizeof home);
+    snprintf(models, sizeof models, "%s/models", home);
+    if (lyra_mkdirs(models) < 0)
+        return -1;
+    char p[256];
+    snprintf(p, sizeof p, "%s/tiny.gguf", models);
+    copy_prefix(tiny_path(), p, SIZE_MAX);
+    snprintf(p, sizeof p, "%s/broken.gguf", models);
+    copy_prefix(tiny_path(), p, 100000); /* truncated in the tensor data */
+    if (it_server_start(&srv, home, NULL, NULL) < 0)
+        return -1;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", srv.port);
+    snprintf(home_env, sizeof home_env, "LYRA_HOME=%s", home);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    int rc = it_server_stop(&srv, SIGTERM);
+    it_server_cleanup(&srv);
+    it_rmrf(home);
+    return rc == 0 ? 0 : -1;
+}
+
+/* `lyra ARGS...` with stdin read from `input` (NULL: /dev/null). */
+static int lyra_in(const char *const *args, const char *const *env, const char *input, char **out)
+{
+    char path[] = "/tmp/lyra-it-stdin-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    if (input)
+        assert_int_equal(write(fd, input, strlen(input)), (ssize_t)strlen(input));
+    lseek(fd, 0, SEEK_SET);
+    int saved = dup(0);
+    dup2(fd, 0);
+    close(fd);
+    int rc = it_run_lyra(args, env, out);
+    dup2(saved, 0);
+    close(saved);
+    return rc;
+}
+
+static int lyra(const char *const *args, const char *const *env, char **out)
+{
+    return lyra_in(args, env, NULL, out);
+}
+
+/* The line of `out` that starts with `name` followed by a space. */
+static const char *row(const char *out, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = out; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && p[n] == ' ')
+            return p;
+    return NULL;
+}
+
+static bool row_has(const char *out, const char *name, const char *text)
+{
+    const char *r = row(out, name);
+    if (!r)
+        return false;
+    const char *end = strchr(r, '\n');
+    const char *hit = strstr(r, text);
+    return hit && (!end || hit < end);
+}
+
+/* The content of a non-streamed chat answer from the API (caller frees). */
+static char *api_answer(json_t *messages, int max_tokens, double temperature, int seed)
+{
+    json_t *body = json_pack("{s:s, s:O, s:i, s:f, s:i}", "model", "tiny", "messages", messages, "max_tokens",
+                             max_tokens, "temperature", temperature, "seed", seed);
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    struct it_response r;
+    assert_int_equal(
+        it_http(srv.port, "POST", "/v1/chat/completions", "Content-Type: application/json\r\n", text, &r), 0);
+    free(text);
+    assert_int_equal(r.status, 200);
+    json_t *j = it_json(&r);
+    const char *content = json_string_value(json_object_get(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message"), "content"));
+    assert_non_null(content);
+    char *copy = strdup(content);
+    json_decref(j);
+    it_response_free(&r);
+    return copy;
+}
+
+/* What `lyra run` prints for an answer: the text, then a newline unless
+ * it already ends with one. */
+static void append_shown(char **acc, const char *answer)
+{
+    size_t n = strlen(answer);
+    char *s = NULL;
+    assert_true(asprintf(&s, "%s%s%s", *acc ? *acc : "", answer, n > 0 && answer[n - 1] == '\n' ? "" : "\n") >
+                0);
+    free(*acc);
+    *acc = s;
+}
+
+static void test_ls_by_url(void **state)
+{
+    char *out = NULL;
+    int rc = lyra((const char *[]){"ls", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "NAME"));
+    assert_non_null(strstr(out, "QUANT"));
+    assert_true(row_has(out, "tiny", "available"));
+    assert_true(row_has(out, "tiny", "Q8_0"));
+    assert_true(row_has(out, "tiny", "4.5M")); /* ~4.5M parameters */
+    assert_true(row_has(out, "tiny", "2048"));
+    assert_true(row_has(out, "tiny", "MB"));
+    assert_true(row_has(out, "broken", "invalid"));
+    assert_true(row_has(out, "broken", "truncated"));
+    free(out);
+}
+
+static void test_ls_json_by_home(void **state)
+{
+    /* LYRA_HOME: the address comes from $LYRA_HOME/serve.json. */
+    char *out = NULL;
+    int rc = lyra((const char *[]){"ls", "--json", NULL}, (const char *[]){home_env, NO_URL_ENV, NULL}, &out);
+    assert_int_equal(rc, 0);
+    json_t *j = json_loads(out, 0, NULL);
+    assert_non_null(j);
+    json_t *list = json_object_get(j, "models");
+    assert_int_equal(json_array_size(list), 2);
+    size_t i;
+    json_t *m;
+    bool tiny = false;
+    json_array_foreach(list, i, m) {
+        if (strcmp(json_string_value(json_object_get(m, "name")), "tiny") == 0)
+            tiny = true;
+    }
+    assert_true(tiny);
+    json_decref(j);
+    free(out);
+
+    /* --home: the same, from the flag. */
+    rc = lyra((const char *[]){"ls", "--home", home, NULL},
+              (const char *[]){"LYRA_HOME=/nonexistent", NO_URL_ENV, NULL}, &out);
+    assert_int_equal(rc, 0);
+    assert_true(row_has(out, "tiny", "available"));
+    free(out);
+
+    /* LYRA_URL wins over serve.json. */
+    char env_url[96];
+    snprintf(env_url, sizeof env_url, "LYRA_URL=%s", url);
+    rc = lyra((const char *[]){"ls", NULL}, (const char *[]){env_url, "LYRA_HOME=/nonexistent", NULL}, &out);
+    assert_int_equal(rc, 0);
+    assert_true(row_has(out, "broken", "invalid"));
+    free(out);
+}
+
+static void test_run_prompt(void **state)
+{
+    char *out = NULL;
+    int rc = lyra((const char *[]){"run", "tiny", "hello", "--max-tokens", "8", "--temperature", "0", "--url",
+                                   url, NULL},
+                  NULL, &out);
+    assert_int_equal(rc, 0);
+    size_t n = strlen(out);
+    assert_true(n > 0);
+    assert_int_equal(out[n - 1], '\n');
+    assert_null(strstr(out, "lyra run:"));
+    free(out);
+
+    /* With a seed the answer is repeatable: the CLI prints exactly what
+     * the API answers (the words of the prompt joined by spaces). */
+    json_t *msgs = json_pack("[{s:s, s:s}]", "role", "user", "content", "Say something nice");
+    char *want = NULL, *answer = api_answer(msgs, 12, 1.0, 42);
+    append_shown(&want, answer);
+    rc = lyra((const char *[]){"run", "tiny", "Say", "something", "nice", "--max-tokens", "12",
+                               "--temperature=1", "--seed", "42", NULL},
+              (const char *[]){home_env, NO_URL_ENV, NULL}, &out);
+    assert_int_equal(rc, 0);
+    assert_string_equal(out, want);
+    free(out);
+    free(want);
+    free(answer);
+    json_decref(msgs);
+}
+
+static void test_run_prompt_from_stdin(void **state)
+{
+    json_t *msgs = json_pack("[{s:s, s:s}, {s:s, s:s}]", "role", "system", "content", "Be brief.", "role",
+                             "user", "content", "a question\non two lines");
+    char *want = NULL, *answer = api_answer(msgs, 10, 1.0, 5);
+    append_shown(&want, answer);
+    char *out = NULL;
+    int rc = lyra_in((const char *[]){"run", "tiny", "-", "--system", "Be brief.", "--max-tokens", "10",
+                                      "--temperature", "1", "--seed", "5", "--url", url, NULL},
+                     NULL, "a question\non two lines\n", &out);
+    assert_int_equal(rc, 0);
+    assert_string_equal(out, want);
+    free(out);
+    free(want);
+    free(answer);
+    json_decref(msgs);
+}
+
+static void test_chat_keeps_the_conversation(void **state)
+{
+    /* Two turns from a pipe: the second is answered with the first in the
+     * context; /bye ends the chat before the last line. */
+    json_t *msgs = json_pack("[{s:s, s:s}]", "role", "user", "content", "hi");
+    char *want = NULL, *a1 = api_answer(msgs, 6, 1.0, 7);
+    append_shown(&want, a1);
+    json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content", a1));
+    json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", "how are you"));
+    char *a2 = api_answer(msgs, 6, 1.0, 7);
+    append_shown(&want, a2);
+
+    char *out = NULL;
+    int rc = lyra_in((const char *[]){"run", "tiny", "--max-tokens", "6", "--temperature", "1", "--seed", "7",
+                                      "--url", url, NULL},
+                     NULL, "hi\n\nhow are you\n/bye\nnever sent\n", &out);
+    assert_int_equal(rc, 0);
+    assert_string_equal(out, want);
+    free(out);
+    free(want);
+    free(a1);
+    free(a2);
+    json_decref(msgs);
+}
+
+static bool status_has_models(void)
+{
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "GET", "/status", NULL, NULL, &r), 0);
+    json_t *j = it_json(&r);
+    bool has = json_is_array(json_object_get(j, "models"));
+    json_decref(j);
+    it_response_free(&r);
+    return has;
+}
+
+static void test_ps(void **state)
+{
+    char *out = NULL;
+    int rc = lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    if (!status_has_models()) {
+        assert_non_null(strstr(out, "no models loaded"));
+        free(out);
+        return;
+    }
+    /* tiny answered above, so a worker holds it. */
+    assert_non_null(strstr(out, "IN FLIGHT"));
+    assert_true(row_has(out, "tiny", "loaded"));
+    assert_true(row_has(out, "tiny", "MB"));
+    free(out);
+
+    rc = lyra((const char *[]){"ps", "--json", NULL}, (const char *[]){home_env, NO_URL_ENV, NULL}, &out);
+    assert_int_equal(rc, 0);
+    json_t *j = json_loads(out, 0, NULL);
+    assert_true(json_is_array(j));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(j, 0), "name")), "tiny");
+    assert_true(json_integer_value(json_object_get(json_array_get(j, 0), "pid")) > 0);
+    json_decref(j);
+    free(out);
+}
+
+static json_int_t tiny_in_flight(void)
+{
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "GET", "/status", NULL, NULL, &r), 0);
+    json_t *j = it_json(&r);
+    json_int_t n = -1;
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(j, "models"), i, m) {
+        if (strcmp(json_string_value(json_object_get(m, "name")), "tiny") == 0)
+            n = json_integer_value(json_object_get(m, "in_flight"));
+    }
+    json_decref(j);
+    it_response_free(&r);
+    return n;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void test_ctrl_c_stops_the_answer(void **state)
+{
+    if (!status_has_models())
+        skip(); /* nothing tells when the answer is under way */
+    const char *bin = getenv("LYRA_BIN") ? getenv("LYRA_BIN") : "build/lyra";
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        execl(bin, bin, "run", "tiny", "tell me a long story", "--max-tokens", "2000", "--temperature", "1",
+              "--url", url, (char *)NULL);
+        _exit(127);
+    }
+    int waited = 0;
+    while (tiny_in_flight() < 1 && waited < 10000) {
+        sleep_ms(5);
+        waited += 5;
+    }
+    assert_true(tiny_in_flight() >= 1);
+    kill(pid, SIGINT);
+    int status = 0;
+    for (waited = 0; waitpid(pid, &status, WNOHANG) == 0 && waited < 5000; waited += 10)
+        sleep_ms(10);
+    if (waited >= 5000) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("lyra run did not stop on SIGINT");
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 130);
+    /* The daemon saw the client go and freed the slot. */
+    for (waited = 0; tiny_in_flight() != 0 && waited < 5000; waited += 10)
+        sleep_ms(10);
+    assert_int_equal(tiny_in_flight(), 0);
+}
+
+static void test_run_unknown_model(void **state)
+{
+    char *out = NULL;
+    int rc = lyra((const char *[]){"run", "nope", "hi", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "model 'nope' not found"));
+    free(out);
+}
+
+static void test_no_daemon(void **state)
+{
+    char *out = NULL;
+    int rc = lyra((const char *[]){"ls", "--url", "http://127.0.0.1:1", NULL}, NULL, &out);
+    assert_int_equal(rc, 1);
+    assert_non_null(
+        strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1: is `lyra serve` running?"));
+    free(out);
+    rc = lyra((const char *[]){"run", "tiny", "hi", "--url", "http://127.0.0.1:1", NULL}, NULL, &out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1"));
+    free(out);
+
+    /* A serve.json left by a daemon that is gone is not believed: the
+     * configured address is tried instead. */
+    char other[64], path[128], env_port[] = "LYRA_SERVER_PORT=1", env_home[96];
+    it_mkdtemp(other, sizeof other);
+    pid_t gone = fork();
+    if (gone == 0)
+        _exit(0);
+    waitpid(gone, NULL, 0);
+    char text[160];
+    snprintf(text, sizeof text,
+             "{\"pid\":%d,\"host\":\"127.0.0.1\",\"port\":2,\"url\":\"http://127.0.0.1:2\"}", (int)gone);
+    snprintf(path, sizeof path, "%s/serve.json", other);
+    it_write_file(path, text);
+    snprintf(env_home, sizeof env_home, "LYRA_HOME=%s", other);
+    rc = lyra((const char *[]){"ps", NULL}, (const char *[]){env_home, env_port, NO_URL_ENV, NULL}, &out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1:"));
+    free(out);
+    it_rmrf(other);
+}
+
+static void test_help(void **state)
+{
+    char *out = NULL;
+    assert_int_equal(lyra((const char *[]){"help", NULL}, NULL, &out), 0);
+    assert_non_null(strstr(out, "  run "));
+    assert_non_null(strstr(out, "  ls "));
+    assert_non_null(strstr(out, "  ps "));
+    free(out);
+    const char *cmds[] = {"run", "ls", "ps"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(lyra((const char *[]){cmds[i], "--help", NULL}, NULL, &out), 0);
+        char want[32];
+        snprintf(want, sizeof want, "usage: lyra %s", cmds[i]);
+        assert_non_null(strstr(out, want));
+        free(out);
+    }
+    assert_int_equal(lyra((const char *[]){"run", "tiny", "--max-tokens", "0", "x", NULL}, NULL, &out), 2);
+    assert_non_null(strstr(out, "--max-tokens"));
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ls_by_url),
+        cmocka_unit_test(test_ls_json_by_home),
+        cmocka_unit_test(test_run_prompt),
+        cmocka_unit_test(test_run_prompt_from_stdin),
+        cmocka_unit_test(test_chat_keeps_the_conversation),
+        cmocka_unit_test(test_ps),
+        cmocka_unit_test(test_ctrl_c_stops_the_answer),
+        cmocka_unit_test(test_run_unknown_model),
+        cmocka_unit_test(test_no_daemon),
+        cmocka_unit_test(test_help),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
