@@ -54,6 +54,14 @@ peer_gen() {
         jq -r '.timings.predicted_per_second'
 }
 wall() { local t0; t0=$(now); "$@" >/dev/null; awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.2f", (b-a)*1000}'; }
+# Time to first token: a one-token request timed by curl itself (no process
+# start-up in the number), same prompt as the warm cache holds.
+ttft() { # url path body -> ms
+    curl -sf -o /dev/null -w '%{time_total}' "$1$2" -H 'Content-Type: application/json' -d "$3" |
+        awk '{printf "%.2f", $1 * 1000}'
+}
+lyra_ttft() { ttft "$1" /v1/completions "{\"model\":\"bench\",\"prompt\":\"$prompt\",\"max_tokens\":1,\"temperature\":0}"; }
+peer_ttft() { ttft "$1" /completion "{\"prompt\":\"$prompt\",\"n_predict\":1,\"temperature\":0,\"cache_prompt\":true}"; }
 parallel_tps() { # fn url streams n -> aggregate tokens/s by wall clock
     local t0 jobs_=(); t0=$(now)
     for i in $(seq "$3"); do "$1" "$2" "$4" >/dev/null & jobs_+=($!); done
@@ -71,7 +79,12 @@ lyra_gen "$lurl" 8 >/dev/null; peer_gen "$purl" 8 >/dev/null   # warm (Lyra load
 ls=(); ps=(); lt=(); pt=()
 for i in $(seq "$runs"); do
     ls+=($(lyra_gen "$lurl" 256)); ps+=($(peer_gen "$purl" 256))
-    lt+=($(wall lyra_gen "$lurl" 1)); pt+=($(wall peer_gen "$purl" 1))
+done
+# Warm TTFT: each timed request follows an untimed one on the same server,
+# so neither pays for the other's use of the cores and caches.
+for i in $(seq "$runs"); do
+    lyra_ttft "$lurl" >/dev/null; lt+=($(lyra_ttft "$lurl"))
+    peer_ttft "$purl" >/dev/null; pt+=($(peer_ttft "$purl"))
 done
 log "single tok/s lyra: ${ls[*]} | llama-server: ${ps[*]}"
 log "ttft ms lyra: ${lt[*]} | llama-server: ${pt[*]}"
@@ -108,7 +121,7 @@ stop_all
 cold=()
 for i in $(seq "$runs"); do
     start_lyra 4
-    cold+=($(wall lyra_gen "$lurl" 1))
+    cold+=($(lyra_ttft "$lurl"))
     kill "$lyra_pid"; wait "$lyra_pid" 2>/dev/null || true
 done
 lcold=$(printf '%s\n' "${cold[@]}" | median)
