@@ -50,6 +50,7 @@ run: models
 
 bench: models
 	@bench/run.sh $(BUILD_DIR)
+	@bench/inference.sh $(BUILD_DIR)
 
 format:
 	@clang-format -i src/*/*.[ch] tests/*/*.[ch] tools/*.c

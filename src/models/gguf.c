@@ -664,6 +664,8 @@ static int cmp_cstr_ptr(const void *a, const void *b)
 /* Finds a duplicate among n strings in O(n log n); returns it or NULL. */
 static const char *find_duplicate(const char **names, size_t n)
 {
+    if (n < 2)
+        return NULL;
     qsort(names, n, sizeof *names, cmp_cstr_ptr);
     for (size_t i = 1; i < n; i++)
         if (strcmp(names[i - 1], names[i]) == 0)

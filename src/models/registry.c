@@ -490,7 +490,8 @@ int lyra_registry_refresh(struct lyra_registry *reg, struct lyra_registry_change
     }
     if (rc)
         goto out;
-    qsort(c.v, c.n, sizeof *c.v, cmp_cand);
+    if (c.n > 1) /* qsort(NULL, 0, ...) is undefined */
+        qsort(c.v, c.n, sizeof *c.v, cmp_cand);
 
     if (c.n && !(next = calloc(c.n, sizeof *next))) {
         rc = LYRA_ENOMEM;
