@@ -617,6 +617,26 @@ static int resubmit_locked(struct lyra_manager *m, struct lyra_job *job, struct 
     return rc;
 }
 
+/* Fills sampling values the request left out with the model's configured
+ * defaults (models.entries: temperature, top_p, top_k). */
+static void apply_default_sampling(json_t *msg, const struct lyra_model_settings *st)
+{
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    if (!type || strcmp(type, "generate") != 0)
+        return;
+    json_t *params = json_object_get(msg, "params");
+    if (!json_is_object(params)) {
+        params = json_object();
+        json_object_set_new(msg, "params", params);
+    }
+    if (st->temperature >= 0 && !json_object_get(params, "temperature"))
+        json_object_set_new(params, "temperature", json_real(st->temperature));
+    if (st->top_p >= 0 && !json_object_get(params, "top_p"))
+        json_object_set_new(params, "top_p", json_real(st->top_p));
+    if (st->top_k >= 0 && !json_object_get(params, "top_k"))
+        json_object_set_new(params, "top_k", json_integer(st->top_k));
+}
+
 int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *msg, unsigned flags, lyra_job_fn fn,
                         void *ud, struct lyra_job **out, int *retry_after_s, struct lyra_err *err)
 {
@@ -639,6 +659,7 @@ int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *
         json_decref(msg);
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     }
+    apply_default_sampling(msg, &model->settings);
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);

@@ -53,7 +53,20 @@ static int setup(void **state)
     snprintf(p, sizeof p, "%s/lyra.yaml", home);
     it_write_file(p, "schema_version: 2\nmodels:\n  ctx_size: 256\n  parallel: 2\n  entries:\n"
                      "    - name: embedder\n      path: tiny.gguf\n      embeddings: true\n"
-                     "    - name: long\n      path: tiny.gguf\n      ctx_size: 2048\n      parallel: 1\n");
+                     "    - name: long\n      path: tiny.gguf\n      ctx_size: 2048\n      parallel: 1\n"
+                     "    - name: greedy\n      path: tiny.gguf\n      temperature: 0\n"
+                     "    - name: badtpl\n      path: tiny.gguf\n      chat_template: no-such-template\n");
+    snprintf(p, sizeof p, "%s/models/truncated.gguf", home);
+    {
+        char from[512];
+        const char *dir = getenv("LYRA_TEST_MODELS");
+        snprintf(from, sizeof from, "%s/tiny.gguf", dir ? dir : "build/models");
+        size_t len = 0;
+        char *data = lyra_read_file(from, &len);
+        if (!data || lyra_write_file_atomic(p, data, len / 2, 0644) < 0)
+            return -1;
+        free(data);
+    }
     static const char *const env[] = {"LYRA_LOG_LEVEL=warn", NULL};
     return it_server_start(&srv, home, NULL, env);
 }
@@ -396,6 +409,28 @@ static void test_retry_then_circuit(void **state)
     it_response_free(&r);
 }
 
+static void test_model_defaults_and_load_errors(void **state)
+{
+    /* "greedy" is configured with temperature 0: two requests that give no
+     * temperature agree. */
+    const char *body = "{\"model\":\"greedy\",\"prompt\":\"x y\",\"max_tokens\":6,\"ignore_eos\":true}";
+    json_t *a = post("/v1/completions", body, 200), *b = post("/v1/completions", body, 200);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(a, "choices"), 0), "text")),
+                        json_string_value(json_object_get(json_array_get(json_object_get(b, "choices"), 0), "text")));
+    json_decref(a);
+    json_decref(b);
+    /* A truncated file is refused with the reason, without a worker. */
+    json_t *j = post("/v1/completions", "{\"model\":\"truncated\",\"prompt\":\"x\",\"max_tokens\":2}", 422);
+    assert_string_equal(oai_code(j), "model_invalid");
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "truncated"));
+    json_decref(j);
+    /* A worker that cannot start reports its own reason. */
+    j = post("/v1/chat/completions", "{\"model\":\"badtpl\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":2}", 500);
+    assert_string_equal(oai_code(j), "model_load_failed");
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")), "template"));
+    json_decref(j);
+}
+
 static void test_traces(void **state)
 {
     const char *tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -438,6 +473,7 @@ int main(void)
         cmocka_unit_test(test_retry_then_circuit),
         cmocka_unit_test(test_concurrent_first_requests_share_one_load),
         cmocka_unit_test(test_traces),
+        cmocka_unit_test(test_model_defaults_and_load_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
