@@ -1,6 +1,8 @@
 /* harness.c — see harness.h. */
 #include "harness.h"
 
+#include "core/util.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +27,21 @@ static const char *lyra_bin(void)
 {
     const char *b = getenv("LYRA_BIN");
     return b ? b : "build/lyra";
+}
+
+int it_install_model(const char *dir, const char *name, const char *as, size_t max_bytes)
+{
+    char from[512], to[512];
+    const char *models = getenv("LYRA_TEST_MODELS");
+    snprintf(from, sizeof from, "%s/%s", models ? models : "build/models", name);
+    snprintf(to, sizeof to, "%s/%s", dir, as);
+    size_t len = 0;
+    char *data = lyra_read_file(from, &len);
+    if (!data)
+        return -1;
+    int rc = lyra_write_file_atomic(to, data, len < max_bytes ? len : max_bytes, 0644);
+    free(data);
+    return rc < 0 ? -1 : 0;
 }
 
 void it_mkdtemp(char *out, size_t len)

@@ -34,6 +34,12 @@ void it_server_cleanup(struct it_server *s);
  * stdout+stderr into *output (caller frees) and returns the exit status. */
 int it_run_lyra(const char *const *args, const char *const *env, char **output);
 
+/* Copies the generated test model `name` ("tiny.gguf", from
+ * $LYRA_TEST_MODELS, default build/models) into `dir` as `as`, keeping at
+ * most max_bytes (SIZE_MAX: the whole file; fewer makes a truncated model).
+ * Returns 0, or -1 when the model cannot be read or written. */
+int it_install_model(const char *dir, const char *name, const char *as, size_t max_bytes);
+
 /* Makes a fresh temporary directory (caller removes with it_rmrf). */
 void it_mkdtemp(char *out, size_t len);
 void it_rmrf(const char *path);

@@ -25,29 +25,14 @@
 static struct it_server srv;
 static char home[64];
 
-static const char *tiny_path(void)
-{
-    static char path[512];
-    const char *dir = getenv("LYRA_TEST_MODELS");
-    snprintf(path, sizeof path, "%s/tiny.gguf", dir ? dir : "build/models");
-    return path;
-}
-
 static int setup(void **state)
 {
     it_mkdtemp(home, sizeof home);
-    char models[128], dst[256];
+    char models[128];
     snprintf(models, sizeof models, "%s/models", home);
     if (lyra_mkdirs(models) < 0)
         return -1;
-    size_t len = 0;
-    char *data = lyra_read_file(tiny_path(), &len);
-    if (!data)
-        return -1;
-    snprintf(dst, sizeof dst, "%s/tiny.gguf", models);
-    int rc = lyra_write_file_atomic(dst, data, len, 0644);
-    free(data);
-    if (rc < 0)
+    if (it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX) < 0)
         return -1;
     return it_server_start(&srv, home, NULL, NULL);
 }

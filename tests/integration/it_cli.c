@@ -27,36 +27,14 @@ static char home[64], models[128], url[64], home_env[128];
 /* LYRA_URL from the test's own environment must not pick the daemon. */
 #define NO_URL_ENV "LYRA_URL="
 
-static void copy_prefix(const char *from, const char *to, size_t n)
-{
-    size_t len = 0;
-    char *data = lyra_read_file(from, &len);
-    assert_non_null(data);
-    if (n > len)
-        n = len;
-    assert_int_equal(lyra_write_file_atomic(to, data, n, 0644), 0);
-    free(data);
-}
-
-static const char *tiny_path(void)
-{
-    static char path[512];
-    const char *dir = getenv("LYRA_TEST_MODELS");
-    snprintf(path, sizeof path, "%s/tiny.gguf", dir ? dir : "build/models");
-    return path;
-}
-
 static int setup(void **state)
 {
     it_mkdtemp(home, sizeof home);
     snprintf(models, sizeof models, "%s/models", home);
     if (lyra_mkdirs(models) < 0)
         return -1;
-    char p[256];
-    snprintf(p, sizeof p, "%s/tiny.gguf", models);
-    copy_prefix(tiny_path(), p, SIZE_MAX);
-    snprintf(p, sizeof p, "%s/broken.gguf", models);
-    copy_prefix(tiny_path(), p, 100000); /* truncated in the tensor data */
+    assert_int_equal(it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX), 0);
+    assert_int_equal(it_install_model(models, "tiny.gguf", "broken.gguf", 100000), 0); /* truncated in the tensor data */
     if (it_server_start(&srv, home, NULL, NULL) < 0)
         return -1;
     snprintf(url, sizeof url, "http://127.0.0.1:%d", srv.port);

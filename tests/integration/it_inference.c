@@ -29,44 +29,22 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static void copy_model(const char *name, const char *as)
-{
-    char from[512], to[256];
-    const char *dir = getenv("LYRA_TEST_MODELS");
-    snprintf(from, sizeof from, "%s/%s", dir ? dir : "build/models", name);
-    snprintf(to, sizeof to, "%s/models/%s", home, as);
-    size_t len = 0;
-    char *data = lyra_read_file(from, &len);
-    assert_non_null(data);
-    assert_int_equal(lyra_write_file_atomic(to, data, len, 0644), 0);
-    free(data);
-}
-
 static int setup(void **state)
 {
     it_mkdtemp(home, sizeof home);
-    char p[256];
-    snprintf(p, sizeof p, "%s/models", home);
-    lyra_mkdirs(p);
-    copy_model("tiny.gguf", "tiny.gguf");
-    copy_model("tiny.gguf", "tiny2.gguf");
+    char p[256], models[128];
+    snprintf(models, sizeof models, "%s/models", home);
+    if (lyra_mkdirs(models) < 0 || it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX) < 0 ||
+        it_install_model(models, "tiny.gguf", "tiny2.gguf", SIZE_MAX) < 0)
+        return -1;
     snprintf(p, sizeof p, "%s/lyra.yaml", home);
     it_write_file(p, "schema_version: 2\nmodels:\n  ctx_size: 256\n  parallel: 2\n  entries:\n"
                      "    - name: embedder\n      path: tiny.gguf\n      embeddings: true\n"
                      "    - name: long\n      path: tiny.gguf\n      ctx_size: 2048\n      parallel: 1\n"
                      "    - name: greedy\n      path: tiny.gguf\n      temperature: 0\n"
                      "    - name: badtpl\n      path: tiny.gguf\n      chat_template: no-such-template\n");
-    snprintf(p, sizeof p, "%s/models/truncated.gguf", home);
-    {
-        char from[512];
-        const char *dir = getenv("LYRA_TEST_MODELS");
-        snprintf(from, sizeof from, "%s/tiny.gguf", dir ? dir : "build/models");
-        size_t len = 0;
-        char *data = lyra_read_file(from, &len);
-        if (!data || lyra_write_file_atomic(p, data, len / 2, 0644) < 0)
-            return -1;
-        free(data);
-    }
+    if (it_install_model(models, "tiny.gguf", "truncated.gguf", 2 * 1024 * 1024) < 0) /* half the file */
+        return -1;
     static const char *const env[] = {"LYRA_LOG_LEVEL=warn", NULL};
     return it_server_start(&srv, home, NULL, env);
 }

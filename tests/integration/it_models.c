@@ -19,25 +19,6 @@
 static struct it_server srv;
 static char home[64], models[128];
 
-static void copy_prefix(const char *from, const char *to, size_t n)
-{
-    size_t len = 0;
-    char *data = lyra_read_file(from, &len);
-    assert_non_null(data);
-    if (n > len)
-        n = len;
-    assert_int_equal(lyra_write_file_atomic(to, data, n, 0644), 0);
-    free(data);
-}
-
-static const char *tiny_path(void)
-{
-    static char path[512];
-    const char *dir = getenv("LYRA_TEST_MODELS");
-    snprintf(path, sizeof path, "%s/tiny.gguf", dir ? dir : "build/models");
-    return path;
-}
-
 static int setup(void **state)
 {
     it_mkdtemp(home, sizeof home);
@@ -45,10 +26,8 @@ static int setup(void **state)
     if (lyra_mkdirs(models) < 0)
         return -1;
     char p[256], cfg[256];
-    snprintf(p, sizeof p, "%s/tiny.gguf", models);
-    copy_prefix(tiny_path(), p, SIZE_MAX);
-    snprintf(p, sizeof p, "%s/broken.gguf", models);
-    copy_prefix(tiny_path(), p, 100000); /* truncated in the tensor data */
+    assert_int_equal(it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX), 0);
+    assert_int_equal(it_install_model(models, "tiny.gguf", "broken.gguf", 100000), 0); /* truncated in the tensor data */
     snprintf(p, sizeof p, "%s/notes.gguf", models);
     it_write_file(p, "these are not the weights you are looking for");
     snprintf(cfg, sizeof cfg, "%s/lyra.yaml", home);
@@ -131,9 +110,7 @@ static void test_openai_list_and_new_file(void **state)
         assert_string_not_equal(json_string_value(json_object_get(m, "id")), "broken");
     }
     json_decref(j);
-    char p[256];
-    snprintf(p, sizeof p, "%s/extra.gguf", models);
-    copy_prefix(tiny_path(), p, SIZE_MAX);
+    assert_int_equal(it_install_model(models, "tiny.gguf", "extra.gguf", SIZE_MAX), 0);
     j = get_json("/v1/models", 200);
     assert_int_equal(json_array_size(json_object_get(j, "data")), n + 1);
     json_decref(j);

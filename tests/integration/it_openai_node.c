@@ -24,18 +24,11 @@ static void test_openai_client(void **state)
     snprintf(module, sizeof module, "%s/node_modules/openai/package.json", node_dir ? node_dir : "tests/node");
     if (!node_dir || access(module, R_OK) != 0 || system("node --version >/dev/null 2>&1") != 0)
         skip();
-    char home[64], models[128], from[512], to[256];
+    char home[64], models[128];
     it_mkdtemp(home, sizeof home);
     snprintf(models, sizeof models, "%s/models", home);
-    lyra_mkdirs(models);
-    const char *dir = getenv("LYRA_TEST_MODELS");
-    snprintf(from, sizeof from, "%s/tiny.gguf", dir ? dir : "build/models");
-    snprintf(to, sizeof to, "%s/tiny.gguf", models);
-    size_t len = 0;
-    char *data = lyra_read_file(from, &len);
-    assert_non_null(data);
-    assert_int_equal(lyra_write_file_atomic(to, data, len, 0644), 0);
-    free(data);
+    assert_int_equal(lyra_mkdirs(models), 0);
+    assert_int_equal(it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX), 0);
     struct it_server s;
     assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
     char cmd[1024];
