@@ -364,32 +364,45 @@ static void on_ready(struct worker *w, json_t *frame)
     w->state = W_READY;
     w->ready = json_incref(frame);
     w->load_ms = (double)(lyra_now_us() - w->started_us) / 1000.0;
-    struct lyra_job *list = w->pending;
+    /* The queued jobs become in flight (in order) before any is sent, so
+     * the replies, read on this same thread later, find them. */
+    struct lyra_job *queued = w->pending;
     w->pending = NULL;
-    for (struct lyra_job *j = list; j; j = j->next)
+    size_t n = 0;
+    for (struct lyra_job *j = queued; j; j = j->next)
+        n++;
+    struct lyra_job **send = n ? calloc(n, sizeof *send) : NULL;
+    size_t i = 0;
+    while (queued) {
+        struct lyra_job *j = queued;
+        queued = j->next;
         j->load_ms = w->load_ms;
-    /* Move to inflight in order before sending, so replies find them. */
-    struct lyra_job *tail = NULL;
-    for (struct lyra_job *j = list; j; j = j->next)
-        tail = j;
-    if (tail) {
-        tail->next = w->inflight;
-        w->inflight = list;
-        for (struct lyra_job *j = list; j && j != tail->next; j = j->next)
-            w->n_inflight++;
+        j->next = w->inflight;
+        w->inflight = j;
+        w->n_inflight++;
+        if (send) {
+            send[i++] = j;
+            atomic_fetch_add(&j->refs, 1); /* kept alive until sent */
+        } else { /* out of memory: send under the lock rather than never */
+            char *text = job_frame_text(j);
+            if (text)
+                send_text(w, text);
+            free(text);
+        }
     }
-    struct lyra_job *stop = tail ? tail->next : NULL;
     lyra_bus_publish(m->opts.bus, "model.loaded", "models",
                      json_pack("{s:s, s:i, s:f, s:O?, s:O?, s:O?}", "model", w->ms->name, "pid", (int)w->pid, "load_ms",
                                w->load_ms, "n_ctx_slot", json_object_get(frame, "n_ctx_slot"), "n_slots",
                                json_object_get(frame, "n_slots"), "devices", json_object_get(frame, "devices")));
     pthread_mutex_unlock(&m->lock);
-    for (struct lyra_job *j = list; j && j != stop; j = j->next) {
-        char *text = job_frame_text(j);
+    for (size_t k = 0; k < i; k++) {
+        char *text = job_frame_text(send[k]);
         if (text)
             send_text(w, text);
         free(text);
+        job_unref(send[k]);
     }
+    free(send);
 }
 
 static void on_job_frame(struct worker *w, json_t *frame, const char *type)
