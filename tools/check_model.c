@@ -69,13 +69,14 @@ static int check_template(const struct llama_model *model)
 int main(int argc, char **argv)
 {
     const char *prompt = "Once upon a time", *backends = "deps/llama/lib";
-    int n_gen = 64, n_threads = 2, c;
-    while ((c = getopt(argc, argv, "n:p:t:b:v")) != -1) {
+    int n_gen = 64, n_threads = 2, n_gpu_layers = -2, c; /* -2: llama.cpp's default */
+    while ((c = getopt(argc, argv, "n:p:t:b:g:v")) != -1) {
         switch (c) {
         case 'n': n_gen = atoi(optarg); break;
         case 'p': prompt = optarg; break;
         case 't': n_threads = atoi(optarg); break;
         case 'b': backends = optarg; break;
+        case 'g': n_gpu_layers = atoi(optarg); break;
         case 'v': verbose = true; break;
         default: goto usage;
         }
@@ -87,7 +88,16 @@ int main(int argc, char **argv)
     ggml_backend_load_all_from_path(backends);
     llama_backend_init();
 
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        size_t free_b = 0, total_b = 0;
+        ggml_backend_dev_memory(dev, &free_b, &total_b);
+        printf("device %zu: %s (%s), %zu MiB\n", i, ggml_backend_dev_name(dev), ggml_backend_dev_description(dev),
+               total_b >> 20);
+    }
     struct llama_model_params mp = llama_model_default_params();
+    if (n_gpu_layers != -2)
+        mp.n_gpu_layers = n_gpu_layers;
     struct llama_model *model = llama_model_load_from_file(argv[optind], mp);
     if (!model) {
         fprintf(stderr, "check_model: cannot load %s\n", argv[optind]);
@@ -157,7 +167,7 @@ out:
     return rc;
 
 usage:
-    fprintf(stderr, "usage: %s MODEL.gguf [-n TOKENS] [-p PROMPT] [-t THREADS] [-b BACKEND_DIR] "
+    fprintf(stderr, "usage: %s MODEL.gguf [-n TOKENS] [-p PROMPT] [-t THREADS] [-b BACKEND_DIR] [-g GPU_LAYERS] "
                     "[-v]\n", argv[0]);
     return 2;
 }
