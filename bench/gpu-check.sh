@@ -21,13 +21,23 @@ bin=$PWD/.gpu/bin
         LYRA_MODELS_GPU_LAYERS=$g LYRA_MODELS_THREADS=8 LYRA_LOG_LEVEL=warn \
             "$bin/lyra" serve --home /tmp/lyra-home --port 18777 2>>"$out/lyra.log" &
         pid=$!
-        for i in $(seq 100); do curl -sf -o /dev/null localhost:18777/health && break; sleep 0.1; done
-        for n in 1 2 3; do
-            curl -s localhost:18777/v1/completions -H 'Content-Type: application/json' \
-                -d '{"model":"small","prompt":"Once upon a time","max_tokens":256,"temperature":0,"ignore_eos":true}' |
-                python3 -c 'import json,sys; t=json.load(sys.stdin)["timings"]; print("run", "prompt_ms %.1f" % t["prompt_ms"], "gen tok/s %.1f" % t["predicted_per_second"], "load_ms %.0f" % t["load_ms"])'
-        done
-        curl -s localhost:18777/status | python3 -c 'import json,sys; m=json.load(sys.stdin)["models"][0]; print("worker devices:", json.dumps(m.get("devices")), "rss MB", m["rss_bytes"]>>20)'
+        python3 - <<'PY'
+import json, time, urllib.request
+base = "http://127.0.0.1:18777"
+for _ in range(100):
+    try:
+        urllib.request.urlopen(base + "/health"); break
+    except Exception:
+        time.sleep(0.1)
+body = json.dumps({"model": "small", "prompt": "Once upon a time", "max_tokens": 256,
+                   "temperature": 0, "ignore_eos": True}).encode()
+for n in range(3):
+    req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+    t = json.load(urllib.request.urlopen(req))["timings"]
+    print("run %d: prompt_ms %.1f, gen tok/s %.1f, load_ms %.0f" % (n, t["prompt_ms"], t["predicted_per_second"], t["load_ms"]))
+m = json.load(urllib.request.urlopen(base + "/status"))["models"][0]
+print("worker devices:", json.dumps(m.get("devices")), "rss MB", m["rss_bytes"] >> 20)
+PY
         kill $pid; wait $pid
     done
     grep -iE "cuda|gpu|offload" "$out/lyra.log" | head -20
