@@ -320,6 +320,10 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
     snprintf(in->trace_id, sizeof in->trace_id, "%s", lyra_http_trace_id(req));
     snprintf(in->endpoint, sizeof in->endpoint, "%s", lyra_http_path(req));
 
+    /* A request that is not streamed needs no token frames: the worker then
+     * sends the text once, at the end. */
+    if (!opts->stream)
+        json_object_set_new(opts->msg, "stream", json_false());
     pthread_mutex_lock(&in->lock);
     struct lyra_err err = {0};
     int retry_after = 0;

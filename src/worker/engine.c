@@ -53,6 +53,9 @@ struct request {
     struct lyra_sampler *sampler;
     int n_predict;       /* tokens to generate at most */
     int64_t t_arrival_us;
+    bool quiet;          /* "stream": false — text is sent once, before "done" */
+    char *acc;           /* quiet: text released so far */
+    size_t acc_len, acc_cap;
     struct request *next;
 };
 
@@ -207,6 +210,32 @@ static void emit_token(struct lyra_engine *e, struct slot *s, const char *text, 
         e->sink_rc = rc;
 }
 
+/* Hands text[0..len) on: a token frame now, or, for a quiet request, kept
+ * for the single frame sent when it ends (one frame instead of one per
+ * step, so the daemon is not woken while the next step decodes). */
+static void release_text(struct lyra_engine *e, struct slot *s, const char *text, size_t len)
+{
+    struct request *r = s->req;
+    if (!r->quiet) {
+        emit_token(e, s, text, len);
+        return;
+    }
+    if (r->acc_len + len > r->acc_cap) {
+        size_t cap = r->acc_cap ? r->acc_cap : 1024;
+        while (cap < r->acc_len + len)
+            cap *= 2;
+        char *p = realloc(r->acc, cap);
+        if (!p) {
+            e->sink_rc = LYRA_ENOMEM;
+            return;
+        }
+        r->acc = p;
+        r->acc_cap = cap;
+    }
+    memcpy(r->acc + r->acc_len, text, len);
+    r->acc_len += len;
+}
+
 /* ---- requests ---------------------------------------------------------------- */
 
 static void request_free(struct request *r)
@@ -215,6 +244,7 @@ static void request_free(struct request *r)
         return;
     free(r->tokens);
     free(r->input_off);
+    free(r->acc);
     lyra_sampler_free(r->sampler);
     lyra_sampling_params_clear(&r->params);
     free(r);
@@ -302,6 +332,7 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
         return;
     }
     r->id = id;
+    r->quiet = json_is_false(json_object_get(msg, "stream"));
     struct lyra_err err = {0};
     const json_t *params = json_object_get(msg, "params");
     if (params && !json_is_object(params) && !json_is_null(params)) {
@@ -467,8 +498,13 @@ static void finish(struct lyra_engine *e, struct slot *s, const char *reason)
     int64_t now = lyra_now_us();
     if (strcmp(reason, "cancelled") != 0) {
         size_t n = lyra_stream_finish(s->stream);
-        if (n > 0 || s->n_unreported > 0)
+        if (s->req->quiet) {
+            release_text(e, s, lyra_stream_text(s->stream), n);
+            if (s->req->acc_len > 0 || s->n_unreported > 0)
+                emit_token(e, s, s->req->acc ? s->req->acc : "", s->req->acc_len);
+        } else if (n > 0 || s->n_unreported > 0) {
             emit_token(e, s, lyra_stream_text(s->stream), n);
+        }
     }
     int64_t t_prompt = s->t_prompt_us ? s->t_prompt_us : now;
     send_done(e, s->req->id, reason, s->req->n_tokens, s->n_reused, s->n_fed - s->n_reused,
@@ -810,7 +846,7 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
         finish(e, s, "length");
     } else {
         if (ready > 0) {
-            emit_token(e, s, lyra_stream_text(s->stream), ready);
+            release_text(e, s, lyra_stream_text(s->stream), ready);
             lyra_stream_consume(s->stream, ready);
         }
         s->next = tok;

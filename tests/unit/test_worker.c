@@ -402,6 +402,31 @@ static void test_max_tokens_length(void **state)
     stop_worker(&w);
 }
 
+/* "stream": false: the text comes in one token frame before "done", equal
+ * to what the streamed form of the same greedy request produces. */
+static void test_quiet_request(void **state)
+{
+    struct worker w;
+    start(&w, one_thread);
+    const char *prompt = "The quick brown fox";
+    struct result *streamed = generate(&w, 1, prompt, json_pack("{s:i, s:b, s:f}", "max_tokens", 20, "ignore_eos", 1,
+                                                                "temperature", 0.0));
+    struct result *quiet = new_result(2);
+    send_msg(&w, json_pack("{s:s, s:i, s:s, s:b, s:{s:i, s:b, s:f}}", "type", "generate", "id", 2, "prompt", prompt,
+                           "stream", 0, "params", "max_tokens", 20, "ignore_eos", 1, "temperature", 0.0));
+    collect(&w, &quiet, 1, 60000);
+    assert_string_equal(finish_reason(quiet), "length");
+    assert_int_equal(quiet->frames, 1);
+    assert_int_equal(quiet->n_sum, 20);
+    assert_string_equal(quiet->text, streamed->text);
+    assert_true(streamed->frames > 1);
+    result_clear(streamed);
+    free(streamed);
+    result_clear(quiet);
+    free(quiet);
+    stop_worker(&w);
+}
+
 static void test_greedy_deterministic(void **state)
 {
     struct worker w;
@@ -1232,6 +1257,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ready),
         cmocka_unit_test(test_max_tokens_length),
+        cmocka_unit_test(test_quiet_request),
         cmocka_unit_test(test_greedy_deterministic),
         cmocka_unit_test(test_concurrent_overlap),
         cmocka_unit_test(test_queueing),
