@@ -365,6 +365,21 @@ int it_http(int port, const char *method, const char *path, const char *headers,
     return rc;
 }
 
+json_t *it_get_json(int port, const char *path, int want_status)
+{
+    struct it_response r;
+    if (it_http(port, "GET", path, NULL, NULL, &r) != 0) {
+        fprintf(stderr, "GET %s: no answer\n", path);
+        it_response_free(&r);
+        return NULL;
+    }
+    json_t *j = r.status == want_status ? it_json(&r) : NULL;
+    if (!j)
+        fprintf(stderr, "GET %s: status %d (wanted %d): %s\n", path, r.status, want_status, r.body ? r.body : "");
+    it_response_free(&r);
+    return j;
+}
+
 const char *it_header(const struct it_response *r, const char *name, char *buf, size_t len)
 {
     if (!r->head)

@@ -61,6 +61,9 @@ int it_raw(int port, const void *data, size_t len, struct it_response *out);
 /* Reads one response from a connected socket. */
 int it_read_response(int fd, struct it_response *out);
 int it_connect(int port);
+/* GET path on a fresh connection; returns the JSON body (caller decrefs),
+ * or NULL after printing why (no answer, another status, not JSON). */
+json_t *it_get_json(int port, const char *path, int want_status);
 /* A header's value, copied into buf; NULL when absent. */
 const char *it_header(const struct it_response *r, const char *name, char *buf, size_t len);
 /* The body parsed as JSON (caller decrefs), NULL if not JSON. */

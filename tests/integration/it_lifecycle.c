@@ -31,12 +31,8 @@ static void sleep_ms(int ms)
 
 static json_t *get_json(int port, const char *path, int want_status)
 {
-    struct it_response r;
-    assert_int_equal(it_http(port, "GET", path, NULL, NULL, &r), 0);
-    assert_int_equal(r.status, want_status);
-    json_t *j = it_json(&r);
+    json_t *j = it_get_json(port, path, want_status);
     assert_non_null(j);
-    it_response_free(&r);
     return j;
 }
 

@@ -46,12 +46,8 @@ static int teardown(void **state)
 
 static json_t *get_json(const char *path, int want)
 {
-    struct it_response r;
-    assert_int_equal(it_http(srv.port, "GET", path, NULL, NULL, &r), 0);
-    assert_int_equal(r.status, want);
-    json_t *j = it_json(&r);
+    json_t *j = it_get_json(srv.port, path, want);
     assert_non_null(j);
-    it_response_free(&r);
     return j;
 }
 
