@@ -116,7 +116,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
         return lyra_err_set(err, LYRA_EIO, "cannot find the lyra binary (/proc/self/exe): %s", strerror(errno));
     exe[n] = '\0';
     struct lyra_manager_options mo = {.worker_exe = exe, .registry = srv->registry, .bus = srv->bus,
-                                      .max_loaded = srv->cfg->models.max_loaded};
+                                      .max_loaded = srv->cfg->models.max_loaded,
+                                      .keep_alive_s = srv->cfg->models.keep_alive_s};
     return lyra_manager_new(&mo, &srv->manager, err);
 }
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -86,6 +87,9 @@ struct lyra_manager {
     int n_workers;               /* live I/O threads */
     uint64_t next_id;
     bool closing;
+    pthread_cond_t reaper_wake;  /* signalled when closing */
+    pthread_t reaper;
+    bool reaper_running;
 };
 
 /* ------------------------------------------------------------------ */
@@ -773,6 +777,40 @@ void lyra_job_release(struct lyra_job *job)
 }
 
 /* ------------------------------------------------------------------ */
+/* Keep-alive                                                         */
+
+/* Unloads models idle for keep_alive_s (no job queued or running, not
+ * pinned), checking once a second.  The worker exits on EOF; its I/O thread
+ * publishes model.unloaded with reason "idle". */
+static void *reaper_main(void *arg)
+{
+    struct lyra_manager *m = arg;
+    pthread_mutex_lock(&m->lock);
+    while (!m->closing) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&m->reaper_wake, &m->lock, &ts);
+        int64_t limit_us = (int64_t)m->opts.keep_alive_s * 1000000;
+        int64_t now = lyra_now_us();
+        for (struct model_state *ms = m->models; ms && !m->closing; ms = ms->next) {
+            struct worker *w = ms->w;
+            if (!w || w->state != W_READY || w->unloading || w->n_inflight > 0 || w->pending ||
+                w->model->settings.pinned || now - w->last_used_us < limit_us)
+                continue;
+            w->unloading = true;
+            w->unload_reason = "idle";
+            shutdown(w->fd, SHUT_WR);
+            lyra_log(LYRA_LOG_INFO, "models", NULL, json_pack("{s:s, s:i}", "model", ms->name, "keep_alive_s",
+                                                             m->opts.keep_alive_s),
+                     "unloading %s: idle for %d s", ms->name, m->opts.keep_alive_s);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
 /* Manager                                                            */
 
 int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manager **out, struct lyra_err *err)
@@ -786,6 +824,9 @@ int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manage
     m->worker_exe = strdup(opts->worker_exe);
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->workers_gone, NULL);
+    pthread_cond_init(&m->reaper_wake, NULL);
+    if (m->opts.keep_alive_s > 0 && pthread_create(&m->reaper, NULL, reaper_main, m) == 0)
+        m->reaper_running = true;
     *out = m;
     return 0;
 }
@@ -796,6 +837,11 @@ void lyra_manager_free(struct lyra_manager *m)
         return;
     pthread_mutex_lock(&m->lock);
     m->closing = true;
+    pthread_cond_signal(&m->reaper_wake);
+    pthread_mutex_unlock(&m->lock);
+    if (m->reaper_running)
+        pthread_join(m->reaper, NULL);
+    pthread_mutex_lock(&m->lock);
     for (struct model_state *ms = m->models; ms; ms = ms->next) {
         if (ms->w && ms->w->state != W_DEAD) {
             ms->w->unloading = true;
@@ -813,6 +859,7 @@ void lyra_manager_free(struct lyra_manager *m)
         free(ms);
     }
     pthread_cond_destroy(&m->workers_gone);
+    pthread_cond_destroy(&m->reaper_wake);
     pthread_mutex_destroy(&m->lock);
     free(m->worker_exe);
     free(m);

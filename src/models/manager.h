@@ -54,6 +54,7 @@ struct lyra_manager_options {
     struct lyra_registry *registry; /* borrowed */
     struct lyra_bus *bus;          /* borrowed */
     int max_loaded;                /* resident models at most; the least recently used idle one is unloaded */
+    int keep_alive_s;              /* a model idle this long is unloaded (0 = never), unless pinned */
 };
 
 int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manager **out, struct lyra_err *err);
