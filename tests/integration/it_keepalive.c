@@ -59,26 +59,22 @@ static void test_idle_model_unloads(void **state)
     assert_string_equal(state_of(st, "tiny"), "loaded");
     json_decref(st);
 
-    const char *tiny_state = "loaded";
-    for (int i = 0; i < 60 && tiny_state; i++) { /* up to 6 s */
+    /* Wait (up to 6 s) for the worker to be gone: model.unloaded. */
+    json_t *e = NULL, *ev = NULL;
+    for (int i = 0; i < 60 && !e; i++) {
         sleep_ms(100);
-        st = it_get_json(s.port, "/status", 200);
-        tiny_state = state_of(st, "tiny");
-        if (tiny_state)
-            tiny_state = strcmp(tiny_state, "loaded") == 0 ? "loaded" : NULL;
-        if (tiny_state)
-            json_decref(st);
+        json_decref(ev);
+        ev = it_get_json(s.port, "/events/recent?types=model.unloaded", 200);
+        e = json_array_get(json_object_get(ev, "events"), 0);
     }
-    assert_null(tiny_state);                           /* unloaded */
-    assert_string_equal(state_of(st, "stay"), "loaded"); /* pinned */
-    json_decref(st);
-
-    json_t *ev = it_get_json(s.port, "/events/recent?types=model.unloaded", 200);
-    json_t *e = json_array_get(json_object_get(ev, "events"), 0);
     assert_non_null(e);
     assert_string_equal(json_string_value(json_object_get(json_object_get(e, "data"), "model")), "tiny");
     assert_string_equal(json_string_value(json_object_get(json_object_get(e, "data"), "reason")), "idle");
     json_decref(ev);
+    st = it_get_json(s.port, "/status", 200);
+    assert_null(state_of(st, "tiny"));                   /* unloaded */
+    assert_string_equal(state_of(st, "stay"), "loaded"); /* pinned */
+    json_decref(st);
 
     complete(s.port, "tiny"); /* loads again */
     st = it_get_json(s.port, "/status", 200);
