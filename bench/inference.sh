@@ -7,6 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}
 cd "$root"
+. bench/lib.sh
 lyra=$build/lyra
 runs=${RUNS:-5}
 model=${MODEL:-build/models/small.gguf}
@@ -19,9 +20,6 @@ trap cleanup EXIT
 results=bench/results; mkdir -p "$results"
 out="$results/inference-$(date -u +%Y%m%dT%H%M%SZ).txt"
 log() { printf '%s\n' "$*" | tee -a "$out"; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-free_port() { local p; while :; do p=$((20000 + RANDOM % 20000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }; done; }
-wait_health() { local end=$((SECONDS + $2)); until curl -sf -o /dev/null "$1/health"; do [ $SECONDS -lt $end ] || return 1; sleep 0.05; done; }
 now() { date +%s.%N; }
 prompt="The quick brown fox jumps over the lazy dog. Tell me a long story about it."
 
@@ -140,7 +138,6 @@ loaded=$(curl -sf "http://127.0.0.1:$port/status" | jq '[.models[] | select(.sta
 rss_mb=$(awk '/VmRSS/{printf "%.1f", $2/1024}' /proc/$rpid/status)
 log "daemon RSS with $loaded models loaded: $rss_mb MB"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.3f", a / b }'; }
 log ""
 log "| metric (median of $runs) | lyra | llama-server | ratio | target |"
 log "|---|---|---|---|---|"

@@ -10,6 +10,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}
 cd "$root"
+. bench/lib.sh
 lyra=$build/lyra
 runs=${RUNS:-5}
 duration=${DURATION:-10}
@@ -23,21 +24,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-free_port() { # a loopback port nobody answers on
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 20000))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done
-}
-wait_health() { # url timeout_s
-    local end=$((SECONDS + $2))
-    until curl -sf -o /dev/null "$1/health"; do
-        [ $SECONDS -lt $end ] || return 1
-        sleep 0.05
-    done
-}
 
 log() { printf '%s\n' "$*" | tee -a "$out"; }
 log "# Lyra benchmarks $(date -u +%FT%TZ)"
@@ -85,7 +71,6 @@ done
 l_rps=$(printf '%s\n' "${lr[@]}" | median); s_rps=$(printf '%s\n' "${sr[@]}" | median)
 l_p99=$(printf '%s\n' "${lp[@]}" | median); s_p99=$(printf '%s\n' "${sp[@]}" | median)
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 verdict() { awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { ok = (op == ">=" ? a >= b : a <= b); print ok ? "ok" : "MISSED" }'; }
 log ""
 log "| metric (median of $runs) | lyra | llama-server | ratio | target | |"
