@@ -222,17 +222,26 @@ static json_t *status_model(const char *name)
     return found;
 }
 
-static void test_client_leaves_frees_slot(void **state)
+/* Starts a streaming POST on its own connection and returns the socket once
+ * the first bytes of the answer arrived (the stream has started). */
+static int open_stream(const char *path, const char *body)
 {
     int fd = it_connect(srv.port);
-    const char body[] = "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
-                        "\"max_tokens\":200,\"ignore_eos\":true,\"stream\":true}";
-    char req[512];
-    int n = snprintf(req, sizeof req, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                      "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    assert_true(fd >= 0);
+    char req[1024];
+    int n = snprintf(req, sizeof req, "POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     path, strlen(body), body);
     assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
-    char buf[512];
-    assert_true(recv(fd, buf, sizeof buf, 0) > 0); /* the stream started */
+    char buf[256];
+    assert_true(recv(fd, buf, sizeof buf, 0) > 0);
+    return fd;
+}
+
+static void test_client_leaves_frees_slot(void **state)
+{
+    int fd = open_stream("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\","
+                                                  "\"content\":\"Hi\"}],\"max_tokens\":200,\"ignore_eos\":true,\"stream\":true}");
     close(fd);
     /* The job is cancelled: nothing in flight well before 200 tokens. */
     int in_flight = -1;
@@ -254,15 +263,8 @@ static void test_worker_killed_mid_stream(void **state)
     assert_non_null(m);
     int pid = (int)json_integer_value(json_object_get(m, "pid"));
     json_decref(m);
-    int fd = it_connect(srv.port);
-    const char body[] = "{\"model\":\"long\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
-                        "\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}";
-    char req[512];
-    int n = snprintf(req, sizeof req, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
-    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
-    char buf[256];
-    assert_true(recv(fd, buf, sizeof buf, 0) > 0);
+    int fd = open_stream("/v1/chat/completions", "{\"model\":\"long\",\"messages\":[{\"role\":\"user\","
+                                                  "\"content\":\"Hi\"}],\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}");
     kill(pid, SIGKILL);
     /* The stream ends with an error chunk and [DONE]. */
     char *all = calloc(1, 1 << 20);
@@ -354,14 +356,8 @@ static void test_retry_then_circuit(void **state)
     /* A stream occupies "long"'s only slot; a non-streaming request waits
      * behind it inside the worker.  Killing the worker fails the stream
      * but retries the waiting request on a fresh worker. */
-    int fd = it_connect(srv.port);
-    const char body[] = "{\"model\":\"long\",\"prompt\":\"a\",\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}";
-    char req[512];
-    int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
-    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
-    char buf[256];
-    assert_true(recv(fd, buf, sizeof buf, 0) > 0);
+    int fd = open_stream("/v1/completions",
+                         "{\"model\":\"long\",\"prompt\":\"a\",\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}");
     struct bg_post waiting = {.path = "/v1/completions", .body = "{\"model\":\"long\",\"prompt\":\"b\",\"max_tokens\":2}"};
     pthread_create(&waiting.t, NULL, bg_post_main, &waiting);
     sleep_ms(150);
