@@ -57,6 +57,9 @@ struct lyra_config {
         int port;                  /* default 8000 */
         char **cors_origins;       /* default none; "*" allows any */
         size_t n_cors_origins;
+        char **allowed_hosts;      /* Host names accepted besides loopback ones (DNS-rebinding guard) */
+        size_t n_allowed_hosts;
+        bool allow_remote_without_auth; /* default false: a non-loopback host with auth off is refused */
         int threads;               /* HTTP worker threads; 0 = number of cores */
         size_t max_body_bytes;     /* default 8 MiB */
         size_t max_header_bytes;   /* default 16 KiB */
@@ -75,6 +78,10 @@ struct lyra_config {
         int threads;               /* 0 = number of cores */
         int gpu_layers;            /* default -1 = all that fit; 0 = CPU only */
         int ctx_size;              /* default 4096 */
+        int load_timeout_s;        /* default 120: a worker not ready by then is killed */
+        int heartbeat_timeout_s;   /* default 10: a worker silent this long is hung */
+        int progress_timeout_s;    /* default 60: no decode step this long with work pending = hung */
+        int stop_timeout_s;        /* default 5: each step of stopping a worker (EOF, SIGTERM, SIGKILL) */
         struct lyra_model_entry *entries;
         size_t n_entries;
     } models;
@@ -94,6 +101,8 @@ struct lyra_config {
 
     struct {
         int ring_size;             /* default 1024 events kept for replay */
+        size_t ring_bytes;         /* default 16 MiB: the replay ring's byte budget */
+        size_t max_payload_bytes;  /* default 64 KiB: largest POST /events payload */
     } events;
 
     struct {

@@ -4,6 +4,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "core/util.h"
+
 const char *lyra_strerror(int code)
 {
     switch (code) {
@@ -46,7 +48,7 @@ int lyra_err_set(struct lyra_err *err, int code, const char *fmt, ...)
         va_list ap;
         va_start(ap, fmt);
         err->code = code;
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        lyra_vfmt(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
     }
     return code;

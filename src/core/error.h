@@ -55,7 +55,8 @@ const char *lyra_errname(int code);
 /* The HTTP status that matches a code (404 for LYRA_ENOTFOUND, ...). */
 int lyra_err_http_status(int code);
 
-/* Records code and a printf-style message in err (if not NULL) and returns
+/* Records code and a printf-style message in err (if not NULL; the message
+ * is always valid UTF-8, cut on a character boundary) and returns
  * code, so that `return lyra_err_set(err, LYRA_EINVAL, "...")` reads well. */
 int lyra_err_set(struct lyra_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

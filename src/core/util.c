@@ -2,6 +2,7 @@
 #include "core/util.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,37 +85,107 @@ void lyra_uuid4(char out[37])
              b[13], b[14], b[15]);
 }
 
+/* Length of the well-formed UTF-8 sequence at p[0..avail), or 0 when the
+ * bytes there are not one.  *partial is set when they are the valid start
+ * of a sequence cut short by the end of the buffer. */
+static size_t utf8_seq(const unsigned char *p, size_t avail, bool *partial)
+{
+    *partial = false;
+    unsigned c = p[0];
+    size_t n;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if ((c & 0xe0) == 0xc0)
+        n = 1, min = 0x80, c &= 0x1f;
+    else if ((c & 0xf0) == 0xe0)
+        n = 2, min = 0x800, c &= 0x0f;
+    else if ((c & 0xf8) == 0xf0)
+        n = 3, min = 0x10000, c &= 0x07;
+    else
+        return 0;
+    for (size_t i = 1; i <= n; i++) {
+        if (i >= avail) {
+            *partial = true;
+            return 0;
+        }
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    return n + 1;
+}
+
 bool lyra_utf8_valid(const char *s, size_t len)
 {
-    const unsigned char *p = (const unsigned char *)s, *end = p + len;
-    while (p < end) {
-        unsigned c = *p;
-        size_t n;
-        unsigned min;
-        if (c < 0x80) {
-            p++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            n = 1, min = 0x80, c &= 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2, min = 0x800, c &= 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 3, min = 0x10000, c &= 0x07;
-        } else {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    bool partial;
+    while (i < len) {
+        size_t n = utf8_seq(p + i, len - i, &partial);
+        if (n == 0)
             return false;
-        }
-        if ((size_t)(end - p) <= n)
-            return false;
-        for (size_t i = 1; i <= n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-            c = (c << 6) | (p[i] & 0x3f);
-        }
-        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-            return false;
-        p += n + 1;
+        i += n;
     }
     return true;
+}
+
+size_t lyra_utf8_clip(const char *s, size_t max)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    bool partial;
+    while (i < max && p[i]) {
+        size_t n = utf8_seq(p + i, max - i, &partial);
+        if (n == 0) {
+            if (partial)
+                break;  /* a character that does not fit whole */
+            n = 1;      /* an invalid byte: kept; lyra_utf8_scrub deals with it */
+        }
+        i += n;
+    }
+    return i;
+}
+
+char *lyra_utf8_scrub(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    size_t len = strlen(s), i = 0;
+    bool partial;
+    while (i < len) {
+        size_t n = utf8_seq(p + i, len - i, &partial);
+        if (n > 0) {
+            i += n;
+        } else if (partial) {
+            p[i] = '\0'; /* cut inside the last character */
+            break;
+        } else {
+            p[i++] = '?';
+        }
+    }
+    return s;
+}
+
+int lyra_vfmt(char *buf, size_t cap, const char *fmt, va_list ap)
+{
+    if (cap == 0)
+        return 0;
+    int n = vsnprintf(buf, cap, fmt, ap);
+    if (n < 0)
+        buf[0] = '\0';
+    lyra_utf8_scrub(buf);
+    return n;
+}
+
+int lyra_fmt(char *buf, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = lyra_vfmt(buf, cap, fmt, ap);
+    va_end(ap);
+    return n;
 }
 
 int lyra_mkdirs(const char *path)

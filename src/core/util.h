@@ -3,6 +3,7 @@
 #ifndef LYRA_UTIL_H
 #define LYRA_UTIL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,6 +27,24 @@ void lyra_uuid4(char out[37]);
 
 /* True if s[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
 bool lyra_utf8_valid(const char *s, size_t len);
+
+/* Text that is cut must stay valid UTF-8 (jansson refuses anything else, and
+ * a refused message must never become a crash or a lost frame).  These are
+ * the only ways Lyra bounds text; never `%.32s` on client or library text. */
+
+/* The number of bytes (<= max) of the NUL-terminated s to keep so that no
+ * character is split: use as `"%.*s", (int)lyra_utf8_clip(s, 32), s`. */
+size_t lyra_utf8_clip(const char *s, size_t max);
+
+/* Makes the NUL-terminated s valid UTF-8 in place: a character cut short at
+ * the end is dropped, any other invalid byte becomes '?'.  Returns s. */
+char *lyra_utf8_scrub(char *s);
+
+/* vsnprintf into buf[0..cap) whose result is always valid UTF-8: cut on a
+ * code-point boundary, invalid bytes of the arguments replaced by '?'.
+ * Returns vsnprintf's count (the length it wanted). */
+int lyra_vfmt(char *buf, size_t cap, const char *fmt, va_list ap);
+int lyra_fmt(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* mkdir -p with mode 0700 for created directories. Returns 0 or -errno. */
 int lyra_mkdirs(const char *path);

@@ -28,6 +28,45 @@ static void test_utf8(void **state)
     assert_true(lyra_utf8_valid("", 0));
 }
 
+/* The reproduction of the worker-killing request: a role of 31 ASCII bytes
+ * and an "é" cut by "%.32s" became invalid UTF-8 that jansson refused. */
+static void test_utf8_clip_and_scrub(void **state)
+{
+    const char *role = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9"; /* 31 + 2 bytes */
+    assert_int_equal(lyra_utf8_clip(role, 32), 31);
+    assert_int_equal(lyra_utf8_clip(role, 33), 33);
+    assert_int_equal(lyra_utf8_clip(role, 100), 33);
+    assert_int_equal(lyra_utf8_clip("\xf0\x9f\x98\x80" "x", 3), 0);
+    char buf[64];
+    snprintf(buf, sizeof buf, "unknown role '%.*s'", (int)lyra_utf8_clip(role, 32), role);
+    assert_true(lyra_utf8_valid(buf, strlen(buf)));
+
+    char cut[] = "ab\xe2\x82"; /* a euro sign cut after two bytes */
+    assert_string_equal(lyra_utf8_scrub(cut), "ab");
+    char bad[] = "a\xff" "b\xc0\xaf" "c";
+    assert_string_equal(lyra_utf8_scrub(bad), "a?b??c");
+    char good[] = "caf\xc3\xa9";
+    assert_string_equal(lyra_utf8_scrub(good), "caf\xc3\xa9");
+
+    /* lyra_fmt never leaves half a character, whatever the buffer size. */
+    for (size_t cap = 1; cap < 12; cap++) {
+        char out[12];
+        lyra_fmt(out, cap, "%s", "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac");
+        assert_true(lyra_utf8_valid(out, strlen(out)));
+        assert_int_equal(strlen(out) % 3, 0);
+    }
+    struct lyra_err err;
+    lyra_err_set(&err, LYRA_EINVAL, "%s", role);
+    assert_true(lyra_utf8_valid(err.msg, strlen(err.msg)));
+    char big[2000];
+    memset(big, 'a', sizeof big);
+    memcpy(big + LYRA_ERR_MSG_MAX - 2, "\xc3\xa9", 2); /* straddles the end of err.msg */
+    big[sizeof big - 1] = '\0';
+    lyra_err_set(&err, LYRA_EINVAL, "%s", big);
+    assert_true(lyra_utf8_valid(err.msg, strlen(err.msg)));
+    assert_int_equal(strlen(err.msg), LYRA_ERR_MSG_MAX - 2);
+}
+
 static void test_ids(void **state)
 {
     char a[33], b[33], u[37];
@@ -90,7 +129,7 @@ static void test_error_table(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8),  cmocka_unit_test(test_ids),         cmocka_unit_test(test_timestamp),
+        cmocka_unit_test(test_utf8), cmocka_unit_test(test_utf8_clip_and_scrub),  cmocka_unit_test(test_ids),         cmocka_unit_test(test_timestamp),
         cmocka_unit_test(test_files), cmocka_unit_test(test_error_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
