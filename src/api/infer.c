@@ -1,7 +1,11 @@
 /* infer.c — see infer.h.  One struct lyra_infer per request, shared by the
  * HTTP side (until it has answered) and the job side (until the terminal
- * frame); freed when both let go.  Lock order: infer->lock, then the
- * stream's lock, then the HTTP kicker's. */
+ * frame); freed when both let go.
+ *
+ * Threads: job frames arrive on the supervisor thread (on_frame), the
+ * answer of a parked request is sent on an HTTP thread (on_resume), and a
+ * client hang-up is reported on the HTTP watcher thread (on_gone).  All
+ * three take in->lock; lock order: in->lock, then the stream's lock. */
 #include "api/infer.h"
 
 #include <pthread.h>
@@ -25,10 +29,11 @@ struct lyra_infer {
     struct lyra_job *job;
     const struct lyra_infer_format *fmt;
     void *ud;
-    bool stream, parked, woken, started;
+    bool stream, parked, woken, started, gone;
     char *text;
     size_t len, cap;
-    json_t *terminal;            /* done / error / embedding frame */
+    bool text_lost;              /* out of memory while collecting the text */
+    json_t *terminal;            /* done / error / embedding frame (a copy) */
     char model[128];
     char id[64];
     char request_id[130];
@@ -62,8 +67,10 @@ static void append_text(struct lyra_infer *in, const char *s)
         while (cap < in->len + n + 1)
             cap *= 2;
         char *nt = realloc(in->text, cap);
-        if (!nt)
+        if (!nt) {
+            in->text_lost = true;
             return;
+        }
         in->text = nt;
         in->cap = cap;
     }
@@ -100,36 +107,55 @@ static char *sse_encode(json_t *chunk, bool sse)
     return out;
 }
 
-/* Appends the encoded chunk(s) of `j` (object or array of objects; taken). */
-static void encode_into(struct lyra_infer *in, json_t *j, char **buf, size_t *len)
+/* Appends the encoded chunk(s) of `j` (object or array of objects; taken).
+ * Returns false when something could not be encoded. */
+static bool encode_into(struct lyra_infer *in, json_t *j, char **buf, size_t *len)
 {
     if (!j)
-        return;
+        return false;
+    bool ok = true;
     size_t n = json_is_array(j) ? json_array_size(j) : 1;
     for (size_t i = 0; i < n; i++) {
         char *s = sse_encode(json_is_array(j) ? json_array_get(j, i) : j, in->fmt->sse);
-        if (!s)
-            continue;
-        size_t sl = strlen(s);
-        char *nb = realloc(*buf, *len + sl + 1);
+        size_t sl = s ? strlen(s) : 0;
+        char *nb = s ? realloc(*buf, *len + sl + 1) : NULL;
         if (nb) {
             memcpy(nb + *len, s, sl + 1);
             *buf = nb;
             *len += sl;
+        } else {
+            ok = false;
         }
         free(s);
     }
     json_decref(j);
+    return ok;
 }
 
-static void stream_write_json(struct lyra_infer *in, json_t *j)
+/* The chunk for an error that could not be encoded: static bytes, so that a
+ * stream always ends with an error the client can read. */
+static const char fallback_sse[] =
+    "data: {\"error\":{\"message\":\"the request failed and its error could not be reported\","
+    "\"type\":\"server_error\",\"code\":\"internal\"}}\n\n";
+static const char fallback_ndjson[] =
+    "{\"error\":{\"code\":\"internal\",\"message\":\"the request failed and its error could not be reported\"}}\n";
+
+static void stream_write_json(struct lyra_infer *in, json_t *j, bool is_error)
 {
     char *buf = NULL;
     size_t len = 0;
-    encode_into(in, j, &buf, &len);
-    if (buf && lyra_http_stream_write(in->st, buf, len) != 0 && in->job)
-        lyra_manager_cancel(in->job); /* the client left: free the slot */
+    bool ok = encode_into(in, j, &buf, &len);
+    int rc = 0;
+    if (ok && buf)
+        rc = lyra_http_stream_write(in->st, buf, len);
+    else if (is_error)
+        rc = in->fmt->sse ? lyra_http_stream_write(in->st, fallback_sse, sizeof fallback_sse - 1)
+                          : lyra_http_stream_write(in->st, fallback_ndjson, sizeof fallback_ndjson - 1);
     free(buf);
+    if (rc != 0 && in->job && !in->gone) {
+        in->gone = true;
+        lyra_manager_cancel(in->job); /* the client left: free the slot */
+    }
 }
 
 static void stream_finish(struct lyra_infer *in)
@@ -145,7 +171,7 @@ static void stream_finish(struct lyra_infer *in)
 static json_t *error_body(struct lyra_infer *in, json_t *frame, int *status)
 {
     *status = (int)json_integer_value(json_object_get(frame, "status"));
-    if (*status < 400)
+    if (*status < 400 || *status > 599)
         *status = 500;
     return in->fmt->error(json_string_value(json_object_get(frame, "code")),
                           json_string_value(json_object_get(frame, "message")), *status, in->ud);
@@ -176,6 +202,8 @@ static void record_trace(struct lyra_infer *in)
     json_t *spans = json_pack("[{s:s, s:f}, {s:s, s:f}]", "name", "queue", "ms",
                               json_real_value(json_object_get(t, "queue_ms")), "name", "load", "ms",
                               in->job ? lyra_job_load_ms(in->job) : 0.0);
+    if (!spans)
+        return;
     if (json_object_get(t, "prompt_ms"))
         json_array_append_new(spans, json_pack("{s:s, s:O, s:O, s:O?}", "name", "prompt", "ms",
                                                json_object_get(t, "prompt_ms"), "tokens", json_object_get(t, "prompt_n"),
@@ -192,11 +220,33 @@ static void record_trace(struct lyra_infer *in)
                               in->trace_id, "endpoint", in->endpoint, "model", in->model, "started", ts, "status",
                               status, "error", ok ? NULL : json_string_value(json_object_get(in->terminal, "code")),
                               "spans", spans);
+    if (!trace)
+        return;
     lyra_log(LYRA_LOG_INFO, "trace", in->request_id, json_deep_copy(trace), "%s %s %.1f ms", in->endpoint, in->model,
              total);
     lyra_trace_add(in->srv->traces, trace);
 }
 
+/* A copy of the terminal frame to keep; if even that fails, a minimal
+ * error (the answer still goes out, with what could be said). */
+static json_t *keep_terminal(const json_t *frame)
+{
+    json_t *copy = json_deep_copy(frame);
+    if (!copy)
+        copy = json_pack("{s:s, s:s, s:s, s:i}", "type", "error", "code", "internal", "message",
+                         "out of memory while finishing the request", "status", 500);
+    return copy;
+}
+
+static void wake_http(struct lyra_infer *in)
+{
+    if (in->parked && !in->woken) {
+        in->woken = true;
+        lyra_http_wake(in->req);
+    }
+}
+
+/* Job side (supervisor thread). */
 static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
 {
     struct lyra_infer *in = ud;
@@ -207,40 +257,46 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
     bool terminal = strcmp(type, "done") == 0 || strcmp(type, "error") == 0 || strcmp(type, "embedding") == 0;
     if (strcmp(type, "started") == 0) {
         in->started = true;
-        if (in->stream && in->parked && !in->woken) {
-            in->woken = true;
-            lyra_http_wake(in->req);
-        }
+        if (in->stream)
+            wake_http(in);
     } else if (strcmp(type, "token") == 0) {
         const char *text = json_string_value(json_object_get(frame, "text"));
         if (text && *text) {
             append_text(in, text);
-            if (in->st) {
+            if (in->st && !in->gone) {
                 struct lyra_infer_result r;
                 result_of(in, &r);
-                stream_write_json(in, in->fmt->delta(&r, text, in->ud));
+                stream_write_json(in, in->fmt->delta(&r, text, in->ud), false);
             }
         }
     } else if (terminal) {
-        in->terminal = json_deep_copy(frame);
-        if (strcmp(type, "done") == 0)
+        in->terminal = keep_terminal(frame);
+        if (in->text_lost && strcmp(type, "done") == 0) {
+            json_decref(in->terminal);
+            in->terminal = json_pack("{s:s, s:s, s:s, s:i}", "type", "error", "code", "internal", "message",
+                                     "out of memory while collecting the answer", "status", 500);
+            if (!in->terminal)
+                in->terminal = keep_terminal(frame);
+        }
+        const char *ttype = json_string_value(json_object_get(in->terminal, "type"));
+        bool done = ttype && strcmp(ttype, "done") == 0;
+        if (done)
             complete_timings(in);
         record_trace(in);
         if (in->st) {
             struct lyra_infer_result r;
             result_of(in, &r);
-            if (strcmp(type, "done") == 0) {
+            if (done) {
                 if (in->fmt->finished)
                     in->fmt->finished(&r, NULL, in->ud);
-                stream_write_json(in, in->fmt->closing(&r, in->ud));
-            } else {
+                stream_write_json(in, in->fmt->closing(&r, in->ud), false);
+            } else if (!ttype || strcmp(ttype, "embedding") != 0) {
                 int status;
-                stream_write_json(in, error_body(in, in->terminal, &status));
+                stream_write_json(in, error_body(in, in->terminal, &status), true);
             }
             stream_finish(in);
-        } else if (in->parked && !in->woken) {
-            in->woken = true;
-            lyra_http_wake(in->req);
+        } else {
+            wake_http(in);
         }
     }
     if (terminal)
@@ -249,6 +305,31 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
         pthread_mutex_unlock(&in->lock);
 }
 
+/* HTTP watcher thread: the client hung up while the request was parked or
+ * streaming.  The job is cancelled so that its slot is free within one
+ * decode step; its terminal frame still comes and ends the request. */
+static void on_gone(void *ud)
+{
+    struct lyra_infer *in = ud;
+    pthread_mutex_lock(&in->lock);
+    if (!in->gone && !in->terminal && in->job) {
+        in->gone = true;
+        lyra_manager_cancel(in->job);
+    }
+    pthread_mutex_unlock(&in->lock);
+}
+
+static void add_retry_after(struct lyra_http_req *req, const json_t *frame)
+{
+    json_int_t s = json_integer_value(json_object_get(frame, "retry_after_s"));
+    if (s > 0) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%lld", (long long)s);
+        lyra_http_add_header(req, "Retry-After", ra);
+    }
+}
+
+/* HTTP side (an HTTP thread), after lyra_http_wake. */
 static void on_resume(struct lyra_http_req *req, void *ud)
 {
     struct lyra_infer *in = ud;
@@ -260,6 +341,7 @@ static void on_resume(struct lyra_http_req *req, void *ud)
     if (type && strcmp(type, "error") == 0) {
         int status;
         json_t *body = error_body(in, in->terminal, &status);
+        add_retry_after(req, in->terminal);
         lyra_http_send_json(req, status, body);
     } else if (!in->stream && type) {
         json_t *body = in->fmt->full(&r, in->ud);
@@ -277,21 +359,41 @@ static void on_resume(struct lyra_http_req *req, void *ud)
                 in->fmt->finished(&r, NULL, in->ud);
             encode_into(in, in->fmt->closing(&r, in->ud), &buf, &len);
         }
-        in->st = lyra_http_send_stream(req, 200, in->fmt->sse ? "text/event-stream" : "application/x-ndjson", buf,
-                                       len);
+        if (!buf) { /* nothing could be encoded: still one answer */
+            lyra_http_send_json(req, 500, in->fmt->error("internal", "out of memory", 500, in->ud));
+        } else {
+            in->st = lyra_http_send_stream(req, 200, in->fmt->sse ? "text/event-stream" : "application/x-ndjson",
+                                           buf, len, on_gone, in);
+            if (in->st && type)
+                stream_finish(in);
+            else if (!in->st && in->job && !type)
+                lyra_manager_cancel(in->job); /* answered 500: stop the generation */
+        }
         free(buf);
-        if (in->st && type)
-            stream_finish(in);
     } else {
-        /* Woken early (should not happen): wait on. */
+        /* Woken without cause (cannot happen: wake_http only fires on
+         * "started" or the terminal frame): park again. */
         in->parked = true;
         in->woken = false;
         in->req = req;
-        lyra_http_park(req, on_resume, in);
+        lyra_http_park(req, on_resume, on_gone, in);
         pthread_mutex_unlock(&in->lock);
         return;
     }
+    in->req = NULL;
     infer_unref_locked(in); /* the HTTP side lets go */
+}
+
+/* Status and code for a submit error. */
+static int submit_status(int rc, const char **code)
+{
+    switch (rc) {
+    case LYRA_ENOTFOUND: *code = "model_not_found"; return 404;
+    case LYRA_EINVAL: *code = "model_invalid"; return 422;
+    case LYRA_ETOOBIG: *code = "request_too_large"; return 413;
+    case LYRA_EUNAVAILABLE: *code = "shutting_down"; return 503;
+    default: *code = "internal"; return 500;
+    }
 }
 
 void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const struct lyra_infer_options *opts)
@@ -318,48 +420,42 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
     snprintf(in->id, sizeof in->id, "%s%s", opts->id_prefix, rnd);
     snprintf(in->request_id, sizeof in->request_id, "%s", lyra_http_request_id(req));
     snprintf(in->trace_id, sizeof in->trace_id, "%s", lyra_http_trace_id(req));
-    snprintf(in->endpoint, sizeof in->endpoint, "%s", lyra_http_path(req));
+    lyra_fmt(in->endpoint, sizeof in->endpoint, "%s", lyra_http_path(req));
 
     /* A request that is not streamed needs no token frames: the worker then
      * sends the text once, at the end. */
     if (!opts->stream)
         json_object_set_new(opts->msg, "stream", json_false());
+    /* The lock is held until the request is parked: the job's first frame
+     * may come at once, on the supervisor thread, and must find it parked. */
     pthread_mutex_lock(&in->lock);
     struct lyra_err err = {0};
-    int retry_after = 0;
-    int rc = lyra_manager_submit(srv->manager, opts->model, opts->msg, opts->stream ? 0 : LYRA_JOB_RETRYABLE, on_frame,
-                                 in, &in->job, &retry_after, &err);
+    int rc = lyra_manager_submit(srv->manager, opts->model, opts->msg, on_frame, in, &in->job, &err);
     if (rc < 0) {
-        int status = rc == LYRA_ENOTFOUND ? 404 : rc == LYRA_EUNAVAILABLE ? 503 : rc == LYRA_EINVAL ? 422 : 500;
-        const char *code = rc == LYRA_ENOTFOUND      ? "model_not_found"
-                           : rc == LYRA_EUNAVAILABLE ? "model_unavailable"
-                           : rc == LYRA_EINVAL       ? "model_invalid"
-                                                     : "internal";
-        if (retry_after > 0) {
-            char ra[16];
-            snprintf(ra, sizeof ra, "%d", retry_after);
-            lyra_http_add_header(req, "Retry-After", ra);
-        }
+        const char *code;
+        int status = submit_status(rc, &code);
+        if (rc == LYRA_EUNAVAILABLE)
+            lyra_http_add_header(req, "Retry-After", "5");
         lyra_http_send_json(req, status, in->fmt->error(code, err.msg, status, in->ud));
         in->refs = 1; /* no job side */
         infer_unref_locked(in);
         return;
     }
-    snprintf(in->model, sizeof in->model, "%s", lyra_job_model(in->job));
+    lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_model(in->job));
     in->parked = true;
-    lyra_http_park(req, on_resume, in);
+    lyra_http_park(req, on_resume, on_gone, in);
     pthread_mutex_unlock(&in->lock);
 }
 
 json_t *lyra_openai_error(const char *code, const char *message, int status, void *ud)
 {
     const char *type = status == 401 || status == 403 ? "authentication_error"
-                       : status == 404             ? "invalid_request_error"
                        : status < 500              ? "invalid_request_error"
                        : status == 503             ? "server_overloaded"
                                                    : "server_error";
-    return json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", message ? message : "error", "type", type,
-                     "param", "code", code ? code : "error");
+    json_t *e = json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", message ? message : "error", "type", type,
+                          "param", "code", code ? code : "error");
+    return e;
 }
 
 char *lyra_default_model(struct lyra_server *srv)

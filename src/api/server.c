@@ -109,15 +109,27 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
              json_pack("{s:s, s:I}", "dir", lyra_registry_dir(srv->registry), "models",
                        (json_int_t)lyra_registry_count(srv->registry)),
              "%zu model(s) known", lyra_registry_count(srv->registry));
-    /* Workers are this same binary run as `lyra worker`. */
+    /* Workers are this same binary run as `lyra worker`, unless
+     * LYRA_WORKER_EXE names another program speaking the same protocol (a
+     * wrapper such as numactl, or the test suite's misbehaving fake). */
     char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0)
-        return lyra_err_set(err, LYRA_EIO, "cannot find the lyra binary (/proc/self/exe): %s", strerror(errno));
-    exe[n] = '\0';
+    const char *override = getenv("LYRA_WORKER_EXE");
+    if (override && *override) {
+        lyra_fmt(exe, sizeof exe, "%s", override);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n <= 0)
+            return lyra_err_set(err, LYRA_EIO, "cannot find the lyra binary (/proc/self/exe): %s", strerror(errno));
+        exe[n] = '\0';
+    }
+    const struct lyra_config *cfg = srv->cfg;
     struct lyra_manager_options mo = {.worker_exe = exe, .registry = srv->registry, .bus = srv->bus,
-                                      .max_loaded = srv->cfg->models.max_loaded,
-                                      .keep_alive_s = srv->cfg->models.keep_alive_s};
+                                      .max_loaded = cfg->models.max_loaded,
+                                      .keep_alive_s = cfg->models.keep_alive_s,
+                                      .load_timeout_s = cfg->models.load_timeout_s,
+                                      .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
+                                      .progress_timeout_s = cfg->models.progress_timeout_s,
+                                      .stop_timeout_s = cfg->models.stop_timeout_s};
     return lyra_manager_new(&mo, &srv->manager, err);
 }
 

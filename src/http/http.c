@@ -23,10 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/loop.h"
 #include "core/trace.h"
 #include "core/util.h"
 
@@ -34,23 +36,36 @@
 #define MAX_EXTRA_HEADERS 16
 #define REQUEST_ID_MAX 128
 
-/* A connection that Lyra resumed and that must make progress soon.
- * With libmicrohttpd 0.9.75 (epoll, thread pool) a MHD_resume_connection()
- * from another thread is sometimes not acted on (seen here: a parked
- * request woken 100 ms after its suspension stayed suspended, about one run
- * in two).  The kicker thread repeats the resume every KICK_INTERVAL_MS
- * until the connection shows progress (its content reader or resume handler
- * runs), so a lost wake-up costs about a millisecond, never a stalled
- * request.  (At 5 ms the lost wake-ups added 5-10 ms to a short request's
- * latency; the kicker only wakes while a resume is outstanding.)
- * Lock order: a stream's lock, then kick_lock, then libmicrohttpd's own. */
-struct kick {
-    struct kick *prev, *next;
-    struct MHD_Connection *conn;
-    int64_t since_us;
-    bool armed;
+/* Where a request is.  Every transition happens under req->lock, and each
+ * MHD_resume_connection pairs with exactly one earlier
+ * MHD_suspend_connection: resuming a connection that is not suspended is
+ * outside libmicrohttpd's contract (in 0.9.75 it leaves `resuming` set and
+ * the next suspend is lost), so only the one thread that moves a request
+ * out of a suspended state may resume it.
+ *
+ *   NEW ──handler──▶ ANSWERED | STREAMING
+ *    └──lyra_http_park──▶ PARKED ──lyra_http_wake──▶ WAKING ──MHD calls the
+ *                           ▲                            resume handler──▶ ANSWERED |
+ *                           └────────── (parked again) ◀─┘                  STREAMING
+ *   STREAMING: the content reader suspends when the queue is empty
+ *   (stream->suspended) and the next write or close resumes it.
+ *   DONE: MHD's completion callback ran; the request is freed. */
+enum req_state { REQ_NEW, REQ_PARKED, REQ_WAKING, REQ_ANSWERED, REQ_STREAMING };
+
+/* A watch for the client's hang-up while its connection is suspended
+ * (libmicrohttpd does not look at suspended sockets).  Shared by the
+ * request or stream that owns it and the watcher thread; `gone` is called at
+ * most once, and never after lyra_hup_stop() returned. */
+struct hup {
+    pthread_mutex_t lock;
+    int refs;         /* the owner's and the watcher's */
+    bool active;      /* gone may still be called */
+    bool stopped;     /* the unwatch is on its way */
+    int fd;
+    void (*gone)(void *ud);
+    void *ud;
+    struct lyra_http *http;
 };
-#define KICK_INTERVAL_MS 1
 
 struct lyra_http {
     struct lyra_http_options opts;
@@ -64,11 +79,9 @@ struct lyra_http {
     atomic_int in_flight;
     pthread_mutex_t drain_lock;
     pthread_cond_t drained;
-    pthread_mutex_t kick_lock;   /* guards kicks and kicker_stop */
-    pthread_cond_t kick_cond;
-    struct kick *kicks;
-    bool kicker_running, kicker_stop;
-    pthread_t kicker;
+    atomic_int suspended;        /* connections suspended right now (for a safe stop) */
+    atomic_bool draining;        /* new requests get 503 and Connection: close */
+    struct lyra_loop *watcher;   /* watches hang-ups of suspended connections */
 };
 
 struct lyra_http_req {
@@ -93,9 +106,12 @@ struct lyra_http_req {
     char *extra_names[MAX_EXTRA_HEADERS];
     char *extra_values[MAX_EXTRA_HEADERS];
     int n_extra;
+    pthread_mutex_t lock;        /* guards state and the hang-up watch */
+    enum req_state state;
     lyra_http_handler resume;    /* set while parked */
     void *resume_ud;
-    struct kick kick;            /* armed between wake and resume */
+    struct hup *hup;             /* while parked */
+    struct lyra_http_stream *stream; /* its streamed answer, if any */
 };
 
 /* A streamed body: a byte queue between a producer thread and MHD's
@@ -106,7 +122,7 @@ struct lyra_http_req {
 struct lyra_http_stream {
     pthread_mutex_t lock;
     struct lyra_http *http;
-    struct kick kick;            /* armed between a resume and the next read */
+    struct hup *hup;             /* the client's hang-up, for the producer */
     struct MHD_Connection *conn;
     char *buf;
     size_t len, cap, off;
@@ -122,6 +138,8 @@ struct lyra_http_stream {
 static void apply_common_headers(struct lyra_http_req *req, struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
+    if (atomic_load(&req->http->draining)) /* keep-alive clients go elsewhere */
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (req->trace_id[0]) {
         char tp[64];
         snprintf(tp, sizeof tp, "00-%s-%s-01", req->trace_id, req->span_id);
@@ -203,81 +221,119 @@ void lyra_http_send_error(struct lyra_http_req *req, int status, const char *cod
 }
 
 /* ------------------------------------------------------------------ */
-/* Parking and streams                                                */
+/* Hang-ups of suspended connections                                  */
 
-static void kick_arm(struct lyra_http *http, struct kick *k, struct MHD_Connection *conn)
+static void hup_unref(struct hup *h)
 {
-    pthread_mutex_lock(&http->kick_lock);
-    if (!k->armed) {
-        k->conn = conn;
-        k->since_us = lyra_now_us();
-        k->prev = NULL;
-        k->next = http->kicks;
-        if (http->kicks)
-            http->kicks->prev = k;
-        http->kicks = k;
-        k->armed = true;
-        pthread_cond_signal(&http->kick_cond);
+    pthread_mutex_lock(&h->lock);
+    bool last = --h->refs == 0;
+    pthread_mutex_unlock(&h->lock);
+    if (last) {
+        pthread_mutex_destroy(&h->lock);
+        free(h);
     }
-    pthread_mutex_unlock(&http->kick_lock);
 }
 
-static void kick_disarm(struct lyra_http *http, struct kick *k)
+/* Watcher thread: the peer closed its side (or the socket failed). */
+static void on_hup(int fd, uint32_t events, void *ud)
 {
-    pthread_mutex_lock(&http->kick_lock);
-    if (k->armed) {
-        if (k->prev)
-            k->prev->next = k->next;
-        else
-            http->kicks = k->next;
-        if (k->next)
-            k->next->prev = k->prev;
-        k->armed = false;
+    struct hup *h = ud;
+    lyra_loop_unwatch(h->http->watcher, fd);
+    pthread_mutex_lock(&h->lock);
+    if (h->active) {
+        h->active = false;
+        h->gone(h->ud); /* under h->lock, so that hup_stop waits for it */
     }
-    pthread_mutex_unlock(&http->kick_lock);
+    pthread_mutex_unlock(&h->lock);
 }
 
-static void *kicker_main(void *arg)
+static void hup_watch_task(void *ud)
 {
-    struct lyra_http *http = arg;
-    pthread_mutex_lock(&http->kick_lock);
-    while (!http->kicker_stop) {
-        if (!http->kicks) {
-            pthread_cond_wait(&http->kick_cond, &http->kick_lock);
-            continue;
-        }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += KICK_INTERVAL_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&http->kick_cond, &http->kick_lock, &ts);
-        int64_t now = lyra_now_us();
-        for (struct kick *k = http->kicks; k; k = k->next) {
-            if (now - k->since_us >= KICK_INTERVAL_MS * 1000) {
-                MHD_resume_connection(k->conn);
-                k->since_us = now;
-            }
-        }
-    }
-    pthread_mutex_unlock(&http->kick_lock);
-    return NULL;
+    struct hup *h = ud;
+    pthread_mutex_lock(&h->lock);
+    bool want = !h->stopped;
+    pthread_mutex_unlock(&h->lock);
+    if (want && lyra_loop_watch(h->http->watcher, h->fd, EPOLLRDHUP, on_hup, h) < 0)
+        lyra_log(LYRA_LOG_DEBUG, "http", NULL, NULL, "cannot watch fd %d for hang-ups", h->fd);
 }
 
-void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void *ud)
+static void hup_unwatch_task(void *ud)
 {
+    struct hup *h = ud;
+    lyra_loop_unwatch(h->http->watcher, h->fd);
+    hup_unref(h); /* the watcher's hold */
+}
+
+/* Starts watching the connection's socket; NULL when it cannot be (the
+ * hang-up is then only noticed at the next write). */
+static struct hup *hup_start(struct lyra_http *http, struct MHD_Connection *conn, void (*gone)(void *), void *ud)
+{
+    if (!gone || !http->watcher)
+        return NULL;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct hup *h = ci ? calloc(1, sizeof *h) : NULL;
+    if (!h)
+        return NULL;
+    pthread_mutex_init(&h->lock, NULL);
+    h->refs = 2;
+    h->active = true;
+    h->fd = ci->connect_fd;
+    h->gone = gone;
+    h->ud = ud;
+    h->http = http;
+    if (lyra_loop_post(http->watcher, hup_watch_task, h) < 0) {
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* Ends the watch: when it returns `gone` is not running and never will.
+ * The socket is unwatched before libmicrohttpd can close it (watch and
+ * unwatch tasks run in posting order).  Drops the owner's hold. */
+static void hup_stop(struct hup *h)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    h->active = false;
+    bool post = !h->stopped;
+    h->stopped = true;
+    pthread_mutex_unlock(&h->lock);
+    if (post && lyra_loop_post(h->http->watcher, hup_unwatch_task, h) < 0)
+        hup_unref(h); /* the watcher is gone, and its hold with it */
+    hup_unref(h);
+}
+
+/* ------------------------------------------------------------------ */
+/* Parking                                                            */
+
+void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void (*gone)(void *ud), void *ud)
+{
+    pthread_mutex_lock(&req->lock);
     req->resume = resume;
     req->resume_ud = ud;
+    req->state = REQ_PARKED;
+    atomic_fetch_add(&req->http->suspended, 1);
     MHD_suspend_connection(req->conn);
+    req->hup = hup_start(req->http, req->conn, gone, ud);
+    pthread_mutex_unlock(&req->lock);
 }
 
 void lyra_http_wake(struct lyra_http_req *req)
 {
-    kick_arm(req->http, &req->kick, req->conn);
-    MHD_resume_connection(req->conn);
+    pthread_mutex_lock(&req->lock);
+    if (req->state == REQ_PARKED) {
+        req->state = REQ_WAKING;
+        MHD_resume_connection(req->conn);
+        atomic_fetch_sub(&req->http->suspended, 1);
+    }
+    pthread_mutex_unlock(&req->lock);
 }
+
+/* ------------------------------------------------------------------ */
+/* Streams                                                            */
 
 static void stream_release(struct lyra_http_stream *st)
 {
@@ -291,11 +347,21 @@ static void stream_release(struct lyra_http_stream *st)
     }
 }
 
+/* Resumes the stream's connection if its reader suspended it.  st->lock
+ * held. */
+static void stream_resume_locked(struct lyra_http_stream *st)
+{
+    if (st->suspended && !st->gone) {
+        st->suspended = false;
+        MHD_resume_connection(st->conn);
+        atomic_fetch_sub(&st->http->suspended, 1);
+    }
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct lyra_http_stream *st = cls;
     pthread_mutex_lock(&st->lock);
-    kick_disarm(st->http, &st->kick);
     size_t avail = st->len - st->off;
     if (avail > 0) {
         size_t n = avail < max ? avail : max;
@@ -310,7 +376,10 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         pthread_mutex_unlock(&st->lock);
         return MHD_CONTENT_READER_END_OF_STREAM;
     }
+    /* Nothing to send: suspended until the next write (or close) resumes
+     * it, both under this lock, so no wake-up is lost. */
     st->suspended = true;
+    atomic_fetch_add(&st->http->suspended, 1);
     MHD_suspend_connection(st->conn);
     pthread_mutex_unlock(&st->lock);
     return 0;
@@ -320,13 +389,17 @@ static void stream_free(void *cls)
 {
     struct lyra_http_stream *st = cls;
     pthread_mutex_lock(&st->lock);
-    kick_disarm(st->http, &st->kick);
+    if (st->suspended) { /* cannot happen: MHD frees only a connection it runs */
+        st->suspended = false;
+        atomic_fetch_sub(&st->http->suspended, 1);
+    }
     st->gone = true;
     stream_release(st);
 }
 
 struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int status, const char *content_type,
-                                               const void *first, size_t first_len)
+                                               const void *first, size_t first_len, void (*gone)(void *ud),
+                                               void *ud)
 {
     struct lyra_http_stream *st = calloc(1, sizeof *st);
     struct MHD_Response *resp = NULL;
@@ -336,7 +409,7 @@ struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int st
         pthread_mutex_init(&st->lock, NULL);
         st->http = req->http;
         st->conn = req->conn;
-        st->holders = 2;
+        st->holders = 3; /* the producer, the response, the request */
         resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, st, stream_free);
     }
     if (!resp) {
@@ -355,6 +428,11 @@ struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int st
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     apply_common_headers(req, resp);
+    st->hup = hup_start(req->http, req->conn, gone, ud);
+    pthread_mutex_lock(&req->lock);
+    req->state = REQ_STREAMING;
+    req->stream = st;
+    pthread_mutex_unlock(&req->lock);
     MHD_queue_response(req->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return st;
@@ -381,11 +459,7 @@ int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t
     }
     memcpy(st->buf + st->len, data, len);
     st->len += len;
-    if (st->suspended) {
-        st->suspended = false;
-        kick_arm(st->http, &st->kick, st->conn);
-        MHD_resume_connection(st->conn);
-    }
+    stream_resume_locked(st);
     pthread_mutex_unlock(&st->lock);
     return 0;
 }
@@ -403,12 +477,13 @@ void lyra_http_stream_close(struct lyra_http_stream *st)
     if (!st)
         return;
     pthread_mutex_lock(&st->lock);
+    struct hup *h = st->hup;
+    st->hup = NULL;
+    pthread_mutex_unlock(&st->lock);
+    hup_stop(h); /* after this the producer's gone callback never runs */
+    pthread_mutex_lock(&st->lock);
     st->finished = true;
-    if (st->suspended && !st->gone) {
-        st->suspended = false;
-        kick_arm(st->http, &st->kick, st->conn);
-        MHD_resume_connection(st->conn);
-    }
+    stream_resume_locked(st);
     stream_release(st);
 }
 
@@ -618,6 +693,7 @@ static struct lyra_http_req *begin_request(struct lyra_http *http, struct MHD_Co
     req->method = method;
     req->path = url;
     req->start_us = lyra_now_us();
+    pthread_mutex_init(&req->lock, NULL);
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (rid && request_id_acceptable(rid))
         snprintf(req->request_id, sizeof req->request_id, "%s", rid);
@@ -635,6 +711,11 @@ static struct lyra_http_req *begin_request(struct lyra_http *http, struct MHD_Co
 static bool screen_request(struct lyra_http_req *req)
 {
     struct lyra_http *http = req->http;
+    if (atomic_load(&http->draining)) {
+        lyra_http_add_header(req, "Retry-After", "5");
+        lyra_http_send_error(req, 503, "shutting_down", "the server is shutting down");
+        return true;
+    }
     size_t header_bytes = 0;
     MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sum_header, &header_bytes);
     if (header_bytes > http->opts.max_header_bytes) {
@@ -725,12 +806,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         screen_request(req);
         return MHD_YES;
     }
-    if (req->resume) { /* woken after lyra_http_park() */
-        kick_disarm(http, &req->kick);
+    pthread_mutex_lock(&req->lock);
+    bool woken = req->state == REQ_WAKING;
+    struct hup *h = NULL;
+    if (woken) {
+        req->state = REQ_NEW;
+        h = req->hup;
+        req->hup = NULL;
+    }
+    pthread_mutex_unlock(&req->lock);
+    if (woken) { /* resumed after lyra_http_park() + lyra_http_wake() */
+        hup_stop(h);
         lyra_http_handler resume = req->resume;
         req->resume = NULL;
         resume(req, req->resume_ud);
-        if (!req->answered && !req->resume)
+        if (!req->answered && req->state != REQ_PARKED)
             lyra_http_send_error(req, 500, "internal", "a parked request was resumed without an answer");
         return MHD_YES;
     }
@@ -769,6 +859,7 @@ static void free_request(struct lyra_http_req *req)
         free(req->extra_values[i]);
     }
     free(req->body);
+    pthread_mutex_destroy(&req->lock);
     free(req);
 }
 
@@ -780,7 +871,26 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!req)
         return;
     *con_cls = NULL;
-    kick_disarm(http, &req->kick);
+    /* Unwatch the socket before libmicrohttpd closes it and the number is
+     * reused. */
+    pthread_mutex_lock(&req->lock);
+    struct hup *h = req->hup;
+    req->hup = NULL;
+    struct lyra_http_stream *st = req->stream;
+    req->stream = NULL;
+    if (req->state == REQ_PARKED) /* cannot happen: MHD does not end a suspended connection */
+        atomic_fetch_sub(&http->suspended, 1);
+    pthread_mutex_unlock(&req->lock);
+    hup_stop(h);
+    if (st) {
+        pthread_mutex_lock(&st->lock);
+        struct hup *sh = st->hup;
+        st->hup = NULL;
+        pthread_mutex_unlock(&st->lock);
+        hup_stop(sh);
+        pthread_mutex_lock(&st->lock);
+        stream_release(st); /* the request's hold */
+    }
     if (lyra_log_enabled(LYRA_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         enum lyra_log_level lvl = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? LYRA_LOG_DEBUG : LYRA_LOG_INFO;
         lyra_log(lvl, "http", req->request_id,
@@ -863,8 +973,11 @@ struct lyra_http *lyra_http_new(const struct lyra_http_options *opts, const stru
     http->ctx = ctx;
     pthread_mutex_init(&http->drain_lock, NULL);
     pthread_cond_init(&http->drained, NULL);
-    pthread_mutex_init(&http->kick_lock, NULL);
-    pthread_cond_init(&http->kick_cond, NULL);
+    http->listen_fd = -1;
+    if (lyra_loop_new("lyra-http-hup", &http->watcher, err) < 0) {
+        lyra_http_free(http);
+        return NULL;
+    }
     http->listen_fd = open_listener(opts->host, opts->port, &http->port, err);
     if (http->listen_fd < 0) {
         lyra_http_free(http);
@@ -891,9 +1004,6 @@ int lyra_http_start(struct lyra_http *http, struct lyra_err *err)
     if (!http->daemon)
         return lyra_err_set(err, LYRA_EIO, "libmicrohttpd failed to start on port %d", http->port);
     http->mhd_owns_listener = true;
-    if (pthread_create(&http->kicker, NULL, kicker_main, http) != 0)
-        return lyra_err_set(err, LYRA_ENOMEM, "cannot start the HTTP kicker thread");
-    http->kicker_running = true;
     return 0;
 }
 
@@ -937,24 +1047,40 @@ int lyra_http_drain(struct lyra_http *http, int timeout_ms)
     return atomic_load(&http->in_flight);
 }
 
+void lyra_http_set_draining(struct lyra_http *http)
+{
+    atomic_store(&http->draining, true);
+}
+
+int lyra_http_suspended(struct lyra_http *http)
+{
+    return atomic_load(&http->suspended);
+}
+
 void lyra_http_free(struct lyra_http *http)
 {
     if (!http)
         return;
-    if (http->kicker_running) {
-        pthread_mutex_lock(&http->kick_lock);
-        http->kicker_stop = true;
-        pthread_cond_signal(&http->kick_cond);
-        pthread_mutex_unlock(&http->kick_lock);
-        pthread_join(http->kicker, NULL);
+    if (http->daemon) {
+        /* MHD_stop_daemon with a suspended connection aborts the process.
+         * The caller ended every parked request and stream first (producers
+         * before consumers); what was resumed still needs its thread to run,
+         * so wait for that, bounded. */
+        for (int i = 0; i < 500 && atomic_load(&http->suspended) > 0; i++)
+            usleep(10000);
+        int left = atomic_load(&http->suspended);
+        if (left > 0) {
+            lyra_log(LYRA_LOG_ERROR, "http", NULL, json_pack("{s:i}", "suspended", left),
+                     "%d connection(s) still suspended at stop: leaving libmicrohttpd running rather than abort",
+                     left);
+        } else {
+            MHD_stop_daemon(http->daemon);
+        }
     }
-    if (http->daemon)
-        MHD_stop_daemon(http->daemon);
     if (http->listen_fd >= 0 && !http->mhd_owns_listener)
         close(http->listen_fd);
+    lyra_loop_free(http->watcher);
     pthread_cond_destroy(&http->drained);
     pthread_mutex_destroy(&http->drain_lock);
-    pthread_cond_destroy(&http->kick_cond);
-    pthread_mutex_destroy(&http->kick_lock);
     free(http);
 }

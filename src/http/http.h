@@ -77,7 +77,17 @@ int lyra_http_drain(struct lyra_http *http, int timeout_ms);
 /* Requests being handled right now. */
 int lyra_http_in_flight(struct lyra_http *http);
 
-/* Stops the server (closing remaining connections) and frees it. */
+/* From now on new requests (also on kept-alive connections) get 503 with
+ * Retry-After, and every response carries Connection: close.  Thread-safe. */
+void lyra_http_set_draining(struct lyra_http *http);
+
+/* Connections suspended now (parked requests and idle streams). */
+int lyra_http_suspended(struct lyra_http *http);
+
+/* Stops the server (closing remaining connections) and frees it.  Call it
+ * once every parked request was woken and every stream closed: it waits a
+ * little for those to be resumed (libmicrohttpd must not be stopped with a
+ * suspended connection). */
 void lyra_http_free(struct lyra_http *http);
 
 /* --- request accessors (strings borrowed, valid during the handler) --- */
@@ -119,9 +129,13 @@ void lyra_http_send_error(struct lyra_http_req *req, int status, const char *cod
  * BEFORE handing the request to another thread.  Later, that thread calls
  * lyra_http_wake(); then `resume` runs on an HTTP thread with `ud`, and
  * must answer (or park again).  While parked, the request stays valid and
- * the connection does not time out. */
-void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void *ud);
-/* Thread-safe: makes a parked request's `resume` run soon. */
+ * the connection does not time out.  If the client hangs up while the
+ * request is parked, `gone(ud)` (may be NULL) runs once on the HTTP
+ * watcher thread — never after `resume` started; the owner should then stop
+ * its work and still wake the request (the answer goes nowhere). */
+void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void (*gone)(void *ud), void *ud);
+/* Thread-safe: makes a parked request's `resume` run soon.  Only the first
+ * wake after a park counts (each resume pairs with one suspend). */
 void lyra_http_wake(struct lyra_http_req *req);
 
 struct lyra_http_stream;
@@ -136,9 +150,14 @@ struct lyra_http_stream;
  * Why a first chunk: the content reader then never suspends the connection
  * while the headers are still being sent, a path libmicrohttpd 0.9.75
  * handles less well than suspension between body chunks.  Park the
- * request (lyra_http_park) until there is something to send. */
+ * request (lyra_http_park) until there is something to send.
+ *
+ * `gone(ud)` (may be NULL) runs once on the HTTP watcher thread when the
+ * client hangs up while the stream is open, even if nothing is written
+ * meanwhile; never after lyra_http_stream_close() returned. */
 struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int status, const char *content_type,
-                                               const void *first, size_t first_len);
+                                               const void *first, size_t first_len, void (*gone)(void *ud),
+                                               void *ud);
 /* Thread-safe.  Queues data (copied).  Returns 0, or LYRA_EIO once the
  * client has gone (the caller should then stop producing and close). */
 int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t len);

@@ -1,107 +1,131 @@
-/* manager.c — worker processes per model: spawn, I/O thread, job routing,
- * crash handling with one retry and a circuit breaker.
+/* manager.c — models to workers: the model table, lazy loads, job routing,
+ * retries, the circuit breaker, eviction and keep-alive.
  *
- * Locking: one manager mutex (m->lock) guards the model table, every
- * worker's state and job lists, and reference counts of workers.  A job's
- * own recursive mutex (job->lock) serialises its callback with its release.
- * Frames are written under the worker's write_lock.  Order: m->lock is never
- * held while taking job->lock or write_lock, nor while calling a callback. */
+ * Everything here except the public entry points runs on the supervisor
+ * loop thread (m->loop), which owns the model table, every worker (through
+ * supervisor/wproc.h) and every job's routing state, so none of it is
+ * locked.  Entry points hand work to the loop with lyra_loop_post (submit,
+ * cancel, release: no waiting) or lyra_loop_call (status, load, unload:
+ * they wait for an answer).  The per-token path is: wproc reads and checks
+ * a frame → on_frame finds the job → the job's callback, under the job's own
+ * mutex only.
+ *
+ * A job is referenced by its caller (until lyra_job_release) and by the
+ * manager (until its terminal frame was delivered).  job->lock serialises
+ * the callback with the caller's release, so that after release returns the
+ * callback never runs again. */
 #include "models/manager.h"
 
-#include <errno.h>
-#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "core/log.h"
+#include "core/loop.h"
 #include "core/util.h"
-#include "sys/proc.h"
-#include "worker/protocol.h"
+#include "proto/frame.h"
+#include "proto/messages.h"
+#include "supervisor/wproc.h"
 
-enum worker_state { W_LOADING, W_READY, W_DEAD };
+#define COMP "models"
+
+enum wstate { W_LOADING, W_READY, W_STOPPING };
+static const char *const wstate_names[] = {"loading", "loaded", "stopping"};
 
 struct lyra_job {
-    atomic_int refs;            /* the caller's and the manager's */
-    pthread_mutex_t lock;       /* recursive: callback vs release */
+    atomic_int refs;          /* the caller's and the manager's */
+    pthread_mutex_t lock;     /* recursive: callback vs release */
+    bool released;            /* under lock */
     struct lyra_manager *m;
     uint64_t id;
     char model[128];
-    json_t *msg;                /* what to send (without id), kept for a retry */
-    unsigned flags;
+    char *text;               /* the frame, serialised once at submit */
+    size_t len;
     lyra_job_fn fn;
     void *ud;
-    bool released, terminal, started;
+    json_t *fallback;         /* terminal error prepared at submit: the end cannot fail */
+    /* Loop thread only: */
+    bool terminal, handed, started_load, queued;
     int attempts;
     double load_ms;
-    bool started_load;          /* this job's submission started the worker */
-    struct worker *w;           /* the worker it is queued on or running on */
-    struct lyra_job *next;      /* in w->pending or w->inflight */
+    struct mworker *w;
+    struct lyra_job *next;    /* in w->pending or w->inflight */
 };
 
-struct worker {
+struct model_state;
+
+struct mworker {
     struct lyra_manager *m;
     struct model_state *ms;
-    const struct lyra_model *model; /* registry reference */
-    pid_t pid;
-    int fd;
-    enum worker_state state;
-    int refs;                    /* I/O thread + senders in progress (m->lock) */
-    pthread_mutex_t write_lock;
-    struct lyra_job *pending;    /* FIFO until ready */
+    const struct lyra_model *model; /* the snapshot it serves */
+    struct lyra_wproc *proc;
+    enum wstate state;
+    struct lyra_job *pending, **pending_tail; /* not handed yet: waits for ready or a restart */
     struct lyra_job *inflight;
     int n_inflight;
-    char *fatal;                 /* the worker's own load-failure message */
-    json_t *ready;               /* its ready frame */
+    json_t *ready;
     int64_t started_us, last_used_us;
     double load_ms;
-    bool unloading;
-    const char *unload_reason;
+    const char *stop_reason;
+    bool stale;                /* its file changed: restart once drained */
+    struct mworker *next;      /* m->workers */
 };
 
 struct model_state {
     char name[128];
-    struct worker *w;            /* live worker or NULL */
+    struct mworker *w;         /* the worker new jobs go to, or NULL */
     char *last_error;
-    int64_t crash_us[LYRA_MANAGER_CRASH_LIMIT]; /* ring of recent crash times */
-    int n_crashes;               /* total */
-    int64_t open_until_us;       /* circuit open while now < this */
-    bool failed;                 /* last worker failed (state "failed") */
-    bool crashed_before;         /* next start publishes worker.restarted */
+    int64_t crash_us[LYRA_MANAGER_CRASH_LIMIT];
+    int n_crashes;
+    int64_t open_until_us;
+    bool failed;
+    bool crashed_before;       /* the next start publishes worker.restarted */
     struct model_state *next;
 };
 
 struct lyra_manager {
     struct lyra_manager_options opts;
     char *worker_exe;
-    pthread_mutex_t lock;
-    pthread_cond_t workers_gone;
+    struct lyra_loop *loop;
+    atomic_uint_fast64_t next_id;
+    atomic_bool closing;
+    /* Loop thread only: */
     struct model_state *models;
-    int n_workers;               /* live I/O threads */
-    uint64_t next_id;
-    bool closing;
-    pthread_cond_t reaper_wake;  /* signalled when closing */
-    pthread_t reaper;
-    bool reaper_running;
+    struct mworker *workers;   /* all live ones, stopping included */
+    int n_workers;
+    struct lyra_timer *reaper;
+    /* Shutdown hand-shake with the caller of lyra_manager_shutdown. */
+    pthread_mutex_t gone_lock;
+    pthread_cond_t gone_cond;
+    bool all_gone;
+    bool shut_down;
 };
+
+static void enqueue(struct lyra_manager *m, struct lyra_job *job);
+static const struct lyra_wproc_ops wproc_ops;
 
 /* ------------------------------------------------------------------ */
 /* Jobs                                                               */
 
+static struct lyra_job *job_ref(struct lyra_job *job)
+{
+    atomic_fetch_add(&job->refs, 1);
+    return job;
+}
+
 static void job_unref(struct lyra_job *job)
 {
-    if (atomic_fetch_sub(&job->refs, 1) == 1) {
-        json_decref(job->msg);
-        pthread_mutex_destroy(&job->lock);
-        free(job);
-    }
+    if (atomic_fetch_sub(&job->refs, 1) != 1)
+        return;
+    json_decref(job->fallback);
+    free(job->text);
+    pthread_mutex_destroy(&job->lock);
+    free(job);
 }
 
 /* Hands a frame to the job's callback unless the caller released it. */
@@ -113,19 +137,41 @@ static void job_deliver(struct lyra_job *job, const json_t *frame)
     pthread_mutex_unlock(&job->lock);
 }
 
-static void job_fail(struct lyra_job *job, const char *code, int status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void job_fail(struct lyra_job *job, const char *code, int status, const char *fmt, ...)
+/* Ends the job with an error frame (the job is already off every list).
+ * If the frame cannot be built, the one prepared at submit is sent. */
+static void job_fail(struct lyra_job *job, const char *code, int status, int retry_after_s, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void job_fail(struct lyra_job *job, const char *code, int status, int retry_after_s, const char *fmt, ...)
 {
-    char msg[1024];
+    if (job->terminal)
+        return;
+    job->terminal = true;
+    char msg[LYRA_ERR_MSG_MAX * 2];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    lyra_vfmt(msg, sizeof msg, fmt, ap);
     va_end(ap);
     json_t *f = json_pack("{s:s, s:I, s:s, s:s, s:i}", "type", "error", "id", (json_int_t)job->id, "code", code,
                           "message", msg, "status", status);
-    job_deliver(job, f);
+    if (f && retry_after_s > 0)
+        json_object_set_new(f, "retry_after_s", json_integer(retry_after_s));
+    job_deliver(job, f ? f : job->fallback);
     json_decref(f);
+    job_unref(job); /* the manager's hold */
+}
+
+/* A "done" with finish_reason "cancelled" for a job the worker never saw. */
+static void job_cancelled_here(struct lyra_job *job)
+{
+    if (job->terminal)
+        return;
+    job->terminal = true;
+    json_t *f = json_pack("{s:s, s:I, s:s, s:{s:i, s:i, s:i}}", "type", "done", "id", (json_int_t)job->id,
+                          "finish_reason", "cancelled", "usage", "prompt_tokens", 0, "completion_tokens", 0,
+                          "cached_tokens", 0);
+    job_deliver(job, f ? f : job->fallback);
+    json_decref(f);
+    job_unref(job);
 }
 
 const char *lyra_job_model(const struct lyra_job *job)
@@ -138,15 +184,24 @@ double lyra_job_load_ms(const struct lyra_job *job)
     return job->started_load ? job->load_ms : 0.0;
 }
 
-static char *job_frame_text(struct lyra_job *job)
+static bool list_remove(struct lyra_job **head, struct lyra_job *job)
 {
-    json_t *copy = json_copy(job->msg);
-    if (!copy)
-        return NULL;
-    json_object_set_new(copy, "id", json_integer((json_int_t)job->id));
-    char *s = json_dumps(copy, JSON_COMPACT);
-    json_decref(copy);
-    return s;
+    for (struct lyra_job **pp = head; *pp; pp = &(*pp)->next) {
+        if (*pp == job) {
+            *pp = job->next;
+            job->next = NULL;
+            return true;
+        }
+    }
+    return false;
+}
+
+static struct lyra_job *find_inflight(struct mworker *w, uint64_t id)
+{
+    for (struct lyra_job *j = w->inflight; j; j = j->next)
+        if (j->id == id)
+            return j;
+    return NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -162,14 +217,19 @@ static struct model_state *model_state_get(struct lyra_manager *m, const char *n
     struct model_state *ms = calloc(1, sizeof *ms);
     if (!ms)
         return NULL;
-    snprintf(ms->name, sizeof ms->name, "%s", name);
+    lyra_fmt(ms->name, sizeof ms->name, "%s", name);
     ms->next = m->models;
     m->models = ms;
     return ms;
 }
 
-/* Records a crash; opens the circuit after LIMIT crashes in WINDOW. */
-static void record_crash(struct model_state *ms)
+static int backoff_s(const struct lyra_manager *m)
+{
+    return m->opts.circuit_backoff_s > 0 ? m->opts.circuit_backoff_s : 30;
+}
+
+/* Records a failure; opens the circuit after LIMIT of them in WINDOW. */
+static void record_crash(struct lyra_manager *m, struct model_state *ms)
 {
     int64_t now = lyra_now_us();
     ms->crash_us[ms->n_crashes % LYRA_MANAGER_CRASH_LIMIT] = now;
@@ -177,60 +237,55 @@ static void record_crash(struct model_state *ms)
     if (ms->n_crashes >= LYRA_MANAGER_CRASH_LIMIT) {
         int64_t oldest = ms->crash_us[ms->n_crashes % LYRA_MANAGER_CRASH_LIMIT];
         if (now - oldest <= (int64_t)LYRA_MANAGER_CRASH_WINDOW_S * 1000000)
-            ms->open_until_us = now + (int64_t)LYRA_MANAGER_BACKOFF_S * 1000000;
+            ms->open_until_us = now + (int64_t)backoff_s(m) * 1000000;
     }
+}
+
+static int circuit_wait_s(const struct model_state *ms)
+{
+    int64_t now = lyra_now_us();
+    return ms->open_until_us > now ? (int)((ms->open_until_us - now) / 1000000) + 1 : 0;
 }
 
 /* ------------------------------------------------------------------ */
 /* Workers                                                            */
 
-static void worker_unref_locked(struct worker *w)
+static void stop_worker(struct mworker *w, const char *reason)
 {
-    if (--w->refs > 0)
+    if (w->state == W_STOPPING)
         return;
-    lyra_registry_unref(w->model);
-    json_decref(w->ready);
-    free(w->fatal);
-    pthread_mutex_destroy(&w->write_lock);
-    if (w->fd >= 0)
-        close(w->fd);
-    free(w);
+    w->state = W_STOPPING;
+    w->stop_reason = reason;
+    if (w->ms->w == w)
+        w->ms->w = NULL;
+    lyra_wproc_stop(w->proc, reason);
 }
 
-static int send_text(struct worker *w, const char *text)
+/* Unloads the least recently used idle worker when max_loaded is reached. */
+static void make_room(struct lyra_manager *m)
 {
-    size_t len = strlen(text);
-    unsigned char hdr[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16), (unsigned char)(len >> 8),
-                            (unsigned char)len};
-    pthread_mutex_lock(&w->write_lock);
-    int rc = 0;
-    const unsigned char *parts[2] = {hdr, (const unsigned char *)text};
-    size_t lens[2] = {4, len};
-    for (int i = 0; i < 2 && rc == 0; i++) {
-        size_t off = 0;
-        while (off < lens[i]) {
-            ssize_t n = send(w->fd, parts[i] + off, lens[i] - off, MSG_NOSIGNAL);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                rc = LYRA_EIO;
-                break;
-            }
-            off += (size_t)n;
-        }
+    int live = 0;
+    struct mworker *lru = NULL;
+    for (struct mworker *w = m->workers; w; w = w->next) {
+        if (w->state == W_STOPPING)
+            continue;
+        live++;
+        if (w->state == W_READY && w->n_inflight == 0 && !w->pending && !w->model->settings.pinned &&
+            (!lru || w->last_used_us < lru->last_used_us))
+            lru = w;
     }
-    pthread_mutex_unlock(&w->write_lock);
-    return rc;
+    if (live >= m->opts.max_loaded && lru) {
+        lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s, s:i}", "model", lru->ms->name, "max_loaded",
+                                                     m->opts.max_loaded),
+                 "unloading %s: models.max_loaded (%d) reached", lru->ms->name, m->opts.max_loaded);
+        stop_worker(lru, "evicted");
+    }
 }
 
-static void *worker_io_main(void *arg);
-
-/* Spawns `lyra worker` for the model.  Called with m->lock held; only
- * async-signal-safe calls happen in the child before exec. */
-static struct worker *worker_start(struct lyra_manager *m, struct model_state *ms, const struct lyra_model *model,
-                                   struct lyra_err *err)
+static struct mworker *worker_start(struct lyra_manager *m, struct model_state *ms, const struct lyra_model *model,
+                                    struct lyra_err *err)
 {
-    struct worker *w = calloc(1, sizeof *w);
+    struct mworker *w = calloc(1, sizeof *w);
     if (!w) {
         lyra_err_set(err, LYRA_ENOMEM, "out of memory");
         return NULL;
@@ -238,401 +293,370 @@ static struct worker *worker_start(struct lyra_manager *m, struct model_state *m
     w->m = m;
     w->ms = ms;
     w->model = lyra_registry_ref(model);
-    w->fd = -1;
-    pthread_mutex_init(&w->write_lock, NULL);
-
+    w->pending_tail = &w->pending;
+    const struct lyra_model_settings *st = &model->settings;
     char ctx[16], par[16], thr[16], ngl[16];
-    snprintf(ctx, sizeof ctx, "%d", model->settings.ctx_size > 0 ? model->settings.ctx_size : 4096);
-    snprintf(par, sizeof par, "%d", model->settings.parallel > 0 ? model->settings.parallel : 4);
-    snprintf(thr, sizeof thr, "%d", model->settings.threads > 0 ? model->settings.threads : 1);
-    snprintf(ngl, sizeof ngl, "%d", model->settings.gpu_layers);
-    const char *argv[24] = {m->worker_exe, "worker", "--fd", "3", "--model", model->path, "--name", model->name,
-                            "--ctx", ctx, "--parallel", par, "--threads", thr, "--gpu-layers", ngl};
-    int argc = 16;
-    if (model->settings.embeddings)
-        argv[argc++] = "--embeddings";
-    if (model->settings.chat_template) {
-        argv[argc++] = "--chat-template";
-        argv[argc++] = model->settings.chat_template;
+    snprintf(ctx, sizeof ctx, "%d", st->ctx_size > 0 ? st->ctx_size : 4096);
+    snprintf(par, sizeof par, "%d", st->parallel > 0 ? st->parallel : 4);
+    snprintf(thr, sizeof thr, "%d", st->threads > 0 ? st->threads : 1);
+    snprintf(ngl, sizeof ngl, "%d", st->gpu_layers);
+    const char *args[20] = {"worker", "--model", model->path, "--name", model->name, "--ctx", ctx,
+                            "--parallel", par, "--threads", thr, "--gpu-layers", ngl};
+    int n = 13;
+    if (st->embeddings)
+        args[n++] = "--embeddings";
+    if (st->chat_template) {
+        args[n++] = "--chat-template";
+        args[n++] = st->chat_template;
     }
-    argv[argc] = NULL;
-
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-        lyra_err_set(err, LYRA_EIO, "socketpair: %s", strerror(errno));
-        w->refs = 1;
-        worker_unref_locked(w);
+    args[n] = NULL;
+    struct lyra_wproc_spec spec = {
+        .exe = m->worker_exe,
+        .args = args,
+        .model = ms->name,
+        .load_timeout_ms = m->opts.load_timeout_s * 1000,
+        .heartbeat_timeout_ms = m->opts.heartbeat_timeout_s * 1000,
+        .progress_timeout_ms = m->opts.progress_timeout_s * 1000,
+        .stop_timeout_ms = m->opts.stop_timeout_s * 1000,
+    };
+    if (lyra_wproc_spawn(m->loop, &spec, &wproc_ops, w, &w->proc, err) < 0) {
+        lyra_registry_unref(w->model);
+        free(w);
         return NULL;
     }
-    sigset_t all;
-    sigemptyset(&all);
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* No PR_SET_PDEATHSIG: it fires when the forking *thread* exits
-         * (an HTTP thread), not the daemon.  The worker exits on EOF of its
-         * socket instead, which the kernel delivers when the daemon dies. */
-        setpgid(0, 0);                    /* a terminal's ^C goes to the daemon, which drains */
-        sigprocmask(SIG_SETMASK, &all, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        int fd = sv[1] == 3 ? 3 : dup2(sv[1], 3); /* dup2 clears CLOEXEC */
-        if (fd != 3)
-            _exit(126);
-        if (sv[1] == 3)
-            fcntl(3, F_SETFD, 0);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(sv[1]);
-    if (pid < 0) {
-        close(sv[0]);
-        lyra_err_set(err, LYRA_EIO, "fork: %s", strerror(errno));
-        w->refs = 1;
-        worker_unref_locked(w);
-        return NULL;
-    }
-    w->pid = pid;
-    w->fd = sv[0];
     w->state = W_LOADING;
     w->started_us = w->last_used_us = lyra_now_us();
-    w->refs = 1; /* the I/O thread's */
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, worker_io_main, w) != 0) {
-        pthread_attr_destroy(&attr);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        lyra_err_set(err, LYRA_ENOMEM, "cannot start the worker's I/O thread");
-        worker_unref_locked(w);
-        return NULL;
-    }
-    pthread_attr_destroy(&attr);
+    w->next = m->workers;
+    m->workers = w;
     m->n_workers++;
     ms->w = w;
     ms->failed = false;
-    lyra_bus_publish(m->opts.bus, ms->crashed_before ? "worker.restarted" : "model.loading", "models",
-                     json_pack("{s:s, s:i}", "model", ms->name, "pid", (int)pid));
+    int pid = (int)lyra_wproc_pid(w->proc);
     if (ms->crashed_before)
-        lyra_bus_publish(m->opts.bus, "model.loading", "models", json_pack("{s:s, s:i}", "model", ms->name, "pid", (int)pid));
-    lyra_log(LYRA_LOG_INFO, "models", NULL, json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", (int)pid, "path", model->path),
+        lyra_bus_publish(m->opts.bus, "worker.restarted", "models", json_pack("{s:s, s:i}", "model", ms->name, "pid", pid));
+    lyra_bus_publish(m->opts.bus, "model.loading", "models", json_pack("{s:s, s:i}", "model", ms->name, "pid", pid));
+    lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", pid, "path", model->path),
              "starting worker for %s", ms->name);
     return w;
 }
 
-/* Unloads the least recently used idle worker when max_loaded is reached.
- * m->lock held. */
-static void make_room(struct lyra_manager *m)
+static void worker_free(struct lyra_manager *m, struct mworker *w)
 {
-    int live = 0;
-    struct worker *lru = NULL;
-    for (struct model_state *ms = m->models; ms; ms = ms->next) {
-        struct worker *w = ms->w;
-        if (!w || w->state == W_DEAD || w->unloading)
-            continue;
-        live++;
-        if (w->state == W_READY && w->n_inflight == 0 && !w->pending && !w->model->settings.pinned &&
-            (!lru || w->last_used_us < lru->last_used_us))
-            lru = w;
-    }
-    if (live < m->opts.max_loaded || !lru)
-        return;
-    lru->unloading = true;
-    lru->unload_reason = "evicted";
-    shutdown(lru->fd, SHUT_WR); /* EOF: the worker exits; its I/O thread cleans up */
-}
-
-/* ------------------------------------------------------------------ */
-/* The I/O thread                                                     */
-
-static struct lyra_job *take_job(struct worker *w, uint64_t id, bool remove)
-{
-    for (struct lyra_job **pp = &w->inflight; *pp; pp = &(*pp)->next) {
-        if ((*pp)->id == id) {
-            struct lyra_job *job = *pp;
-            if (remove) {
-                *pp = job->next;
-                job->next = NULL;
-                w->n_inflight--;
-            }
-            return job;
-        }
-    }
-    return NULL;
-}
-
-static void on_ready(struct worker *w, json_t *frame)
-{
-    struct lyra_manager *m = w->m;
-    pthread_mutex_lock(&m->lock);
-    w->state = W_READY;
-    w->ready = json_incref(frame);
-    w->load_ms = (double)(lyra_now_us() - w->started_us) / 1000.0;
-    /* The queued jobs become in flight (in order) before any is sent, so
-     * the replies, read on this same thread later, find them. */
-    struct lyra_job *queued = w->pending;
-    w->pending = NULL;
-    size_t n = 0;
-    for (struct lyra_job *j = queued; j; j = j->next)
-        n++;
-    struct lyra_job **send = n ? calloc(n, sizeof *send) : NULL;
-    size_t i = 0;
-    while (queued) {
-        struct lyra_job *j = queued;
-        queued = j->next;
-        j->load_ms = w->load_ms;
-        j->next = w->inflight;
-        w->inflight = j;
-        w->n_inflight++;
-        if (send) {
-            send[i++] = j;
-            atomic_fetch_add(&j->refs, 1); /* kept alive until sent */
-        } else { /* out of memory: send under the lock rather than never */
-            char *text = job_frame_text(j);
-            if (text)
-                send_text(w, text);
-            free(text);
-        }
-    }
-    lyra_bus_publish(m->opts.bus, "model.loaded", "models",
-                     json_pack("{s:s, s:i, s:f, s:O?, s:O?, s:O?}", "model", w->ms->name, "pid", (int)w->pid, "load_ms",
-                               w->load_ms, "n_ctx_slot", json_object_get(frame, "n_ctx_slot"), "n_slots",
-                               json_object_get(frame, "n_slots"), "devices", json_object_get(frame, "devices")));
-    pthread_mutex_unlock(&m->lock);
-    for (size_t k = 0; k < i; k++) {
-        char *text = job_frame_text(send[k]);
-        if (text)
-            send_text(w, text);
-        free(text);
-        job_unref(send[k]);
-    }
-    free(send);
-}
-
-static void on_job_frame(struct worker *w, json_t *frame, const char *type)
-{
-    struct lyra_manager *m = w->m;
-    uint64_t id = (uint64_t)json_integer_value(json_object_get(frame, "id"));
-    bool terminal = strcmp(type, "done") == 0 || strcmp(type, "error") == 0 || strcmp(type, "embedding") == 0 ||
-                    strcmp(type, "tokens") == 0 || strcmp(type, "status") == 0;
-    pthread_mutex_lock(&m->lock);
-    struct lyra_job *job = take_job(w, id, terminal);
-    if (job) {
-        atomic_fetch_add(&job->refs, 1);
-        if (strcmp(type, "started") == 0)
-            job->started = true;
-        if (terminal)
-            job->terminal = true;
-        w->last_used_us = lyra_now_us();
-    }
-    pthread_mutex_unlock(&m->lock);
-    if (!job)
-        return; /* a job released and cancelled meanwhile */
-    job_deliver(job, frame);
-    if (terminal)
-        job_unref(job); /* the manager's hold */
-    job_unref(job);
-}
-
-static int resubmit_locked(struct lyra_manager *m, struct lyra_job *job, struct lyra_err *err);
-
-/* The worker is gone: reap it and settle its jobs. */
-static void on_worker_exit(struct worker *w)
-{
-    struct lyra_manager *m = w->m;
-    int status = 0;
-    for (int i = 0; i < 200; i++) { /* up to 2 s for a clean exit */
-        if (waitpid(w->pid, &status, WNOHANG) == w->pid)
-            goto reaped;
-        usleep(10000);
-    }
-    kill(w->pid, SIGKILL);
-    waitpid(w->pid, &status, 0);
-reaped:;
-    char how[96];
-    if (WIFSIGNALED(status))
-        snprintf(how, sizeof how, "killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
-    else
-        snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
-    bool clean_exit = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-
-    pthread_mutex_lock(&m->lock);
-    bool was_loading = w->state == W_LOADING;
-    bool expected = w->unloading && clean_exit;
-    w->state = W_DEAD;
-    struct model_state *ms = w->ms;
-    if (ms->w == w)
-        ms->w = NULL;
-    struct lyra_job *jobs = w->inflight, *pending = w->pending;
-    w->inflight = w->pending = NULL;
-    w->n_inflight = 0;
-    char reason[1200];
-    if (was_loading)
-        snprintf(reason, sizeof reason, "%s", w->fatal ? w->fatal : how);
-    else
-        snprintf(reason, sizeof reason, "worker for %s (pid %d) %s", ms->name, (int)w->pid, how);
-    if (!expected) {
-        free(ms->last_error);
-        ms->last_error = strdup(reason);
-        ms->failed = true;
-        ms->crashed_before = !was_loading;
-        record_crash(ms);
-    }
-    /* Jobs that may go again: retryable, not started, first attempt. */
-    struct lyra_job *fail = NULL, *next;
-    struct lyra_job *all[2] = {pending, jobs};
-    for (int k = 0; k < 2; k++) {
-        for (struct lyra_job *j = all[k]; j; j = next) {
-            next = j->next;
-            j->next = NULL;
-            struct lyra_err rerr = {0};
-            if (!was_loading && !expected && (j->flags & LYRA_JOB_RETRYABLE) && !j->started && j->attempts < 2 &&
-                !j->released && !m->closing && ms->open_until_us <= lyra_now_us() &&
-                resubmit_locked(m, j, &rerr) == 0)
-                continue;
-            j->terminal = true;
-            j->next = fail;
-            fail = j;
-        }
-    }
-    if (expected) {
-        lyra_bus_publish(m->opts.bus, "model.unloaded", "models",
-                         json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", (int)w->pid, "reason",
-                                   w->unload_reason ? w->unload_reason : "requested"));
-    } else if (was_loading) {
-        lyra_bus_publish(m->opts.bus, "model.failed", "models",
-                         json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", (int)w->pid, "error", reason));
-        lyra_log(LYRA_LOG_WARN, "models", NULL, json_pack("{s:s}", "model", ms->name), "load failed: %s", reason);
-    } else {
-        lyra_bus_publish(m->opts.bus, "worker.crashed", "models",
-                         json_pack("{s:s, s:i, s:s, s:i, s:b}", "model", ms->name, "pid", (int)w->pid, "reason", how,
-                                   "status", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
-                                   "circuit_open", ms->open_until_us > lyra_now_us()));
-        lyra_log(LYRA_LOG_WARN, "models", NULL, json_pack("{s:s, s:i}", "model", ms->name, "pid", (int)w->pid),
-                 "worker crashed: %s", how);
-    }
-    m->n_workers--;
-    pthread_cond_broadcast(&m->workers_gone);
-    worker_unref_locked(w);
-    pthread_mutex_unlock(&m->lock);
-
-    for (struct lyra_job *j = fail; j; j = next) {
-        next = j->next;
-        if (was_loading)
-            job_fail(j, "model_load_failed", 500, "model '%s' failed to load: %s", j->model, reason);
-        else if (expected || m->closing)
-            job_fail(j, "model_unloaded", 503, "model '%s' was unloaded while the request ran", j->model);
-        else
-            job_fail(j, "worker_crashed", 502, "%s while serving the request", reason);
-        job_unref(j);
-    }
-}
-
-static void *worker_io_main(void *arg)
-{
-    struct worker *w = arg;
-    struct lyra_frame_reader *r = lyra_frame_reader_new();
-    while (r) {
-        int n = lyra_frame_reader_read(r, w->fd, NULL);
-        if (n <= 0)
-            break; /* end of file or error: the worker is gone */
-        json_t *frame;
-        int rc;
-        while ((rc = lyra_frame_reader_next(r, &frame, NULL)) == 0 && frame) {
-            const char *type = json_string_value(json_object_get(frame, "type"));
-            if (!type) {
-            } else if (strcmp(type, "ready") == 0) {
-                on_ready(w, frame);
-            } else if (strcmp(type, "fatal") == 0) {
-                const char *msg = json_string_value(json_object_get(frame, "message"));
-                pthread_mutex_lock(&w->m->lock);
-                free(w->fatal);
-                w->fatal = strdup(msg ? msg : "unknown error");
-                pthread_mutex_unlock(&w->m->lock);
-            } else {
-                on_job_frame(w, frame, type);
-            }
-            json_decref(frame);
-        }
-        if (rc < 0) {
-            lyra_log(LYRA_LOG_ERROR, "models", NULL, NULL, "protocol error from worker %d: killing it", (int)w->pid);
-            kill(w->pid, SIGKILL);
+    for (struct mworker **pp = &m->workers; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
             break;
         }
     }
-    lyra_frame_reader_free(r);
-    on_worker_exit(w);
-    return NULL;
+    m->n_workers--;
+    if (w->ms->w == w)
+        w->ms->w = NULL;
+    lyra_registry_unref(w->model);
+    json_decref(w->ready);
+    free(w);
 }
 
-/* ------------------------------------------------------------------ */
-/* Submission                                                         */
-
-/* Queues the job on the model's worker, starting one if needed.  m->lock
- * held.  Returns the worker to send to now (a ref taken), or NULL when the
- * job waits for the load or on error (rc in *rc). */
-static struct worker *enqueue_locked(struct lyra_manager *m, struct lyra_job *job, const struct lyra_model *model,
-                                     int *rc, struct lyra_err *err)
+/* Sends a job now.  The job joins in-flight even if the send fails: the
+ * worker is then dying and its exit settles the job. */
+static void send_job(struct mworker *w, struct lyra_job *job)
 {
-    struct model_state *ms = model_state_get(m, model->name, true);
-    *rc = 0;
-    if (!ms) {
-        *rc = lyra_err_set(err, LYRA_ENOMEM, "out of memory");
-        return NULL;
-    }
-    struct worker *w = ms->w;
-    if (!w || w->state == W_DEAD || w->unloading) {
-        make_room(m);
-        w = worker_start(m, ms, model, err);
-        if (!w) {
-            *rc = err ? err->code : LYRA_EIO;
-            return NULL;
-        }
-        job->started_load = true;
-    }
     job->w = w;
-    job->attempts++;
-    w->last_used_us = lyra_now_us();
-    if (w->state == W_LOADING) {
-        struct lyra_job **pp = &w->pending;
-        while (*pp)
-            pp = &(*pp)->next;
-        *pp = job;
-        return NULL;
-    }
     job->next = w->inflight;
     w->inflight = job;
     w->n_inflight++;
-    w->refs++;
-    return w;
-}
-
-static void send_now(struct lyra_manager *m, struct worker *w, struct lyra_job *job)
-{
-    char *text = job_frame_text(job);
-    if (text)
-        send_text(w, text); /* a failure shows as EOF on the I/O thread */
-    free(text);
-    pthread_mutex_lock(&m->lock);
-    worker_unref_locked(w);
-    pthread_mutex_unlock(&m->lock);
-}
-
-static int resubmit_locked(struct lyra_manager *m, struct lyra_job *job, struct lyra_err *err)
-{
-    const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, job->model);
-    if (!model)
-        return lyra_err_set(err, LYRA_ENOTFOUND, "model '%s' is gone", job->model);
-    int rc;
-    struct worker *w = enqueue_locked(m, job, model, &rc, err);
-    lyra_registry_unref(model);
-    if (w) { /* cannot send under m->lock: the new worker is loading anyway */
-        w->refs--;
+    w->last_used_us = lyra_now_us();
+    int rc = lyra_wproc_send(w->proc, job->id, job->text, job->len);
+    if (rc < 0) {
+        list_remove(&w->inflight, job);
+        w->n_inflight--;
+        job_fail(job, "internal", 500, 0, "cannot send the request to the worker for %s: %s", job->model,
+                 lyra_strerror(rc));
     }
-    lyra_log(LYRA_LOG_INFO, "models", NULL, json_pack("{s:s, s:I}", "model", job->model, "job", (json_int_t)job->id),
-             "retrying a request on a fresh worker");
-    return rc;
 }
+
+static void add_pending(struct mworker *w, struct lyra_job *job)
+{
+    job->w = w;
+    job->next = NULL;
+    job->queued = true;
+    *w->pending_tail = job;
+    w->pending_tail = &job->next;
+}
+
+static struct lyra_job *take_pending(struct mworker *w)
+{
+    struct lyra_job *all = w->pending;
+    w->pending = NULL;
+    w->pending_tail = &w->pending;
+    for (struct lyra_job *j = all; j; j = j->next)
+        j->queued = false;
+    return all;
+}
+
+/* ------------------------------------------------------------------ */
+/* Worker events (wproc ops)                                          */
+
+static void on_ready(struct lyra_wproc *proc, const json_t *frame, void *ud)
+{
+    struct mworker *w = ud;
+    struct lyra_manager *m = w->m;
+    if (w->state == W_STOPPING)
+        return;
+    w->state = W_READY;
+    w->ready = json_deep_copy(frame);
+    w->load_ms = (double)(lyra_now_us() - w->started_us) / 1000.0;
+    lyra_bus_publish(m->opts.bus, "model.loaded", "models",
+                     json_pack("{s:s, s:i, s:f, s:O?, s:O?, s:O?}", "model", w->ms->name, "pid",
+                               (int)lyra_wproc_pid(proc), "load_ms", w->load_ms, "n_ctx_slot",
+                               json_object_get(frame, "n_ctx_slot"), "n_slots", json_object_get(frame, "n_slots"),
+                               "devices", json_object_get(frame, "devices")));
+    if (w->stale) { /* the file changed while it loaded: start again */
+        stop_worker(w, "file changed");
+        return;
+    }
+    struct lyra_job *j = take_pending(w), *next;
+    for (; j; j = next) {
+        next = j->next;
+        j->load_ms = w->load_ms;
+        send_job(w, j);
+    }
+}
+
+static void on_handed(struct lyra_wproc *proc, uint64_t id, void *ud)
+{
+    struct lyra_job *job = find_inflight(ud, id);
+    if (job)
+        job->handed = true;
+}
+
+static void on_frame(struct lyra_wproc *proc, enum lyra_msg_kind kind, uint64_t id, const json_t *frame, void *ud)
+{
+    struct mworker *w = ud;
+    struct lyra_job *job = find_inflight(w, id);
+    if (!job)
+        return; /* failed here meanwhile (shutdown); the worker's answer is late */
+    w->last_used_us = lyra_now_us();
+    job->handed = true;
+    bool terminal = lyra_msg_is_terminal(kind);
+    if (terminal) {
+        list_remove(&w->inflight, job);
+        w->n_inflight--;
+        job->terminal = true;
+    }
+    job_deliver(job, frame);
+    if (terminal) {
+        job_unref(job); /* the manager's hold */
+        if (w->stale && w->n_inflight == 0 && w->state == W_READY)
+            stop_worker(w, "file changed");
+    }
+}
+
+/* Settles the jobs of a worker that is gone.  A job the worker may have
+ * seen fails; one that never reached it goes again (at most twice in all)
+ * unless the daemon is closing or the model's circuit is open. */
+static void settle_jobs(struct lyra_manager *m, struct mworker *w, const struct lyra_wproc_exit *e, bool expected,
+                        const char *reason)
+{
+    struct model_state *ms = w->ms;
+    bool closing = atomic_load(&m->closing);
+    struct lyra_job *retry = NULL, **retry_tail = &retry;
+    struct lyra_job *lists[2] = {w->inflight, take_pending(w)};
+    w->inflight = NULL;
+    w->n_inflight = 0;
+    for (int k = 0; k < 2; k++) {
+        for (struct lyra_job *j = lists[k], *next; j; j = next) {
+            next = j->next;
+            j->next = NULL;
+            j->w = NULL;
+            bool never_seen = k == 1 || !j->handed;
+            if (closing) {
+                job_fail(j, "shutting_down", 503, 0, "the server is shutting down");
+            } else if (never_seen && (e->was_ready || w->stale) && j->attempts < 2 && circuit_wait_s(ms) == 0) {
+                *retry_tail = j;
+                retry_tail = &j->next;
+            } else if (!e->was_ready && e->why == LYRA_WPROC_LOAD_TIMEOUT) {
+                job_fail(j, "model_load_timeout", 503, 0, "model '%s' did not load: %s", j->model, reason);
+            } else if (!e->was_ready) {
+                job_fail(j, "model_load_failed", 500, 0, "model '%s' failed to load: %s", j->model, reason);
+            } else if (expected) {
+                job_fail(j, "model_unloaded", 503, 0, "model '%s' was unloaded while the request ran", j->model);
+            } else if (e->why == LYRA_WPROC_HUNG) {
+                job_fail(j, "worker_hung", 502, 0, "the worker for %s %s; it was killed", j->model, reason);
+            } else if (e->why == LYRA_WPROC_PROTOCOL) {
+                job_fail(j, "worker_protocol_error", 502, 0, "the worker for %s was killed: %s", j->model, reason);
+            } else if (never_seen) {
+                int wait = circuit_wait_s(ms);
+                job_fail(j, wait ? "model_unavailable" : "worker_crashed", wait ? 503 : 502, wait,
+                         "the worker for %s %s before it took the request", j->model, reason);
+            } else {
+                job_fail(j, "worker_crashed", 502, 0, "the worker for %s (pid %d) %s while serving the request",
+                         j->model, (int)lyra_wproc_pid(w->proc), reason);
+            }
+        }
+    }
+    for (struct lyra_job *j = retry, *next; j; j = next) {
+        next = j->next;
+        j->next = NULL;
+        if (j->attempts > 0 && !w->stale)
+            lyra_log(LYRA_LOG_INFO, COMP, NULL,
+                     json_pack("{s:s, s:I}", "model", j->model, "job", (json_int_t)j->id),
+                     "request %" PRIu64 " never reached the worker: sending it to a fresh one", j->id);
+        enqueue(m, j);
+    }
+}
+
+static void on_exit_(struct lyra_wproc *proc, const struct lyra_wproc_exit *e, void *ud)
+{
+    struct mworker *w = ud;
+    struct lyra_manager *m = w->m;
+    struct model_state *ms = w->ms;
+    int pid = (int)lyra_wproc_pid(proc);
+    bool expected = e->why == LYRA_WPROC_STOPPED;
+    char reason[LYRA_ERR_MSG_MAX + 64];
+    if (!e->was_ready && e->fatal)
+        lyra_fmt(reason, sizeof reason, "%s", e->fatal);
+    else if (e->fatal)
+        lyra_fmt(reason, sizeof reason, "%s (%s)", e->reason, e->fatal);
+    else
+        lyra_fmt(reason, sizeof reason, "%s", e->reason);
+
+    if (expected) {
+        lyra_bus_publish(m->opts.bus, "model.unloaded", "models",
+                         json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", pid, "reason",
+                                   w->stop_reason ? w->stop_reason : "requested"));
+    } else {
+        free(ms->last_error);
+        ms->last_error = strdup(reason);
+        ms->failed = true;
+        ms->crashed_before = e->was_ready;
+        record_crash(m, ms);
+        bool open = circuit_wait_s(ms) > 0;
+        if (!e->was_ready) {
+            lyra_bus_publish(m->opts.bus, "model.failed", "models",
+                             json_pack("{s:s, s:i, s:s, s:b}", "model", ms->name, "pid", pid, "error", reason,
+                                       "circuit_open", open));
+            lyra_log(LYRA_LOG_WARN, COMP, NULL, json_pack("{s:s}", "model", ms->name), "load of %s failed: %s",
+                     ms->name, reason);
+        } else {
+            const char *type = e->why == LYRA_WPROC_HUNG ? "worker.hung" : "worker.crashed";
+            lyra_bus_publish(m->opts.bus, type, "models",
+                             json_pack("{s:s, s:i, s:s, s:i, s:i, s:b}", "model", ms->name, "pid", pid, "reason",
+                                       reason, "status",
+                                       WIFEXITED(e->status) ? WEXITSTATUS(e->status) : 128 + WTERMSIG(e->status),
+                                       "in_flight", w->n_inflight, "circuit_open", open));
+            lyra_log(LYRA_LOG_WARN, COMP, NULL, json_pack("{s:s, s:i}", "model", ms->name, "pid", pid),
+                     "worker for %s %s", ms->name, reason);
+        }
+    }
+    if (ms->w == w)
+        ms->w = NULL;
+    w->state = W_STOPPING;
+    settle_jobs(m, w, e, expected, reason);
+    worker_free(m, w);
+    if (atomic_load(&m->closing) && m->n_workers == 0) {
+        pthread_mutex_lock(&m->gone_lock);
+        m->all_gone = true;
+        pthread_cond_broadcast(&m->gone_cond);
+        pthread_mutex_unlock(&m->gone_lock);
+    }
+}
+
+static const struct lyra_wproc_ops wproc_ops = {
+    .on_ready = on_ready, .on_frame = on_frame, .on_handed = on_handed, .on_exit = on_exit_};
+
+/* ------------------------------------------------------------------ */
+/* Routing (loop thread)                                              */
+
+/* Routes a job to its model's worker, starting one if needed. */
+static void enqueue(struct lyra_manager *m, struct lyra_job *job)
+{
+    if (atomic_load(&m->closing)) {
+        job_fail(job, "shutting_down", 503, 0, "the server is shutting down");
+        return;
+    }
+    struct model_state *ms = model_state_get(m, job->model, true);
+    if (!ms) {
+        job_fail(job, "internal", 500, 0, "out of memory");
+        return;
+    }
+    int wait = circuit_wait_s(ms);
+    if (wait > 0) {
+        job_fail(job, "model_unavailable", 503, wait,
+                 "model '%s' failed %d times within %d s; retry in %d s (last error: %s)", ms->name,
+                 LYRA_MANAGER_CRASH_LIMIT, LYRA_MANAGER_CRASH_WINDOW_S, wait,
+                 ms->last_error ? ms->last_error : "unknown");
+        return;
+    }
+    job->attempts++;
+    struct mworker *w = ms->w;
+    if (!w) {
+        /* The newest snapshot: a retry after a restart serves the new file. */
+        const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, job->model);
+        if (!model || !model->valid) {
+            job_fail(job, model ? "model_invalid" : "model_not_found", model ? 422 : 404, 0, "model '%s' %s%s",
+                     job->model, model ? "cannot be used: " : "is gone",
+                     model && model->error ? model->error : "");
+            lyra_registry_unref(model);
+            return;
+        }
+        make_room(m);
+        struct lyra_err err = {0};
+        w = worker_start(m, ms, model, &err);
+        lyra_registry_unref(model);
+        if (!w) {
+            job_fail(job, "internal", 500, 0, "cannot start a worker for %s: %s", job->model, err.msg);
+            return;
+        }
+        job->started_load = job->attempts == 1;
+    }
+    if (w->state == W_LOADING || w->stale)
+        add_pending(w, job);
+    else {
+        job->load_ms = w->load_ms;
+        send_job(w, job);
+    }
+}
+
+static void task_submit(void *ud)
+{
+    struct lyra_job *job = ud;
+    enqueue(job->m, job);
+}
+
+static void cancel_on_loop(struct lyra_job *job)
+{
+    if (job->terminal || !job->w)
+        return;
+    struct mworker *w = job->w;
+    if (job->queued) {
+        list_remove(&w->pending, job);
+        w->pending_tail = &w->pending;
+        while (*w->pending_tail)
+            w->pending_tail = &(*w->pending_tail)->next;
+        job->queued = false;
+        job->w = NULL;
+        job_cancelled_here(job);
+        return;
+    }
+    lyra_wproc_cancel(w->proc, job->id);
+}
+
+static void task_cancel(void *ud)
+{
+    struct lyra_job *job = ud;
+    cancel_on_loop(job);
+    job_unref(job);
+}
+
+static void task_release(void *ud)
+{
+    struct lyra_job *job = ud;
+    cancel_on_loop(job);
+    job_unref(job); /* the caller's hold */
+}
+
+/* ------------------------------------------------------------------ */
+/* Public entry points                                                */
 
 /* Fills sampling values the request left out with the model's configured
  * defaults (models.entries: temperature, top_p, top_k). */
@@ -654,14 +678,29 @@ static void apply_default_sampling(json_t *msg, const struct lyra_model_settings
         json_object_set_new(params, "top_k", json_integer(st->top_k));
 }
 
-int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *msg, unsigned flags, lyra_job_fn fn,
-                        void *ud, struct lyra_job **out, int *retry_after_s, struct lyra_err *err)
+/* Looks a model up, rescanning the models dir once when it is unknown (a
+ * file copied in a moment ago is servable at once, watcher or not). */
+static const struct lyra_model *resolve(struct lyra_manager *m, const char *name)
+{
+    const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, name);
+    if (!model && lyra_registry_refresh(m->opts.registry, NULL, NULL) >= 0)
+        model = lyra_registry_lookup(m->opts.registry, name);
+    return model;
+}
+
+int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *msg, lyra_job_fn fn, void *ud,
+                        struct lyra_job **out, struct lyra_err *err)
 {
     *out = NULL;
-    const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, model_name);
+    if (atomic_load(&m->closing)) {
+        json_decref(msg);
+        return lyra_err_set(err, LYRA_EUNAVAILABLE, "the server is shutting down");
+    }
+    const struct lyra_model *model = resolve(m, model_name);
     if (!model) {
         json_decref(msg);
-        return lyra_err_set(err, LYRA_ENOTFOUND, "model '%s' not found", model_name);
+        return lyra_err_set(err, LYRA_ENOTFOUND, "model '%.*s' not found", (int)lyra_utf8_clip(model_name, 128),
+                            model_name);
     }
     if (!model->valid) {
         int rc = lyra_err_set(err, LYRA_EINVAL, "model '%s' cannot be used: %s", model->name,
@@ -676,89 +715,52 @@ int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *
         json_decref(msg);
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     }
+    job->m = m;
+    job->fn = fn;
+    job->ud = ud;
+    job->id = atomic_fetch_add(&m->next_id, 1) + 1;
+    lyra_fmt(job->model, sizeof job->model, "%s", model->name);
     apply_default_sampling(msg, &model->settings);
+    json_object_set_new(msg, "id", json_integer((json_int_t)job->id));
+    job->text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    job->fallback = json_pack("{s:s, s:I, s:s, s:s, s:i}", "type", "error", "id", (json_int_t)job->id, "code",
+                              "internal", "message", "the request failed and its error could not be reported",
+                              "status", 500);
+    lyra_registry_unref(model);
+    int rc = 0;
+    if (!job->text || !job->fallback)
+        rc = lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    else if ((job->len = strlen(job->text)) > LYRA_FRAME_MAX)
+        rc = lyra_err_set(err, LYRA_ETOOBIG, "the request is %zu bytes once encoded; a worker takes at most %u",
+                          job->len, LYRA_FRAME_MAX);
+    if (rc < 0) {
+        json_decref(job->fallback);
+        free(job->text);
+        free(job);
+        return rc;
+    }
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&job->lock, &attr);
     pthread_mutexattr_destroy(&attr);
     atomic_init(&job->refs, 2);
-    job->m = m;
-    job->msg = msg;
-    job->flags = flags;
-    job->fn = fn;
-    job->ud = ud;
-    snprintf(job->model, sizeof job->model, "%s", model->name);
-
-    pthread_mutex_lock(&m->lock);
-    struct model_state *ms = model_state_get(m, model->name, true);
-    int64_t now = lyra_now_us();
-    if (ms && ms->open_until_us > now) {
-        int wait_s = (int)((ms->open_until_us - now) / 1000000) + 1;
-        pthread_mutex_unlock(&m->lock);
-        if (retry_after_s)
-            *retry_after_s = wait_s;
-        int rc = lyra_err_set(err, LYRA_EUNAVAILABLE,
-                              "model '%s' crashed %d times within %d s; retry in %d s (last error: %s)", model->name,
-                              LYRA_MANAGER_CRASH_LIMIT, LYRA_MANAGER_CRASH_WINDOW_S, wait_s,
-                              ms->last_error ? ms->last_error : "unknown");
-        lyra_registry_unref(model);
-        atomic_store(&job->refs, 1);
-        job_unref(job);
-        return rc;
-    }
-    job->id = ++m->next_id;
-    int rc = 0;
-    struct worker *w = enqueue_locked(m, job, model, &rc, err);
-    pthread_mutex_unlock(&m->lock);
-    lyra_registry_unref(model);
-    if (rc < 0) {
-        atomic_store(&job->refs, 1);
-        job_unref(job);
-        return rc;
-    }
     *out = job;
-    if (w)
-        send_now(m, w, job);
+    if (lyra_loop_post(m->loop, task_submit, job) < 0) {
+        *out = NULL;
+        atomic_store(&job->refs, 1);
+        job_unref(job);
+        return lyra_err_set(err, LYRA_EUNAVAILABLE, "the server is shutting down");
+    }
     return 0;
 }
 
 void lyra_manager_cancel(struct lyra_job *job)
 {
-    struct lyra_manager *m = job->m;
-    pthread_mutex_lock(&m->lock);
-    struct worker *w = job->w;
-    bool was_pending = false;
-    if (w && !job->terminal) {
-        for (struct lyra_job **pp = &w->pending; *pp; pp = &(*pp)->next) {
-            if (*pp == job) {
-                *pp = job->next;
-                job->next = NULL;
-                job->terminal = true;
-                was_pending = true;
-                break;
-            }
-        }
-    }
-    bool send_cancel = w && !job->terminal && !was_pending && w->state == W_READY;
-    if (send_cancel)
-        w->refs++;
-    pthread_mutex_unlock(&m->lock);
-    if (was_pending) {
-        json_t *f = json_pack("{s:s, s:I, s:s, s:{s:i, s:i, s:i}}", "type", "done", "id", (json_int_t)job->id,
-                              "finish_reason", "cancelled", "usage", "prompt_tokens", 0, "completion_tokens", 0,
-                              "cached_tokens", 0);
-        job_deliver(job, f);
-        json_decref(f);
-        job_unref(job); /* the manager's hold */
-    } else if (send_cancel) {
-        char text[64];
-        snprintf(text, sizeof text, "{\"type\":\"cancel\",\"id\":%llu}", (unsigned long long)job->id);
-        send_text(w, text);
-        pthread_mutex_lock(&m->lock);
-        worker_unref_locked(w);
-        pthread_mutex_unlock(&m->lock);
-    }
+    job_ref(job);
+    if (lyra_loop_post(job->m->loop, task_cancel, job) < 0)
+        job_unref(job);
 }
 
 void lyra_job_release(struct lyra_job *job)
@@ -768,46 +770,35 @@ void lyra_job_release(struct lyra_job *job)
     pthread_mutex_lock(&job->lock);
     job->released = true;
     pthread_mutex_unlock(&job->lock);
-    pthread_mutex_lock(&job->m->lock);
-    bool terminal = job->terminal;
-    pthread_mutex_unlock(&job->m->lock);
-    if (!terminal)
-        lyra_manager_cancel(job);
-    job_unref(job);
+    if (lyra_loop_post(job->m->loop, task_release, job) < 0)
+        job_unref(job); /* the loop is gone: every job ended at shutdown */
 }
 
 /* ------------------------------------------------------------------ */
 /* Keep-alive                                                         */
 
-/* Unloads models idle for keep_alive_s (no job queued or running, not
- * pinned), checking once a second.  The worker exits on EOF; its I/O thread
- * publishes model.unloaded with reason "idle". */
-static void *reaper_main(void *arg)
+static void reap_idle(void *ud)
 {
-    struct lyra_manager *m = arg;
-    pthread_mutex_lock(&m->lock);
-    while (!m->closing) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
-        pthread_cond_timedwait(&m->reaper_wake, &m->lock, &ts);
-        int64_t limit_us = (int64_t)m->opts.keep_alive_s * 1000000;
-        int64_t now = lyra_now_us();
-        for (struct model_state *ms = m->models; ms && !m->closing; ms = ms->next) {
-            struct worker *w = ms->w;
-            if (!w || w->state != W_READY || w->unloading || w->n_inflight > 0 || w->pending ||
-                w->model->settings.pinned || now - w->last_used_us < limit_us)
-                continue;
-            w->unloading = true;
-            w->unload_reason = "idle";
-            shutdown(w->fd, SHUT_WR);
-            lyra_log(LYRA_LOG_INFO, "models", NULL, json_pack("{s:s, s:i}", "model", ms->name, "keep_alive_s",
-                                                             m->opts.keep_alive_s),
-                     "unloading %s: idle for %d s", ms->name, m->opts.keep_alive_s);
-        }
+    struct lyra_manager *m = ud;
+    int64_t limit_us = (int64_t)m->opts.keep_alive_s * 1000000;
+    int64_t now = lyra_now_us();
+    for (struct mworker *w = m->workers, *next; w; w = next) {
+        next = w->next;
+        if (w->state != W_READY || w->n_inflight > 0 || w->pending || w->model->settings.pinned ||
+            now - w->last_used_us < limit_us)
+            continue;
+        lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s, s:i}", "model", w->ms->name, "keep_alive_s",
+                                                     m->opts.keep_alive_s),
+                 "unloading %s: idle for %d s", w->ms->name, m->opts.keep_alive_s);
+        stop_worker(w, "idle");
     }
-    pthread_mutex_unlock(&m->lock);
-    return NULL;
+    m->reaper = atomic_load(&m->closing) ? NULL : lyra_loop_timer(m->loop, 1000, reap_idle, m);
+}
+
+static void start_reaper(void *ud)
+{
+    struct lyra_manager *m = ud;
+    m->reaper = lyra_loop_timer(m->loop, 1000, reap_idle, m);
 }
 
 /* ------------------------------------------------------------------ */
@@ -815,74 +806,108 @@ static void *reaper_main(void *arg)
 
 int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manager **out, struct lyra_err *err)
 {
+    *out = NULL;
     struct lyra_manager *m = calloc(1, sizeof *m);
     if (!m)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     m->opts = *opts;
     if (m->opts.max_loaded < 1)
         m->opts.max_loaded = 1;
+    if (m->opts.load_timeout_s < 1)
+        m->opts.load_timeout_s = 120;
+    if (m->opts.heartbeat_timeout_s < 1)
+        m->opts.heartbeat_timeout_s = 10;
+    if (m->opts.progress_timeout_s < 1)
+        m->opts.progress_timeout_s = 60;
+    if (m->opts.stop_timeout_s < 1)
+        m->opts.stop_timeout_s = 5;
     m->worker_exe = strdup(opts->worker_exe);
-    pthread_mutex_init(&m->lock, NULL);
-    pthread_cond_init(&m->workers_gone, NULL);
-    pthread_cond_init(&m->reaper_wake, NULL);
-    if (m->opts.keep_alive_s > 0 && pthread_create(&m->reaper, NULL, reaper_main, m) == 0)
-        m->reaper_running = true;
+    pthread_mutex_init(&m->gone_lock, NULL);
+    pthread_cond_init(&m->gone_cond, NULL);
+    int rc = m->worker_exe ? lyra_loop_new("lyra-supervise", &m->loop, err)
+                           : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    if (rc < 0) {
+        pthread_cond_destroy(&m->gone_cond);
+        pthread_mutex_destroy(&m->gone_lock);
+        free(m->worker_exe);
+        free(m);
+        return rc;
+    }
+    if (m->opts.keep_alive_s > 0)
+        lyra_loop_post(m->loop, start_reaper, m);
     *out = m;
     return 0;
+}
+
+/* Fails every job and stops every worker (loop thread). */
+static void shutdown_on_loop(void *ud)
+{
+    struct lyra_manager *m = ud;
+    lyra_loop_timer_cancel(m->loop, m->reaper);
+    m->reaper = NULL;
+    for (struct mworker *w = m->workers; w; w = w->next) {
+        struct lyra_job *lists[2] = {w->inflight, take_pending(w)};
+        w->inflight = NULL;
+        w->n_inflight = 0;
+        for (int k = 0; k < 2; k++) {
+            for (struct lyra_job *j = lists[k], *next; j; j = next) {
+                next = j->next;
+                j->next = NULL;
+                j->w = NULL;
+                job_fail(j, "shutting_down", 503, 0, "the server is shutting down");
+            }
+        }
+        if (w->state != W_STOPPING)
+            stop_worker(w, "shutdown");
+    }
+    if (m->n_workers == 0) {
+        pthread_mutex_lock(&m->gone_lock);
+        m->all_gone = true;
+        pthread_cond_broadcast(&m->gone_cond);
+        pthread_mutex_unlock(&m->gone_lock);
+    }
+}
+
+void lyra_manager_shutdown(struct lyra_manager *m)
+{
+    if (!m || m->shut_down)
+        return;
+    m->shut_down = true;
+    atomic_store(&m->closing, true);
+    lyra_loop_call(m->loop, shutdown_on_loop, m);
+    /* Every worker ends within 2 stop timeouts (EOF, SIGTERM, SIGKILL); the
+     * loop's own timers do the escalation. */
+    pthread_mutex_lock(&m->gone_lock);
+    while (!m->all_gone)
+        pthread_cond_wait(&m->gone_cond, &m->gone_lock);
+    pthread_mutex_unlock(&m->gone_lock);
 }
 
 void lyra_manager_free(struct lyra_manager *m)
 {
     if (!m)
         return;
-    pthread_mutex_lock(&m->lock);
-    m->closing = true;
-    pthread_cond_signal(&m->reaper_wake);
-    pthread_mutex_unlock(&m->lock);
-    if (m->reaper_running)
-        pthread_join(m->reaper, NULL);
-    pthread_mutex_lock(&m->lock);
-    for (struct model_state *ms = m->models; ms; ms = ms->next) {
-        if (ms->w && ms->w->state != W_DEAD) {
-            ms->w->unloading = true;
-            ms->w->unload_reason = "shutdown";
-            shutdown(ms->w->fd, SHUT_WR);
-        }
-    }
-    while (m->n_workers > 0)
-        pthread_cond_wait(&m->workers_gone, &m->lock);
-    pthread_mutex_unlock(&m->lock);
-    struct model_state *ms = m->models, *next;
-    for (; ms; ms = next) {
+    lyra_manager_shutdown(m);
+    lyra_loop_free(m->loop); /* joins: no callback runs after this */
+    for (struct model_state *ms = m->models, *next; ms; ms = next) {
         next = ms->next;
         free(ms->last_error);
         free(ms);
     }
-    pthread_cond_destroy(&m->workers_gone);
-    pthread_cond_destroy(&m->reaper_wake);
-    pthread_mutex_destroy(&m->lock);
+    pthread_cond_destroy(&m->gone_cond);
+    pthread_mutex_destroy(&m->gone_lock);
     free(m->worker_exe);
     free(m);
 }
 
+/* ------------------------------------------------------------------ */
+/* State for other threads (through lyra_loop_call)                   */
+
 static const char *state_name(const struct model_state *ms)
 {
-    if (ms->w && ms->w->state == W_LOADING)
-        return "loading";
-    if (ms->w && ms->w->state == W_READY && !ms->w->unloading)
-        return "loaded";
-    if (ms->failed)
-        return "failed";
-    return NULL;
-}
-
-const char *lyra_manager_model_state(struct lyra_manager *m, const char *name)
-{
-    pthread_mutex_lock(&m->lock);
-    struct model_state *ms = model_state_get(m, name, false);
-    const char *s = ms ? state_name(ms) : NULL;
-    pthread_mutex_unlock(&m->lock);
-    return s;
+    if (ms->w)
+        return wstate_names[ms->w->state];
+    return ms->failed ? "failed" : NULL;
 }
 
 static uint64_t pid_rss(pid_t pid)
@@ -900,86 +925,188 @@ static uint64_t pid_rss(pid_t pid)
     return kb * 1024;
 }
 
-json_t *lyra_manager_status(struct lyra_manager *m)
+struct status_call {
+    struct lyra_manager *m;
+    json_t *list;
+};
+
+static json_t *worker_json(const struct mworker *w, int64_t now)
 {
-    json_t *list = json_array();
-    pthread_mutex_lock(&m->lock);
+    json_t *j = json_pack("{s:s, s:i, s:i, s:o, s:f, s:b}", "state", wstate_names[w->state], "pid",
+                          (int)lyra_wproc_pid(w->proc), "in_flight", w->n_inflight, "load_ms",
+                          w->state != W_LOADING ? json_real(w->load_ms) : json_null(), "idle_s",
+                          (double)(now - w->last_used_us) / 1e6, "stale", w->stale);
+    if (j && w->ready) {
+        json_object_set(j, "n_slots", json_object_get(w->ready, "n_slots"));
+        json_object_set(j, "n_ctx_slot", json_object_get(w->ready, "n_ctx_slot"));
+        json_object_set(j, "devices", json_object_get(w->ready, "devices"));
+    }
+    return j;
+}
+
+static void status_on_loop(void *ud)
+{
+    struct status_call *c = ud;
     int64_t now = lyra_now_us();
-    for (struct model_state *ms = m->models; ms; ms = ms->next) {
+    c->list = json_array();
+    for (struct model_state *ms = c->m->models; ms && c->list; ms = ms->next) {
         const char *state = state_name(ms);
         if (!state)
             continue;
-        struct worker *w = ms->w;
-        json_t *j = json_pack("{s:s, s:s, s:i, s:s?, s:i}", "name", ms->name, "state", state, "crashes", ms->n_crashes,
-                              "last_error", ms->last_error, "circuit_open_s",
-                              ms->open_until_us > now ? (int)((ms->open_until_us - now) / 1000000) + 1 : 0);
-        if (w) {
-            json_object_set_new(j, "pid", json_integer(w->pid));
-            json_object_set_new(j, "in_flight", json_integer(w->n_inflight));
-            json_object_set_new(j, "load_ms", w->state == W_READY ? json_real(w->load_ms) : json_null());
-            json_object_set_new(j, "rss_bytes", json_integer((json_int_t)pid_rss(w->pid)));
-            json_object_set_new(j, "idle_s", json_real((double)(now - w->last_used_us) / 1e6));
-            if (w->ready) {
-                json_object_set(j, "n_slots", json_object_get(w->ready, "n_slots"));
-                json_object_set(j, "n_ctx_slot", json_object_get(w->ready, "n_ctx_slot"));
-                json_object_set(j, "devices", json_object_get(w->ready, "devices"));
-            }
+        json_t *j = json_pack("{s:s, s:s, s:i, s:s?, s:i}", "name", ms->name, "state", state, "crashes",
+                              ms->n_crashes, "last_error", ms->last_error, "circuit_open_s", circuit_wait_s(ms));
+        if (j && ms->w) {
+            json_t *wj = worker_json(ms->w, now);
+            json_object_update(j, wj);
+            json_object_set_new(j, "state", json_string(state));
+            json_decref(wj);
         }
-        json_array_append_new(list, j);
+        json_array_append_new(c->list, j);
     }
-    pthread_mutex_unlock(&m->lock);
-    return list;
 }
 
-static void noop_fn(struct lyra_job *job, const json_t *frame, void *ud)
+json_t *lyra_manager_status(struct lyra_manager *m)
 {
+    struct status_call c = {.m = m};
+    if (lyra_loop_call(m->loop, status_on_loop, &c) < 0)
+        return json_array();
+    /* RSS from /proc is read here, off the loop thread. */
+    size_t i;
+    json_t *j;
+    json_array_foreach(c.list, i, j) {
+        json_t *pid = json_object_get(j, "pid");
+        if (pid)
+            json_object_set_new(j, "rss_bytes", json_integer((json_int_t)pid_rss((pid_t)json_integer_value(pid))));
+    }
+    return c.list;
+}
+
+struct state_call {
+    struct lyra_manager *m;
+    const char *name;
+    const char *state;
+    const struct lyra_model *served;
+};
+
+static void state_on_loop(void *ud)
+{
+    struct state_call *c = ud;
+    struct model_state *ms = model_state_get(c->m, c->name, false);
+    c->state = ms ? state_name(ms) : NULL;
+    if (ms && ms->w)
+        c->served = lyra_registry_ref(ms->w->model);
+}
+
+const char *lyra_manager_model_state(struct lyra_manager *m, const char *name)
+{
+    struct state_call c = {.m = m, .name = name};
+    lyra_loop_call(m->loop, state_on_loop, &c);
+    lyra_registry_unref(c.served);
+    return c.state;
+}
+
+const struct lyra_model *lyra_manager_served_model(struct lyra_manager *m, const char *name)
+{
+    struct state_call c = {.m = m, .name = name};
+    lyra_loop_call(m->loop, state_on_loop, &c);
+    return c.served;
+}
+
+/* A load is a status job: it waits for the worker like any request and
+ * answers at once. */
+struct load_wait {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done, ok;
+    char msg[LYRA_ERR_MSG_MAX];
+    int code;
+};
+
+static void load_fn(struct lyra_job *job, const json_t *frame, void *ud)
+{
+    struct load_wait *lw = ud;
+    const char *type = json_string_value(json_object_get(frame, "type"));
+    if (!type || strcmp(type, "started") == 0 || strcmp(type, "token") == 0)
+        return;
+    pthread_mutex_lock(&lw->lock);
+    lw->ok = strcmp(type, "status") == 0;
+    if (!lw->ok) {
+        const char *code = json_string_value(json_object_get(frame, "code"));
+        lyra_fmt(lw->msg, sizeof lw->msg, "%s", json_string_value(json_object_get(frame, "message")) ?: "failed");
+        lw->code = code && strcmp(code, "model_unavailable") == 0 ? LYRA_EUNAVAILABLE
+                   : code && strcmp(code, "model_load_timeout") == 0 ? LYRA_ETIMEOUT
+                                                                     : LYRA_EIO;
+    }
+    lw->done = true;
+    pthread_cond_signal(&lw->cond);
+    pthread_mutex_unlock(&lw->lock);
 }
 
 int lyra_manager_load(struct lyra_manager *m, const char *model, int timeout_ms, struct lyra_err *err)
 {
-    /* A status request is the cheapest job: it waits for the load like any
-     * other and answers at once. */
+    struct load_wait lw = {0};
+    pthread_mutex_init(&lw.lock, NULL);
+    pthread_cond_init(&lw.cond, NULL);
     struct lyra_job *job = NULL;
-    int rc = lyra_manager_submit(m, model, json_pack("{s:s}", "type", "status"), 0, noop_fn, NULL, &job, NULL, err);
-    if (rc < 0)
-        return rc;
-    int64_t deadline = lyra_now_ms() + timeout_ms;
-    const char *state = NULL;
-    while (lyra_now_ms() < deadline) {
-        state = lyra_manager_model_state(m, lyra_job_model(job));
-        if (state && strcmp(state, "loading") != 0)
-            break;
-        usleep(5000);
+    int rc = lyra_manager_submit(m, model, json_pack("{s:s}", "type", "status"), load_fn, &lw, &job, err);
+    if (rc == 0) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&lw.lock);
+        while (!lw.done && pthread_cond_timedwait(&lw.cond, &lw.lock, &deadline) == 0)
+            ;
+        bool done = lw.done;
+        pthread_mutex_unlock(&lw.lock);
+        char name[128];
+        lyra_fmt(name, sizeof name, "%s", lyra_job_model(job));
+        lyra_job_release(job); /* after this load_fn no longer runs */
+        if (!done)
+            rc = lyra_err_set(err, LYRA_ETIMEOUT, "model '%s' did not load within %d ms", name, timeout_ms);
+        else if (!lw.ok)
+            rc = lyra_err_set(err, lw.code, "model '%s' did not load: %s", name, lw.msg);
     }
-    bool ok = state && strcmp(state, "loaded") == 0;
-    if (!ok) {
-        pthread_mutex_lock(&m->lock);
-        struct model_state *ms = model_state_get(m, lyra_job_model(job), false);
-        rc = lyra_err_set(err, state ? LYRA_EIO : LYRA_ETIMEOUT, "model '%s' did not load: %s", lyra_job_model(job),
-                          ms && ms->last_error ? ms->last_error : state ? state : "timed out");
-        pthread_mutex_unlock(&m->lock);
+    pthread_cond_destroy(&lw.cond);
+    pthread_mutex_destroy(&lw.lock);
+    return rc;
+}
+
+struct unload_call {
+    struct lyra_manager *m;
+    const char *name;
+    int rc;
+    int busy;
+};
+
+static void unload_on_loop(void *ud)
+{
+    struct unload_call *c = ud;
+    struct model_state *ms = model_state_get(c->m, c->name, false);
+    if (!ms || !ms->w) {
+        c->rc = LYRA_ENOTFOUND;
+    } else if (ms->w->n_inflight > 0 || ms->w->pending) {
+        c->rc = LYRA_EBUSY;
+        c->busy = ms->w->n_inflight;
+    } else {
+        stop_worker(ms->w, "requested");
     }
-    lyra_job_release(job);
-    return ok ? 0 : rc;
 }
 
 int lyra_manager_unload(struct lyra_manager *m, const char *name, struct lyra_err *err)
 {
     const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, name);
-    const char *resolved = model ? model->name : name;
-    pthread_mutex_lock(&m->lock);
-    struct model_state *ms = model_state_get(m, resolved, false);
-    int rc = 0;
-    if (!ms || !ms->w || ms->w->unloading)
-        rc = lyra_err_set(err, LYRA_ENOTFOUND, "model '%s' is not loaded", name);
-    else if (ms->w->n_inflight > 0 || ms->w->pending)
-        rc = lyra_err_set(err, LYRA_EBUSY, "model '%s' has %d request(s) running", name, ms->w->n_inflight);
-    else {
-        ms->w->unloading = true;
-        ms->w->unload_reason = "requested";
-        shutdown(ms->w->fd, SHUT_WR);
-    }
-    pthread_mutex_unlock(&m->lock);
+    struct unload_call c = {.m = m, .name = model ? model->name : name};
+    lyra_loop_call(m->loop, unload_on_loop, &c);
     lyra_registry_unref(model);
-    return rc;
+    if (c.rc == LYRA_ENOTFOUND)
+        return lyra_err_set(err, LYRA_ENOTFOUND, "model '%.*s' is not loaded", (int)lyra_utf8_clip(name, 128), name);
+    if (c.rc == LYRA_EBUSY)
+        return lyra_err_set(err, LYRA_EBUSY, "model '%.*s' has %d request(s) running", (int)lyra_utf8_clip(name, 128),
+                            name, c.busy);
+    return 0;
 }

@@ -7,27 +7,40 @@
  * starts its worker if none is running (concurrent first requests share one
  * load; `model.loading` / `model.loaded` are published), queues the job
  * until the worker is ready, assigns the id and forwards it.  Every frame the
- * worker sends for the job (started, token, done, error, embedding, tokens)
- * is handed to the job's callback, ending with exactly one terminal frame
- * (done, error, embedding or tokens).
+ * worker sends for the job (started, token, done, error, embedding, tokens,
+ * status) is handed to the job's callback, ending with exactly one terminal
+ * frame (done, error, embedding, tokens or status) — also when the worker
+ * dies, hangs or the daemon shuts down, through a frame prepared when the
+ * job was submitted, so that the end of a job cannot fail.
  *
  * Failures reach the callback as error frames in the worker's own shape
- * ({"type":"error","code":...,"message":...,"status":HTTP}):
+ * ({"type":"error","code":...,"message":...,"status":HTTP}, plus
+ * "retry_after_s" where waiting helps):
  *   - model_load_failed (500): the worker could not load the model; message
  *     is the worker's own reason (e.g. llama.cpp's "tensor ... not within the
- *     file bounds").
- *   - worker_crashed (502): the worker died with the job in flight (exit
- *     status or signal in the message).  A job marked retryable that had not
- *     started yet is first retried once on a fresh worker.
- * A model whose worker crashed LYRA_MANAGER_CRASH_LIMIT times within
- * LYRA_MANAGER_CRASH_WINDOW_S seconds is refused for a back-off period
- * (circuit open): lyra_manager_submit() fails with LYRA_EUNAVAILABLE and
- * *retry_after_s set.  Crashes publish `worker.crashed`; the model goes to
- * state "failed" and the next request starts a new worker.
+ *     file bounds"); model_load_timeout (503): not ready within
+ *     models.load_timeout_s.
+ *   - worker_crashed (502): the worker died with the job handed to it (exit
+ *     status or signal in the message); worker_hung (502): it missed its
+ *     heartbeat or progress deadline and was killed; worker_protocol_error
+ *     (502): it broke the protocol and was killed.  A job whose frame had not
+ *     reached the worker yet is retried once on a fresh worker instead; a
+ *     job the worker may have acted on is never retried (a request that kills
+ *     its worker must not kill the next one too).
+ *   - model_unavailable (503, retry_after_s): the circuit is open — the
+ *     model's worker failed LYRA_MANAGER_CRASH_LIMIT times within
+ *     LYRA_MANAGER_CRASH_WINDOW_S seconds; requests are refused for the
+ *     back-off period, then the next one starts a fresh worker.
+ *   - shutting_down (503): the daemon is stopping.
+ * Failures publish `worker.crashed` / `worker.hung` / `model.failed`; the
+ * model goes to state "failed" and the next request starts a new worker.
  *
- * Thread-safety: every function is thread-safe.  Callbacks run on the
- * worker's I/O thread (one per worker), in frame order per job; they must
- * not block, and may call lyra_manager_cancel()/lyra_job_release(). */
+ * Threads: one supervisor loop thread (core/loop.h) owns every worker
+ * process, socket, timer and the model table; callers hand it work through
+ * its queue and read state through lyra_loop_call.  Job callbacks run on
+ * that thread, in frame order per job: they must not block (no disk, no
+ * waiting on other threads) and may call lyra_manager_cancel() and
+ * lyra_job_release().  Every function here is thread-safe. */
 #ifndef LYRA_MANAGER_H
 #define LYRA_MANAGER_H
 
@@ -41,7 +54,6 @@
 
 #define LYRA_MANAGER_CRASH_LIMIT 3
 #define LYRA_MANAGER_CRASH_WINDOW_S 60
-#define LYRA_MANAGER_BACKOFF_S 30
 
 struct lyra_manager;
 struct lyra_job;
@@ -50,59 +62,80 @@ struct lyra_job;
 typedef void (*lyra_job_fn)(struct lyra_job *job, const json_t *frame, void *ud);
 
 struct lyra_manager_options {
-    const char *worker_exe;        /* the lyra binary to exec as `lyra worker` */
+    const char *worker_exe;         /* the lyra binary to run as `lyra worker` */
     struct lyra_registry *registry; /* borrowed */
-    struct lyra_bus *bus;          /* borrowed */
-    int max_loaded;                /* resident models at most; the least recently used idle one is unloaded */
-    int keep_alive_s;              /* a model idle this long is unloaded (0 = never), unless pinned */
+    struct lyra_bus *bus;           /* borrowed */
+    int max_loaded;                 /* resident models at most; the least recently used idle one is unloaded */
+    int keep_alive_s;               /* a model idle this long is unloaded (0 = never), unless pinned */
+    int load_timeout_s;             /* worker ready within (models.load_timeout_s) */
+    int heartbeat_timeout_s;        /* models.heartbeat_timeout_s */
+    int progress_timeout_s;         /* models.progress_timeout_s */
+    int stop_timeout_s;             /* models.stop_timeout_s: EOF → SIGTERM → SIGKILL steps */
+    int circuit_backoff_s;          /* refuse a failing model this long (0 = 30) */
 };
 
 int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manager **out, struct lyra_err *err);
-/* Stops every worker (closing its socket, then SIGKILL after 2 s) and
- * fails the jobs still in flight.  NULL is a no-op. */
-void lyra_manager_free(struct lyra_manager *m);
 
-enum lyra_job_flags {
-    LYRA_JOB_RETRYABLE = 1 << 0,  /* may be re-sent once if the worker dies before "started" */
-};
+/* Ends every job (queued or running) with `shutting_down` (503), stops
+ * every worker (EOF, then SIGTERM and SIGKILL on the stop timeout) and
+ * waits until all are reaped.  Afterwards submit fails with
+ * LYRA_EUNAVAILABLE and no callback runs any more.  Idempotent. */
+void lyra_manager_shutdown(struct lyra_manager *m);
+
+/* Shuts down (if not done) and frees.  NULL is a no-op. */
+void lyra_manager_free(struct lyra_manager *m);
 
 /* Submits `msg` (reference taken) for `model`.  On success *out is the job,
  * which the caller holds until lyra_job_release(); the callback may run
- * before this returns.  Errors (nothing submitted, callback never called):
- * LYRA_ENOTFOUND unknown model; LYRA_EINVAL the model's file is invalid
- * (err names the reason); LYRA_EUNAVAILABLE circuit open (*retry_after_s);
- * LYRA_ENOMEM; LYRA_EIO the worker could not be spawned. */
-int lyra_manager_submit(struct lyra_manager *m, const char *model, json_t *msg, unsigned flags, lyra_job_fn fn,
-                        void *ud, struct lyra_job **out, int *retry_after_s, struct lyra_err *err);
+ * before this returns, on the supervisor thread.  Errors (nothing
+ * submitted, callback never called): LYRA_ENOTFOUND unknown model (after a
+ * rescan of the models dir); LYRA_EINVAL the model's file is invalid (err
+ * names the reason); LYRA_ETOOBIG the message exceeds the frame limit;
+ * LYRA_EUNAVAILABLE shutting down; LYRA_ENOMEM.  Everything else (circuit
+ * open, failed load) arrives as the job's terminal error frame. */
+int lyra_manager_submit(struct lyra_manager *m, const char *model, json_t *msg, lyra_job_fn fn, void *ud,
+                        struct lyra_job **out, struct lyra_err *err);
 
-/* Asks the worker to stop the job; its terminal frame (done/cancelled) still
- * comes through the callback. */
+/* Asks the worker to stop the job; its terminal frame (done/cancelled)
+ * still comes through the callback. */
 void lyra_manager_cancel(struct lyra_job *job);
 
-/* Drops the caller's hold; after it the callback is no longer called.  May
- * be called before the terminal frame (then the job is cancelled). */
+/* Drops the caller's hold.  When it returns the callback is not running
+ * and will not be called again.  A job released before its terminal frame
+ * is cancelled.  Must not be called while holding a lock the callback
+ * takes (except from the callback itself). */
 void lyra_job_release(struct lyra_job *job);
 
 /* The resolved model name of a job (valid until release). */
 const char *lyra_job_model(const struct lyra_job *job);
 
 /* Load time of the worker that serves the job when the job's submission
- * started that load, else 0 (for the "model load" span of traces). */
+ * started that load, else 0 (for the "model load" span of traces).  Valid
+ * once the job started or ended. */
 double lyra_job_load_ms(const struct lyra_job *job);
 
 /* Resident and recently failed models: [{name, state (loading|loaded|
- * failed), pid, load_ms, in_flight, crashes, last_error, circuit_open_s,
- * rss_bytes, slots, n_ctx_slot}] (new reference). */
+ * stopping|failed), pid, load_ms, in_flight, crashes, last_error,
+ * circuit_open_s, rss_bytes, n_slots, n_ctx_slot, idle_s, devices}] (new
+ * reference). */
 json_t *lyra_manager_status(struct lyra_manager *m);
 
-/* State of one model: "loading", "loaded", "failed" or NULL when no worker
- * was started for it (available). */
+/* State of one model: "loading", "loaded", "stopping", "failed" or NULL when
+ * no worker was started for it (available).  A static string. */
 const char *lyra_manager_model_state(struct lyra_manager *m, const char *name);
 
-/* Starts the model's worker now (without a request); waits up to
- * timeout_ms for it to be ready.  Unloads an idle worker.  Return 0, or the
- * error as for submit / LYRA_EBUSY (jobs in flight) / LYRA_ETIMEOUT. */
+/* The registry snapshot the model's worker serves (a new reference the
+ * caller releases with lyra_registry_unref), or NULL when none runs: the
+ * metadata of what is loaded, even after the file was replaced. */
+const struct lyra_model *lyra_manager_served_model(struct lyra_manager *m, const char *name);
+
+/* Starts the model's worker now (without a request) and waits up to
+ * timeout_ms for it to be ready.  Returns 0, or the error as for submit /
+ * LYRA_EIO (load failed, err has the reason) / LYRA_ETIMEOUT. */
 int lyra_manager_load(struct lyra_manager *m, const char *model, int timeout_ms, struct lyra_err *err);
+
+/* Stops the model's worker.  LYRA_ENOTFOUND when none runs, LYRA_EBUSY
+ * while it has requests. */
 int lyra_manager_unload(struct lyra_manager *m, const char *model, struct lyra_err *err);
 
 #endif

@@ -28,6 +28,7 @@
 #include "core/util.h"
 #include "ggml-backend.h"
 #include "llama.h"
+#include "proto/messages.h"
 #include "worker/llamalog.h"
 #include "worker/sampling.h"
 #include "worker/template.h"
@@ -103,24 +104,45 @@ struct lyra_engine {
 
 /* ---- replies --------------------------------------------------------------- */
 
-/* Sends msg (reference taken) unless an earlier send failed. */
+/* Sends msg (reference taken) unless an earlier send failed.  A message
+ * that could not be built (NULL) is logged and skipped: never a reason to
+ * exit.  Use emit_terminal for the reply that ends a request. */
 static int emit(struct lyra_engine *e, json_t *msg)
 {
     if (!msg) {
-        if (!e->sink_rc)
-            e->sink_rc = LYRA_ENOMEM;
-    } else {
-        if (!e->sink_rc) {
-            int rc = e->sink.send(e->sink.ud, msg);
-            if (rc < 0)
-                e->sink_rc = rc;
-        }
-        json_decref(msg);
+        lyra_warn(COMP, "a reply could not be encoded; skipped");
+        return e->sink_rc;
+    }
+    if (!e->sink_rc) {
+        int rc = e->sink.send(e->sink.ud, msg);
+        if (rc < 0)
+            e->sink_rc = rc;
+    }
+    json_decref(msg);
+    return e->sink_rc;
+}
+
+/* Sends the terminal reply of request id (msg taken).  If msg could not be
+ * built, an error frame serialised without allocation goes instead, so the
+ * request still ends with exactly one terminal reply. */
+static int emit_terminal(struct lyra_engine *e, json_int_t id, json_t *msg)
+{
+    if (msg)
+        return emit(e, msg);
+    char raw[256];
+    size_t n = lyra_msg_error_raw(raw, sizeof raw, (uint64_t)id, "internal", 500,
+                                  "the worker could not encode its reply");
+    lyra_warn(COMP, "the reply to request %" JSON_INTEGER_FORMAT " could not be encoded; sent an error", id);
+    if (!e->sink_rc) {
+        int rc = e->sink.send_raw(e->sink.ud, raw, n);
+        if (rc < 0)
+            e->sink_rc = rc;
     }
     return e->sink_rc;
 }
 
-/* Sends {"type":"error"} for request id (borrowed; NULL gives null). */
+/* Sends {"type":"error"} for request id (borrowed; NULL gives null: only
+ * for a message whose id could not be read). */
 static void reply_error(struct lyra_engine *e, const json_t *id, const char *code, int status,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
@@ -130,10 +152,14 @@ static void reply_error(struct lyra_engine *e, const json_t *id, const char *cod
     char msg[LYRA_ERR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    lyra_vfmt(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    emit(e, json_pack("{s:s, s:O?, s:s, s:s, s:i}", "type", "error", "id", id, "code", code,
-                      "message", msg, "status", status));
+    json_t *m = json_pack("{s:s, s:O?, s:s, s:s, s:i}", "type", "error", "id", id, "code", code, "message", msg,
+                          "status", status);
+    if (json_is_integer(id))
+        emit_terminal(e, json_integer_value(id), m);
+    else
+        emit(e, m);
 }
 
 static void reply_error_id(struct lyra_engine *e, json_int_t id, const char *code, int status,
@@ -154,86 +180,55 @@ static double per_second(int n, double ms)
     return ms > 0 ? (double)n * 1000.0 / ms : 0.0;
 }
 
-/* Escapes s[0..len) (valid UTF-8) as the inside of a JSON string into dst,
- * which has room for 6 * len bytes; returns the bytes written. */
-static size_t json_escape(char *dst, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    char *d = dst;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        switch (c) {
-        case '"': *d++ = '\\'; *d++ = '"'; break;
-        case '\\': *d++ = '\\'; *d++ = '\\'; break;
-        case '\n': *d++ = '\\'; *d++ = 'n'; break;
-        case '\r': *d++ = '\\'; *d++ = 'r'; break;
-        case '\t': *d++ = '\\'; *d++ = 't'; break;
-        default:
-            if (c < 0x20) {
-                memcpy(d, "\\u00", 4);
-                d[4] = hex[c >> 4];
-                d[5] = hex[c & 15];
-                d += 6;
-            } else {
-                *d++ = (char)c;
-            }
-        }
-    }
-    return (size_t)(d - dst);
-}
-
-/* Sends a token frame with text[0..len) and the tokens not yet reported. */
-static void emit_token(struct lyra_engine *e, struct slot *s, const char *text, size_t len)
+/* Sends a token frame with text[0..len) and the tokens not yet reported.
+ * Returns false when out of memory (the caller fails the request). */
+static bool emit_token(struct lyra_engine *e, struct slot *s, const char *text, size_t len)
 {
     if (e->sink_rc)
-        return;
+        return true;
     size_t need = 96 + 6 * len;
     if (need > e->out_cap) {
         size_t cap = e->out_cap ? e->out_cap : 1024;
         while (cap < need)
             cap *= 2;
         char *p = realloc(e->out, cap);
-        if (!p) {
-            e->sink_rc = LYRA_ENOMEM;
-            return;
-        }
+        if (!p)
+            return false;
         e->out = p;
         e->out_cap = cap;
     }
     int n = snprintf(e->out, e->out_cap, "{\"type\":\"token\",\"id\":%" JSON_INTEGER_FORMAT ",\"text\":\"",
                      s->req->id);
-    size_t w = (size_t)n + json_escape(e->out + n, text, len);
+    size_t w = (size_t)n + lyra_msg_escape(e->out + n, 6 * len, text, len);
     w += (size_t)snprintf(e->out + w, e->out_cap - w, "\",\"n\":%d}", s->n_unreported);
     s->n_unreported = 0;
     int rc = e->sink.send_raw(e->sink.ud, e->out, w);
     if (rc < 0)
         e->sink_rc = rc;
+    return true;
 }
 
 /* Hands text[0..len) on: a token frame now, or, for a quiet request, kept
  * for the single frame sent when it ends (one frame instead of one per
  * step, so the daemon is not woken while the next step decodes). */
-static void release_text(struct lyra_engine *e, struct slot *s, const char *text, size_t len)
+static bool release_text(struct lyra_engine *e, struct slot *s, const char *text, size_t len)
 {
     struct request *r = s->req;
-    if (!r->quiet) {
-        emit_token(e, s, text, len);
-        return;
-    }
+    if (!r->quiet)
+        return emit_token(e, s, text, len);
     if (r->acc_len + len > r->acc_cap) {
         size_t cap = r->acc_cap ? r->acc_cap : 1024;
         while (cap < r->acc_len + len)
             cap *= 2;
         char *p = realloc(r->acc, cap);
-        if (!p) {
-            e->sink_rc = LYRA_ENOMEM;
-            return;
-        }
+        if (!p)
+            return false;
         r->acc = p;
         r->acc_cap = cap;
     }
     memcpy(r->acc + r->acc_len, text, len);
     r->acc_len += len;
+    return true;
 }
 
 /* ---- requests ---------------------------------------------------------------- */
@@ -328,7 +323,7 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
     json_int_t id = json_integer_value(idv);
     struct request *r = calloc(1, sizeof *r);
     if (!r) {
-        e->sink_rc = LYRA_ENOMEM;
+        reply_error(e, idv, "out_of_memory", 500, "the worker is out of memory");
         return;
     }
     r->id = id;
@@ -346,12 +341,6 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
         return;
     }
     const struct lyra_sampling_params *p = &r->params;
-    if (p->max_tokens > e->n_ctx_slot) {
-        reply_error(e, idv, "invalid_request", 400,
-                    "params.max_tokens: %d exceeds the slot context of %d tokens", p->max_tokens,
-                    e->n_ctx_slot);
-        goto fail;
-    }
     const char *text;
     size_t len;
     char *owned;
@@ -360,7 +349,7 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
     r->tokens = malloc(sizeof *r->tokens * (size_t)e->n_ctx_slot);
     if (!r->tokens) {
         free(owned);
-        e->sink_rc = LYRA_ENOMEM;
+        reply_error(e, idv, "internal", 500, "out of memory for %d prompt tokens", e->n_ctx_slot);
         goto fail;
     }
     int n = tokenize(e, text, len, p->add_special, r->tokens, e->n_ctx_slot);
@@ -373,9 +362,13 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
         reply_error(e, idv, "invalid_request", 400, "prompt: empty (no tokens)");
         goto fail;
     }
-    if (p->max_tokens == -1 ? n >= e->n_ctx_slot : n + p->max_tokens > e->n_ctx_slot) {
+    /* Only a prompt that leaves no room for one token is refused; a
+     * max_tokens above what is left is clamped (llama-server and Ollama do
+     * the same; many clients send a large max_tokens by default), and the
+     * answer then ends with finish_reason "length". */
+    if (n >= e->n_ctx_slot) {
         reply_error(e, idv, "context_length_exceeded", 400,
-                    "prompt has %d tokens, max_tokens %d, slot context is %d", n, p->max_tokens,
+                    "prompt has %d tokens; the slot context holds %d, so no token is left to generate", n,
                     e->n_ctx_slot);
         goto fail;
     }
@@ -383,7 +376,8 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
     llama_token *fit = realloc(r->tokens, sizeof *fit * (size_t)n); /* queued requests hold only this */
     if (fit)
         r->tokens = fit;
-    r->n_predict = p->max_tokens == -1 ? e->n_ctx_slot - n : p->max_tokens;
+    int room = e->n_ctx_slot - n;
+    r->n_predict = p->max_tokens == -1 || p->max_tokens > room ? room : p->max_tokens;
     lyra_llamalog_mark();
     int rc = lyra_sampler_new(e->vocab, p, e->eog, e->n_eog, e->n_ctx_slot, &r->sampler, &err);
     if (rc < 0) {
@@ -424,7 +418,7 @@ static void handle_embed(struct lyra_engine *e, const json_t *msg, const json_t 
     struct request *r = calloc(1, sizeof *r);
     if (!r || !(r->input_off = malloc(sizeof *r->input_off * (n_in + 1)))) {
         free(r);
-        e->sink_rc = LYRA_ENOMEM;
+        reply_error(e, idv, "out_of_memory", 500, "the worker is out of memory");
         return;
     }
     r->id = json_integer_value(idv);
@@ -441,7 +435,7 @@ static void handle_embed(struct lyra_engine *e, const json_t *msg, const json_t 
             int ncap = cap ? 2 * cap : 2 * limit;
             llama_token *t = realloc(r->tokens, sizeof *t * (size_t)ncap);
             if (!t) {
-                e->sink_rc = LYRA_ENOMEM;
+                reply_error(e, idv, "out_of_memory", 500, "the worker is out of memory");
                 goto fail;
             }
             r->tokens = t;
@@ -472,7 +466,7 @@ static void send_done(struct lyra_engine *e, json_int_t id, const char *reason, 
                       int n_cached, int n_eval, int n_gen, double queue_ms, double prompt_ms,
                       double gen_ms)
 {
-    emit(e, json_pack("{s:s, s:I, s:s, s:{s:i, s:i, s:i}, s:{s:f, s:i, s:f, s:f, s:i, s:f, s:f}}",
+    emit_terminal(e, id, json_pack("{s:s, s:I, s:s, s:{s:i, s:i, s:i}, s:{s:f, s:i, s:f, s:f, s:i, s:f, s:f}}",
                       "type", "done", "id", (json_int_t)id, "finish_reason", reason, "usage",
                       "prompt_tokens", n_prompt, "completion_tokens", n_gen, "cached_tokens", n_cached,
                       "timings", "queue_ms", queue_ms, "prompt_n", n_eval, "prompt_ms", prompt_ms,
@@ -493,17 +487,24 @@ static void release(struct slot *s, int64_t now)
 
 /* Ends the slot's request with "done".  Except for a cancel, text still held
  * back is sent first. */
+static void fail_oom(struct lyra_engine *e, struct slot *s);
+
 static void finish(struct lyra_engine *e, struct slot *s, const char *reason)
 {
     int64_t now = lyra_now_us();
     if (strcmp(reason, "cancelled") != 0) {
         size_t n = lyra_stream_finish(s->stream);
+        bool ok = true;
         if (s->req->quiet) {
-            release_text(e, s, lyra_stream_text(s->stream), n);
-            if (s->req->acc_len > 0 || s->n_unreported > 0)
-                emit_token(e, s, s->req->acc ? s->req->acc : "", s->req->acc_len);
+            ok = release_text(e, s, lyra_stream_text(s->stream), n);
+            if (ok && (s->req->acc_len > 0 || s->n_unreported > 0))
+                ok = emit_token(e, s, s->req->acc ? s->req->acc : "", s->req->acc_len);
         } else if (n > 0 || s->n_unreported > 0) {
-            emit_token(e, s, lyra_stream_text(s->stream), n);
+            ok = emit_token(e, s, lyra_stream_text(s->stream), n);
+        }
+        if (!ok) {
+            fail_oom(e, s);
+            return;
         }
     }
     int64_t t_prompt = s->t_prompt_us ? s->t_prompt_us : now;
@@ -511,6 +512,14 @@ static void finish(struct lyra_engine *e, struct slot *s, const char *reason)
               s->n_decoded, ms_between(s->req->t_arrival_us, s->t_admit_us),
               ms_between(s->t_admit_us, t_prompt), s->t_prompt_us ? ms_between(s->t_prompt_us, now) : 0);
     release(s, now);
+}
+
+/* Fails the slot's request when memory ran out while serving it (the text
+ * could not be held or sent); the worker carries on. */
+static void fail_oom(struct lyra_engine *e, struct slot *s)
+{
+    reply_error_id(e, s->req->id, "out_of_memory", 500, "the worker ran out of memory serving the request");
+    release(s, lyra_now_us());
 }
 
 /* Fails the slot's request after a decode error; its KV is dropped since
@@ -568,7 +577,7 @@ static void handle_status(struct lyra_engine *e, const json_t *idv)
                                                s->req ? json_integer(s->req->id) : json_null(),
                                                "n_cached", s->n_cache));
     }
-    emit(e, json_pack("{s:s, s:O, s:o, s:i}", "type", "status", "id", idv, "slots", slots, "queued",
+    emit_terminal(e, json_integer_value(idv), json_pack("{s:s, s:O, s:o, s:i}", "type", "status", "id", idv, "slots", slots, "queued",
                       e->n_queued));
 }
 
@@ -593,7 +602,7 @@ static void handle_tokenize(struct lyra_engine *e, const json_t *msg, const json
         reply_error(e, idv, "invalid_request", 400, "text: cannot be tokenized (%s)", lyra_strerror(n));
         return;
     }
-    emit(e, json_pack("{s:s, s:O, s:i}", "type", "tokens", "id", idv, "count", n));
+    emit_terminal(e, json_integer_value(idv), json_pack("{s:s, s:O, s:i}", "type", "tokens", "id", idv, "count", n));
 }
 
 int lyra_engine_handle(struct lyra_engine *e, const json_t *msg)
@@ -614,7 +623,7 @@ int lyra_engine_handle(struct lyra_engine *e, const json_t *msg)
         is_known |= strcmp(t, known[i]) == 0;
     if (!is_known) {
         reply_error(e, json_is_integer(idv) ? idv : NULL, "invalid_request", 400,
-                    "type: unknown message type '%.64s'", t);
+                    "type: unknown message type '%.*s'", (int)lyra_utf8_clip(t, 64), t);
         return e->sink_rc;
     }
     if (!json_is_integer(idv) || json_integer_value(idv) < 0) {
@@ -742,7 +751,7 @@ static void run_embed(struct lyra_engine *e, struct slot *s, struct request *r)
         snprintf(msg, sizeof msg, "embedding failed (%d): %s", rc, why);
         reply_error_id(e, r->id, "decode_failed", 500, msg);
     } else {
-        emit(e, json_pack("{s:s, s:I, s:o, s:i, s:f}", "type", "embedding", "id", (json_int_t)r->id,
+        emit_terminal(e, r->id, json_pack("{s:s, s:I, s:o, s:i, s:f}", "type", "embedding", "id", (json_int_t)r->id,
                           "data", data, "prompt_tokens", r->n_tokens, "ms",
                           ms_between(t0, s->t_last_us)));
     }
@@ -827,7 +836,7 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
     if (n < 0) {
         char *p = realloc(e->piece, (size_t)-n);
         if (!p) {
-            e->sink_rc = LYRA_ENOMEM;
+            fail_oom(e, s);
             return;
         }
         e->piece = p;
@@ -835,7 +844,7 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
         n = llama_token_to_piece(e->vocab, tok, e->piece, e->piece_cap, 0, false);
     }
     if (n > 0 && lyra_stream_push(s->stream, e->piece, (size_t)n) < 0) {
-        e->sink_rc = LYRA_ENOMEM;
+        fail_oom(e, s);
         return;
     }
     bool stopped;
@@ -846,7 +855,10 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
         finish(e, s, "length");
     } else {
         if (ready > 0) {
-            release_text(e, s, lyra_stream_text(s->stream), ready);
+            if (!release_text(e, s, lyra_stream_text(s->stream), ready)) {
+                fail_oom(e, s);
+                return;
+            }
             lyra_stream_consume(s->stream, ready);
         }
         s->next = tok;
@@ -1167,6 +1179,21 @@ static const char *dev_type_name(enum ggml_backend_dev_type t)
     }
 }
 
+/* A JSON string for text from a file or a library (a GGUF's template, a
+ * path, a device name), made valid UTF-8 first: such text may be anything,
+ * and a "ready" that cannot be encoded must not stop the model. */
+static json_t *text_json(const char *s)
+{
+    if (!s)
+        return json_null();
+    if (lyra_utf8_valid(s, strlen(s)))
+        return json_string(s);
+    char *copy = strdup(s);
+    json_t *j = copy ? json_string(lyra_utf8_scrub(copy)) : NULL;
+    free(copy);
+    return j;
+}
+
 json_t *lyra_engine_ready(struct lyra_engine *e, double load_ms)
 {
     char desc[256];
@@ -1177,21 +1204,21 @@ json_t *lyra_engine_ready(struct lyra_engine *e, double load_ms)
         ggml_backend_dev_t d = ggml_backend_dev_get(i);
         size_t free_b = 0, total_b = 0;
         ggml_backend_dev_memory(d, &free_b, &total_b);
-        json_array_append_new(devices, json_pack("{s:s, s:s, s:s, s:I, s:I}", "name",
-                                                 ggml_backend_dev_name(d), "description",
-                                                 ggml_backend_dev_description(d), "type",
+        json_array_append_new(devices, json_pack("{s:o, s:o, s:s, s:I, s:I}", "name",
+                                                 text_json(ggml_backend_dev_name(d)), "description",
+                                                 text_json(ggml_backend_dev_description(d)), "type",
                                                  dev_type_name(ggml_backend_dev_type(d)), "memory_total",
                                                  (json_int_t)total_b, "memory_free", (json_int_t)free_b));
     }
     json_t *model = json_pack(
-        "{s:s, s:I, s:i, s:i, s:i, s:i, s:I, s:s, s:s?, s:b}", "path", e->path, "n_params",
+        "{s:o, s:I, s:i, s:i, s:i, s:i, s:I, s:o, s:o, s:b}", "path", text_json(e->path), "n_params",
         (json_int_t)llama_model_n_params(e->model), "n_vocab", e->n_vocab, "n_ctx_train", e->n_ctx_train,
         "n_embd", e->n_embd, "n_layer", llama_model_n_layer(e->model), "size_bytes",
-        (json_int_t)llama_model_size(e->model), "desc", desc, "chat_template", own, "has_encoder",
-        llama_model_has_encoder(e->model));
-    return json_pack("{s:s, s:s?, s:f, s:i, s:i, s:i, s:i, s:i, s:b, s:b, s:s, s:o, s:o}", "type", "ready",
-                     "name", e->name, "load_ms", load_ms, "n_ctx_slot", e->n_ctx_slot, "n_slots",
+        (json_int_t)llama_model_size(e->model), "desc", text_json(desc), "chat_template", text_json(own),
+        "has_encoder", llama_model_has_encoder(e->model));
+    return json_pack("{s:s, s:o, s:f, s:i, s:i, s:i, s:i, s:i, s:b, s:b, s:o, s:o, s:o}", "type", "ready",
+                     "name", text_json(e->name), "load_ms", load_ms, "n_ctx_slot", e->n_ctx_slot, "n_slots",
                      e->n_slots, "threads", e->threads, "n_batch", e->n_batch, "n_ubatch", e->n_ubatch,
-                     "embeddings", e->embeddings, "kv_unified", e->kv_unified, "chat_template", e->tmpl,
-                     "model", model, "devices", devices);
+                     "embeddings", e->embeddings, "kv_unified", e->kv_unified, "chat_template", text_json(e->tmpl),
+                     "model", model ? model : json_object(), "devices", devices ? devices : json_array());
 }

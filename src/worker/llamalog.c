@@ -6,6 +6,8 @@
  * dropped unless verbose. */
 #include "worker/llamalog.h"
 
+#include "core/util.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -92,5 +94,6 @@ size_t lyra_llamalog_errors(char *buf, size_t len)
         lines++;
     }
     pthread_mutex_unlock(&cap.lock);
-    return out;
+    lyra_utf8_scrub(buf); /* llama.cpp's text (file names) may be anything; a cut must stay UTF-8 */
+    return strlen(buf);
 }

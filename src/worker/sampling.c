@@ -10,6 +10,8 @@
  * token, resampling under the grammar only when it is rejected. */
 #include "worker/sampling.h"
 
+#include "core/util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,7 +284,7 @@ static struct llama_sampler *init_grammar(const struct llama_vocab *vocab, const
             if (p) {
                 p += strlen("error parsing grammar: ");
                 size_t l = strcspn(p, "\n");
-                snprintf(why, why_len, "%.*s", (int)l, p);
+                lyra_fmt(why, why_len, "%.*s", (int)l, p);
             }
         }
     }

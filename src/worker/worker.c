@@ -28,8 +28,9 @@
 #include "ggml-backend.h"
 #include "llama.h"
 #include "worker/engine.h"
+#include "worker/heartbeat.h"
 #include "worker/llamalog.h"
-#include "worker/protocol.h"
+#include "proto/frame.h"
 
 #define COMP "worker"
 
@@ -62,6 +63,7 @@ static void usage(FILE *out)
             "\n"
             "options:\n"
             "  --fd N              socket to the daemon (required)\n"
+            "  --heartbeat-fd N    socket for heartbeats (sent every --heartbeat-ms, default 1000)\n"
             "  --model PATH        GGUF file (required)\n"
             "  --name NAME         model name reported in \"ready\"\n"
             "  --ctx N             context per slot in tokens (default 4096, capped at the\n"
@@ -89,7 +91,10 @@ static int cpu_count(void)
 }
 
 struct opts {
+    char why[256];       /* the usage error, for stderr and a "fatal" frame */
     int fd;
+    int heartbeat_fd;    /* -1 = no heartbeat */
+    int heartbeat_ms;
     struct lyra_engine_config cfg;
 };
 
@@ -104,8 +109,10 @@ static bool parse_int(const char *s, long lo, long hi, int *out)
     return true;
 }
 
-/* Parses argv into o; prints the problem and returns -1 on a usage error,
- * 1 for --help. */
+#define arg_error(o, ...) lyra_fmt((o)->why, sizeof (o)->why, "lyra worker: " __VA_ARGS__)
+
+/* Parses argv into o; returns -1 on a usage error (o->why says what), 1 for
+ * --help. */
 static int parse_args(int argc, char **argv, struct opts *o)
 {
     static const struct {
@@ -114,6 +121,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         size_t off;
     } ints[] = {
         {"--fd", 0, INT_MAX, offsetof(struct opts, fd)},
+        {"--heartbeat-fd", 0, INT_MAX, offsetof(struct opts, heartbeat_fd)},
+        {"--heartbeat-ms", 10, 60000, offsetof(struct opts, heartbeat_ms)},
         {"--ctx", 16, 1 << 24, offsetof(struct opts, cfg.ctx)},
         {"--parallel", 1, 256, offsetof(struct opts, cfg.parallel)},
         {"--threads", 1, 1024, offsetof(struct opts, cfg.threads)},
@@ -145,8 +154,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 continue;
             matched = true;
             if (!val || !parse_int(val, ints[k].lo, ints[k].hi, (int *)((char *)o + ints[k].off))) {
-                fprintf(stderr, "lyra worker: %.*s needs an integer between %ld and %ld\n", (int)nlen, arg,
-                        ints[k].lo, ints[k].hi);
+                arg_error(o, "%.*s needs an integer between %ld and %ld", (int)nlen, arg, ints[k].lo,
+                          ints[k].hi);
                 return -1;
             }
         }
@@ -159,11 +168,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
             else if (nlen == 15 && strncmp(arg, "--chat-template", 15) == 0)
                 str = &o->cfg.chat_template;
             if (!str) {
-                fprintf(stderr, "lyra worker: unknown option '%s'\n", arg);
+                arg_error(o, "unknown option '%.*s'", (int)lyra_utf8_clip(arg, 64), arg);
                 return -1;
             }
             if (!val) {
-                fprintf(stderr, "lyra worker: %s needs a value\n", arg);
+                arg_error(o, "%s needs a value", arg);
                 return -1;
             }
             *str = val;
@@ -172,10 +181,23 @@ static int parse_args(int argc, char **argv, struct opts *o)
             i++;
     }
     if (o->fd < 0 || !o->cfg.model_path) {
-        fprintf(stderr, "lyra worker: --fd and --model are required\n");
+        arg_error(o, "--fd and --model are required");
         return -1;
     }
     return 0;
+}
+
+/* The value of "--fd N" or "--fd=N" in argv, or -1. */
+static int fd_argument(int argc, char **argv)
+{
+    int fd = -1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--fd") == 0 && i + 1 < argc)
+            parse_int(argv[i + 1], 0, INT_MAX, &fd);
+        else if (strncmp(argv[i], "--fd=", 5) == 0)
+            parse_int(argv[i] + 5, 0, INT_MAX, &fd);
+    }
+    return fd;
 }
 
 /* Reports a start-up failure to the daemon (best effort) and the log. */
@@ -246,12 +268,15 @@ static int pump_input(int fd, struct lyra_frame_reader *rd, struct lyra_engine *
     return 0;
 }
 
+/* Writes what the socket takes without blocking.  Returns 0 (all out or
+ * some left for POLLOUT), -1 when the daemon went away (a normal end), or 1
+ * on another write error. */
 static int flush(struct lyra_frame_writer *w, int fd)
 {
     struct lyra_err err = {0};
-    if (lyra_frame_writer_flush(w, fd, &err) == 0)
+    int rc = lyra_frame_writer_send(w, fd, &err);
+    if (rc == 0 || rc == LYRA_EBUSY)
         return 0;
-    /* A daemon that went away is a normal way for a worker to end. */
     if (strstr(err.msg, strerror(EPIPE)) || strstr(err.msg, strerror(ECONNRESET))) {
         lyra_info(COMP, "daemon went away; exiting");
         return -1;
@@ -260,7 +285,14 @@ static int flush(struct lyra_frame_writer *w, int fd)
     return 1;
 }
 
-static int serve(int fd, int wake_rd, struct lyra_engine *e, struct lyra_frame_writer *w)
+/* Replies waiting beyond this stop the decoding (input is still read) until
+ * the daemon has taken some: output never grows without bound. */
+#define OUTPUT_HIGH_WATER (16u << 20)
+
+/* The loop: read whatever the daemon sent, run one step when there is work,
+ * write what the socket takes.  It never blocks on a write, so a daemon that
+ * is itself writing to us (a long request) is always read. */
+static int serve(int fd, int wake_rd, struct lyra_engine *e, struct lyra_frame_writer *w, struct lyra_heartbeat *hb)
 {
     struct lyra_frame_reader *rd = lyra_frame_reader_new();
     if (!rd)
@@ -271,8 +303,11 @@ static int serve(int fd, int wake_rd, struct lyra_engine *e, struct lyra_frame_w
             lyra_info(COMP, "SIGTERM received; exiting");
             break;
         }
-        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = wake_rd, .events = POLLIN}};
-        int pr = poll(p, 2, lyra_engine_busy(e) ? 0 : -1);
+        size_t pending = lyra_frame_writer_pending(w);
+        bool step = lyra_engine_busy(e) && pending < OUTPUT_HIGH_WATER;
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN | (pending ? POLLOUT : 0)},
+                              {.fd = wake_rd, .events = POLLIN}};
+        int pr = poll(p, 2, step ? 0 : -1);
         if (pr < 0 && errno != EINTR) {
             lyra_error(COMP, "poll: %s", strerror(errno));
             status = 1;
@@ -289,10 +324,14 @@ static int serve(int fd, int wake_rd, struct lyra_engine *e, struct lyra_frame_w
                 break;
             }
         }
-        if (lyra_engine_busy(e) && lyra_engine_step(e) < 0) {
-            status = 1;
-            break;
+        if (step) {
+            if (lyra_engine_step(e) < 0) {
+                status = 1;
+                break;
+            }
+            lyra_heartbeat_step(hb);
         }
+        lyra_heartbeat_set_busy(hb, lyra_engine_busy(e));
         int rc = flush(w, fd);
         if (rc != 0) {
             status = rc < 0 ? 0 : rc;
@@ -307,16 +346,33 @@ int lyra_cmd_worker(int argc, char **argv)
 {
     struct opts o = {
         .fd = -1,
+        .heartbeat_fd = -1,
+        .heartbeat_ms = 1000,
         .cfg = {.ctx = 4096, .parallel = 4, .threads = 0, .gpu_layers = -1, .batch = 2048, .ubatch = 512},
     };
     int prc = parse_args(argc, argv, &o);
     if (prc != 0) {
+        if (prc < 0) {
+            /* The daemon learns why from a "fatal" frame, not from an exit
+             * status; --fd is looked up alone since parsing stopped early. */
+            fprintf(stderr, "%s\n", o.why);
+            int fd = fd_argument(argc, argv);
+            if (fd >= 0 && fcntl(fd, F_GETFD) >= 0)
+                send_fatal(fd, o.why);
+        }
         usage(prc > 0 ? stdout : stderr);
         return prc > 0 ? 0 : 2;
     }
     if (fcntl(o.fd, F_GETFD) < 0) {
         fprintf(stderr, "lyra worker: --fd %d is not an open file descriptor\n", o.fd);
         return 2;
+    }
+    /* The heartbeat runs from the start, so that a load that hangs is told
+     * from one that is slow. */
+    struct lyra_heartbeat *hb = NULL;
+    if (o.heartbeat_fd >= 0) {
+        fcntl(o.heartbeat_fd, F_SETFD, FD_CLOEXEC);
+        hb = lyra_heartbeat_start(o.heartbeat_fd, o.heartbeat_ms);
     }
     const char *level = getenv("LYRA_WORKER_LOG_LEVEL");
     struct lyra_err err = {0};
@@ -332,6 +388,7 @@ int lyra_cmd_worker(int argc, char **argv)
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0) {
         send_fatal(o.fd, "cannot create a pipe");
+        lyra_heartbeat_stop(hb);
         return 1;
     }
     wake_fd = pipefd[1];
@@ -379,9 +436,11 @@ int lyra_cmd_worker(int argc, char **argv)
     }
     lyra_info(COMP, "model %s ready in %.0f ms (%d slots, %d threads)", o.cfg.model_path, load_ms,
               o.cfg.parallel, o.cfg.threads);
-    rc = flush(w, o.fd);
-    status = rc != 0 ? (rc < 0 ? 0 : rc) : serve(o.fd, pipefd[0], e, w);
+    struct lyra_err ferr = {0};
+    rc = lyra_frame_writer_flush(w, o.fd, &ferr); /* "ready": blocking is fine, nothing else is pending */
+    status = rc != 0 ? 0 : serve(o.fd, pipefd[0], e, w, hb);
 out:
+    lyra_heartbeat_stop(hb);
     lyra_engine_free(e);
     lyra_frame_writer_free(w);
     llama_backend_free();

@@ -39,7 +39,7 @@ static void *wake_later(void *arg)
 
 static void h_park(struct lyra_http_req *req, void *ctx)
 {
-    lyra_http_park(req, parked_resume, "worker");
+    lyra_http_park(req, parked_resume, NULL, "worker");
     pthread_t t;
     pthread_create(&t, NULL, wake_later, req);
     pthread_detach(t);
@@ -94,7 +94,7 @@ static void h_stream(struct lyra_http_req *req, void *ctx)
     f->tag = tag ? atoi(tag) : 0;
     f->n = n ? atoi(n) : 5;
     f->delay_ms = d ? atoi(d) : 5;
-    f->st = lyra_http_send_stream(req, 200, "text/event-stream", "data: 0\n\n", 9);
+    f->st = lyra_http_send_stream(req, 200, "text/event-stream", "data: 0\n\n", 9, NULL, NULL);
     assert_non_null(f->st);
     pthread_t t;
     pthread_create(&t, NULL, feed, f);

@@ -15,7 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "worker/protocol.h"
+#include "proto/frame.h"
 
 static void make_pair(int sv[2])
 {

@@ -1,4 +1,4 @@
-/* protocol.h — framing between the daemon and its `lyra worker` processes.
+/* frame.h — framing between the daemon and its `lyra worker` processes.
  *
  * A frame is a 4-byte big-endian length followed by exactly that many bytes
  * of UTF-8 JSON holding one object.  A length above LYRA_FRAME_MAX, a body
@@ -7,8 +7,10 @@
  * and the side that sees it drops the connection.  docs/worker.md lists the
  * messages.
  *
- * This file is compiled into lyracore (the daemon links it), so it must not
- * depend on llama.h.
+ * Both sides use this module (it is part of lyracore, which the worker
+ * links too), so it must not depend on llama.h.  The messages carried in
+ * frames, their schemas and which ones end a request are in
+ * proto/messages.h.
  *
  * Thread-safety: no shared state.  Writing is safe from several threads only
  * if the caller serialises writes per fd (one mutex per connection), since a
@@ -18,8 +20,8 @@
  * SIGPIPE: on sockets frames are sent with MSG_NOSIGNAL, so a vanished peer
  * gives LYRA_EIO with err->msg naming EPIPE instead of killing the process; on
  * pipes the caller must ignore SIGPIPE itself. */
-#ifndef LYRA_PROTOCOL_H
-#define LYRA_PROTOCOL_H
+#ifndef LYRA_FRAME_H
+#define LYRA_FRAME_H
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -68,6 +70,13 @@ size_t lyra_frame_writer_pending(const struct lyra_frame_writer *w);
  * Returns 0 (queue empty afterwards) or LYRA_EIO; after an error the bytes
  * not written stay queued. */
 int lyra_frame_writer_flush(struct lyra_frame_writer *w, int fd, struct lyra_err *err);
+
+/* Writes as much of the queue as the socket fd takes now, never blocking
+ * (MSG_DONTWAIT, MSG_NOSIGNAL).  Returns 0 when the queue is empty,
+ * LYRA_EBUSY when bytes remain (wait for POLLOUT and call again; frames
+ * may be added meanwhile), or LYRA_EIO (a closed peer reads "Broken pipe"
+ * or "Connection reset"). */
+int lyra_frame_writer_send(struct lyra_frame_writer *w, int fd, struct lyra_err *err);
 
 /* Incremental frame reader: feed it bytes as they arrive (typically from a
  * non-blocking fd after poll), then pop complete frames.  Opaque;

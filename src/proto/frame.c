@@ -8,7 +8,9 @@
  * Reading: bytes accumulate in one buffer with a consumed offset; a frame is
  * popped once its length prefix and body are complete.  The buffer is
  * compacted lazily, so a burst of small frames costs one memmove. */
-#include "worker/protocol.h"
+#include "proto/frame.h"
+
+#include "core/util.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -153,6 +155,7 @@ int lyra_frame_write(int fd, const json_t *msg, struct lyra_err *err)
 
 struct lyra_frame_writer {
     struct buf out;
+    size_t sent; /* bytes at the front of out already written */
 };
 
 struct lyra_frame_writer *lyra_frame_writer_new(void)
@@ -181,25 +184,48 @@ int lyra_frame_writer_add_raw(struct lyra_frame_writer *w, const char *json, siz
 
 size_t lyra_frame_writer_pending(const struct lyra_frame_writer *w)
 {
-    return w->out.len;
+    return w->out.len - w->sent;
+}
+
+/* Called once everything queued was written. */
+static void writer_reset(struct lyra_frame_writer *w)
+{
+    w->out.len = 0;
+    w->sent = 0;
+    /* A one-off huge message must not pin its buffer for the process's
+     * life: give back anything far above the usual working size. */
+    if (w->out.cap > (1u << 20)) {
+        free(w->out.data);
+        w->out.data = NULL;
+        w->out.cap = 0;
+    }
 }
 
 int lyra_frame_writer_flush(struct lyra_frame_writer *w, int fd, struct lyra_err *err)
 {
-    if (w->out.len == 0)
+    if (lyra_frame_writer_pending(w) == 0)
         return 0;
-    int rc = write_all(fd, w->out.data, w->out.len, err);
-    if (rc == 0) {
-        w->out.len = 0;
-        /* A one-off huge message must not pin its buffer for the process's
-         * life: give back anything far above the usual working size. */
-        if (w->out.cap > (1u << 20)) {
-            free(w->out.data);
-            w->out.data = NULL;
-            w->out.cap = 0;
-        }
-    }
+    int rc = write_all(fd, w->out.data + w->sent, w->out.len - w->sent, err);
+    if (rc == 0)
+        writer_reset(w);
     return rc;
+}
+
+int lyra_frame_writer_send(struct lyra_frame_writer *w, int fd, struct lyra_err *err)
+{
+    while (w->sent < w->out.len) {
+        ssize_t n = send(fd, w->out.data + w->sent, w->out.len - w->sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return LYRA_EBUSY;
+            return lyra_err_set(err, LYRA_EIO, "write to fd %d: %s", fd, strerror(errno));
+        }
+        w->sent += (size_t)n;
+    }
+    writer_reset(w);
+    return 0;
 }
 
 /* ---- reader --------------------------------------------------------------- */
@@ -287,7 +313,7 @@ static int fail(struct lyra_frame_reader *r, struct lyra_err *err, int code, con
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->failed_msg, sizeof r->failed_msg, fmt, ap);
+    lyra_vfmt(r->failed_msg, sizeof r->failed_msg, fmt, ap);
     va_end(ap);
     r->failed = code;
     return sticky(r, err);
