@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -230,24 +231,65 @@ int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals)
     int sig = 0;
     while (sigwait(stop_signals, &sig) != 0)
         ;
+    lyra_server_stop(srv, sig, stop_signals);
+    return 0;
+}
+
+/* Waits until no HTTP request is in flight, at most timeout_ms; a second
+ * stop signal ends the wait at once (an operator who presses Ctrl-C again
+ * does not want to wait).  Returns the requests still in flight. */
+static int wait_requests(struct lyra_server *srv, int timeout_ms, const sigset_t *stop_signals, bool *again)
+{
+    int64_t deadline = lyra_now_ms() + timeout_ms;
+    while (lyra_http_in_flight(srv->http) > 0 && !*again) {
+        int64_t left = deadline - lyra_now_ms();
+        if (left <= 0)
+            break;
+        int step = left < 50 ? (int)left : 50;
+        struct timespec ts = {0, (long)step * 1000000L};
+        if (stop_signals && sigtimedwait(stop_signals, NULL, &ts) > 0) {
+            *again = true;
+            lyra_warn("server", "second stop signal: not waiting for requests any longer");
+        }
+    }
+    return lyra_http_in_flight(srv->http);
+}
+
+void lyra_server_stop(struct lyra_server *srv, int sig, const sigset_t *stop_signals)
+{
     atomic_store(&srv->state, LYRA_SERVER_DRAINING);
-    lyra_log(LYRA_LOG_INFO, "server", NULL, json_pack("{s:i, s:i}", "signal", sig, "in_flight",
-                                                      lyra_http_in_flight(srv->http)),
+    int in_flight = lyra_http_in_flight(srv->http);
+    lyra_log(LYRA_LOG_INFO, "server", NULL, json_pack("{s:i, s:i}", "signal", sig, "in_flight", in_flight),
              "%s received: draining", strsignal(sig));
     lyra_bus_publish(srv->bus, "system.shutdown", "server",
-                     json_pack("{s:s, s:i}", "reason", strsignal(sig), "in_flight", lyra_http_in_flight(srv->http)));
+                     json_pack("{s:s, s:i}", "reason", strsignal(sig), "in_flight", in_flight));
+    /* 1. No new work: the listener closes, requests on kept-alive
+     *    connections get 503 with Connection: close. */
     lyra_http_quiesce(srv->http);
-    int left = lyra_http_drain(srv->http, srv->cfg->server.drain_timeout_s * 1000);
+    lyra_http_set_draining(srv->http);
+    /* 2. Requests in flight get server.drain_timeout_s to finish. */
+    bool again = false;
+    int left = wait_requests(srv, srv->cfg->server.drain_timeout_s * 1000, stop_signals, &again);
     if (left > 0)
-        lyra_warn("server", "%d request(s) still running after %d s: closing them", left,
+        lyra_warn("server", "%d request(s) still running after %d s: ending them", left,
                   srv->cfg->server.drain_timeout_s);
-    return 0;
+    /* 3. Producers before consumers: every job ends (parked requests get
+     *    503, streams an error chunk and [DONE]) and every worker stops. */
+    lyra_manager_shutdown(srv->manager);
+    /* 4. The answers just produced reach their clients; then the HTTP
+     *    server may go (lyra_server_close). */
+    left = wait_requests(srv, 2000, NULL, &again);
+    if (left > 0)
+        lyra_warn("server", "%d request(s) did not complete: their connections are closed", left);
 }
 
 void lyra_server_close(struct lyra_server *srv, bool clean)
 {
     if (!srv)
         return;
+    /* Workers first (no-op after lyra_server_stop): nothing may feed the
+     * HTTP server while it stops. */
+    lyra_manager_shutdown(srv->manager);
     lyra_http_free(srv->http);
     lyra_manager_free(srv->manager);
     if (srv->state_file) {

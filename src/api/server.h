@@ -57,8 +57,15 @@ struct lyra_server {
 int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, struct lyra_err *err);
 
 /* Serves until one of `stop_signals` arrives (the caller has blocked them
- * in every thread), then drains and returns 0. */
+ * in every thread), then stops with lyra_server_stop and returns 0. */
 int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals);
+
+/* The orderly stop: stop accepting (new requests on kept-alive connections
+ * get 503 and Connection: close), give requests in flight
+ * server.drain_timeout_s (a second stop signal cuts that short), then end
+ * every job and stop every worker, and let those last answers go out.
+ * The HTTP server itself is stopped by lyra_server_close. */
+void lyra_server_stop(struct lyra_server *srv, int sig, const sigset_t *stop_signals);
 
 /* Closes everything; marks the session clean when `clean`.  NULL is a no-op. */
 void lyra_server_close(struct lyra_server *srv, bool clean);
