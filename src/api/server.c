@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -97,7 +98,8 @@ static int open_guard(struct lyra_server *srv, struct lyra_err *err)
 }
 
 /* Creates LYRA_HOME, proves it writable and takes an exclusive lock so two
- * daemons never share one database. */
+ * daemons never share one database.  Created private (0700); an existing
+ * home that others can read is kept as it is, with a warning. */
 static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
 {
     const char *home = srv->cfg->home;
@@ -106,6 +108,10 @@ static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
         return lyra_err_set(err, LYRA_EIO, "LYRA_HOME %s cannot be created: %s", home, strerror(-rc));
     if (access(home, W_OK | X_OK) < 0)
         return lyra_err_set(err, LYRA_EIO, "LYRA_HOME %s is not writable: %s", home, strerror(errno));
+    struct stat st;
+    if (stat(home, &st) == 0 && (st.st_mode & 077))
+        lyra_warn("server", "LYRA_HOME %s can be read by other users (mode %04o): it holds conversations and "
+                  "keys; chmod 700 it", home, (unsigned)(st.st_mode & 07777));
     char *lock_path = path_join(home, "lyra.lock");
     if (!lock_path)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
@@ -137,6 +143,11 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
     char *db_path = path_join(srv->cfg->home, "lyra.db");
     if (!db_path)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    /* Created private before SQLite opens it: SQLite would create it 0644
+     * less the umask, and gives its -wal and -shm the database's mode. */
+    int fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
     srv->store = lyra_store_open(db_path, err);
     free(db_path);
     if (!srv->store)

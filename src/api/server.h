@@ -4,11 +4,11 @@
  *
  * Start-up order: the exposure checks (auth asked for but not implemented,
  * or a non-loopback address without auth: refused; the Host guard built),
- * home directory (created, checked writable, locked against a second
- * daemon), database (migrated; an unclean previous session is detected),
- * event bus (seq continues after the stored mark), HTTP listener (bound, so
- * a port in use fails here), then serving.  Any failure is
- * reported through err and everything opened so far is closed.
+ * home directory (created private, checked writable, locked against a
+ * second daemon), database (created private, migrated; an unclean previous
+ * session is detected), event bus (seq continues after the stored mark),
+ * HTTP listener (bound, so a port in use fails here), then serving.  Any
+ * failure is reported through err and everything opened so far is closed.
  *
  * Thread-safety: lyra_server_open/run/close from the main thread only;
  * handlers read the server from HTTP threads (its fields are set before

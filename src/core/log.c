@@ -2,6 +2,8 @@
  * call under a mutex, secrets redacted by field name. */
 #include "core/log.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -46,9 +48,16 @@ int lyra_log_open(const char *level, const char *format, const char *file, struc
                             level);
     FILE *out = NULL;
     if (file && *file) {
-        out = fopen(file, "ae");
-        if (!out)
-            return lyra_err_set(err, LYRA_EIO, "cannot open log file %s: %m", file);
+        /* Private (0600) when created: log lines name users' models, paths
+         * and requests. */
+        int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        out = fd >= 0 ? fdopen(fd, "a") : NULL;
+        if (!out) {
+            int e = errno;
+            if (fd >= 0)
+                close(fd);
+            return lyra_err_set(err, LYRA_EIO, "cannot open log file %s: %s", file, strerror(e));
+        }
         setvbuf(out, NULL, _IOLBF, 0);
     }
     bool json;

@@ -2,7 +2,8 @@
  * authentication: the Host guard against DNS rebinding (403 before routing,
  * loopback names and server.allowed_hosts served), the refusal to listen on
  * a non-loopback address without server.allow_remote_without_auth, the
- * refusal to start when auth.enabled asks for what is not implemented. */
+ * refusal to start when auth.enabled asks for what is not implemented, and
+ * the private modes of what it writes into LYRA_HOME. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/util.h"
@@ -21,12 +23,16 @@
 /* The daemon under test; teardown() stops it even when a test fails, so a
  * failure never leaves a daemon behind. */
 static struct it_server srv;
+static char tmp_dir[64];
 
 static int teardown(void **state)
 {
     if (srv.home[0])
         it_server_cleanup(&srv);
     memset(&srv, 0, sizeof srv);
+    if (tmp_dir[0])
+        it_rmrf(tmp_dir);
+    tmp_dir[0] = '\0';
     return 0;
 }
 
@@ -233,6 +239,52 @@ static void test_auth_enabled_fails_closed(void **state)
     it_server_cleanup(&srv);
 }
 
+static unsigned mode_of(const char *dir, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s%s%s", dir, name ? "/" : "", name ? name : "");
+    struct stat st;
+    if (stat(path, &st) < 0)
+        fail_msg("%s: missing", path);
+    return (unsigned)(st.st_mode & 07777);
+}
+
+/* With a umask that would leave everything readable (0), what the daemon
+ * creates is still private: the daemon sets its own umask and modes. */
+static void test_files_are_private(void **state)
+{
+    char home[128], log[160], logopt[200];
+    it_mkdtemp(tmp_dir, sizeof tmp_dir);
+    const char *dir = tmp_dir;
+    snprintf(home, sizeof home, "%s/parent", dir);
+    assert_int_equal(mkdir(home, 0755), 0); /* holds the harness's log of the daemon */
+    snprintf(home, sizeof home, "%s/parent/home", dir);
+    snprintf(log, sizeof log, "%s/lyra.log", dir);
+    snprintf(logopt, sizeof logopt, "LYRA_LOG_FILE=%s", log);
+    const char *env[] = {logopt, NULL};
+    mode_t old = umask(0);
+    int rc = it_server_start(&srv, home, NULL, env);
+    umask(old);
+    assert_int_equal(rc, 0);
+    /* A write, so that the WAL and shared-memory files exist. */
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "POST", "/events", "Content-Type: application/json\r\n",
+                             "{\"type\":\"custom.mode_test\",\"data\":{}}", &r),
+                     0);
+    assert_int_equal(r.status, 201);
+    it_response_free(&r);
+
+    assert_int_equal(mode_of(home, NULL), 0700);
+    const char *files[] = {"lyra.db", "lyra.db-wal", "lyra.db-shm", "serve.json", "lyra.lock"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        unsigned m = mode_of(home, files[i]);
+        if (m != 0600)
+            fail_msg("%s/%s has mode %04o, wanted 0600", home, files[i], m);
+    }
+    assert_int_equal(mode_of(log, NULL), 0600);
+    assert_int_equal(it_server_stop(&srv, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -241,6 +293,7 @@ int main(void)
         cmocka_unit_test_teardown(test_remote_address_refused_without_auth, teardown),
         cmocka_unit_test_teardown(test_remote_address_with_override, teardown),
         cmocka_unit_test_teardown(test_auth_enabled_fails_closed, teardown),
+        cmocka_unit_test_teardown(test_files_are_private, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
