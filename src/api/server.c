@@ -75,7 +75,7 @@ static int open_guard(struct lyra_server *srv, struct lyra_err *err)
                             (int)lyra_utf8_clip(host, 64), host);
     if (!loopback)
         lyra_log(LYRA_LOG_WARN, "server", NULL,
-                 json_pack("{s:s, s:b, s:i}", "host", host, "auth", 0, "allowed_hosts",
+                 json_pack("{s:o, s:b, s:i}", "host", lyra_log_string(host), "auth", 0, "allowed_hosts",
                            (int)cfg->server.n_allowed_hosts),
                  "listening on non-loopback address %.*s WITHOUT authentication "
                  "(server.allow_remote_without_auth): anyone who can reach it can use the API and "
@@ -191,7 +191,7 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
     if (lyra_registry_refresh(srv->registry, NULL, &scan_err) < 0)
         lyra_warn("models", "%s", scan_err.msg);
     lyra_log(LYRA_LOG_INFO, "models", NULL,
-             json_pack("{s:s, s:I}", "dir", lyra_registry_dir(srv->registry), "models",
+             json_pack("{s:o, s:I}", "dir", lyra_log_string(lyra_registry_dir(srv->registry)), "models",
                        (json_int_t)lyra_registry_count(srv->registry)),
              "%zu model(s) known", lyra_registry_count(srv->registry));
     /* Workers are this same binary run as `lyra worker`. */
@@ -298,9 +298,9 @@ int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals)
                      json_pack("{s:s, s:s, s:i, s:f}", "version", LYRA_VERSION, "session_id", srv->session_id,
                                "port", lyra_http_port(srv->http), "startup_ms", startup_ms));
     lyra_log(LYRA_LOG_INFO, "server", NULL,
-             json_pack("{s:s, s:i, s:s, s:s, s:f}", "host", srv->cfg->server.host, "port",
-                       lyra_http_port(srv->http), "home", srv->cfg->home, "session_id", srv->session_id,
-                       "startup_ms", startup_ms),
+             json_pack("{s:o, s:i, s:o, s:s, s:f}", "host", lyra_log_string(srv->cfg->server.host), "port",
+                       lyra_http_port(srv->http), "home", lyra_log_string(srv->cfg->home), "session_id",
+                       srv->session_id, "startup_ms", startup_ms),
              "listening on %s:%d", srv->cfg->server.host, lyra_http_port(srv->http));
 
     int sig = 0;
