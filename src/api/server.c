@@ -1,12 +1,15 @@
 /* server.c — opens, runs and closes the daemon's modules in order. */
 #include "api/server.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,8 +26,81 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
+/* The listen address 0.0.0.0 or :: (every interface). */
+static bool is_wildcard(const char *host)
+{
+    unsigned char a[16], zero[16] = {0};
+    const char *h = host;
+    char buf[64];
+    size_t n = strlen(host);
+    if (n >= 2 && n < sizeof buf && host[0] == '[' && host[n - 1] == ']') {
+        memcpy(buf, host + 1, n - 2);
+        buf[n - 2] = '\0';
+        h = buf;
+    }
+    return (inet_pton(AF_INET, h, a) == 1 && memcmp(a, zero, 4) == 0) ||
+           (inet_pton(AF_INET6, h, a) == 1 && memcmp(a, zero, 16) == 0);
+}
+
+/* What the daemon refuses to expose while it has no authentication
+ * (docs/configuration.md, "Security"), decided before anything is opened:
+ *  - auth.enabled fails closed until authentication exists (the RBAC
+ *    issue): the configuration asks for it, so serving without it is wrong;
+ *  - a non-loopback listen address is refused unless
+ *    server.allow_remote_without_auth says the exposure is wanted;
+ *  - the Host guard (http/hostcheck.h): on loopback, loopback names plus
+ *    server.allowed_hosts; on a non-loopback address (overridden) any Host,
+ *    unless server.allowed_hosts is set, which then applies with the listen
+ *    address added (so clients using the address itself still pass).
+ * RBAC hook: when auth is implemented, this is the one place that decides
+ * whether an authenticated daemon relaxes the Host guard (srv->hostcheck
+ * NULL serves any Host) and lifts the non-loopback refusal. */
+static int open_guard(struct lyra_server *srv, struct lyra_err *err)
+{
+    const struct lyra_config *cfg = srv->cfg;
+    const char *host = cfg->server.host;
+    if (cfg->auth.enabled)
+        return lyra_err_set(err, LYRA_EUNSUPPORTED,
+                            "auth.enabled is true, but authentication is not implemented yet in this "
+                            "version of Lyra, and the daemon will not run unauthenticated while the "
+                            "configuration asks for auth; set auth.enabled: false (env "
+                            "LYRA_AUTH_ENABLED=false) and keep server.host on loopback");
+    bool loopback = lyra_hostcheck_addr_is_loopback(host);
+    if (!loopback && !cfg->server.allow_remote_without_auth)
+        return lyra_err_set(err, LYRA_EPERM,
+                            "refusing to listen on %.*s with authentication off: it is not a loopback "
+                            "address, so anyone who can reach this machine could use the API and drive "
+                            "the models; listen on 127.0.0.1 or ::1, or accept that with "
+                            "server.allow_remote_without_auth: true (env "
+                            "LYRA_SERVER_ALLOW_REMOTE_WITHOUT_AUTH=true) until auth exists",
+                            (int)lyra_utf8_clip(host, 64), host);
+    if (!loopback)
+        lyra_log(LYRA_LOG_WARN, "server", NULL,
+                 json_pack("{s:o, s:b, s:i}", "host", lyra_log_string(host), "auth", 0, "allowed_hosts",
+                           (int)cfg->server.n_allowed_hosts),
+                 "listening on non-loopback address %.*s WITHOUT authentication "
+                 "(server.allow_remote_without_auth): anyone who can reach it can use the API and "
+                 "drive the models%s",
+                 (int)lyra_utf8_clip(host, 64), host,
+                 cfg->server.n_allowed_hosts ? "" : "; any Host header is served");
+    if (!loopback && cfg->server.n_allowed_hosts == 0)
+        return 0;
+    size_t n = cfg->server.n_allowed_hosts;
+    char **list = calloc(n + 1, sizeof *list);
+    if (!list)
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    if (n)
+        memcpy(list, cfg->server.allowed_hosts, n * sizeof *list);
+    if (!loopback && !is_wildcard(host) && !strchr(host, '%')) /* not a zone: never in Host */
+        list[n++] = cfg->server.host;
+    int rc = lyra_hostcheck_new(list, n, &srv->hostcheck, err);
+    free(list);
+    return rc;
+}
+
 /* Creates LYRA_HOME, proves it writable and takes an exclusive lock so two
- * daemons never share one database. */
+ * daemons never share one database.  Created private (0700); an existing
+ * home that others can read is kept as it is, with a warning. */
 static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
 {
     const char *home = srv->cfg->home;
@@ -33,6 +109,10 @@ static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
         return lyra_err_set(err, LYRA_EIO, "LYRA_HOME %s cannot be created: %s", home, strerror(-rc));
     if (access(home, W_OK | X_OK) < 0)
         return lyra_err_set(err, LYRA_EIO, "LYRA_HOME %s is not writable: %s", home, strerror(errno));
+    struct stat st;
+    if (stat(home, &st) == 0 && (st.st_mode & 077))
+        lyra_warn("server", "LYRA_HOME %s can be read by other users (mode %04o): it holds conversations and "
+                  "keys; chmod 700 it", home, (unsigned)(st.st_mode & 07777));
     char *lock_path = path_join(home, "lyra.lock");
     if (!lock_path)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
@@ -64,6 +144,11 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
     char *db_path = path_join(srv->cfg->home, "lyra.db");
     if (!db_path)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    /* Created private before SQLite opens it: SQLite would create it 0644
+     * less the umask, and gives its -wal and -shm the database's mode. */
+    int fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
     srv->store = lyra_store_open(db_path, err);
     free(db_path);
     if (!srv->store)
@@ -107,7 +192,7 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
     if (lyra_registry_refresh(srv->registry, NULL, &scan_err) < 0)
         lyra_warn("models", "%s", scan_err.msg);
     lyra_log(LYRA_LOG_INFO, "models", NULL,
-             json_pack("{s:s, s:I}", "dir", lyra_registry_dir(srv->registry), "models",
+             json_pack("{s:o, s:I}", "dir", lyra_log_string(lyra_registry_dir(srv->registry)), "models",
                        (json_int_t)lyra_registry_count(srv->registry)),
              "%zu model(s) known", lyra_registry_count(srv->registry));
     /* Workers are this same binary run as `lyra worker`, unless
@@ -149,6 +234,7 @@ static int open_http(struct lyra_server *srv, struct lyra_err *err)
         .max_connections = cfg->server.max_connections,
         .cors_origins = cfg->server.cors_origins,
         .n_cors_origins = cfg->server.n_cors_origins,
+        .hostcheck = srv->hostcheck,
     };
     srv->http = lyra_http_new(&opts, lyra_routes, lyra_n_routes, srv, err);
     return srv->http ? 0 : (err ? err->code : LYRA_EIO);
@@ -193,7 +279,9 @@ int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, st
         free(srv);
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     }
-    int rc = prepare_home(srv, err);
+    int rc = open_guard(srv, err);
+    if (rc == 0)
+        rc = prepare_home(srv, err);
     if (rc == 0)
         rc = open_state(srv, err);
     if (rc == 0)
@@ -223,9 +311,9 @@ int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals)
                      json_pack("{s:s, s:s, s:i, s:f}", "version", LYRA_VERSION, "session_id", srv->session_id,
                                "port", lyra_http_port(srv->http), "startup_ms", startup_ms));
     lyra_log(LYRA_LOG_INFO, "server", NULL,
-             json_pack("{s:s, s:i, s:s, s:s, s:f}", "host", srv->cfg->server.host, "port",
-                       lyra_http_port(srv->http), "home", srv->cfg->home, "session_id", srv->session_id,
-                       "startup_ms", startup_ms),
+             json_pack("{s:o, s:i, s:o, s:s, s:f}", "host", lyra_log_string(srv->cfg->server.host), "port",
+                       lyra_http_port(srv->http), "home", lyra_log_string(srv->cfg->home), "session_id",
+                       srv->session_id, "startup_ms", startup_ms),
              "listening on %s:%d", srv->cfg->server.host, lyra_http_port(srv->http));
 
     int sig = 0;
@@ -291,6 +379,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
      * HTTP server while it stops. */
     lyra_manager_shutdown(srv->manager);
     lyra_http_free(srv->http);
+    lyra_hostcheck_free(srv->hostcheck);
     lyra_manager_free(srv->manager);
     if (srv->state_file) {
         unlink(srv->state_file);

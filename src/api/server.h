@@ -2,11 +2,13 @@
  * modules (store, event bus, HTTP server) and hands each what it uses.
  * Handlers receive the server as their ctx.
  *
- * Start-up order: home directory (created, checked writable, locked against
- * a second daemon), database (migrated; an unclean previous session is
- * detected), event bus (seq continues after the stored mark), HTTP listener
- * (bound, so a port in use fails here), then serving.  Any failure is
- * reported through err and everything opened so far is closed.
+ * Start-up order: the exposure checks (auth asked for but not implemented,
+ * or a non-loopback address without auth: refused; the Host guard built),
+ * home directory (created private, checked writable, locked against a
+ * second daemon), database (created private, migrated; an unclean previous
+ * session is detected), event bus (seq continues after the stored mark),
+ * HTTP listener (bound, so a port in use fails here), then serving.  Any
+ * failure is reported through err and everything opened so far is closed.
  *
  * Thread-safety: lyra_server_open/run/close from the main thread only;
  * handlers read the server from HTTP threads (its fields are set before
@@ -40,6 +42,7 @@ struct lyra_server {
     struct lyra_store *store;
     struct lyra_bus *bus;
     struct lyra_http *http;
+    struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */
     struct lyra_registry *registry;
     struct lyra_manager *manager;
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "api/server.h"
 #include "cli/cli.h"
@@ -31,6 +32,11 @@ int lyra_cmd_serve(int argc, char **argv)
         usage(help ? stdout : stderr);
         return help ? 0 : 2;
     }
+
+    /* Everything the daemon and its workers create (LYRA_HOME, lyra.db and
+     * its -wal/-shm, serve.json, lyra.lock, logs, keys) is private to the
+     * user; the places that create files also pass explicit modes. */
+    umask(077);
 
     /* Block the stop signals before any thread exists, so every thread
      * inherits the mask and the main thread alone receives them. */

@@ -1,9 +1,19 @@
 /* log.h — structured logging: one JSON object per line, or text for people.
  *
  * A line carries ts, level, component, msg, request_id (when known) and the
- * caller's fields.  Field values whose key names a secret (key, token,
- * secret, password, authorization) are written as "<redacted>", so a secret
- * that reaches a log call by mistake still never reaches the sink.
+ * caller's fields.  Field values whose key is a secret's name (the whole
+ * name, any case, '-' = '_': authorization, api_key, admin_key, key, token,
+ * access_token, refresh_token, password, secret, hf_token, cookie,
+ * set-cookie, and a few more in log.c), at any depth, are written as
+ * "<redacted>", so a secret that reaches a log call by mistake still never
+ * reaches the sink; max_tokens or prompt_tokens are not secrets.
+ *
+ * No line is lost to its content: the message is formatted with lyra_vfmt
+ * (cut on a character boundary, invalid UTF-8 replaced by '?'), and a line
+ * whose fields cannot be encoded is written without them, marked
+ * "log_error".  The text format escapes control characters, the backslash
+ * and invalid bytes (\n, \x1b, \u009b, \xff), so client text can neither
+ * forge a line nor drive a terminal; JSON escapes them by itself.
  *
  * The sink is process-wide (the one global besides the signal flag): set it
  * once with lyra_log_open() at start.  Before that, lines go to stderr as
@@ -46,5 +56,11 @@ void lyra_log(enum lyra_log_level level, const char *component, const char *requ
 
 /* True when a field named `key` would be redacted. */
 bool lyra_log_is_secret_key(const char *key);
+
+/* A JSON string of s (NULL = "") for a field, with invalid UTF-8 replaced
+ * by '?', so that client text never makes json_pack fail and a line lose
+ * its fields: json_pack("{s:o}", "path", lyra_log_string(path)).  New
+ * reference; NULL only when out of memory. */
+json_t *lyra_log_string(const char *s);
 
 #endif

@@ -723,6 +723,12 @@ static bool screen_request(struct lyra_http_req *req)
                              header_bytes, http->opts.max_header_bytes);
         return true;
     }
+    struct lyra_err host_err = {0};
+    if (http->opts.hostcheck &&
+        lyra_hostcheck_check(http->opts.hostcheck, lyra_http_header(req, "Host"), &host_err) < 0) {
+        lyra_http_send_error(req, 403, "host_not_allowed", "%s", host_err.msg);
+        return true;
+    }
     char allow[128];
     req->route = find_route(http, req->method, req->path, allow, sizeof allow);
     if (strcmp(req->method, "OPTIONS") == 0 && (req->route || allow[0])) {

@@ -2,9 +2,10 @@
  *
  * Routes are declared in one table (method, path pattern, handler, required
  * permission).  The layer owns everything that is the same for every route:
- * request ids (X-Request-Id accepted or generated, always echoed), limits
- * (body → 413, headers → 431, body read deadline), CORS (allowed origins,
- * preflight), 404 / 405 with Allow, JSON errors
+ * request ids (X-Request-Id accepted or generated, always echoed), the Host
+ * guard (403, http/hostcheck.h), limits (body → 413, headers → 431, body
+ * read deadline), CORS (allowed origins, preflight), 404 / 405 with Allow,
+ * JSON errors
  * {"error":{"code":"...","message":"..."}}, and draining on shutdown.
  *
  * Handlers run on one of the server's worker threads; each must answer the
@@ -23,6 +24,7 @@
 #include <stddef.h>
 
 #include "core/error.h"
+#include "http/hostcheck.h"
 
 struct lyra_http;
 struct lyra_http_req;
@@ -53,6 +55,11 @@ struct lyra_http_options {
     char *const *cors_origins;     /* borrowed; "*" = any */
     size_t n_cors_origins;
     lyra_http_authorize_fn authorize;
+    /* The DNS-rebinding guard: a request whose Host header it refuses is
+     * answered 403 host_not_allowed before routing (unknown paths and
+     * OPTIONS preflights included).  Borrowed, must outlive the server;
+     * NULL serves any Host. */
+    const struct lyra_hostcheck *hostcheck;
 };
 
 /* Creates the server and binds the listening socket (so "address in use"

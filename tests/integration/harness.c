@@ -116,6 +116,7 @@ static int read_port(const char *home)
 int it_server_start(struct it_server *s, const char *home, const char *const *args, const char *const *env)
 {
     memset(s, 0, sizeof *s);
+    s->exit_status = -1;
     if (home) {
         snprintf(s->home, sizeof s->home, "%s", home);
     } else {
@@ -149,6 +150,7 @@ int it_server_start(struct it_server *s, const char *home, const char *const *ar
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
             s->pid = 0;
+            s->exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
             return -1;
         }
         s->port = read_port(s->home);

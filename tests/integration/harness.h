@@ -15,12 +15,14 @@ struct it_server {
     char home[256];
     char log_path[300];
     bool own_home;
+    int exit_status;  /* when it_server_start saw the daemon exit: its status; else -1 */
 };
 
 /* Starts `lyra serve --home HOME --port 0 ARGS...` with extra environment
  * entries ("KEY=value", NULL-terminated, may be NULL) and waits until
  * $HOME/serve.json names its port.  `home` NULL makes a fresh temporary one.
- * Returns 0, or -1 if the daemon exited or did not come up in 15 s. */
+ * Returns 0, or -1 if the daemon exited (s->exit_status says how; its output
+ * stays in s->log_path) or did not come up in 15 s. */
 int it_server_start(struct it_server *s, const char *home, const char *const *args, const char *const *env);
 
 /* Sends `sig`, waits for exit and returns the exit status (128+N when killed

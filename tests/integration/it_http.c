@@ -150,7 +150,7 @@ static void test_invalid_utf8(void **state)
     const char body[] = "{\"type\": \"custom.a\", \"data\": {\"x\": \"\xc3\x28\"}}";
     char req[512];
     int n = snprintf(req, sizeof req,
-                     "POST /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     "POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\n\r\n%s",
                      strlen(body), body);
     struct it_response r;
@@ -165,7 +165,7 @@ static void test_invalid_utf8(void **state)
 static void test_body_limit(void **state)
 {
     /* Declared too large: refused before the body is read. */
-    const char head[] = "POST /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    const char head[] = "POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n"
                         "Content-Length: 999999\r\n\r\n";
     struct it_response r;
     assert_int_equal(it_raw(srv.port, head, sizeof head - 1, &r), 0);
@@ -178,7 +178,7 @@ static void test_body_limit(void **state)
     /* Chunked, no length: cut off once past the limit. */
     size_t big = 10000;
     char *req = malloc(big + 512);
-    int n = sprintf(req, "POST /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    int n = sprintf(req, "POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n"
                          "Transfer-Encoding: chunked\r\n\r\n%zx\r\n",
                     big);
     memset(req + n, 'a', big);
@@ -198,7 +198,7 @@ static void test_header_limit(void **state)
     /* 1000 headers of ~20 bytes: over the 8 KiB limit, answered as JSON. */
     size_t cap = 64 * 1024;
     char *req = malloc(cap);
-    int n = sprintf(req, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    int n = sprintf(req, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (int i = 0; i < 1000; i++)
         n += sprintf(req + n, "X-Filler-%04d: abcdefgh\r\n", i);
     n += sprintf(req + n, "\r\n");
@@ -214,7 +214,7 @@ static void test_header_limit(void **state)
     free(req);
     cap = 600 * 1024; /* 10000 lines of 44 bytes */
     req = malloc(cap);
-    n = sprintf(req, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    n = sprintf(req, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (int i = 0; i < 10000; i++)
         n += sprintf(req + n, "X-Filler-%05d: abcdefghijklmnopqrstuvwxyz\r\n", i);
     n += sprintf(req + n, "\r\n");
@@ -268,7 +268,7 @@ static void test_slow_clients(void **state)
     int slow = it_connect(srv.port);
     int idle = it_connect(srv.port);
     assert_true(slow >= 0 && idle >= 0);
-    const char *req = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    const char *req = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     for (int i = 0; i < 4; i++) {
         assert_int_equal(send(slow, req + i, 1, MSG_NOSIGNAL), 1);
         for (int k = 0; k < 3; k++)

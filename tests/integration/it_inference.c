@@ -229,7 +229,7 @@ static int open_stream(const char *path, const char *body)
     int fd = it_connect(srv.port);
     assert_true(fd >= 0);
     char req[1024];
-    int n = snprintf(req, sizeof req, "POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    int n = snprintf(req, sizeof req, "POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                                       "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
                      path, strlen(body), body);
     assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
