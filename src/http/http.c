@@ -209,11 +209,11 @@ void lyra_http_send_error(struct lyra_http_req *req, int status, const char *cod
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    lyra_vfmt(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* msg is valid UTF-8 (lyra_vfmt); NULL here means out of memory, which
+     * lyra_http_send_json answers with a static 500. */
     json_t *err = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
-    if (!err) /* a message with invalid UTF-8 (echoing client input) */
-        err = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", "invalid request");
     if (status >= 500)
         lyra_log(LYRA_LOG_WARN, "http", req->request_id, json_pack("{s:i, s:s}", "status", status, "code", code),
                  "%s %s: %s", req->method, req->path, msg);
@@ -647,7 +647,8 @@ static void answer_options(struct lyra_http_req *req, const char *allow)
     const char *want = lyra_http_header(req, "Access-Control-Request-Method");
     if (origin && want) {
         if (!req->origin) {
-            lyra_http_send_error(req, 403, "cors_forbidden", "origin '%s' is not allowed", origin);
+            lyra_http_send_error(req, 403, "cors_forbidden", "origin '%.*s' is not allowed",
+                                 (int)lyra_utf8_clip(origin, 200), origin);
             return;
         }
         const char *want_headers = lyra_http_header(req, "Access-Control-Request-Headers");
@@ -900,7 +901,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (lyra_log_enabled(LYRA_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         enum lyra_log_level lvl = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? LYRA_LOG_DEBUG : LYRA_LOG_INFO;
         lyra_log(lvl, "http", req->request_id,
-                 json_pack("{s:s, s:s, s:i, s:I, s:b}", "method", req->method, "path", req->path, "status",
+                 json_pack("{s:o, s:o, s:i, s:I, s:b}", "method", lyra_log_string(req->method), "path",
+                           lyra_log_string(req->path), "status",
                            req->status, "duration_us", (json_int_t)(lyra_now_us() - req->start_us),
                            "completed", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK),
                  "%s", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request ended early");

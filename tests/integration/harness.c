@@ -414,3 +414,57 @@ void it_response_free(struct it_response *r)
     free(r->body);
     memset(r, 0, sizeof *r);
 }
+
+int it_post_json(int port, const char *path, const char *body, struct it_response *out)
+{
+    return it_http(port, "POST", path, "Content-Type: application/json\r\n", body, out);
+}
+
+uint64_t it_last_seq(int port)
+{
+    json_t *j = it_get_json(port, "/status", 200);
+    uint64_t seq = (uint64_t)json_integer_value(json_object_get(json_object_get(j, "events"), "last_seq"));
+    json_decref(j);
+    return seq;
+}
+
+json_t *it_wait_event(int port, const char *type, uint64_t since, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        char path[256];
+        snprintf(path, sizeof path, "/events/recent?since=%llu&types=%s", (unsigned long long)since, type);
+        json_t *j = it_get_json(port, path, 200);
+        json_t *ev = json_array_get(json_object_get(j, "events"), 0);
+        if (ev) {
+            json_incref(ev);
+            json_decref(j);
+            return ev;
+        }
+        json_decref(j);
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "no %s event within %d ms\n", type, timeout_ms);
+    return NULL;
+}
+
+json_t *it_status_model(int port, const char *name)
+{
+    json_t *j = it_get_json(port, "/status", 200);
+    json_t *found = NULL;
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(j, "models"), i, m) {
+        const char *n = json_string_value(json_object_get(m, "name"));
+        if (n && strcmp(n, name) == 0)
+            found = json_incref(m);
+    }
+    json_decref(j);
+    return found;
+}
+
+const char *it_error_code(json_t *body)
+{
+    const char *c = json_string_value(json_object_get(json_object_get(body, "error"), "code"));
+    return c ? c : "";
+}

@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct it_server {
@@ -71,5 +72,23 @@ const char *it_header(const struct it_response *r, const char *name, char *buf, 
 /* The body parsed as JSON (caller decrefs), NULL if not JSON. */
 json_t *it_json(const struct it_response *r);
 void it_response_free(struct it_response *r);
+
+/* POST body as application/json on a fresh connection.  Returns 0 when a
+ * response arrived (then free *out). */
+int it_post_json(int port, const char *path, const char *body, struct it_response *out);
+
+/* Waits up to timeout_ms for an event of `type` with seq > since (polling
+ * /events/recent: state, not sleeps).  Returns the event (caller decrefs)
+ * or NULL. */
+json_t *it_wait_event(int port, const char *type, uint64_t since, int timeout_ms);
+
+/* The last event seq the daemon published (for it_wait_event's `since`). */
+uint64_t it_last_seq(int port);
+
+/* The /status entry of a resident model (caller decrefs), or NULL. */
+json_t *it_status_model(int port, const char *name);
+
+/* The error code of a JSON error body ({"error":{"code":...}}), or "" */
+const char *it_error_code(json_t *body);
 
 #endif
