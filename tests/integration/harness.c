@@ -468,3 +468,38 @@ const char *it_error_code(json_t *body)
     const char *c = json_string_value(json_object_get(json_object_get(body, "error"), "code"));
     return c ? c : "";
 }
+
+int it_trace_generated(int port, const char *id)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/traces?limit=1%s%s", id ? "&id=" : "", id ? id : "");
+    json_t *j = it_get_json(port, path, 200);
+    json_t *trace = json_array_get(json_object_get(j, "traces"), 0);
+    int tokens = -1;
+    size_t i;
+    json_t *span;
+    json_array_foreach(json_object_get(trace, "spans"), i, span) {
+        const char *name = json_string_value(json_object_get(span, "name"));
+        if (name && strcmp(name, "generation") == 0)
+            tokens = (int)json_integer_value(json_object_get(span, "tokens"));
+    }
+    json_decref(j);
+    return tokens;
+}
+
+const char *it_model_path(const char *name)
+{
+    static char path[1024];
+    const char *dir = getenv("LYRA_TEST_MODELS");
+    char rel[900];
+    snprintf(rel, sizeof rel, "%s/%s", dir && *dir ? dir : "build/models", name);
+    if (!realpath(rel, path))
+        snprintf(path, sizeof path, "%s", rel);
+    return path;
+}
+
+bool it_in_ci(void)
+{
+    const char *ci = getenv("CI");
+    return ci && (strcmp(ci, "true") == 0 || strcmp(ci, "1") == 0);
+}

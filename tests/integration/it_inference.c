@@ -38,11 +38,15 @@ static int setup(void **state)
         it_install_model(models, "tiny.gguf", "tiny2.gguf", SIZE_MAX) < 0)
         return -1;
     snprintf(p, sizeof p, "%s/lyra.yaml", home);
-    it_write_file(p, "schema_version: 2\nmodels:\n  ctx_size: 256\n  parallel: 2\n  entries:\n"
+    char yaml[2048];
+    snprintf(yaml, sizeof yaml, "schema_version: 2\nmodels:\n  ctx_size: 256\n  parallel: 2\n  entries:\n"
                      "    - name: embedder\n      path: tiny.gguf\n      embeddings: true\n"
                      "    - name: long\n      path: tiny.gguf\n      ctx_size: 2048\n      parallel: 1\n"
                      "    - name: greedy\n      path: tiny.gguf\n      temperature: 0\n"
-                     "    - name: badtpl\n      path: tiny.gguf\n      chat_template: no-such-template\n");
+                     "    - name: badtpl\n      path: tiny.gguf\n      chat_template: no-such-template\n"
+                     "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
+                     it_model_path("small.gguf"));
+    it_write_file(p, yaml);
     if (it_install_model(models, "tiny.gguf", "truncated.gguf", 2 * 1024 * 1024) < 0) /* half the file */
         return -1;
     static const char *const env[] = {"LYRA_LOG_LEVEL=warn", NULL};
@@ -238,21 +242,139 @@ static int open_stream(const char *path, const char *body)
     return fd;
 }
 
-static void test_client_leaves_frees_slot(void **state)
+/* Waits until `model` has no request in flight. */
+static void wait_idle(const char *model)
 {
-    int fd = open_stream("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\","
-                                                  "\"content\":\"Hi\"}],\"max_tokens\":200,\"ignore_eos\":true,\"stream\":true}");
-    close(fd);
-    /* The job is cancelled: nothing in flight well before 200 tokens. */
     int in_flight = -1;
-    for (int i = 0; i < 100 && in_flight != 0; i++) {
-        json_t *m = status_model("tiny");
+    for (int i = 0; i < 400 && in_flight != 0; i++) {
+        json_t *m = status_model(model);
         in_flight = m ? (int)json_integer_value(json_object_get(m, "in_flight")) : -1;
         json_decref(m);
         if (in_flight != 0)
-            sleep_ms(50);
+            sleep_ms(25);
     }
     assert_int_equal(in_flight, 0);
+}
+
+/* A 2,000-token generation on "small" takes tens of seconds here; a
+ * client that leaves must stop it within a decode step, so the trace shows
+ * far fewer tokens than asked for. */
+static void test_client_leaves_frees_slot(void **state)
+{
+    const char *body = "{\"model\":\"small\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                       "\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}";
+    int fd = it_connect(srv.port);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: leave-stream\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    char buf[512];
+    assert_true(recv(fd, buf, sizeof buf, 0) > 0); /* the stream started */
+    close(fd);
+    wait_idle("small");
+    int generated = it_trace_generated(srv.port, "leave-stream");
+    print_message("stream: %d of 2000 tokens generated before the client left\n", generated);
+    assert_true(generated >= 0 && generated < 500);
+}
+
+/* The same for a request that is not streamed: the client is watched while
+ * its request is parked (libmicrohttpd does not watch suspended sockets). */
+static void test_client_leaves_non_stream(void **state)
+{
+    const char *body = "{\"model\":\"small\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true}";
+    int fd = it_connect(srv.port);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: leave-parked\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    int in_flight = 0;
+    for (int i = 0; i < 400 && in_flight < 1; i++) {
+        json_t *m = status_model("small");
+        in_flight = m ? (int)json_integer_value(json_object_get(m, "in_flight")) : 0;
+        json_decref(m);
+        if (in_flight < 1)
+            sleep_ms(10);
+    }
+    assert_int_equal(in_flight, 1);
+    close(fd);
+    wait_idle("small");
+    int generated = it_trace_generated(srv.port, "leave-parked");
+    print_message("parked: %d of 2000 tokens generated before the client left\n", generated);
+    assert_true(generated >= 0 && generated < 500);
+}
+
+/* max_tokens above what the context leaves is clamped, not refused; a
+ * prompt that cannot fit is a 400 with the counts. */
+static void test_max_tokens_clamped(void **state)
+{
+    json_t *j = post("/v1/completions",
+                     "{\"model\":\"tiny\",\"prompt\":\"a b\",\"max_tokens\":100000,\"ignore_eos\":true}", 200);
+    json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(choice, "finish_reason")), "length");
+    json_int_t prompt = json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens"));
+    json_int_t completion = json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+    assert_int_equal(prompt + completion, 256); /* the slot's context, full */
+    json_decref(j);
+    char *big = malloc(8192);
+    strcpy(big, "{\"model\":\"tiny\",\"prompt\":\"");
+    for (int i = 0; i < 400; i++)
+        strcat(big, "go ");
+    strcat(big, "\",\"max_tokens\":4}");
+    j = post("/v1/completions", big, 400);
+    free(big);
+    const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    assert_non_null(strstr(msg, "the slot context holds 256"));
+    json_decref(j);
+}
+
+/* The request that used to kill its worker: a role cut by "%.32s" inside a
+ * two-byte character became invalid UTF-8, the worker's reply could not be
+ * encoded and it exited; retried twice, it opened the circuit.  Now it is a
+ * 400 naming the field, and the worker lives on. */
+static void test_poison_role_is_a_400(void **state)
+{
+    json_decref(post("/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"a\",\"max_tokens\":1}", 200));
+    json_t *m = status_model("tiny");
+    json_int_t pid = json_integer_value(json_object_get(m, "pid"));
+    json_decref(m);
+    for (int i = 0; i < 3; i++) {
+        json_t *j = post("/v1/chat/completions",
+                         "{\"model\":\"tiny\",\"messages\":[{\"role\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9\","
+                         "\"content\":\"hi\"}]}",
+                         400);
+        const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        assert_non_null(msg);
+        assert_non_null(strstr(msg, "role"));
+        assert_true(lyra_utf8_valid(msg, strlen(msg)));
+        json_decref(j);
+    }
+    m = status_model("tiny");
+    assert_int_equal(json_integer_value(json_object_get(m, "pid")), pid);
+    assert_int_equal(json_integer_value(json_object_get(m, "crashes")), 0);
+    json_decref(m);
+}
+
+/* A model file copied into the models dir is servable by name at once, and
+ * an unknown name with non-ASCII, over-long text gets a valid JSON 404. */
+static void test_new_model_file_and_unknown_names(void **state)
+{
+    char models[128];
+    snprintf(models, sizeof models, "%s/models", home);
+    assert_int_equal(it_install_model(models, "tiny.gguf", "fresh.gguf", SIZE_MAX), 0);
+    json_decref(post("/v1/completions", "{\"model\":\"fresh\",\"prompt\":\"a\",\"max_tokens\":1}", 200));
+    char body[2048] = "{\"model\":\"";
+    for (int i = 0; i < 300; i++)
+        strcat(body, "\xc3\xa9");
+    strcat(body, "\",\"prompt\":\"a\"}");
+    json_t *j = post("/v1/completions", body, 404);
+    const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    assert_non_null(msg);
+    assert_true(lyra_utf8_valid(msg, strlen(msg)));
+    json_decref(j);
 }
 
 static void test_worker_killed_mid_stream(void **state)
@@ -449,6 +571,10 @@ int main(void)
         cmocka_unit_test(test_completions_and_embeddings),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_client_leaves_frees_slot),
+        cmocka_unit_test(test_client_leaves_non_stream),
+        cmocka_unit_test(test_max_tokens_clamped),
+        cmocka_unit_test(test_poison_role_is_a_400),
+        cmocka_unit_test(test_new_model_file_and_unknown_names),
         cmocka_unit_test(test_worker_killed_mid_stream),
         cmocka_unit_test(test_retry_then_circuit),
         cmocka_unit_test(test_concurrent_first_requests_share_one_load),

@@ -72,6 +72,102 @@ static void test_sigterm_drains_in_flight(void **state)
     it_server_cleanup(&s);
 }
 
+/* Sends a POST on a fresh connection and returns the socket without
+ * reading the answer. */
+static int send_post(int port, const char *path, const char *body)
+{
+    int fd = it_connect(port);
+    assert_true(fd >= 0);
+    char req[2048];
+    int n = snprintf(req, sizeof req,
+                     "POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     path, strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    return fd;
+}
+
+static int small_in_flight(int port, const char *model)
+{
+    json_t *m = it_status_model(port, model);
+    int n = m ? (int)json_integer_value(json_object_get(m, "in_flight")) : 0;
+    json_decref(m);
+    return n;
+}
+
+/* SIGTERM with a 2,000-token stream, a 2,000-token generation that is not
+ * streamed and a request waiting for its model to load, all in flight, and
+ * a drain of 1 s they cannot finish in: the stream ends with an error chunk
+ * and [DONE], the others get 503, the daemon exits 0, and the next start
+ * finds a clean shutdown (no system.recovered). */
+static void test_sigterm_with_generations_in_flight(void **state)
+{
+    char home[64], p[128], yaml[1024];
+    it_mkdtemp(home, sizeof home);
+    snprintf(p, sizeof p, "%s/lyra.yaml", home);
+    snprintf(yaml, sizeof yaml,
+             "schema_version: 2\nserver:\n  drain_timeout_s: 1\nmodels:\n  entries:\n"
+             "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 2\n"
+             "    - name: later\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
+             it_model_path("small.gguf"), it_model_path("small.gguf"));
+    it_write_file(p, yaml);
+    struct it_server s;
+    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    struct it_response r;
+    assert_int_equal(it_post_json(s.port, "/v1/completions", "{\"model\":\"small\",\"prompt\":\"a\",\"max_tokens\":1}",
+                                  &r), 0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+
+    int stream = send_post(s.port, "/v1/completions",
+                           "{\"model\":\"small\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true,"
+                           "\"stream\":true}");
+    char first[256];
+    assert_true(recv(stream, first, sizeof first, MSG_PEEK) > 0); /* under way */
+    int plain = send_post(s.port, "/v1/completions",
+                          "{\"model\":\"small\",\"prompt\":\"Twice\",\"max_tokens\":2000,\"ignore_eos\":true}");
+    for (int i = 0; i < 500 && small_in_flight(s.port, "small") < 2; i++)
+        sleep_ms(10);
+    assert_int_equal(small_in_flight(s.port, "small"), 2);
+    int loading = send_post(s.port, "/v1/completions",
+                            "{\"model\":\"later\",\"prompt\":\"a\",\"max_tokens\":2000,\"ignore_eos\":true}");
+    sleep_ms(50); /* let the daemon read it (it is then waiting for "later" to load) */
+    kill(s.pid, SIGTERM);
+
+    assert_int_equal(it_read_response(stream, &r), 0);
+    assert_int_equal(r.status, 200);
+    const char *err = strstr(r.body, "\"error\"");
+    const char *done = strstr(r.body, "data: [DONE]");
+    if (!err || !done || done < err)
+        fail_msg("the stream did not end with an error chunk and [DONE]:\n%s", r.body + (r.body_len > 600 ? r.body_len - 600 : 0));
+    assert_non_null(strstr(err, "shutting_down"));
+    it_response_free(&r);
+    int sockets[2] = {plain, loading};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(it_read_response(sockets[i], &r), 0);
+        assert_int_equal(r.status, 503);
+        json_t *j = it_json(&r);
+        assert_string_equal(it_error_code(j), "shutting_down");
+        json_decref(j);
+        char conn[32];
+        assert_non_null(it_header(&r, "Connection", conn, sizeof conn));
+        assert_string_equal(conn, "close");
+        it_response_free(&r);
+        close(sockets[i]);
+    }
+    close(stream);
+    assert_int_equal(it_server_stop(&s, 0), 0); /* exits 0 by itself */
+
+    /* The session was closed clean: no false crash at the next start. */
+    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    json_t *j = get_json(s.port, "/events/recent?types=system.recovered", 200);
+    assert_int_equal(json_array_size(json_object_get(j, "events")), 0);
+    json_decref(j);
+    assert_int_equal(it_server_stop(&s, SIGTERM), 0);
+    it_server_cleanup(&s);
+    it_rmrf(home);
+}
+
 static uint64_t max_seq(json_t *events)
 {
     uint64_t m = 0;
@@ -340,6 +436,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigterm_drains_in_flight),
+        cmocka_unit_test(test_sigterm_with_generations_in_flight),
         cmocka_unit_test(test_crash_recovery),
         cmocka_unit_test(test_port_in_use),
         cmocka_unit_test(test_bad_home),

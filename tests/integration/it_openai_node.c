@@ -1,6 +1,7 @@
 /* it_openai_node.c — runs tests/node/openai.test.mjs (the official `openai`
  * npm client, under node's test runner) against a real daemon with the
- * tiny model.  Skipped when node or the installed client is missing. */
+ * tiny model.  Skipped on a developer machine when node or the installed
+ * client is missing; in CI (CI=true) that is a failure. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,8 +23,11 @@ static void test_openai_client(void **state)
     const char *node_dir = getenv("LYRA_NODE_TESTS");
     char module[512];
     snprintf(module, sizeof module, "%s/node_modules/openai/package.json", node_dir ? node_dir : "tests/node");
-    if (!node_dir || access(module, R_OK) != 0 || system("node --version >/dev/null 2>&1") != 0)
+    if (!node_dir || access(module, R_OK) != 0 || system("node --version >/dev/null 2>&1") != 0) {
+        if (it_in_ci())
+            fail_msg("node or the openai client (%s) is missing: make test installs them", module);
         skip();
+    }
     char home[64], models[128];
     it_mkdtemp(home, sizeof home);
     snprintf(models, sizeof models, "%s/models", home);
