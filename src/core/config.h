@@ -9,7 +9,9 @@
  * migrated in memory (file_schema_version tells the caller, who should say
  * so), and only lyra_config_migrate_file() rewrites it, keeping the original
  * beside it as `<file>.v<N>.bak`.  Unknown keys, wrong types and values out
- * of range are errors reported as "file:line:col: ...".
+ * of range are errors reported as "file:line:col: ...".  Ranges the worker
+ * also enforces (ctx_size, parallel, threads, gpu_layers) come from
+ * core/limits.h, so a config that validates is one the worker accepts.
  *
  * The modules behind this API: core/yamldoc (the file as a tree with
  * positions; YAML out), core/config_keys (the table of keys), and

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/limits.h"
 #include "core/util.h"
 
 #define WHERE_MAX 512 /* origin prefixes; messages are cut to the error buffer anyway */
@@ -31,11 +32,17 @@
 #define STR(s, k, d, fl, h) {#s, #k, LYRA_KT_STR, C(s.k, char *), 0, d, 0, 0, NULL, fl, h}
 #define ENUM(s, k, d, ch, h) {#s, #k, LYRA_KT_ENUM, C(s.k, char *), 0, d, 0, 0, ch, 0, h}
 #define INT(s, k, d, lo, hi, h) {#s, #k, LYRA_KT_INT, C(s.k, int), 0, d, lo, hi, NULL, 0, h}
+#define INTF(s, k, d, lo, hi, fl, h) {#s, #k, LYRA_KT_INT, C(s.k, int), 0, d, lo, hi, NULL, fl, h}
 #define BOOL(s, k, d, h) {#s, #k, LYRA_KT_BOOL, C(s.k, bool), 0, d, 0, 0, NULL, 0, h}
 #define SIZE(s, k, d, lo, h) {#s, #k, LYRA_KT_SIZE, C(s.k, size_t), 0, d, lo, 0, NULL, 0, h}
 #define U64(s, k, d, h) {#s, #k, LYRA_KT_U64, C(s.k, uint64_t), 0, d, 0, 0, NULL, 0, h}
 #define LIST(s, k, h) \
     {#s, #k, LYRA_KT_LIST, C(s.k, char **), C(s.n_##k, size_t), NULL, 0, 0, NULL, 0, h}
+
+/* "0 = default" sits next to the shared ranges that start at 1. */
+_Static_assert(LYRA_LIMIT_PARALLEL_MIN == 1 && LYRA_LIMIT_THREADS_MIN == 1,
+               "parallel and threads accept 0 as 'default' right below their range");
+_Static_assert(LYRA_LIMIT_GPU_LAYERS_MIN == -1, "gpu_layers -1 means all layers / inherit");
 
 /* Keys of the file, grouped by section in the order the dump writes them. */
 static const struct lyra_config_key config_keys[] = {
@@ -55,10 +62,14 @@ static const struct lyra_config_key config_keys[] = {
     INT(models, max_loaded, "4", 1, INT_MAX, "models kept loaded at once"),
     INT(models, keep_alive_s, "300", 0, INT_MAX, "idle models are unloaded after this"),
     U64(models, memory_budget, "0", "memory all loaded models may use; 0 = no budget"),
-    INT(models, parallel, "4", 1, INT_MAX, "request slots per model"),
-    INT(models, threads, "0", 0, 4096, "inference threads; 0 = number of cores"),
-    INT(models, gpu_layers, "-1", -1, INT_MAX, "layers offloaded to the GPU; -1 = all that fit, 0 = CPU only"),
-    INT(models, ctx_size, "4096", 0, INT_MAX, "context length; 0 = the model's own"),
+    INT(models, parallel, "4", LYRA_LIMIT_PARALLEL_MIN, LYRA_LIMIT_PARALLEL_MAX,
+        "request slots per model"),
+    INT(models, threads, "0", 0, LYRA_LIMIT_THREADS_MAX,
+        "inference threads; 0 = number of cores"),
+    INT(models, gpu_layers, "-1", LYRA_LIMIT_GPU_LAYERS_MIN, LYRA_LIMIT_GPU_LAYERS_MAX,
+        "layers offloaded to the GPU; -1 = all that fit, 0 = CPU only"),
+    INTF(models, ctx_size, "4096", LYRA_LIMIT_CTX_MIN, LYRA_LIMIT_CTX_MAX, LYRA_KF_ZERO,
+         "context length; 0 = the model's own"),
     INT(models, load_timeout_s, "120", 1, INT_MAX, "a worker not ready after this is killed"),
     INT(models, heartbeat_timeout_s, "10", 1, INT_MAX, "a worker silent this long is killed as hung"),
     INT(models, progress_timeout_s, "60", 1, INT_MAX,
@@ -90,10 +101,12 @@ static const struct lyra_config_key entry_keys[] = {
     EF(path, LYRA_KT_STR, char *, NULL, 0, 0, LYRA_KF_REQUIRED, "GGUF file; relative to models.dir"),
     {NULL, "aliases", LYRA_KT_LIST, E(aliases, char **), E(n_aliases, size_t), NULL, 0, 0, NULL, 0,
      "other names"},
-    EF(ctx_size, LYRA_KT_INT, int, "0", 0, INT_MAX, 0, "0 = models.ctx_size"),
-    EF(parallel, LYRA_KT_INT, int, "0", 0, INT_MAX, 0, "0 = models.parallel"),
-    EF(threads, LYRA_KT_INT, int, "0", 0, 4096, 0, "0 = models.threads"),
-    EF(gpu_layers, LYRA_KT_INT, int, "-1", -1, INT_MAX, 0, "-1 = models.gpu_layers"),
+    EF(ctx_size, LYRA_KT_INT, int, "0", LYRA_LIMIT_CTX_MIN, LYRA_LIMIT_CTX_MAX, LYRA_KF_ZERO,
+       "0 = models.ctx_size"),
+    EF(parallel, LYRA_KT_INT, int, "0", 0, LYRA_LIMIT_PARALLEL_MAX, 0, "0 = models.parallel"),
+    EF(threads, LYRA_KT_INT, int, "0", 0, LYRA_LIMIT_THREADS_MAX, 0, "0 = models.threads"),
+    EF(gpu_layers, LYRA_KT_INT, int, "-1", LYRA_LIMIT_GPU_LAYERS_MIN, LYRA_LIMIT_GPU_LAYERS_MAX, 0,
+       "-1 = models.gpu_layers"),
     EF(chat_template, LYRA_KT_STR, char *, NULL, 0, 0, 0, "null = template from the GGUF"),
     EF(embeddings, LYRA_KT_BOOL, bool, "false", 0, 0, 0, "serve embeddings"),
     EF(pinned, LYRA_KT_BOOL, bool, "false", 0, 0, 0, "never unloaded"),
@@ -317,8 +330,8 @@ static int range_error(const struct lyra_config_key *k, const char *where, const
                        struct lyra_err *err)
 {
     if (k->max > k->min && k->max < INT_MAX)
-        return lyra_err_set(err, LYRA_ECONFIG, "%s: %s is out of range (%.15g..%.15g)", where,
-                            text, k->min, k->max);
+        return lyra_err_set(err, LYRA_ECONFIG, "%s: %s is out of range (%s%.15g..%.15g)", where,
+                            text, k->flags & LYRA_KF_ZERO ? "0 or " : "", k->min, k->max);
     return lyra_err_set(err, LYRA_ECONFIG, "%s: %s is out of range (must be at least %.15g)",
                         where, text, k->min);
 }
@@ -326,7 +339,7 @@ static int range_error(const struct lyra_config_key *k, const char *where, const
 /* True when an integer lies within a key's range. */
 static bool int_in_range(const struct lyra_config_key *k, long long v)
 {
-    return v >= k->min && v <= k->max;
+    return (v >= k->min && v <= k->max) || ((k->flags & LYRA_KF_ZERO) && v == 0);
 }
 
 /* Parses a number-like text into the field; the field is untouched on error. */

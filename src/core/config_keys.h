@@ -5,7 +5,8 @@
  *
  * Each row names its field by offset in struct lyra_config (or struct
  * lyra_model_entry for models.entries), so adding a key means one field in
- * config.h and one row in config_keys.c.
+ * config.h and one row in config_keys.c.  Ranges that the worker also
+ * enforces come from core/limits.h.
  *
  * Messages name the value's origin: "file:line:col: server.port: ...",
  * "env LYRA_SERVER_PORT: ...", "--port: ...".
@@ -38,6 +39,7 @@ enum lyra_config_kflags {
     LYRA_KF_HOME_DEF = 1 << 1, /* the default is a path relative to LYRA_HOME */
     LYRA_KF_REQUIRED = 1 << 2, /* a model entry must set it */
     LYRA_KF_UNSET = 1 << 3,    /* null means "unset" (-1); unset values are not dumped */
+    LYRA_KF_ZERO = 1 << 4,     /* 0 ("use the default") is accepted besides [min, max] */
 };
 
 /* One key.  Rows are constant; fields are read directly. */

@@ -25,6 +25,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/limits.h"
+
 struct node {
     atomic_long refs;
     struct lyra_model m;
@@ -152,7 +154,11 @@ static void resolve_settings(const struct lyra_registry *reg, const struct lyra_
     else if (reg->def_ctx_size > 0)
         s->ctx_size = reg->def_ctx_size;
     else
-        s->ctx_size = info && info->context_length <= INT_MAX ? (int)info->context_length : 0;
+        /* the model's own, within the range a worker accepts */
+        s->ctx_size = !info || !info->context_length ? 0
+                      : info->context_length > LYRA_LIMIT_CTX_MAX
+                          ? LYRA_LIMIT_CTX_MAX
+                          : (int)lyra_limit_clamp(LYRA_LIMIT_CTX, (long)info->context_length);
     s->parallel = e && e->parallel > 0 ? e->parallel : reg->def_parallel;
     s->threads = e && e->threads > 0 ? e->threads : reg->def_threads > 0 ? reg->def_threads : reg->n_cpus;
     s->gpu_layers = e && e->gpu_layers >= 0 ? e->gpu_layers : reg->def_gpu_layers;

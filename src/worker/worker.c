@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/limits.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "ggml-backend.h"
@@ -114,12 +115,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
         size_t off;
     } ints[] = {
         {"--fd", 0, INT_MAX, offsetof(struct opts, fd)},
-        {"--ctx", 16, 1 << 24, offsetof(struct opts, cfg.ctx)},
-        {"--parallel", 1, 256, offsetof(struct opts, cfg.parallel)},
-        {"--threads", 1, 1024, offsetof(struct opts, cfg.threads)},
-        {"--gpu-layers", -1, 100000, offsetof(struct opts, cfg.gpu_layers)},
-        {"--batch", 1, 1 << 20, offsetof(struct opts, cfg.batch)},
-        {"--ubatch", 1, 1 << 20, offsetof(struct opts, cfg.ubatch)},
+        /* the ranges the configuration validates against (core/limits.h) */
+        {"--ctx", LYRA_LIMIT_CTX_MIN, LYRA_LIMIT_CTX_MAX, offsetof(struct opts, cfg.ctx)},
+        {"--parallel", LYRA_LIMIT_PARALLEL_MIN, LYRA_LIMIT_PARALLEL_MAX, offsetof(struct opts, cfg.parallel)},
+        {"--threads", LYRA_LIMIT_THREADS_MIN, LYRA_LIMIT_THREADS_MAX, offsetof(struct opts, cfg.threads)},
+        {"--gpu-layers", LYRA_LIMIT_GPU_LAYERS_MIN, LYRA_LIMIT_GPU_LAYERS_MAX,
+         offsetof(struct opts, cfg.gpu_layers)},
+        {"--batch", LYRA_LIMIT_BATCH_MIN, LYRA_LIMIT_BATCH_MAX, offsetof(struct opts, cfg.batch)},
+        {"--ubatch", LYRA_LIMIT_UBATCH_MIN, LYRA_LIMIT_UBATCH_MAX, offsetof(struct opts, cfg.ubatch)},
     };
     for (int i = 1; i < argc; i++) {
         char *arg = argv[i], *val = NULL;

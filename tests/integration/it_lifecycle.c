@@ -434,6 +434,26 @@ static void test_serve_starts_with_read_only_config(void **state)
     it_rmrf(home);
 }
 
+static void test_validate_refuses_what_a_worker_would(void **state)
+{
+    /* parallel: 300 used to validate, and then every load failed with
+     * "exited with status 2": the range is now the worker's. */
+    char home[64], path[128];
+    it_mkdtemp(home, sizeof home);
+    snprintf(path, sizeof path, "%s/lyra.yaml", home);
+    it_write_file(path, "schema_version: 2\nmodels: {parallel: 300}\n");
+    char *out = NULL, want[256];
+    const char *validate[] = {"config", "validate", "--home", home, NULL};
+    assert_int_equal(it_run_lyra(validate, NULL, &out), 1);
+    snprintf(want, sizeof want, "%s:2:20: models.parallel: 300 is out of range (1..256)", path);
+    assert_true(output_has(out, want));
+    free(out);
+    it_write_file(path, "schema_version: 2\nmodels: {parallel: 256}\n");
+    assert_int_equal(it_run_lyra(validate, NULL, &out), 0);
+    free(out);
+    it_rmrf(home);
+}
+
 static void test_cli_basics(void **state)
 {
     char *out = NULL;
@@ -469,6 +489,7 @@ int main(void)
         cmocka_unit_test(test_config_commands),
         cmocka_unit_test(test_serve_migrates_in_memory_at_start),
         cmocka_unit_test(test_serve_starts_with_read_only_config),
+        cmocka_unit_test(test_validate_refuses_what_a_worker_would),
         cmocka_unit_test(test_cli_basics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
