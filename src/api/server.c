@@ -11,6 +11,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "sys/cpu.h"
 
 #define EVENT_SEQ_KEY "event_seq_reserved"
 
@@ -124,11 +125,10 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
 static int open_http(struct lyra_server *srv, struct lyra_err *err)
 {
     const struct lyra_config *cfg = srv->cfg;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
     struct lyra_http_options opts = {
         .host = cfg->server.host,
         .port = cfg->server.port,
-        .threads = cfg->server.threads > 0 ? cfg->server.threads : (int)(cores > 0 ? cores : 1),
+        .threads = cfg->server.threads > 0 ? cfg->server.threads : lyra_cpu_usable(),
         .max_body_bytes = cfg->server.max_body_bytes,
         .max_header_bytes = cfg->server.max_header_bytes,
         .idle_timeout_s = cfg->server.idle_timeout_s,

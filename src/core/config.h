@@ -69,7 +69,7 @@ struct lyra_config {
         char **allowed_hosts;      /* Host names accepted besides loopback ones (DNS-rebinding guard) */
         size_t n_allowed_hosts;
         bool allow_remote_without_auth; /* default false: a non-loopback host with auth off is refused */
-        int threads;               /* HTTP worker threads; 0 = number of cores */
+        int threads;               /* HTTP worker threads; 0 = lyra_cpu_usable() */
         size_t max_body_bytes;     /* default 8 MiB */
         size_t max_header_bytes;   /* default 16 KiB */
         int idle_timeout_s;        /* default 30: idle/slow connections are closed */
@@ -84,7 +84,7 @@ struct lyra_config {
         int keep_alive_s;          /* default 300; idle models unload after this */
         uint64_t memory_budget;    /* bytes, 0 = no budget; YAML accepts "4GiB", "512MB" */
         int parallel;              /* slots per model, default 4 */
-        int threads;               /* 0 = number of cores */
+        int threads;               /* 0 = lyra_cpu_usable(): affinity and cgroup quota */
         int gpu_layers;            /* default -1 = all that fit; 0 = CPU only */
         int ctx_size;              /* default 4096 */
         int load_timeout_s;        /* default 120: a worker not ready by then is killed */

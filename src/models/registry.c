@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "core/limits.h"
+#include "sys/cpu.h"
 
 struct node {
     atomic_long refs;
@@ -243,8 +244,9 @@ int lyra_registry_new(const struct lyra_config *cfg, struct lyra_registry **out,
     reg->def_threads = cfg->models.threads;
     reg->def_gpu_layers = cfg->models.gpu_layers;
     reg->def_ctx_size = cfg->models.ctx_size;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    reg->n_cpus = ncpu > 0 && ncpu < INT_MAX ? (int)ncpu : 1;
+    /* threads 0: the CPUs the affinity mask and the cgroup quota leave us,
+     * within what a worker accepts */
+    reg->n_cpus = (int)lyra_limit_clamp(LYRA_LIMIT_THREADS, lyra_cpu_usable());
     pthread_mutex_init(&reg->refresh_lock, NULL);
     pthread_rwlock_init(&reg->lock, NULL);
 

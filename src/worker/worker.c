@@ -15,7 +15,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -26,6 +25,7 @@
 #include "core/limits.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "sys/cpu.h"
 #include "ggml-backend.h"
 #include "llama.h"
 #include "worker/engine.h"
@@ -78,15 +78,6 @@ static void usage(FILE *out)
             "\n"
             "environment: LYRA_BACKEND_DIR (ggml backend plug-ins), LYRA_WORKER_VERBOSE=1\n"
             "(llama.cpp's log on stderr), LYRA_WORKER_LOG_LEVEL (default info).\n");
-}
-
-static int cpu_count(void)
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
-        return CPU_COUNT(&set);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
 }
 
 struct opts {
@@ -326,7 +317,7 @@ int lyra_cmd_worker(int argc, char **argv)
     if (lyra_log_open(level && *level ? level : "info", "auto", NULL, &err) < 0)
         lyra_log_open("info", "auto", NULL, NULL);
     if (o.cfg.threads == 0)
-        o.cfg.threads = cpu_count();
+        o.cfg.threads = (int)lyra_limit_clamp(LYRA_LIMIT_THREADS, lyra_cpu_usable());
 
     /* The daemon decides when we stop: SIGINT from a terminal's Ctrl-C goes
      * to the whole process group and must not kill requests it drains. */
