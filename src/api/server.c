@@ -203,12 +203,14 @@ int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals)
         lyra_error("server", "%s", err.msg);
         return err.code;
     }
-    write_state_file(srv);
     atomic_store(&srv->state, LYRA_SERVER_READY);
     double startup_ms = (double)(lyra_now_us() - srv->started_us) / 1000.0;
     lyra_bus_publish(srv->bus, "system.startup", "server",
                      json_pack("{s:s, s:s, s:i, s:f}", "version", LYRA_VERSION, "session_id", srv->session_id,
                                "port", lyra_http_port(srv->http), "startup_ms", startup_ms));
+    /* serve.json tells clients the daemon is up: written last, so that one
+     * reading it finds system.startup already published. */
+    write_state_file(srv);
     lyra_log(LYRA_LOG_INFO, "server", NULL,
              json_pack("{s:s, s:i, s:s, s:s, s:f}", "host", srv->cfg->server.host, "port",
                        lyra_http_port(srv->http), "home", srv->cfg->home, "session_id", srv->session_id,
