@@ -15,6 +15,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "sys/cpu.h"
 
 #define EVENT_SEQ_KEY "event_seq_reserved"
 
@@ -222,11 +223,10 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
 static int open_http(struct lyra_server *srv, struct lyra_err *err)
 {
     const struct lyra_config *cfg = srv->cfg;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
     struct lyra_http_options opts = {
         .host = cfg->server.host,
         .port = cfg->server.port,
-        .threads = cfg->server.threads > 0 ? cfg->server.threads : (int)(cores > 0 ? cores : 1),
+        .threads = cfg->server.threads > 0 ? cfg->server.threads : lyra_cpu_usable(),
         .max_body_bytes = cfg->server.max_body_bytes,
         .max_header_bytes = cfg->server.max_header_bytes,
         .idle_timeout_s = cfg->server.idle_timeout_s,
@@ -304,12 +304,14 @@ int lyra_server_run(struct lyra_server *srv, const sigset_t *stop_signals)
         lyra_error("server", "%s", err.msg);
         return err.code;
     }
-    write_state_file(srv);
     atomic_store(&srv->state, LYRA_SERVER_READY);
     double startup_ms = (double)(lyra_now_us() - srv->started_us) / 1000.0;
     lyra_bus_publish(srv->bus, "system.startup", "server",
                      json_pack("{s:s, s:s, s:i, s:f}", "version", LYRA_VERSION, "session_id", srv->session_id,
                                "port", lyra_http_port(srv->http), "startup_ms", startup_ms));
+    /* serve.json tells clients the daemon is up: written last, so that one
+     * reading it finds system.startup already published. */
+    write_state_file(srv);
     lyra_log(LYRA_LOG_INFO, "server", NULL,
              json_pack("{s:o, s:i, s:o, s:s, s:f}", "host", lyra_log_string(srv->cfg->server.host), "port",
                        lyra_http_port(srv->http), "home", lyra_log_string(srv->cfg->home), "session_id",

@@ -31,6 +31,9 @@ int lyra_cmd_config(int argc, char **argv)
             return 1;
         printf("configuration OK (%s, schema %d)\n", cfg.file ? cfg.file : "no file, defaults and environment",
                LYRA_CONFIG_SCHEMA_VERSION);
+        if (cfg.file && cfg.file_schema_version < cfg.schema_version)
+            printf("note: %s has schema_version %d and is read migrated in memory; run `lyra config "
+                   "migrate` to rewrite it\n", cfg.file, cfg.file_schema_version);
         lyra_config_free(&cfg);
         return 0;
     }

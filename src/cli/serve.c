@@ -48,7 +48,7 @@ int lyra_cmd_serve(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     struct lyra_config cfg;
-    if (lyra_cli_load_config(&cfg, &flags, LYRA_CONFIG_MIGRATE) != 0)
+    if (lyra_cli_load_config(&cfg, &flags, 0) != 0)
         return 1;
     struct lyra_err err = {0};
     if (lyra_log_open(cfg.log.level, cfg.log.format, cfg.log.file, &err) < 0) {
@@ -58,6 +58,12 @@ int lyra_cmd_serve(int argc, char **argv)
     }
     if (cfg.file)
         lyra_info("config", "configuration read from %s", cfg.file);
+    /* An old file is used as migrated in memory and never rewritten here, so
+     * that a read-only configuration still starts. */
+    if (cfg.file && cfg.file_schema_version < cfg.schema_version)
+        lyra_warn("config", "%s has schema_version %d; using it migrated in memory to %d (the file "
+                  "is unchanged): run `lyra config migrate` to rewrite it", cfg.file,
+                  cfg.file_schema_version, cfg.schema_version);
 
     struct lyra_server *srv = NULL;
     if (lyra_server_open(&srv, &cfg, &err) < 0) {

@@ -5,10 +5,17 @@
  * (e.g. LYRA_SERVER_PORT, LYRA_MODELS_MAX_LOADED), then command-line flags
  * (applied by the CLI through lyra_config_set()).  No file is needed.
  *
- * The file carries `schema_version`.  Older versions are migrated at load
- * (lyra_config_load with LYRA_CONFIG_MIGRATE): the original is kept beside it
- * as `<file>.v<N>.bak` and the migrated document written in its place.
- * Unknown keys and wrong types are errors reported as "file:line:col: ...".
+ * The file carries `schema_version`.  Loading never writes: an older file is
+ * migrated in memory (file_schema_version tells the caller, who should say
+ * so), and only lyra_config_migrate_file() rewrites it, keeping the original
+ * beside it as `<file>.v<N>.bak`.  Unknown keys, wrong types and values out
+ * of range are errors reported as "file:line:col: ...".  Ranges the worker
+ * also enforces (ctx_size, parallel, threads, gpu_layers) come from
+ * core/limits.h, so a config that validates is one the worker accepts.
+ *
+ * The modules behind this API: core/yamldoc (the file as a tree with
+ * positions; YAML out), core/config_keys (the table of keys), and
+ * core/config_migrate (the schema steps).
  *
  * Secrets (auth.admin_key) come only from the environment (LYRA_ADMIN_KEY) or
  * a file named by auth.admin_key_file; a secret in the YAML file is an error,
@@ -35,7 +42,7 @@ struct lyra_model_entry {
     char *path;          /* required; relative paths resolve against models.dir */
     char **aliases;      /* n_aliases strings */
     size_t n_aliases;
-    int ctx_size;        /* 0 = model default */
+    int ctx_size;        /* 0 = models.ctx_size */
     int parallel;        /* 0 = models.parallel */
     int threads;         /* 0 = models.threads */
     int gpu_layers;      /* -1 = models.gpu_layers */
@@ -51,6 +58,8 @@ struct lyra_config {
     int schema_version;
     char *home;        /* LYRA_HOME: --home, env LYRA_HOME, else ~/.local/share/lyra */
     char *file;        /* the YAML file that was read, NULL if none */
+    int file_schema_version; /* the version the file was written in (0 without a file); below
+                                schema_version means it was migrated in memory, not on disk */
 
     struct {
         char *host;                /* default 127.0.0.1 */
@@ -60,7 +69,7 @@ struct lyra_config {
         char **allowed_hosts;      /* Host names accepted besides loopback ones (DNS-rebinding guard) */
         size_t n_allowed_hosts;
         bool allow_remote_without_auth; /* default false: a non-loopback host with auth off is refused */
-        int threads;               /* HTTP worker threads; 0 = number of cores */
+        int threads;               /* HTTP worker threads; 0 = lyra_cpu_usable() */
         size_t max_body_bytes;     /* default 8 MiB */
         size_t max_header_bytes;   /* default 16 KiB */
         int idle_timeout_s;        /* default 30: idle/slow connections are closed */
@@ -75,7 +84,7 @@ struct lyra_config {
         int keep_alive_s;          /* default 300; idle models unload after this */
         uint64_t memory_budget;    /* bytes, 0 = no budget; YAML accepts "4GiB", "512MB" */
         int parallel;              /* slots per model, default 4 */
-        int threads;               /* 0 = number of cores */
+        int threads;               /* 0 = lyra_cpu_usable(): affinity and cgroup quota */
         int gpu_layers;            /* default -1 = all that fit; 0 = CPU only */
         int ctx_size;              /* default 4096 */
         int load_timeout_s;        /* default 120: a worker not ready by then is killed */
@@ -116,17 +125,13 @@ struct lyra_config {
     } log;
 };
 
-enum lyra_config_flags {
-    LYRA_CONFIG_MIGRATE = 1 << 0,   /* rewrite an old-version file in place (keeping a backup) */
-};
-
-/* Fills *cfg with defaults, then the YAML file, then the environment.
- * `home` (may be NULL) is the --home flag; `file` (may be NULL) the --config
- * flag, else $LYRA_HOME/lyra.yaml if it exists.  `environ_` is the
- * environment to read (NULL = the process's own; tests pass their own array).
- * On failure *cfg is left freed/zeroed and err says "file:line:col: ...".
- * With LYRA_CONFIG_MIGRATE an old file is migrated on disk; without it an old
- * file is migrated in memory only. */
+/* Fills *cfg with defaults, then the YAML file, then the environment, and
+ * validates the result.  `home` (may be NULL) is the --home flag; `file` (may
+ * be NULL) the --config flag, else $LYRA_HOME/lyra.yaml if it exists.
+ * `environ_` is the environment to read (NULL = the process's own; tests
+ * pass their own array).  `flags` is reserved and must be 0.  An old-schema
+ * file is migrated in memory only; nothing is ever written.  On failure
+ * *cfg is left freed/zeroed and err says "file:line:col: ...". */
 int lyra_config_load(struct lyra_config *cfg, const char *home, const char *file,
                      char *const *environ_, unsigned flags, struct lyra_err *err);
 
@@ -140,7 +145,10 @@ int lyra_config_set(struct lyra_config *cfg, const char *key, const char *value,
 int lyra_config_validate(const struct lyra_config *cfg, struct lyra_err *err);
 
 /* Migrates the YAML file at `path` to the current schema on disk, keeping the
- * original as `<path>.v<N>.bak`.  *from_version receives the old version
+ * original bytes as `<path>.v<N>.bak`.  Nothing is written unless the
+ * migrated document loads; both files are written atomically with the
+ * original's permissions.  Comments of the original are not kept (they stay
+ * in the backup).  *from_version (may be NULL) receives the old version
  * (equal to the current one when nothing was done). */
 int lyra_config_migrate_file(const char *path, int *from_version, struct lyra_err *err);
 

@@ -248,38 +248,61 @@ char *lyra_read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* Flushes the directory holding path, so that a rename in it survives a
+ * crash.  Best effort: some file systems refuse fsync on directories. */
+static void sync_parent(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
 int lyra_write_file_atomic(const char *path, const void *data, size_t len, int mode)
 {
     char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
+    if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp)
         return -ENAMETOOLONG;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0)
         return -errno;
     const char *p = data;
     size_t left = len;
-    while (left > 0) {
+    int e = 0;
+    while (left > 0 && !e) {
         ssize_t w = write(fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            int e = -errno;
-            close(fd);
-            unlink(tmp);
-            return e;
+        if (w < 0 && errno != EINTR)
+            e = -errno;
+        else if (w > 0) {
+            p += w;
+            left -= (size_t)w;
         }
-        p += w;
-        left -= (size_t)w;
     }
-    if (fsync(fd) < 0 || close(fd) < 0) {
-        int e = -errno;
+    if (!e && (fchmod(fd, (mode_t)mode) < 0 || fsync(fd) < 0))
+        e = -errno;
+    if (close(fd) < 0 && !e)
+        e = -errno;
+    if (!e && rename(tmp, path) < 0)
+        e = -errno;
+    if (e) {
         unlink(tmp);
         return e;
     }
-    if (rename(tmp, path) < 0) {
-        int e = -errno;
-        unlink(tmp);
-        return e;
-    }
+    sync_parent(path);
     return 0;
+}
+
+char *lyra_path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir);
+    bool slash = n > 0 && dir[n - 1] == '/';
+    size_t len = n + (slash ? 0 : 1) + strlen(name) + 1;
+    char *p = malloc(len);
+    if (p)
+        snprintf(p, len, "%s%s%s", dir, slash ? "" : "/", name);
+    return p;
 }

@@ -53,8 +53,14 @@ int lyra_mkdirs(const char *path);
  * size.  Returns NULL with errno set on failure.  Caller frees. */
 char *lyra_read_file(const char *path, size_t *len);
 
-/* Writes data to path atomically (temp file in the same directory, fsync,
- * rename).  Returns 0 or -errno. */
+/* Writes data to path atomically: a fresh temp file in the same directory
+ * (mkstemp), fsync, permissions set to exactly `mode`, rename over path,
+ * then fsync of the directory so the rename survives a crash.  The temp file
+ * is removed on failure and path is then unchanged.  Returns 0 or -errno. */
 int lyra_write_file_atomic(const char *path, const void *data, size_t len, int mode);
+
+/* "dir/name" in a new string (one '/' between them); caller frees.  NULL
+ * when out of memory. */
+char *lyra_path_join(const char *dir, const char *name);
 
 #endif

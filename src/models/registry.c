@@ -25,6 +25,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/limits.h"
+#include "sys/cpu.h"
+
 struct node {
     atomic_long refs;
     struct lyra_model m;
@@ -152,7 +155,11 @@ static void resolve_settings(const struct lyra_registry *reg, const struct lyra_
     else if (reg->def_ctx_size > 0)
         s->ctx_size = reg->def_ctx_size;
     else
-        s->ctx_size = info && info->context_length <= INT_MAX ? (int)info->context_length : 0;
+        /* the model's own, within the range a worker accepts */
+        s->ctx_size = !info || !info->context_length ? 0
+                      : info->context_length > LYRA_LIMIT_CTX_MAX
+                          ? LYRA_LIMIT_CTX_MAX
+                          : (int)lyra_limit_clamp(LYRA_LIMIT_CTX, (long)info->context_length);
     s->parallel = e && e->parallel > 0 ? e->parallel : reg->def_parallel;
     s->threads = e && e->threads > 0 ? e->threads : reg->def_threads > 0 ? reg->def_threads : reg->n_cpus;
     s->gpu_layers = e && e->gpu_layers >= 0 ? e->gpu_layers : reg->def_gpu_layers;
@@ -237,8 +244,9 @@ int lyra_registry_new(const struct lyra_config *cfg, struct lyra_registry **out,
     reg->def_threads = cfg->models.threads;
     reg->def_gpu_layers = cfg->models.gpu_layers;
     reg->def_ctx_size = cfg->models.ctx_size;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    reg->n_cpus = ncpu > 0 && ncpu < INT_MAX ? (int)ncpu : 1;
+    /* threads 0: the CPUs the affinity mask and the cgroup quota leave us,
+     * within what a worker accepts */
+    reg->n_cpus = (int)lyra_limit_clamp(LYRA_LIMIT_THREADS, lyra_cpu_usable());
     pthread_mutex_init(&reg->refresh_lock, NULL);
     pthread_rwlock_init(&reg->lock, NULL);
 

@@ -15,7 +15,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -23,8 +22,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/limits.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "sys/cpu.h"
 #include "ggml-backend.h"
 #include "llama.h"
 #include "worker/engine.h"
@@ -81,15 +82,6 @@ static void usage(FILE *out)
             "(llama.cpp's log on stderr), LYRA_WORKER_LOG_LEVEL (default info).\n");
 }
 
-static int cpu_count(void)
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
-        return CPU_COUNT(&set);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 struct opts {
     char why[256];       /* the usage error, for stderr and a "fatal" frame */
     int fd;
@@ -123,12 +115,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
         {"--fd", 0, INT_MAX, offsetof(struct opts, fd)},
         {"--heartbeat-fd", 0, INT_MAX, offsetof(struct opts, heartbeat_fd)},
         {"--heartbeat-ms", 10, 60000, offsetof(struct opts, heartbeat_ms)},
-        {"--ctx", 16, 1 << 24, offsetof(struct opts, cfg.ctx)},
-        {"--parallel", 1, 256, offsetof(struct opts, cfg.parallel)},
-        {"--threads", 1, 1024, offsetof(struct opts, cfg.threads)},
-        {"--gpu-layers", -1, 100000, offsetof(struct opts, cfg.gpu_layers)},
-        {"--batch", 1, 1 << 20, offsetof(struct opts, cfg.batch)},
-        {"--ubatch", 1, 1 << 20, offsetof(struct opts, cfg.ubatch)},
+        /* the ranges the configuration validates against (core/limits.h) */
+        {"--ctx", LYRA_LIMIT_CTX_MIN, LYRA_LIMIT_CTX_MAX, offsetof(struct opts, cfg.ctx)},
+        {"--parallel", LYRA_LIMIT_PARALLEL_MIN, LYRA_LIMIT_PARALLEL_MAX, offsetof(struct opts, cfg.parallel)},
+        {"--threads", LYRA_LIMIT_THREADS_MIN, LYRA_LIMIT_THREADS_MAX, offsetof(struct opts, cfg.threads)},
+        {"--gpu-layers", LYRA_LIMIT_GPU_LAYERS_MIN, LYRA_LIMIT_GPU_LAYERS_MAX,
+         offsetof(struct opts, cfg.gpu_layers)},
+        {"--batch", LYRA_LIMIT_BATCH_MIN, LYRA_LIMIT_BATCH_MAX, offsetof(struct opts, cfg.batch)},
+        {"--ubatch", LYRA_LIMIT_UBATCH_MIN, LYRA_LIMIT_UBATCH_MAX, offsetof(struct opts, cfg.ubatch)},
     };
     for (int i = 1; i < argc; i++) {
         char *arg = argv[i], *val = NULL;
@@ -379,7 +373,7 @@ int lyra_cmd_worker(int argc, char **argv)
     if (lyra_log_open(level && *level ? level : "info", "auto", NULL, &err) < 0)
         lyra_log_open("info", "auto", NULL, NULL);
     if (o.cfg.threads == 0)
-        o.cfg.threads = cpu_count();
+        o.cfg.threads = (int)lyra_limit_clamp(LYRA_LIMIT_THREADS, lyra_cpu_usable());
 
     /* The daemon decides when we stop: SIGINT from a terminal's Ctrl-C goes
      * to the whole process group and must not kill requests it drains. */

@@ -386,26 +386,167 @@ static void test_config_commands(void **state)
     it_rmrf(home);
 }
 
-static void test_serve_migrates_at_start(void **state)
+/* The file's bytes (caller frees), NULL when unreadable. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char *buf = calloc(1, 1 << 16);
+    size_t n = fread(buf, 1, (1 << 16) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* The daemon's log line whose msg holds `needle` (caller decrefs), NULL if
+ * none.  The tests below run with log.format json. */
+static json_t *log_line_with(const char *log_path, const char *needle)
+{
+    FILE *f = fopen(log_path, "r");
+    if (!f)
+        return NULL;
+    char line[4096];
+    json_t *found = NULL;
+    while (!found && fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        if (msg && strstr(msg, needle))
+            found = j;
+        else
+            json_decref(j);
+    }
+    fclose(f);
+    return found;
+}
+
+/* Asserts the warning that an old config was migrated in memory only. */
+static void assert_migration_warning(const char *log_path, const char *config_path)
+{
+    json_t *w = log_line_with(log_path, "migrated in memory");
+    if (!w)
+        print_error("no in-memory migration warning in %s\n", log_path);
+    assert_non_null(w);
+    const char *msg = json_string_value(json_object_get(w, "msg"));
+    assert_string_equal(json_string_value(json_object_get(w, "level")), "warn");
+    assert_non_null(strstr(msg, config_path));
+    assert_non_null(strstr(msg, "schema_version 1"));
+    assert_non_null(strstr(msg, "to 2"));
+    assert_non_null(strstr(msg, "run `lyra config migrate` to rewrite it"));
+    json_decref(w);
+}
+
+static const char V1_CONFIG[] = "# an old file\nserver:\n  listen: \"127.0.0.1:0\"\nlog:\n  json: true\n";
+
+static void test_serve_migrates_in_memory_at_start(void **state)
 {
     char home[64], path[128], bak[160];
     it_mkdtemp(home, sizeof home);
     snprintf(path, sizeof path, "%s/lyra.yaml", home);
     snprintf(bak, sizeof bak, "%s.v1.bak", path);
-    it_write_file(path, "server:\n  listen: \"127.0.0.1:0\"\nlog:\n  json: true\n");
+    it_write_file(path, V1_CONFIG);
     struct it_server s;
     assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
-    assert_int_equal(access(bak, F_OK), 0);
     assert_int_equal(it_server_stop(&s, SIGTERM), 0);
-    /* log.json: true became log.format: json — the daemon logged JSON lines. */
-    FILE *f = fopen(s.log_path, "r");
-    char line[1024] = "";
-    assert_non_null(fgets(line, sizeof line, f));
-    fclose(f);
-    json_t *j = json_loads(line, 0, NULL);
-    assert_non_null(j);
-    json_decref(j);
+    /* log.json: true became log.format: json — the daemon logged JSON
+     * lines — but the file is as it was, with no backup beside it. */
+    char *now = slurp(path);
+    assert_non_null(now);
+    assert_string_equal(now, V1_CONFIG);
+    free(now);
+    assert_int_not_equal(access(bak, F_OK), 0);
+    assert_migration_warning(s.log_path, path);
     it_server_cleanup(&s);
+    it_rmrf(home);
+}
+
+/* Names in dir, sorted and joined by '/' (for comparing listings). */
+static void listing(const char *dir, char *out, size_t len)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "ls -A '%s'", dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    out[0] = '\0';
+    char name[256];
+    while (fgets(name, sizeof name, p)) {
+        name[strcspn(name, "\n")] = '\0';
+        strncat(out, name, len - strlen(out) - 2);
+        strcat(out, "/");
+    }
+    pclose(p);
+}
+
+/* chattr +i/-i on path; false where the file system or tool cannot. */
+static bool set_immutable(const char *path, bool on)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "chattr %ci '%s' 2>/dev/null", on ? '+' : '-', path);
+    return system(cmd) == 0;
+}
+
+static void test_serve_starts_with_read_only_config(void **state)
+{
+    /* The config lives in a directory of its own that nobody may write:
+     * immutable where chattr works (root ignores permission bits, and CI
+     * runs as root), mode 0555/0444 as well.  Whatever the privileges, a
+     * write is also caught by the bytes, inode, mtime and listing below. */
+    char home[64], dir[64], path[128], before[512], after[512];
+    it_mkdtemp(home, sizeof home);
+    it_mkdtemp(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/lyra.yaml", dir);
+    it_write_file(path, V1_CONFIG);
+    struct stat st0, st1;
+    assert_int_equal(stat(path, &st0), 0);
+    listing(dir, before, sizeof before);
+    assert_int_equal(chmod(path, 0444), 0);
+    assert_int_equal(chmod(dir, 0555), 0);
+    bool immutable = set_immutable(path, true) && set_immutable(dir, true);
+    if (getuid() == 0 && !immutable)
+        print_message("chattr +i unavailable: relying on bytes, inode, mtime and listing\n");
+
+    struct it_server s;
+    const char *args[] = {"--config", path, NULL};
+    int started = it_server_start(&s, home, args, NULL);
+    if (started == 0)
+        assert_int_equal(it_server_stop(&s, SIGTERM), 0);
+
+    set_immutable(dir, false);
+    set_immutable(path, false);
+    assert_int_equal(stat(path, &st1), 0);
+    listing(dir, after, sizeof after);
+    char *now = slurp(path);
+    chmod(dir, 0700);
+    assert_int_equal(started, 0);
+    assert_non_null(now);
+    assert_string_equal(now, V1_CONFIG);
+    free(now);
+    assert_true(st0.st_ino == st1.st_ino);
+    assert_true(st0.st_mtim.tv_sec == st1.st_mtim.tv_sec && st0.st_mtim.tv_nsec == st1.st_mtim.tv_nsec);
+    assert_string_equal(after, before);
+    assert_migration_warning(s.log_path, path);
+    it_server_cleanup(&s);
+    it_rmrf(dir);
+    it_rmrf(home);
+}
+
+static void test_validate_refuses_what_a_worker_would(void **state)
+{
+    /* parallel: 300 used to validate, and then every load failed with
+     * "exited with status 2": the range is now the worker's. */
+    char home[64], path[128];
+    it_mkdtemp(home, sizeof home);
+    snprintf(path, sizeof path, "%s/lyra.yaml", home);
+    it_write_file(path, "schema_version: 2\nmodels: {parallel: 300}\n");
+    char *out = NULL, want[256];
+    const char *validate[] = {"config", "validate", "--home", home, NULL};
+    assert_int_equal(it_run_lyra(validate, NULL, &out), 1);
+    snprintf(want, sizeof want, "%s:2:20: models.parallel: 300 is out of range (1..256)", path);
+    assert_true(output_has(out, want));
+    free(out);
+    it_write_file(path, "schema_version: 2\nmodels: {parallel: 256}\n");
+    assert_int_equal(it_run_lyra(validate, NULL, &out), 0);
+    free(out);
     it_rmrf(home);
 }
 
@@ -443,7 +584,9 @@ int main(void)
         cmocka_unit_test(test_second_daemon_same_home),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_config_commands),
-        cmocka_unit_test(test_serve_migrates_at_start),
+        cmocka_unit_test(test_serve_migrates_in_memory_at_start),
+        cmocka_unit_test(test_serve_starts_with_read_only_config),
+        cmocka_unit_test(test_validate_refuses_what_a_worker_would),
         cmocka_unit_test(test_cli_basics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -43,7 +43,7 @@ static int setup(void **state)
         return -1;
     char yaml[4096];
     int n = snprintf(yaml, sizeof yaml,
-                     "schema_version: 2\nserver:\n  drain_timeout_s: 1\nmodels:\n  load_timeout_s: 1\n"
+                     "schema_version: 2\nserver:\n  drain_timeout_s: 0\nmodels:\n  load_timeout_s: 1\n"
                      "  heartbeat_timeout_s: 1\n  progress_timeout_s: 1\n  stop_timeout_s: 1\n"
                      "  max_loaded: 20\n  entries:\n");
     for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
@@ -213,7 +213,7 @@ static void test_worker_process_hygiene(void **state)
     assert_true(log_has(pid_field));
 }
 
-/* SIGTERM with a request waiting for a load that outlasts the drain, and a
+/* SIGTERM (no drain time) with a request waiting for a load, and a
  * worker that ignores EOF and SIGTERM: the request gets 503, the worker is
  * killed on the daemon's clock, and the daemon exits 0. */
 static void test_shutdown_with_a_load_in_flight_and_a_stubborn_worker(void **state)

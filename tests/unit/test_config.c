@@ -277,8 +277,12 @@ static void test_empty_and_comment_only_files_give_defaults(void **state)
     assert_int_equal(load(f, p, 0), 0);
     assert_int_equal(f->cfg.server.port, 8000);
     write_config(f, "# nothing configured yet\n\n# server:\n#   port: 1\n");
-    assert_int_equal(load(f, p, LYRA_CONFIG_MIGRATE), 0);
+    assert_int_equal(load(f, p, 0), 0);
     assert_int_equal(f->cfg.server.port, 8000);
+    assert_int_equal(f->cfg.file_schema_version, LYRA_CONFIG_SCHEMA_VERSION);
+    int from = 0;
+    assert_int_equal(lyra_config_migrate_file(p, &from, &f->err), 0);
+    assert_int_equal(from, LYRA_CONFIG_SCHEMA_VERSION);
     assert_false(exists(in_dir(f, "lyra.yaml.v1.bak"))); /* nothing to migrate */
 }
 
@@ -530,8 +534,12 @@ static void test_v1_file_is_migrated_on_disk(void **state)
 {
     struct fx *f = *state;
     const char *p = write_config(f, V1_FILE);
-    assert_int_equal(load(f, p, LYRA_CONFIG_MIGRATE), 0);
+    int from = 0;
+    assert_int_equal(lyra_config_migrate_file(p, &from, &f->err), 0);
+    assert_int_equal(from, 1);
+    assert_int_equal(load(f, p, 0), 0);
     assert_v1_values(&f->cfg);
+    assert_int_equal(f->cfg.file_schema_version, LYRA_CONFIG_SCHEMA_VERSION);
 
     char *bak = read_text(in_dir(f, "lyra.yaml.v1.bak"));
     char *now = read_text(p);
@@ -543,8 +551,13 @@ static void test_v1_file_is_migrated_on_disk(void **state)
     assert_null(strstr(now, "json:"));
     assert_null(strstr(now, "path:"));
 
+    assert_non_null(strstr(now, "# Migrated by Lyra from schema_version 1 to 2; the original is in "
+                                "lyra.yaml.v1.bak\n"));
+
     /* the rewritten file loads as v2 on its own and is not touched again */
-    assert_int_equal(load(f, p, LYRA_CONFIG_MIGRATE), 0);
+    assert_int_equal(lyra_config_migrate_file(p, &from, &f->err), 0);
+    assert_int_equal(from, LYRA_CONFIG_SCHEMA_VERSION);
+    assert_int_equal(load(f, p, 0), 0);
     assert_v1_values(&f->cfg);
     char *again = read_text(p);
     assert_string_equal(again, now);
@@ -564,16 +577,33 @@ static void test_migrate_file_reports_versions(void **state)
     assert_int_equal(from, LYRA_CONFIG_SCHEMA_VERSION);
 }
 
-static void test_v1_migrated_in_memory_without_flag(void **state)
+static void test_load_migrates_in_memory_only(void **state)
 {
     struct fx *f = *state;
     const char *p = write_config(f, V1_FILE);
+    struct stat before, after;
+    assert_int_equal(stat(p, &before), 0);
     assert_int_equal(load(f, p, 0), 0);
     assert_v1_values(&f->cfg);
+    assert_int_equal(f->cfg.file_schema_version, 1);
+    assert_int_equal(f->cfg.schema_version, LYRA_CONFIG_SCHEMA_VERSION);
+    assert_int_equal(stat(p, &after), 0);
+    assert_true(before.st_ino == after.st_ino);
+    assert_true(before.st_mtim.tv_sec == after.st_mtim.tv_sec &&
+                before.st_mtim.tv_nsec == after.st_mtim.tv_nsec);
     char *now = read_text(p);
     assert_string_equal(now, V1_FILE);
     assert_false(exists(in_dir(f, "lyra.yaml.v1.bak")));
     free(now);
+}
+
+static void test_load_refuses_unknown_flags(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(load(f, NULL, 1), LYRA_EINVAL);
+    assert_null(f->cfg.home);
+    assert_int_equal(load(f, NULL, 0), 0);
+    assert_int_equal(f->cfg.file_schema_version, 0); /* no file */
 }
 
 static void test_v1_listen_ipv6_and_json_false(void **state)
@@ -592,7 +622,11 @@ static void test_failed_migration_leaves_original(void **state)
     struct fx *f = *state;
     static const char bad[] = "server:\n  listen: \"::1:8000\"\n";
     const char *p = write_config(f, bad);
-    assert_int_equal(load(f, p, LYRA_CONFIG_MIGRATE), LYRA_ECONFIG);
+    assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
+    assert_msg(f, "%s:2:11: server.listen: expected \"HOST:PORT\" or \"[IPV6]:PORT\", got ::1:8000",
+               p);
+    int from = 0;
+    assert_int_equal(lyra_config_migrate_file(p, &from, &f->err), LYRA_ECONFIG);
     assert_msg(f, "%s:2:11: server.listen: expected \"HOST:PORT\" or \"[IPV6]:PORT\", got ::1:8000",
                p);
     char *now = read_text(p);
@@ -619,7 +653,7 @@ static void test_newer_schema_is_rejected(void **state)
 {
     struct fx *f = *state;
     const char *p = write_config(f, "schema_version: 3\nserver:\n  port: 1\n");
-    assert_int_equal(load(f, p, LYRA_CONFIG_MIGRATE), LYRA_EUNSUPPORTED);
+    assert_int_equal(load(f, p, 0), LYRA_EUNSUPPORTED);
     assert_msg(f, "%s:1:17: schema_version 3 was written by a newer Lyra; this one reads up to 2",
                p);
 }
@@ -820,7 +854,8 @@ int main(void)
         T(test_dump_never_prints_secret),
         T(test_v1_file_is_migrated_on_disk),
         T(test_migrate_file_reports_versions),
-        T(test_v1_migrated_in_memory_without_flag),
+        T(test_load_migrates_in_memory_only),
+        T(test_load_refuses_unknown_flags),
         T(test_v1_listen_ipv6_and_json_false),
         T(test_failed_migration_leaves_original),
         T(test_migration_never_writes_secret),

@@ -14,12 +14,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/limits.h"
 #include "models/registry.h"
 
 /* ---- fixture ----------------------------------------------------------- */
@@ -628,6 +631,44 @@ static void test_concurrent_refreshes(void **state)
     assert_int_equal(lyra_registry_count(reg), n);
 }
 
+/* threads 0 and a model's own context resolve to what a worker accepts:
+ * threads to the CPUs this process may use (pinned to one CPU here, as
+ * taskset would pin it), a context length beyond the shared range to its
+ * bound.  Runs in a child, whose affinity the test may narrow. */
+static void test_defaults_fit_the_worker(void **state)
+{
+    struct fx *f = *state;
+    write_model(f->models, "huge.gguf", UINT32_MAX, 0);
+    f->cfg.models.threads = 0;
+    f->cfg.models.ctx_size = 0;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        sched_getaffinity(0, sizeof set, &set);
+        int first = 0;
+        while (!CPU_ISSET(first, &set))
+            first++;
+        CPU_ZERO(&set);
+        CPU_SET(first, &set);
+        struct lyra_err err = {0};
+        struct lyra_registry *reg = NULL;
+        if (sched_setaffinity(0, sizeof set, &set) || lyra_registry_new(&f->cfg, &reg, &err) ||
+            lyra_registry_refresh(reg, NULL, &err))
+            _exit(3);
+        const struct lyra_model *m = lyra_registry_lookup(reg, "huge");
+        int rc = !m ? 4 : m->settings.threads != 1 ? 5 : m->settings.ctx_size != LYRA_LIMIT_CTX_MAX ? 6 : 0;
+        lyra_registry_unref(m);
+        lyra_registry_free(reg);
+        _exit(rc);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -638,6 +679,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_real_model_symlink, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_lookups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_refreshes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_defaults_fit_the_worker, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
