@@ -9,6 +9,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "core/conversations.h"
 #include "core/log.h"
 #include "core/util.h"
 
@@ -51,11 +52,12 @@ static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
     return 0;
 }
 
-/* Bus callback: persists a new sequence high-water mark. */
+/* Bus callback: persists a new sequence high-water mark, durably (it must
+ * survive a power loss: numbers up to it may be in use). */
 static uint64_t reserve_seq(uint64_t through, void *ud)
 {
     struct lyra_server *srv = ud;
-    return lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, through) == 0 ? through : 0;
+    return lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, through, LYRA_STORE_DURABLE, NULL) == 0 ? through : 0;
 }
 
 static int open_state(struct lyra_server *srv, struct lyra_err *err)
@@ -75,9 +77,11 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
         return rc;
 
     uint64_t seq_mark = 0;
-    lyra_store_meta_get_u64(srv->store, EVENT_SEQ_KEY, &seq_mark);
+    lyra_store_meta_get_u64(srv->store, EVENT_SEQ_KEY, &seq_mark, NULL);
     srv->bus = lyra_bus_new((size_t)srv->cfg->events.ring_size, seq_mark, reserve_seq, srv);
     if (!srv->bus)
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    if (!(srv->chat_turns = lyra_conv_claims_new()))
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
 
     if (n_unclean > 0) {
@@ -243,16 +247,20 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         free(srv->state_file);
     }
     if (srv->store && srv->session_id[0] && clean) {
+        /* One durable transaction: a run recorded as clean always has its
+         * last number stored, and the next run starts right after it. */
         struct lyra_err err = {0};
-        if (lyra_store_session_end(srv->store, srv->session_id, &err) < 0)
-            lyra_warn("state", "%s", err.msg);
-        if (srv->bus) /* the next run starts right after the last number used */
-            lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, lyra_bus_last_seq(srv->bus));
+        if (lyra_store_session_end(srv->store, srv->session_id, srv->bus ? EVENT_SEQ_KEY : NULL,
+                                   srv->bus ? lyra_bus_last_seq(srv->bus) : 0, &err) < 0)
+            lyra_warn("state", "the session cannot be closed cleanly (the next start skips event numbers): %s",
+                      err.msg);
     }
     lyra_registry_free(srv->registry);
     lyra_trace_ring_free(srv->traces);
-    lyra_bus_free(srv->bus);
+    /* The store first: its last callbacks (reservations) report to the bus. */
     lyra_store_close(srv->store);
+    lyra_bus_free(srv->bus);
+    lyra_conv_claims_free(srv->chat_turns);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);
     pthread_mutex_destroy(&srv->sample_lock);
