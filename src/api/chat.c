@@ -38,6 +38,13 @@
 #define LIST_DEFAULT_LIMIT 50
 #define LIST_MAX_LIMIT 1000
 
+/* The error code for a failure of the store: the database refused
+ * (storage_failed), or something else went wrong (internal). */
+static const char *error_code(int rc)
+{
+    return rc == LYRA_EDB ? "storage_failed" : "internal";
+}
+
 /* Per-request state shared with the bridge's hooks (freed by chat_free).
  * The hooks of one request never run concurrently (the bridge calls them
  * under its lock, free_ud last). */
@@ -187,7 +194,7 @@ static void chat_finished(const struct lyra_infer_result *r, json_t *body, void 
         if (rc < 0)
             json_object_set_new(body, "store_error",
                                 json_pack("{s:s, s:s}", "code",
-                                          rc == LYRA_ENOTFOUND ? "conversation_not_found" : "storage_failed",
+                                          rc == LYRA_ENOTFOUND ? "conversation_not_found" : error_code(rc),
                                           "message", err.msg));
     } else {
         struct saved_ctx *x = calloc(1, sizeof *x);
@@ -343,7 +350,7 @@ static bool begin_turn(struct lyra_http_req *req, struct chat *c, const char *co
         if (rc == LYRA_ENOTFOUND)
             lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", c->conv_id);
         else
-            lyra_http_send_error(req, 500, rc == LYRA_EDB ? "storage_failed" : "internal", "%s", err.msg);
+            lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
         return false;
     }
     json_t *user = json_pack("{s:s, s:s}", "role", "user", "content", c->user_text);
@@ -470,8 +477,9 @@ void lyra_api_conversations_list(struct lyra_http_req *req, void *ctx)
     json_t *list;
     int64_t total = 0;
     struct lyra_err err = {0};
-    if (lyra_conv_list(srv->store, limit, offset, &list, &total, &err) < 0) {
-        lyra_http_send_error(req, 500, "internal", "%s", err.msg);
+    int rc = lyra_conv_list(srv->store, limit, offset, &list, &total, &err);
+    if (rc < 0) {
+        lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
         return;
     }
     lyra_http_send_json(req, 200, json_pack("{s:o, s:I}", "conversations", list, "total", (json_int_t)total));
@@ -487,7 +495,7 @@ void lyra_api_conversations_get(struct lyra_http_req *req, void *ctx)
     if (rc == LYRA_ENOTFOUND)
         lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", id);
     else if (rc < 0)
-        lyra_http_send_error(req, 500, "internal", "%s", err.msg);
+        lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
     else
         lyra_http_send_json(req, 200, conv);
 }
@@ -501,7 +509,7 @@ void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx)
     if (rc == LYRA_ENOTFOUND)
         lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", id);
     else if (rc < 0)
-        lyra_http_send_error(req, 500, "internal", "%s", err.msg);
+        lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
     else
         lyra_http_send(req, 204, NULL, NULL, 0);
 }
