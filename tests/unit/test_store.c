@@ -162,12 +162,12 @@ static int job_record(sqlite3 *db, void *arg, struct lyra_err *err)
     return j->n == 2 ? lyra_err_set(err, LYRA_EINVAL, "job %d fails", j->n) : 0;
 }
 
+/* Database thread: no cmocka assertion here (they must run on the test's
+ * thread); a wrong message shows as a wrong rc. */
 static void record_done(int rc, const struct lyra_err *err, void *arg)
 {
     struct order_job *j = arg;
-    j->o->done_rc[j->n] = rc;
-    if (rc < 0)
-        assert_non_null(strstr(err->msg, "job 2 fails"));
+    j->o->done_rc[j->n] = rc < 0 && !strstr(err->msg, "job 2 fails") ? -999 : rc;
 }
 
 static void test_jobs_run_in_order_and_close_drains(void **state)
