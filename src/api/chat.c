@@ -51,8 +51,8 @@ static const char *error_code(int rc)
 struct chat {
     struct lyra_server *srv;
     char conv_id[37];
-    bool create;    /* the conversation is made by this turn's transaction */
-    bool claimed;   /* conv_id is claimed in srv->chat_turns */
+    bool create;  /* the conversation is made by this turn's transaction */
+    bool claimed; /* conv_id is claimed in srv->chat_turns */
     char *user_text;
     char request_id[130];
 };
@@ -66,6 +66,7 @@ static void release(struct chat *c)
     }
 }
 
+/* The bridge's free_ud: the request is over, whatever its end; releases the claim if still held. */
 static void chat_free(void *ud)
 {
     struct chat *c = ud;
@@ -329,9 +330,9 @@ static bool begin_turn(struct lyra_http_req *req, struct chat *c, const char *co
     int rc = strlen(conv_id ? conv_id : c->conv_id) == 36 ? lyra_conv_claim(c->srv->chat_turns, c->conv_id)
                                                           : LYRA_ENOTFOUND; /* not an id Lyra gives */
     if (rc == LYRA_EBUSY) {
-        lyra_http_send_error(req, 409, "conversation_busy",
-                             "conversation %s has a turn in progress: send the next message when it has ended",
-                             c->conv_id);
+        lyra_http_send_error(
+            req, 409, "conversation_busy",
+            "conversation %s has a turn in progress: send the next message when it has ended", c->conv_id);
         return false;
     }
     if (rc == LYRA_ENOTFOUND) {

@@ -55,9 +55,10 @@ void lyra_api_events_recent(struct lyra_http_req *req, void *ctx)
     struct collect c = {json_array(), (size_t)limit};
     uint64_t first = 0;
     lyra_bus_replay(srv->bus, since, lyra_http_query(req, "types"), collect_event, &c, &first);
-    lyra_http_send_json(req, 200, json_pack("{s:o, s:I, s:I, s:b}", "events", c.list, "last_seq",
-                                            (json_int_t)lyra_bus_last_seq(srv->bus), "first_seq",
-                                            (json_int_t)first, "truncated", since + 1 < first));
+    lyra_http_send_json(req, 200,
+                        json_pack("{s:o, s:I, s:I, s:b}", "events", c.list, "last_seq",
+                                  (json_int_t)lyra_bus_last_seq(srv->bus), "first_seq", (json_int_t)first,
+                                  "truncated", since + 1 < first));
 }
 
 static bool valid_custom_type(const char *t)
@@ -94,8 +95,8 @@ void lyra_api_events_publish(struct lyra_http_req *req, void *ctx)
         size_t max = srv->cfg->events.max_payload_bytes;
         if (size > max) {
             lyra_http_send_error(req, 413, "payload_too_large",
-                                 "event data is %zu bytes encoded, more than events.max_payload_bytes (%zu)", size,
-                                 max);
+                                 "event data is %zu bytes encoded, more than events.max_payload_bytes (%zu)",
+                                 size, max);
         } else {
             uint64_t seq = lyra_bus_publish(srv->bus, json_string_value(type), "api", json_incref(data));
             if (seq == 0)

@@ -68,8 +68,8 @@ static void seq_reserved(int rc, const struct lyra_err *err, uint64_t through, v
 static void reserve_seq(struct lyra_bus *bus, uint64_t through, void *ud)
 {
     struct lyra_server *srv = ud;
-    if (lyra_store_meta_set_u64_async(srv->store, EVENT_SEQ_KEY, through, LYRA_STORE_DURABLE, seq_reserved, srv) <
-        0)
+    if (lyra_store_meta_set_u64_async(srv->store, EVENT_SEQ_KEY, through, LYRA_STORE_DURABLE, seq_reserved,
+                                      srv) < 0)
         lyra_bus_reserved(bus, through, false);
 }
 
@@ -296,7 +296,8 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         struct lyra_err err = {0};
         if (lyra_store_session_end(srv->store, srv->session_id, srv->bus ? EVENT_SEQ_KEY : NULL,
                                    srv->bus ? lyra_bus_last_seq(srv->bus) : 0, &err) < 0)
-            lyra_warn("state", "the session cannot be closed cleanly (the next start skips event numbers): %s",
+            lyra_warn("state",
+                      "the session cannot be closed cleanly (the next start skips event numbers): %s",
                       err.msg);
     }
     lyra_registry_free(srv->registry);

@@ -93,8 +93,9 @@ void lyra_api_status(struct lyra_http_req *req, void *ctx)
     json_object_set_new(ev, "first_seq", json_integer((json_int_t)bs.first_seq));
     json_object_set_new(ev, "ring_count", json_integer((json_int_t)bs.ring_count));
     json_object_set_new(ev, "ring_bytes", json_integer((json_int_t)bs.ring_bytes));
-    json_object_set_new(body, "chat",
-                        json_pack("{s:I}", "turns_in_flight", (json_int_t)lyra_conv_claims_count(srv->chat_turns)));
+    json_object_set_new(
+        body, "chat",
+        json_pack("{s:I}", "turns_in_flight", (json_int_t)lyra_conv_claims_count(srv->chat_turns)));
     /* Resident models: state, pid, memory, slots, requests in flight. */
     json_object_set_new(body, "models", lyra_manager_status(srv->manager));
     lyra_http_send_json(req, 200, body);

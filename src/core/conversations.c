@@ -13,6 +13,7 @@
 
 #include "core/util.h"
 
+/* Prepares sql into *s; on failure err says `what` and why. */
 static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **s, struct lyra_err *err, const char *what)
 {
     if (sqlite3_prepare_v2(db, sql, -1, s, NULL) != SQLITE_OK)
@@ -20,6 +21,7 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **s, struct lyra_e
     return 0;
 }
 
+/* Binds v (copied) or NULL. */
 static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
 {
     if (v)
@@ -28,6 +30,7 @@ static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
         sqlite3_bind_null(s, i);
 }
 
+/* Binds a counter, NULL when below zero (not measured). */
 static void bind_count(sqlite3_stmt *s, int i, int64_t v)
 {
     if (v >= 0)
@@ -36,6 +39,7 @@ static void bind_count(sqlite3_stmt *s, int i, int64_t v)
         sqlite3_bind_null(s, i);
 }
 
+/* Binds a duration, NULL when below zero (not measured). */
 static void bind_ms(sqlite3_stmt *s, int i, double v)
 {
     if (v >= 0)
@@ -51,6 +55,7 @@ static json_t *text_json(sqlite3_stmt *s, int col)
     return t ? json_string((const char *)t) : json_null();
 }
 
+/* A wall-clock time as an RFC 3339 JSON string (new reference). */
 static json_t *ts_json(int64_t ms)
 {
     char buf[40];
@@ -81,8 +86,8 @@ size_t lyra_conv_title(const char *text, char *out, size_t out_len)
 
 /* Appends one message after the conversation's last (inside the turn's
  * transaction, which has already made sure the conversation exists). */
-static int insert_message(sqlite3 *db, const char *conv_id, const char *role, const struct lyra_conv_message *m,
-                          int64_t now, struct lyra_err *err)
+static int insert_message(sqlite3 *db, const char *conv_id, const char *role,
+                          const struct lyra_conv_message *m, int64_t now, struct lyra_err *err)
 {
     sqlite3_stmt *s;
     int rc = prepare(db,
@@ -165,6 +170,7 @@ static int tx_save_turn(sqlite3 *db, void *arg, struct lyra_err *err)
     return rc < 0 ? rc : insert_message(db, t->conv_id, "assistant", &t->reply, now, err);
 }
 
+/* Job: the turn (arg) in one transaction. */
 static int job_save_turn(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     return lyra_store_tx(db, 0, tx_save_turn, arg, err);
@@ -183,6 +189,7 @@ struct saved_turn {
     char strings[];
 };
 
+/* Callback of a queued turn: reports to the caller, frees the copy. */
 static void save_turn_done(int rc, const struct lyra_err *err, void *arg)
 {
     struct saved_turn *c = arg;
@@ -311,6 +318,7 @@ int lyra_conv_history(struct lyra_store *st, const char *conv_id, char **model_o
     "SELECT c.id, c.title, c.model, c.created_ms, c.updated_ms,"                                             \
     " (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) FROM conversations c "
 
+/* A conversation summary from a SUMMARY_SQL row (new reference). */
 static json_t *summary_json(sqlite3_stmt *s)
 {
     return json_pack("{s:o, s:o, s:o, s:o, s:o, s:I}", "id", text_json(s, 0), "title", text_json(s, 1),
@@ -319,6 +327,7 @@ static json_t *summary_json(sqlite3_stmt *s)
                      (json_int_t)sqlite3_column_int64(s, 5));
 }
 
+/* A message from a row of the messages query in job_get (new reference, NULL on allocation failure). */
 static json_t *message_json(sqlite3_stmt *s)
 {
     /* Columns: seq, role, content, model, prompt_tokens, completion_tokens,
@@ -348,6 +357,7 @@ struct get {
     json_t *out;
 };
 
+/* Job: g->out = the conversation with its messages. */
 static int job_get(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct get *g = arg;
@@ -360,14 +370,16 @@ static int job_get(sqlite3 *db, void *arg, struct lyra_err *err)
     json_t *conv = step == SQLITE_ROW ? summary_json(s) : NULL;
     sqlite3_finalize(s);
     if (!conv)
-        return step == SQLITE_DONE ? lyra_err_set(err, LYRA_ENOTFOUND, "conversation %s not found", g->conv_id)
+        return step == SQLITE_DONE
+                   ? lyra_err_set(err, LYRA_ENOTFOUND, "conversation %s not found", g->conv_id)
                : step == SQLITE_ROW ? lyra_err_set(err, LYRA_ENOMEM, "out of memory")
                                     : lyra_store_error(err, db, "reading a conversation");
 
-    rc = prepare(db,
-                 "SELECT seq, role, content, model, prompt_tokens, completion_tokens, cached_tokens, prompt_ms,"
-                 " predicted_ms, created_ms FROM messages WHERE conversation_id = ? ORDER BY seq",
-                 &s, err, "reading messages");
+    rc = prepare(
+        db,
+        "SELECT seq, role, content, model, prompt_tokens, completion_tokens, cached_tokens, prompt_ms,"
+        " predicted_ms, created_ms FROM messages WHERE conversation_id = ? ORDER BY seq",
+        &s, err, "reading messages");
     if (rc < 0) {
         json_decref(conv);
         return rc;
@@ -404,6 +416,7 @@ struct list {
     int64_t total;
 };
 
+/* Job: l->out = one page of summaries, l->total = the count. */
 static int job_list(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct list *l = arg;
@@ -448,6 +461,7 @@ int lyra_conv_list(struct lyra_store *st, size_t limit, size_t offset, json_t **
     return rc;
 }
 
+/* Job: deletes conversation arg; LYRA_ENOTFOUND when it does not exist. */
 static int job_delete(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     const char *conv_id = arg;
@@ -498,6 +512,7 @@ void lyra_conv_claims_free(struct lyra_conv_claims *c)
     free(c);
 }
 
+/* Index of id in c, or c->n; called with c->lock held. */
 static size_t find_locked(const struct lyra_conv_claims *c, const char *id)
 {
     size_t i = 0;

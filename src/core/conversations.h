@@ -47,8 +47,8 @@ struct lyra_conv_message {
 /* One finished turn (strings borrowed for the call). */
 struct lyra_conv_turn {
     const char *conv_id;
-    bool create;            /* a new conversation: inserted by the same transaction */
-    const char *user_text;  /* the user's message; titles a conversation that has none */
+    bool create;                    /* a new conversation: inserted by the same transaction */
+    const char *user_text;          /* the user's message; titles a conversation that has none */
     struct lyra_conv_message reply; /* the assistant's answer; reply.model becomes the conversation's */
 };
 

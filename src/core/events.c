@@ -35,12 +35,12 @@ struct lyra_bus {
     pthread_cond_t reserved_cond; /* a reservation came back */
     struct lyra_bus_options o;
     uint64_t last_seq;
-    uint64_t reserved_through;    /* durable: numbers up to here may be used */
-    bool reserving;               /* a request is in flight */
-    bool failing;                 /* the last request failed */
-    bool late;                    /* a publisher waited out wait_ms: do not wait again until one lands */
-    bool unreserved_logged;       /* this episode of numbers above R has been logged */
-    int waiting;                  /* publishers in wait_until_locked */
+    uint64_t reserved_through; /* durable: numbers up to here may be used */
+    bool reserving;            /* a request is in flight */
+    bool failing;              /* the last request failed */
+    bool late;                 /* a publisher waited out wait_ms: do not wait again until one lands */
+    bool unreserved_logged;    /* this episode of numbers above R has been logged */
+    int waiting;               /* publishers in wait_until_locked */
     int64_t failed_at_ms;
     int64_t drop_logged_ms;
     uint64_t failures, unreserved, dropped;
@@ -215,7 +215,8 @@ static uint64_t next_seq_locked(struct lyra_bus *bus, uint64_t *request)
         }
     }
     /* Ahead of need: half the block used, ask for the next one. */
-    if (bus->reserved_through - (seq < bus->reserved_through ? seq : bus->reserved_through) <= bus->o.block / 2 &&
+    if (bus->reserved_through - (seq < bus->reserved_through ? seq : bus->reserved_through) <=
+            bus->o.block / 2 &&
         may_request_locked(bus))
         *request = start_request_locked(bus, seq);
     return seq;
@@ -227,6 +228,7 @@ static size_t event_bytes(const char *type, const char *source, const json_t *da
     return json_dumpb(data, NULL, 0, JSON_COMPACT) + strlen(type) + strlen(source) + 64;
 }
 
+/* Drops the oldest event of the ring (which must hold one); first_seq moves past it.  Lock held. */
 static void evict_oldest_locked(struct lyra_bus *bus)
 {
     size_t idx = (bus->ring_head + bus->o.ring_size - bus->ring_count) % bus->o.ring_size;
@@ -272,7 +274,8 @@ uint64_t lyra_bus_publish(struct lyra_bus *bus, const char *type, const char *so
     ev->seq = seq;
     ev->ts_ms = lyra_wall_ms();
     snprintf(ev->type, sizeof ev->type, "%.*s", (int)lyra_utf8_clip(type, sizeof ev->type - 1), type);
-    snprintf(ev->source, sizeof ev->source, "%.*s", (int)lyra_utf8_clip(source, sizeof ev->source - 1), source);
+    snprintf(ev->source, sizeof ev->source, "%.*s", (int)lyra_utf8_clip(source, sizeof ev->source - 1),
+             source);
     ev->data = data;
     ev->bytes = bytes;
     for (struct subscriber *s = bus->subs; s; s = s->next)
@@ -295,8 +298,8 @@ void lyra_bus_reserved(struct lyra_bus *bus, uint64_t through, bool ok)
             bus->reserved_through = through;
         if (bus->failing || bus->late || bus->unreserved_logged)
             lyra_log(LYRA_LOG_INFO, "events", NULL,
-                     json_pack("{s:I, s:I}", "reserved_through", (json_int_t)bus->reserved_through, "last_seq",
-                               (json_int_t)bus->last_seq),
+                     json_pack("{s:I, s:I}", "reserved_through", (json_int_t)bus->reserved_through,
+                               "last_seq", (json_int_t)bus->last_seq),
                      "event sequence reservation works again");
         bus->failing = false;
         bus->late = false;
@@ -311,8 +314,7 @@ void lyra_bus_reserved(struct lyra_bus *bus, uint64_t through, bool ok)
     pthread_mutex_unlock(&bus->lock);
 }
 
-static int subscribe_locked(struct lyra_bus *bus, const char *patterns, lyra_bus_subscriber_fn fn,
-                            void *ud)
+static int subscribe_locked(struct lyra_bus *bus, const char *patterns, lyra_bus_subscriber_fn fn, void *ud)
 {
     struct subscriber *s = calloc(1, sizeof *s);
     if (!s)
@@ -373,8 +375,8 @@ static size_t replay_locked(struct lyra_bus *bus, uint64_t since, const char *pa
     return delivered;
 }
 
-size_t lyra_bus_replay(struct lyra_bus *bus, uint64_t since, const char *patterns,
-                       lyra_bus_subscriber_fn fn, void *ud, uint64_t *first_seq)
+size_t lyra_bus_replay(struct lyra_bus *bus, uint64_t since, const char *patterns, lyra_bus_subscriber_fn fn,
+                       void *ud, uint64_t *first_seq)
 {
     pthread_mutex_lock(&bus->lock);
     size_t n = replay_locked(bus, since, patterns, fn, ud, first_seq);
@@ -423,6 +425,6 @@ json_t *lyra_event_to_json(const struct lyra_event *ev)
 {
     char ts[40];
     lyra_format_ts(ev->ts_ms, ts, sizeof ts);
-    return json_pack("{s:I, s:s, s:s, s:s, s:O}", "seq", (json_int_t)ev->seq, "ts", ts, "type",
-                     ev->type, "source", ev->source, "data", ev->data);
+    return json_pack("{s:I, s:s, s:s, s:s, s:O}", "seq", (json_int_t)ev->seq, "ts", ts, "type", ev->type,
+                     "source", ev->source, "data", ev->data);
 }

@@ -45,11 +45,11 @@
 
 struct lyra_event {
     uint64_t seq;
-    int64_t ts_ms;      /* wall clock */
+    int64_t ts_ms; /* wall clock */
     char type[64];
     char source[32];
-    json_t *data;       /* owned by the bus; incref to keep */
-    size_t bytes;       /* what the event costs in the ring's byte budget */
+    json_t *data; /* owned by the bus; incref to keep */
+    size_t bytes; /* what the event costs in the ring's byte budget */
 };
 
 struct lyra_bus;
@@ -63,17 +63,17 @@ typedef void (*lyra_bus_reserve_fn)(struct lyra_bus *bus, uint64_t through, void
 typedef void (*lyra_bus_subscriber_fn)(const struct lyra_event *ev, void *ud);
 
 struct lyra_bus_options {
-    size_t ring_size;          /* events kept for replay (0 counts as 1) */
-    size_t ring_bytes;         /* byte budget of the ring; 0 = no budget */
-    uint64_t start_after;      /* the first event gets start_after + 1 */
+    size_t ring_size;     /* events kept for replay (0 counts as 1) */
+    size_t ring_bytes;    /* byte budget of the ring; 0 = no budget */
+    uint64_t start_after; /* the first event gets start_after + 1 */
     /* With reserve: numbers up to here are durably reserved already
      * (>= start_after).  reserve NULL: numbers are not persisted. */
     uint64_t reserved_through;
     lyra_bus_reserve_fn reserve;
     void *reserve_ud;
-    uint64_t block;            /* numbers per reservation (>= 2) */
-    int wait_ms;               /* bound on a publisher's wait at exhaustion; 0 = never wait */
-    int retry_ms;              /* least time between a failure and its retry; 0 = next publish */
+    uint64_t block; /* numbers per reservation (>= 2) */
+    int wait_ms;    /* bound on a publisher's wait at exhaustion; 0 = never wait */
+    int retry_ms;   /* least time between a failure and its retry; 0 = next publish */
     /* How many numbers above the durable reservation may be used when it is
      * failing or late (0: none, drop instead).  The daemon passes
      * LYRA_BUS_SEQ_MARGIN, which is also what its restart skips. */
@@ -97,8 +97,7 @@ void lyra_bus_reserved(struct lyra_bus *bus, uint64_t through, bool ok);
 
 /* Adds a subscriber for `patterns` (copied).  Returns an id > 0, or 0 on
  * failure. */
-int lyra_bus_subscribe(struct lyra_bus *bus, const char *patterns, lyra_bus_subscriber_fn fn,
-                       void *ud);
+int lyra_bus_subscribe(struct lyra_bus *bus, const char *patterns, lyra_bus_subscriber_fn fn, void *ud);
 void lyra_bus_unsubscribe(struct lyra_bus *bus, int id);
 
 /* Calls fn for each event still in the ring with seq > since that matches
@@ -108,8 +107,8 @@ void lyra_bus_unsubscribe(struct lyra_bus *bus, int id);
  * are lost to replay (evicted by the count or the byte budget, too large
  * to keep, or from before the bus started).  Returns how many were
  * delivered. */
-size_t lyra_bus_replay(struct lyra_bus *bus, uint64_t since, const char *patterns,
-                       lyra_bus_subscriber_fn fn, void *ud, uint64_t *first_seq);
+size_t lyra_bus_replay(struct lyra_bus *bus, uint64_t since, const char *patterns, lyra_bus_subscriber_fn fn,
+                       void *ud, uint64_t *first_seq);
 
 /* Replays then subscribes atomically (no gap, no duplicate); *first_seq as
  * for lyra_bus_replay.  Returns the id (0 on failure). */

@@ -39,9 +39,9 @@ struct lyra_store {
     sqlite3 *db;
     pthread_t thread;
     bool thread_started;
-    pthread_mutex_t lock;      /* guards the queue and `closing` */
-    pthread_cond_t wake_cond;  /* the thread waits for jobs */
-    pthread_cond_t done_cond;  /* synchronous callers wait for theirs */
+    pthread_mutex_t lock;     /* guards the queue and `closing` */
+    pthread_cond_t wake_cond; /* the thread waits for jobs */
+    pthread_cond_t done_cond; /* synchronous callers wait for theirs */
     struct job *head, *tail;
     bool closing;
 };
@@ -52,7 +52,7 @@ static const char *const migrations[] = {
     "  id TEXT PRIMARY KEY,"
     "  started_ms INTEGER NOT NULL,"
     "  ended_ms INTEGER,"
-    "  clean INTEGER,"              /* NULL while running, 1 clean, 0 unclean */
+    "  clean INTEGER," /* NULL while running, 1 clean, 0 unclean */
     "  pid INTEGER NOT NULL,"
     "  version TEXT NOT NULL);"
     "CREATE INDEX sessions_open ON sessions(ended_ms) WHERE ended_ms IS NULL;"
@@ -149,9 +149,11 @@ static int exec(sqlite3 *db, const char *sql, const char *what, struct lyra_err 
     return 0;
 }
 
+/* PRAGMA synchronous FULL or NORMAL; outside a transaction only. */
 static int set_synchronous(sqlite3 *db, bool full, struct lyra_err *err)
 {
-    return exec(db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", "setting synchronous", err);
+    return exec(db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", "setting synchronous",
+                err);
 }
 
 int lyra_store_tx(sqlite3 *db, int flags, lyra_store_fn body, void *arg, struct lyra_err *err)
@@ -169,7 +171,8 @@ int lyra_store_tx(sqlite3 *db, int flags, lyra_store_fn body, void *arg, struct 
      * SQLITE_BUSY); an I/O error may or may not have rolled it back already.
      * Either way it must end here, or every later BEGIN on this connection
      * fails and the half-done writes would be committed by the next one. */
-    if (rc < 0 && !sqlite3_get_autocommit(db) && sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
+    if (rc < 0 && !sqlite3_get_autocommit(db) &&
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
         char first[LYRA_ERR_MSG_MAX];
         snprintf(first, sizeof first, "%s", err ? err->msg : "");
         struct lyra_err rb;
@@ -184,6 +187,7 @@ int lyra_store_tx(sqlite3 *db, int flags, lyra_store_fn body, void *arg, struct 
     return rc;
 }
 
+/* PRAGMA user_version, or -1 when it cannot be read. */
 static int user_version(sqlite3 *db)
 {
     sqlite3_stmt *st;
@@ -219,8 +223,8 @@ static int migrate(sqlite3 *db, struct lyra_err *err)
         return lyra_store_error(err, db, "reading schema version");
     if (v > N_MIGRATIONS)
         return lyra_err_set(err, LYRA_EDB,
-                            "database schema %d is newer than this Lyra knows (%d): refusing to touch it",
-                            v, N_MIGRATIONS);
+                            "database schema %d is newer than this Lyra knows (%d): refusing to touch it", v,
+                            N_MIGRATIONS);
     for (int i = v; i < N_MIGRATIONS; i++) {
         struct migration m = {i + 1};
         int rc = lyra_store_tx(db, 0, run_migration, &m, err);
@@ -268,8 +272,8 @@ static void *store_thread(void *arg)
 struct lyra_store *lyra_store_open(const char *path, struct lyra_err *err)
 {
     sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(path, &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+    int rc =
+        sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     if (rc != SQLITE_OK) {
         lyra_err_set(err, LYRA_EDB, "cannot open database %s: %s", path,
                      db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
@@ -280,8 +284,8 @@ struct lyra_store *lyra_store_open(const char *path, struct lyra_err *err)
     struct lyra_err e2 = {0};
     /* journal_mode reads the file: a non-database fails here with a clear
      * message instead of at the first query. */
-    if (exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
-             "opening", &e2) < 0 ||
+    if (exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;", "opening",
+             &e2) < 0 ||
         migrate(db, &e2) < 0) {
         lyra_err_set(err, LYRA_EDB, "database %s: %s", path, e2.msg);
         sqlite3_close(db);
@@ -375,6 +379,7 @@ int lyra_store_submit(struct lyra_store *st, lyra_store_fn fn, lyra_store_done_f
 
 /* --- schema version ------------------------------------------------------- */
 
+/* Job: *(int *)arg = the schema version. */
 static int job_user_version(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     *(int *)arg = user_version(db);
@@ -390,6 +395,7 @@ int lyra_store_schema_version(struct lyra_store *st)
 
 /* --- sessions ------------------------------------------------------------- */
 
+/* Copies a text column into dst (len bytes), valid UTF-8 even if the row is not. */
 static void copy_text(char *dst, size_t len, sqlite3_stmt *s, int col)
 {
     const unsigned char *t = sqlite3_column_text(s, col);
@@ -404,6 +410,8 @@ struct session_begin {
     int count;
 };
 
+/* Transaction body: counts and closes the open sessions (the most recent one copied to b->unclean), inserts
+ * the new one. */
 static int tx_session_begin(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct session_begin *b = arg;
@@ -450,6 +458,7 @@ static int tx_session_begin(sqlite3 *db, void *arg, struct lyra_err *err)
     return step == SQLITE_DONE ? 0 : lyra_store_error(err, db, what);
 }
 
+/* Job: tx_session_begin in one transaction. */
 static int job_session_begin(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     return lyra_store_tx(db, 0, tx_session_begin, arg, err);
@@ -469,8 +478,9 @@ int lyra_store_session_begin(struct lyra_store *st, const char *version, char id
 static int put_meta(sqlite3 *db, const char *key, uint64_t value, struct lyra_err *err)
 {
     sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, "INSERT INTO meta (key, value) VALUES (?, ?) "
-                               "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO meta (key, value) VALUES (?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                            -1, &s, NULL) != SQLITE_OK)
         return lyra_store_error(err, db, "writing meta");
     char buf[24];
@@ -488,6 +498,7 @@ struct session_end {
     uint64_t value;
 };
 
+/* Transaction body: the session ended cleanly now, and meta e->key = e->value when key is set. */
 static int tx_session_end(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     const struct session_end *e = arg;
@@ -504,6 +515,7 @@ static int tx_session_end(sqlite3 *db, void *arg, struct lyra_err *err)
     return e->key ? put_meta(db, e->key, e->value, err) : 0;
 }
 
+/* Job: tx_session_end in one durable transaction. */
 static int job_session_end(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     return lyra_store_tx(db, LYRA_STORE_DURABLE, tx_session_end, arg, err);
@@ -526,6 +538,7 @@ struct meta {
     char key[]; /* NUL-terminated */
 };
 
+/* Job: m->value = meta m->key; LYRA_ENOTFOUND when absent. */
 static int job_meta_get(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct meta *m = arg;
@@ -548,6 +561,7 @@ static int job_meta_get(sqlite3 *db, void *arg, struct lyra_err *err)
     return rc;
 }
 
+/* A meta request with its key copied (caller frees); NULL on allocation failure. */
 static struct meta *meta_new(const char *key, uint64_t value, int flags)
 {
     size_t n = strlen(key) + 1;
@@ -572,12 +586,14 @@ int lyra_store_meta_get_u64(struct lyra_store *st, const char *key, uint64_t *va
     return rc;
 }
 
+/* Transaction body: meta m->key = m->value. */
 static int tx_meta_set(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     const struct meta *m = arg;
     return put_meta(db, m->key, m->value, err);
 }
 
+/* Job: tx_meta_set in a transaction with m->flags. */
 static int job_meta_set(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct meta *m = arg;
@@ -595,6 +611,7 @@ int lyra_store_meta_set_u64(struct lyra_store *st, const char *key, uint64_t val
     return rc;
 }
 
+/* Callback of an asynchronous meta write: reports to the caller, frees the request. */
 static void meta_set_done(int rc, const struct lyra_err *err, void *arg)
 {
     struct meta *m = arg;
@@ -619,6 +636,7 @@ int lyra_store_meta_set_u64_async(struct lyra_store *st, const char *key, uint64
 
 /* --- check ---------------------------------------------------------------- */
 
+/* Job: PRAGMA quick_check; 0 when it says ok. */
 static int job_check(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     sqlite3_stmt *s;

@@ -169,8 +169,9 @@ static void test_unwritable_database(void **state)
     json_decref(j);
     /* Streamed: answered to the end; its turn is not stored either. */
     struct it_response r;
-    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"streamed while full\",\"stream\":true,"
-             OPTIONS "}", id);
+    snprintf(body, sizeof body,
+             "{\"conversation_id\":\"%s\",\"message\":\"streamed while full\",\"stream\":true," OPTIONS "}",
+             id);
     assert_int_equal(it_http(srv.port, "POST", "/chat", JSON_HEADER, body, &r), 0);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.body, "data: [DONE]"));

@@ -161,8 +161,12 @@ static void test_turns_and_history(void **state)
     /* A reply without a model keeps the conversation's. */
     struct lyra_conv_turn t = {.conv_id = id,
                                .user_text = "third",
-                               .reply = {.content = "ok", .prompt_tokens = -1, .completion_tokens = -1,
-                                         .cached_tokens = -1, .prompt_ms = -1, .predicted_ms = -1}};
+                               .reply = {.content = "ok",
+                                         .prompt_tokens = -1,
+                                         .completion_tokens = -1,
+                                         .cached_tokens = -1,
+                                         .prompt_ms = -1,
+                                         .predicted_ms = -1}};
     assert_int_equal(lyra_conv_save_turn(st, &t, &err), 0);
     assert_int_equal(lyra_conv_get(st, id, &conv, &err), 0);
     assert_string_equal(str(conv, "model"), "tiny");
@@ -194,13 +198,14 @@ static void test_failed_turn_stores_nothing(void **state)
     struct lyra_store *st = *state;
     struct lyra_err err = {0};
     assert_int_equal(
-        lyra_store_run(st, job_exec,
-                       "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = 'BOOM'"
-                       " BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
-                       "CREATE TABLE guard (c TEXT REFERENCES conversations(id) DEFERRABLE INITIALLY DEFERRED);"
-                       "CREATE TRIGGER at_commit AFTER INSERT ON messages WHEN NEW.content = 'LATE'"
-                       " BEGIN INSERT INTO guard VALUES ('no-such-conversation'); END;",
-                       &err),
+        lyra_store_run(
+            st, job_exec,
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = 'BOOM'"
+            " BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+            "CREATE TABLE guard (c TEXT REFERENCES conversations(id) DEFERRABLE INITIALLY DEFERRED);"
+            "CREATE TRIGGER at_commit AFTER INSERT ON messages WHEN NEW.content = 'LATE'"
+            " BEGIN INSERT INTO guard VALUES ('no-such-conversation'); END;",
+            &err),
         0);
     char id[37], fresh[37];
     lyra_uuid4(id);
@@ -210,8 +215,12 @@ static void test_failed_turn_stores_nothing(void **state)
     for (int i = 0; i < 2; i++) {
         struct lyra_conv_turn t = {.conv_id = id,
                                    .user_text = "never stored",
-                                   .reply = {.content = bad[i], .prompt_tokens = -1, .completion_tokens = -1,
-                                             .cached_tokens = -1, .prompt_ms = -1, .predicted_ms = -1}};
+                                   .reply = {.content = bad[i],
+                                             .prompt_tokens = -1,
+                                             .completion_tokens = -1,
+                                             .cached_tokens = -1,
+                                             .prompt_ms = -1,
+                                             .predicted_ms = -1}};
         assert_int_equal(lyra_conv_save_turn(st, &t, &err), LYRA_EDB);
         assert_non_null(strstr(err.msg, i == 0 ? "injected failure" : "FOREIGN KEY"));
         t.conv_id = fresh;

@@ -185,7 +185,7 @@ static void test_failed_reservation_is_retried(void **state)
     lyra_bus_publish(bus, "a.b", "t", NULL);
     int calls = f.calls;
     assert_int_equal(lyra_bus_publish(bus, "a.b", "t", NULL), 0); /* 5 is not covered */
-    assert_true(f.calls > calls);                                  /* ... and it asked again */
+    assert_true(f.calls > calls);                                 /* ... and it asked again */
     struct lyra_bus_stats st;
     lyra_bus_stats(bus, &st);
     assert_true(st.failing);
@@ -298,7 +298,7 @@ static void test_numbers_never_repeat_across_a_crash(void **state)
     struct lyra_bus_stats st;
     lyra_bus_stats(bus, &st);
     assert_true(st.unreserved > 0); /* the margin was really used */
-    lyra_bus_free(bus);              /* crash */
+    lyra_bus_free(bus);             /* crash */
     uint64_t start_after = f.stored + 50;
     fake_destroy(&f);
     fake_init(&f, FAKE_OK, start_after + 10);
@@ -327,8 +327,8 @@ static void test_ring_byte_budget(void **state)
     uint64_t first = 0;
     size_t n = lyra_bus_replay(bus, 0, NULL, record, &s, &first);
     assert_int_equal(n, st.ring_count);
-    assert_int_equal(s.seqs[0], first);             /* the oldest kept is where the ring starts */
-    assert_int_equal(s.seqs[n - 1], 10);            /* the newest are kept */
+    assert_int_equal(s.seqs[0], first);  /* the oldest kept is where the ring starts */
+    assert_int_equal(s.seqs[n - 1], 10); /* the newest are kept */
     assert_int_equal(first, 10 - st.ring_count + 1);
 
     /* An event larger than the whole budget reaches subscribers but is not

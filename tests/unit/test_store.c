@@ -235,12 +235,13 @@ static void test_failed_commit_rolls_back(void **state)
      * later BEGIN would fail. */
     struct lyra_err err = {0};
     struct lyra_store *st = lyra_store_open(path, &err);
-    assert_int_equal(lyra_store_run(st, job_exec,
-                                    "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
-                                    "CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY "
-                                    "DEFERRED);",
-                                    &err),
-                     0);
+    assert_int_equal(
+        lyra_store_run(st, job_exec,
+                       "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+                       "CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY "
+                       "DEFERRED);",
+                       &err),
+        0);
     struct tx_case c = {.body = tx_insert_orphan};
     assert_int_equal(lyra_store_run(st, job_tx, &c, &err), 0);
     assert_int_equal(c.rc, LYRA_EDB);
@@ -286,7 +287,7 @@ static void test_durable_commit_syncs(void **state)
     struct lyra_store *st = lyra_store_open(path, &err);
     struct durable_case c = {LYRA_STORE_DURABLE, -1};
     assert_int_equal(lyra_store_run(st, job_durable, &c, &err), 0);
-    assert_int_equal(c.inside, 2); /* FULL */
+    assert_int_equal(c.inside, 2);                            /* FULL */
     assert_int_equal(query_int(st, "PRAGMA synchronous"), 1); /* NORMAL again */
     c = (struct durable_case){0, -1};
     assert_int_equal(lyra_store_run(st, job_durable, &c, &err), 0);
