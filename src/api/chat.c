@@ -6,13 +6,24 @@
  *   GET    /conversations/{id}   one conversation with its messages
  *   DELETE /conversations/{id}   204
  *
- * A turn stores the user message at once, sends the whole history to the
- * worker (whose slots reuse the KV of the earlier turns, so only the new
- * tokens are evaluated), and stores the reply with its usage and timings
- * when the job ends — before the answer (or the stream's closing chunk)
- * leaves, so a client that has the answer finds it in GET.  A turn that
- * fails leaves no trace: its user message, and a conversation created for
- * it, are removed again, so the stored history always alternates.
+ * A turn claims its conversation (a second turn on it meanwhile gets 409
+ * conversation_busy), reads the stored history and sends it to the worker
+ * with the new user message, which is held in memory only (the worker's
+ * slots reuse the KV of the earlier turns, so only the new tokens are
+ * evaluated).  When the job ends well, the user message and the reply (and
+ * for a first turn the conversation itself) are written in one transaction
+ * (lyra_conv_save_turn); a turn that fails, is cancelled or dies with its
+ * worker writes nothing, so the stored history is exactly what it was.
+ *
+ * Threads: the handler runs on an HTTP thread and may wait on the store.
+ * The formatter hooks run where the bridge calls them: for a stream on the
+ * supervisor's loop thread, which must never wait for the disk, so the turn
+ * is queued there with lyra_conv_save_turn_async; the store runs jobs in
+ * order, so a later GET or turn sees it.  For an answer that is not streamed
+ * the hooks run on the HTTP thread that sends it, which waits for the write
+ * and says in the answer whether the turn was stored.  The claim is released
+ * when the turn is written or queued, or failed — and at the latest when the
+ * bridge frees the request (client gone, worker crash, shutdown).
  * Errors are Lyra's {"error":{"code","message"}}. */
 #include <errno.h>
 #include <stdlib.h>
@@ -22,26 +33,46 @@
 #include "api/server.h"
 #include "core/conversations.h"
 #include "core/log.h"
+#include "core/util.h"
 
 #define LIST_DEFAULT_LIMIT 50
 #define LIST_MAX_LIMIT 1000
 
-/* Per-request state shared with the bridge's hooks (freed by chat_free). */
+/* The error code for a failure of the store: the database refused
+ * (storage_failed), or something else went wrong (internal). */
+static const char *error_code(int rc)
+{
+    return rc == LYRA_EDB ? "storage_failed" : "internal";
+}
+
+/* Per-request state shared with the bridge's hooks (freed by chat_free).
+ * The hooks of one request never run concurrently (the bridge calls them
+ * under its lock, free_ud last). */
 struct chat {
     struct lyra_server *srv;
     char conv_id[37];
-    bool created; /* the conversation was made for this turn */
-    int64_t user_msg_id;
-    char *user_text; /* the title, if the conversation has none yet */
-    bool rolled_back;
+    bool create;  /* the conversation is made by this turn's transaction */
+    bool claimed; /* conv_id is claimed in srv->chat_turns */
+    char *user_text;
     char request_id[130];
 };
 
+/* Ends the turn's hold on its conversation (once). */
+static void release(struct chat *c)
+{
+    if (c->claimed) {
+        c->claimed = false;
+        lyra_conv_unclaim(c->srv->chat_turns, c->conv_id);
+    }
+}
+
+/* The bridge's free_ud: the request is over, whatever its end; releases the claim if still held. */
 static void chat_free(void *ud)
 {
     struct chat *c = ud;
     if (!c)
         return;
+    release(c);
     free(c->user_text);
     free(c);
 }
@@ -89,25 +120,13 @@ static json_t *fmt_closing(const struct lyra_infer_result *r, void *ud)
                      r->finish_reason, "usage", usage_json(r), "timings", timings_json(r));
 }
 
-/* Takes back what the turn stored; see the file comment. */
-static void roll_back(struct chat *c)
-{
-    if (c->rolled_back || !c->conv_id[0])
-        return;
-    c->rolled_back = true;
-    struct lyra_err err = {0};
-    int rc = c->created ? lyra_conv_delete(c->srv->store, c->conv_id, &err)
-                        : lyra_conv_delete_message(c->srv->store, c->user_msg_id, &err);
-    if (rc < 0 && rc != LYRA_ENOTFOUND)
-        lyra_log(LYRA_LOG_WARN, "chat", c->request_id, NULL, "conversation %s: %s", c->conv_id, err.msg);
-}
-
 /* Lyra's error shape, as lyra_http_send_error writes it.  Called by the
- * bridge exactly when the turn failed, so it also rolls the turn back. */
+ * bridge exactly when the turn failed: nothing was stored, so the turn only
+ * lets go of its conversation. */
 static json_t *fmt_error(const char *code, const char *message, int status, void *ud)
 {
     if (ud)
-        roll_back(ud);
+        release(ud);
     json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", code ? code : "internal", "message",
                           message ? message : "error");
     if (!e)
@@ -127,27 +146,74 @@ static int64_t int_of(json_t *o, const char *key)
     return json_is_integer(v) ? (int64_t)json_integer_value(v) : -1;
 }
 
-/* The job ended well (or was cancelled: the partial reply is kept). */
+/* Logging context of a queued turn (the chat may be freed before the store
+ * runs it). */
+struct saved_ctx {
+    char conv_id[37];
+    char request_id[130];
+};
+
+/* Database thread: the queued turn was written, or not. */
+static void turn_saved(int rc, const struct lyra_err *err, void *ud)
+{
+    struct saved_ctx *x = ud;
+    if (rc < 0)
+        lyra_log(LYRA_LOG_ERROR, "chat", x->request_id, json_pack("{s:s}", "conversation_id", x->conv_id),
+                 "conversation %s: turn not stored: %s", x->conv_id, err ? err->msg : "");
+    free(x);
+}
+
+/* The job ended.  A cancelled turn (its client left) is not stored; any
+ * other is, whole: queued when streaming (body NULL, possibly on the loop
+ * thread), written and reported in the answer otherwise (body set, an HTTP
+ * thread).  Either way the conversation is released before the answer or
+ * the closing chunk leaves, so the client's next turn is not refused. */
 static void chat_finished(const struct lyra_infer_result *r, json_t *body, void *ud)
 {
     struct chat *c = ud;
-    struct lyra_conv_message m = {
-        .role = "assistant",
-        .content = r->text,
-        .model = r->model,
-        .prompt_tokens = int_of(r->usage, "prompt_tokens"),
-        .completion_tokens = int_of(r->usage, "completion_tokens"),
-        .cached_tokens = int_of(r->usage, "cached_tokens"),
-        .prompt_ms = real_of(r->timings, "prompt_ms"),
-        .predicted_ms = real_of(r->timings, "predicted_ms"),
+    if (r->finish_reason && strcmp(r->finish_reason, "cancelled") == 0) {
+        release(c);
+        return;
+    }
+    struct lyra_conv_turn t = {
+        .conv_id = c->conv_id,
+        .create = c->create,
+        .user_text = c->user_text,
+        .reply = {.content = r->text,
+                  .model = r->model,
+                  .prompt_tokens = int_of(r->usage, "prompt_tokens"),
+                  .completion_tokens = int_of(r->usage, "completion_tokens"),
+                  .cached_tokens = int_of(r->usage, "cached_tokens"),
+                  .prompt_ms = real_of(r->timings, "prompt_ms"),
+                  .predicted_ms = real_of(r->timings, "predicted_ms")},
     };
     struct lyra_err err = {0};
-    if (lyra_conv_append(c->srv->store, c->conv_id, &m, NULL, &err) < 0 ||
-        lyra_conv_touch(c->srv->store, c->conv_id, r->model, c->user_text, &err) < 0)
-        /* Deleted while the turn ran, or a database failure: the answer
-         * still goes out. */
-        lyra_log(LYRA_LOG_WARN, "chat", c->request_id, NULL, "conversation %s: reply not stored: %s",
-                 c->conv_id, err.msg);
+    int rc;
+    if (body) {
+        rc = lyra_conv_save_turn(c->srv->store, &t, &err);
+        json_object_set_new(body, "stored", json_boolean(rc == 0));
+        if (rc < 0)
+            json_object_set_new(body, "store_error",
+                                json_pack("{s:s, s:s}", "code",
+                                          rc == LYRA_ENOTFOUND ? "conversation_not_found" : error_code(rc),
+                                          "message", err.msg));
+    } else {
+        struct saved_ctx *x = calloc(1, sizeof *x);
+        rc = x ? 0 : lyra_err_set(&err, LYRA_ENOMEM, "out of memory");
+        if (x) {
+            snprintf(x->conv_id, sizeof x->conv_id, "%s", c->conv_id);
+            snprintf(x->request_id, sizeof x->request_id, "%s", c->request_id);
+            rc = lyra_conv_save_turn_async(c->srv->store, &t, turn_saved, x);
+            if (rc < 0) {
+                free(x);
+                lyra_err_set(&err, rc, "%s", lyra_strerror(rc));
+            }
+        }
+    }
+    if (rc < 0)
+        lyra_log(LYRA_LOG_ERROR, "chat", c->request_id, json_pack("{s:s}", "conversation_id", c->conv_id),
+                 "conversation %s: turn not stored: %s", c->conv_id, err.msg);
+    release(c);
 }
 
 static const struct lyra_infer_format chat_format = {
@@ -244,41 +310,58 @@ static bool optional_string(struct lyra_http_req *req, json_t *body, const char 
     return true;
 }
 
-/* Stores the user message (making the conversation if need be) and loads
- * the history for the worker into *history.  Answers the request and
- * returns false on failure. */
-static bool store_turn(struct lyra_http_req *req, struct chat *c, const char *conv_id, const char *text,
-                       json_t **history)
+/* Claims the turn's conversation and builds the worker's messages: the
+ * stored history (for an existing conversation) plus the new user message,
+ * which is not stored until the turn ends well.  *conv_model gets the
+ * conversation's model (malloc'd or NULL).  Answers the request and returns
+ * false on failure (the claim, if taken, is released by chat_free). */
+static bool begin_turn(struct lyra_http_req *req, struct chat *c, const char *conv_id, json_t **messages,
+                       char **conv_model)
 {
     struct lyra_store *st = c->srv->store;
-    struct lyra_err err = {0};
-    int rc = 0;
+    *conv_model = NULL;
+    *messages = NULL;
     if (conv_id) {
         snprintf(c->conv_id, sizeof c->conv_id, "%s", conv_id);
     } else {
-        rc = lyra_conv_create(st, c->conv_id, &err);
-        c->created = rc == 0;
+        lyra_uuid4(c->conv_id);
+        c->create = true;
     }
-    struct lyra_conv_message m = {.role = "user",
-                                  .content = text,
-                                  .prompt_tokens = -1,
-                                  .completion_tokens = -1,
-                                  .cached_tokens = -1,
-                                  .prompt_ms = -1,
-                                  .predicted_ms = -1};
-    if (rc == 0)
-        rc = lyra_conv_append(st, c->conv_id, &m, &c->user_msg_id, &err);
-    if (rc == 0)
-        rc = lyra_conv_messages(st, c->conv_id, history, &err);
-    if (rc == 0)
-        return true;
-    if (rc == LYRA_ENOTFOUND) { /* deleted a moment ago */
-        lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", c->conv_id);
-    } else {
-        roll_back(c);
-        lyra_http_send_error(req, 500, "internal", "%s", err.msg);
+    int rc = strlen(conv_id ? conv_id : c->conv_id) == 36 ? lyra_conv_claim(c->srv->chat_turns, c->conv_id)
+                                                          : LYRA_ENOTFOUND; /* not an id Lyra gives */
+    if (rc == LYRA_EBUSY) {
+        lyra_http_send_error(
+            req, 409, "conversation_busy",
+            "conversation %s has a turn in progress: send the next message when it has ended", c->conv_id);
+        return false;
     }
-    return false;
+    if (rc == LYRA_ENOTFOUND) {
+        lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", conv_id);
+        return false;
+    }
+    if (rc < 0) {
+        lyra_http_send_error(req, 500, "internal", "%s", lyra_strerror(rc));
+        return false;
+    }
+    c->claimed = true;
+    struct lyra_err err = {0};
+    if (c->create)
+        *messages = json_array();
+    else if ((rc = lyra_conv_history(st, c->conv_id, conv_model, messages, &err)) < 0) {
+        if (rc == LYRA_ENOTFOUND)
+            lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", c->conv_id);
+        else
+            lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
+        return false;
+    }
+    json_t *user = json_pack("{s:s, s:s}", "role", "user", "content", c->user_text);
+    if (!*messages || !user || json_array_append_new(*messages, user) < 0) {
+        free(*conv_model);
+        *conv_model = NULL;
+        lyra_http_send_error(req, 500, "internal", "out of memory");
+        return false;
+    }
+    return true;
 }
 
 void lyra_api_chat(struct lyra_http_req *req, void *ctx)
@@ -319,19 +402,18 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx)
     if (!(params = map_options(req, json_object_get(body, "options"))))
         goto out;
 
-    /* The model: the request's, else the conversation's, else the default. */
-    char *conv_model = NULL;
-    if (conv_id) {
-        struct lyra_err err = {0};
-        int rc = lyra_conv_model(srv->store, conv_id, &conv_model, &err);
-        if (rc == LYRA_ENOTFOUND) {
-            lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", conv_id);
-            goto out;
-        } else if (rc < 0) {
-            lyra_http_send_error(req, 500, "internal", "%s", err.msg);
-            goto out;
-        }
+    c = calloc(1, sizeof *c);
+    if (!c || !(c->user_text = strdup(json_string_value(message)))) {
+        lyra_http_send_error(req, 500, "internal", "out of memory");
+        goto out;
     }
+    c->srv = srv;
+    snprintf(c->request_id, sizeof c->request_id, "%s", lyra_http_request_id(req));
+    char *conv_model = NULL;
+    if (!begin_turn(req, c, conv_id, &history, &conv_model))
+        goto out;
+
+    /* The model: the request's, else the conversation's, else the default. */
     if (model_name) {
         model = strdup(model_name);
         free(conv_model);
@@ -342,16 +424,6 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx)
         lyra_http_send_error(req, 404, "model_not_found", "no model given and no model available");
         goto out;
     }
-
-    c = calloc(1, sizeof *c);
-    if (!c || !(c->user_text = strdup(json_string_value(message)))) {
-        lyra_http_send_error(req, 500, "internal", "out of memory");
-        goto out;
-    }
-    c->srv = srv;
-    snprintf(c->request_id, sizeof c->request_id, "%s", lyra_http_request_id(req));
-    if (!store_turn(req, c, conv_id, json_string_value(message), &history))
-        goto out;
 
     struct lyra_infer_options opts = {
         .model = model,
@@ -364,8 +436,10 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx)
     lyra_infer_start(srv, req, &opts); /* owns msg and c from here */
     c = NULL;
     params = NULL;
+    history = NULL;
 out:
     chat_free(c);
+    json_decref(history);
     json_decref(params);
     free(model);
     json_decref(body);
@@ -404,8 +478,9 @@ void lyra_api_conversations_list(struct lyra_http_req *req, void *ctx)
     json_t *list;
     int64_t total = 0;
     struct lyra_err err = {0};
-    if (lyra_conv_list(srv->store, limit, offset, &list, &total, &err) < 0) {
-        lyra_http_send_error(req, 500, "internal", "%s", err.msg);
+    int rc = lyra_conv_list(srv->store, limit, offset, &list, &total, &err);
+    if (rc < 0) {
+        lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
         return;
     }
     lyra_http_send_json(req, 200, json_pack("{s:o, s:I}", "conversations", list, "total", (json_int_t)total));
@@ -421,7 +496,7 @@ void lyra_api_conversations_get(struct lyra_http_req *req, void *ctx)
     if (rc == LYRA_ENOTFOUND)
         lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", id);
     else if (rc < 0)
-        lyra_http_send_error(req, 500, "internal", "%s", err.msg);
+        lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
     else
         lyra_http_send_json(req, 200, conv);
 }
@@ -435,7 +510,7 @@ void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx)
     if (rc == LYRA_ENOTFOUND)
         lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", id);
     else if (rc < 0)
-        lyra_http_send_error(req, 500, "internal", "%s", err.msg);
+        lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
     else
         lyra_http_send(req, 204, NULL, NULL, 0);
 }

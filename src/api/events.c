@@ -1,10 +1,12 @@
 /* events.c — the event bus over HTTP (JSON; the live SSE/WebSocket stream
  * builds on the same bus):
  *   GET  /events/recent?since=SEQ&types=model.*,job.*&limit=N
- *        events still in the replay ring, oldest first
+ *        events still in the replay ring, oldest first, and where the ring
+ *        starts (first_seq; truncated when events after `since` are gone)
  *   POST /events {"type":"custom.NAME","data":{...}}
  *        publishes an application event (types must start with "custom."
- *        so clients cannot forge system events). */
+ *        so clients cannot forge system events; data at most
+ *        events.max_payload_bytes encoded). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,9 +53,12 @@ void lyra_api_events_recent(struct lyra_http_req *req, void *ctx)
         return;
     }
     struct collect c = {json_array(), (size_t)limit};
-    lyra_bus_replay(srv->bus, since, lyra_http_query(req, "types"), collect_event, &c);
-    lyra_http_send_json(req, 200, json_pack("{s:o, s:I}", "events", c.list, "last_seq",
-                                            (json_int_t)lyra_bus_last_seq(srv->bus)));
+    uint64_t first = 0;
+    lyra_bus_replay(srv->bus, since, lyra_http_query(req, "types"), collect_event, &c, &first);
+    lyra_http_send_json(req, 200,
+                        json_pack("{s:o, s:I, s:I, s:b}", "events", c.list, "last_seq",
+                                  (json_int_t)lyra_bus_last_seq(srv->bus), "first_seq", (json_int_t)first,
+                                  "truncated", since + 1 < first));
 }
 
 static bool valid_custom_type(const char *t)
@@ -85,8 +90,22 @@ void lyra_api_events_publish(struct lyra_http_req *req, void *ctx)
     } else if (data && !json_is_object(data)) {
         lyra_http_send_error(req, 400, "invalid_field", "data must be an object");
     } else {
-        uint64_t seq = lyra_bus_publish(srv->bus, json_string_value(type), "api", json_incref(data));
-        lyra_http_send_json(req, 201, json_pack("{s:I}", "seq", (json_int_t)seq));
+        /* The payload as it would be stored and replayed: compact JSON. */
+        size_t size = data ? json_dumpb(data, NULL, 0, JSON_COMPACT) : 2;
+        size_t max = srv->cfg->events.max_payload_bytes;
+        if (size > max) {
+            lyra_http_send_error(req, 413, "payload_too_large",
+                                 "event data is %zu bytes encoded, more than events.max_payload_bytes (%zu)",
+                                 size, max);
+        } else {
+            uint64_t seq = lyra_bus_publish(srv->bus, json_string_value(type), "api", json_incref(data));
+            if (seq == 0)
+                lyra_http_send_error(req, 503, "events_unavailable",
+                                     "the event was not published: event numbers cannot be reserved (the "
+                                     "database cannot be written)");
+            else
+                lyra_http_send_json(req, 201, json_pack("{s:I}", "seq", (json_int_t)seq));
+        }
     }
     json_decref(body);
 }

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/conversations.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "sys/cpu.h"
@@ -133,11 +134,58 @@ static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
     return 0;
 }
 
-/* Bus callback: persists a new sequence high-water mark. */
-static uint64_t reserve_seq(uint64_t through, void *ud)
+/* Store callback (database thread): the reservation is durable or failed. */
+static void seq_reserved(int rc, const struct lyra_err *err, uint64_t through, void *ud)
 {
     struct lyra_server *srv = ud;
-    return lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, through) == 0 ? through : 0;
+    if (rc < 0)
+        lyra_log(LYRA_LOG_ERROR, "events", NULL,
+                 json_pack("{s:I, s:s}", "through", (json_int_t)through, "error", err ? err->msg : ""),
+                 "cannot reserve event sequence numbers (retrying): %s", err ? err->msg : "");
+    lyra_bus_reserved(srv->bus, through, rc == 0);
+}
+
+/* Bus callback (any publishing thread, the supervisor loop included):
+ * queues a durable write of the new high-water mark; never waits. */
+static void reserve_seq(struct lyra_bus *bus, uint64_t through, void *ud)
+{
+    struct lyra_server *srv = ud;
+    if (lyra_store_meta_set_u64_async(srv->store, EVENT_SEQ_KEY, through, LYRA_STORE_DURABLE, seq_reserved,
+                                      srv) < 0)
+        lyra_bus_reserved(bus, through, false);
+}
+
+/* The event bus, numbered after every number an earlier run can have used:
+ * after a clean end the stored mark is the last number used; after an
+ * unclean one it is a reservation that numbers may have exceeded by up to
+ * LYRA_BUS_SEQ_MARGIN (events.h).  The first block is reserved durably here,
+ * before any number is used. */
+static int open_bus(struct lyra_server *srv, bool unclean, struct lyra_err *err)
+{
+    uint64_t mark = 0;
+    int rc = lyra_store_meta_get_u64(srv->store, EVENT_SEQ_KEY, &mark, err);
+    if (rc < 0 && rc != LYRA_ENOTFOUND)
+        return rc;
+    uint64_t start_after = unclean ? mark + LYRA_BUS_SEQ_MARGIN : mark;
+    uint64_t through = start_after + LYRA_BUS_SEQ_BLOCK;
+    struct lyra_err e2 = {0};
+    if (lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, through, LYRA_STORE_DURABLE, &e2) < 0)
+        return lyra_err_set(err, LYRA_EDB, "cannot reserve event sequence numbers: %s", e2.msg);
+    const struct lyra_config *cfg = srv->cfg;
+    struct lyra_bus_options bo = {
+        .ring_size = (size_t)cfg->events.ring_size,
+        .ring_bytes = cfg->events.ring_bytes,
+        .start_after = start_after,
+        .reserved_through = through,
+        .reserve = reserve_seq,
+        .reserve_ud = srv,
+        .block = LYRA_BUS_SEQ_BLOCK,
+        .wait_ms = LYRA_BUS_WAIT_MS,
+        .retry_ms = LYRA_BUS_RETRY_MS,
+        .margin = LYRA_BUS_SEQ_MARGIN, /* what the start after an unclean end skips */
+    };
+    srv->bus = lyra_bus_new(&bo);
+    return srv->bus ? 0 : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
 }
 
 static int open_state(struct lyra_server *srv, struct lyra_err *err)
@@ -161,10 +209,10 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
     if (rc < 0)
         return rc;
 
-    uint64_t seq_mark = 0;
-    lyra_store_meta_get_u64(srv->store, EVENT_SEQ_KEY, &seq_mark);
-    srv->bus = lyra_bus_new((size_t)srv->cfg->events.ring_size, seq_mark, reserve_seq, srv);
-    if (!srv->bus)
+    rc = open_bus(srv, n_unclean > 0, err);
+    if (rc < 0)
+        return rc;
+    if (!(srv->chat_turns = lyra_conv_claims_new()))
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
 
     if (n_unclean > 0) {
@@ -388,16 +436,21 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         free(srv->state_file);
     }
     if (srv->store && srv->session_id[0] && clean) {
+        /* One durable transaction: a run recorded as clean always has its
+         * last number stored, and the next run starts right after it. */
         struct lyra_err err = {0};
-        if (lyra_store_session_end(srv->store, srv->session_id, &err) < 0)
-            lyra_warn("state", "%s", err.msg);
-        if (srv->bus) /* the next run starts right after the last number used */
-            lyra_store_meta_set_u64(srv->store, EVENT_SEQ_KEY, lyra_bus_last_seq(srv->bus));
+        if (lyra_store_session_end(srv->store, srv->session_id, srv->bus ? EVENT_SEQ_KEY : NULL,
+                                   srv->bus ? lyra_bus_last_seq(srv->bus) : 0, &err) < 0)
+            lyra_warn("state",
+                      "the session cannot be closed cleanly (the next start skips event numbers): %s",
+                      err.msg);
     }
     lyra_registry_free(srv->registry);
     lyra_trace_ring_free(srv->traces);
-    lyra_bus_free(srv->bus);
+    /* The store first: its last callbacks (reservations) report to the bus. */
     lyra_store_close(srv->store);
+    lyra_bus_free(srv->bus);
+    lyra_conv_claims_free(srv->chat_turns);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);
     pthread_mutex_destroy(&srv->sample_lock);

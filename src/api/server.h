@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
+#include "core/conversations.h"
 #include "core/error.h"
 #include "core/events.h"
 #include "core/store.h"
@@ -46,6 +47,7 @@ struct lyra_server {
     struct lyra_registry *registry;
     struct lyra_manager *manager;
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
+    struct lyra_conv_claims *chat_turns; /* conversations with a /chat turn in flight */
     char session_id[40];
     int64_t started_us;              /* monotonic */
     int64_t started_wall_ms;

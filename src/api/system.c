@@ -81,6 +81,21 @@ void lyra_api_status(struct lyra_http_req *req, void *ctx)
         (int)sysconf(_SC_NPROCESSORS_ONLN),
         "events", "last_seq", (json_int_t)lyra_bus_last_seq(srv->bus),
         "http", "in_flight", lyra_http_in_flight(srv->http));
+    /* Numbering and the replay ring, and turns holding their conversation. */
+    struct lyra_bus_stats bs;
+    lyra_bus_stats(srv->bus, &bs);
+    json_t *ev = json_object_get(body, "events");
+    json_object_set_new(ev, "reserved_through", json_integer((json_int_t)bs.reserved_through));
+    json_object_set_new(ev, "reservation_failing", json_boolean(bs.failing));
+    json_object_set_new(ev, "reservation_failures", json_integer((json_int_t)bs.reservation_failures));
+    json_object_set_new(ev, "unreserved", json_integer((json_int_t)bs.unreserved));
+    json_object_set_new(ev, "dropped", json_integer((json_int_t)bs.dropped));
+    json_object_set_new(ev, "first_seq", json_integer((json_int_t)bs.first_seq));
+    json_object_set_new(ev, "ring_count", json_integer((json_int_t)bs.ring_count));
+    json_object_set_new(ev, "ring_bytes", json_integer((json_int_t)bs.ring_bytes));
+    json_object_set_new(
+        body, "chat",
+        json_pack("{s:I}", "turns_in_flight", (json_int_t)lyra_conv_claims_count(srv->chat_turns)));
     /* Resident models: state, pid, memory, slots, requests in flight. */
     json_object_set_new(body, "models", lyra_manager_status(srv->manager));
     lyra_http_send_json(req, 200, body);

@@ -46,6 +46,9 @@ int lyra_cmd_serve(int argc, char **argv)
     sigaddset(&stop, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A file size limit (ulimit -f) must make writes fail with EFBIG, which
+     * the store and the log report, not kill the daemon. */
+    signal(SIGXFSZ, SIG_IGN);
 
     struct lyra_config cfg;
     if (lyra_cli_load_config(&cfg, &flags, 0) != 0)

@@ -1,19 +1,27 @@
 /* it_chat.c — POST /chat and /conversations against the real daemon with
  * the tiny model: a new conversation, a second turn that carries the
  * history and reuses the first turn's KV (timings.prompt_n), the SSE form,
- * listing and deleting, 400s and 404s (nothing stored for a failed turn),
- * and conversations surviving a restart.  The tiny model's weights are
- * random, so replies are gibberish: every turn bounds max_tokens. */
+ * listing and deleting, 400s and 404s, a turn that fails before, at or in
+ * the middle of generation (worker killed) or whose client leaves leaving
+ * the stored history exactly as it was, a turn in flight holding its
+ * conversation (409 conversation_busy, released on every end), concurrent
+ * turns never interleaving, and conversations surviving a restart.  The
+ * tiny model's weights are random, so replies are gibberish: every turn
+ * bounds max_tokens; "long" (tiny with two 2048-token slots) makes turns
+ * that are still running while the test looks at them. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/util.h"
@@ -34,6 +42,10 @@ static int setup(void **state)
         return -1;
     if (it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX) < 0)
         return -1;
+    char cfg[128];
+    snprintf(cfg, sizeof cfg, "%s/lyra.yaml", home);
+    it_write_file(cfg, "schema_version: 2\nmodels:\n  default_model: tiny\n  entries:\n"
+                       "    - name: long\n      path: tiny.gguf\n      ctx_size: 4096\n      parallel: 2\n");
     return it_server_start(&srv, home, NULL, NULL);
 }
 
@@ -336,22 +348,319 @@ static void test_errors(void **state)
     json_decref(j);
 }
 
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The messages of a conversation, as GET returns them (new reference). */
+static json_t *messages_of(const char *id)
+{
+    json_t *c = get_conversation(id, 200);
+    json_t *m = json_incref(json_object_get(c, "messages"));
+    json_decref(c);
+    return m;
+}
+
+static void assert_history(const char *id, json_t *want)
+{
+    json_t *now = messages_of(id);
+    if (!json_equal(now, want)) {
+        char *a = json_dumps(want, JSON_COMPACT), *b = json_dumps(now, JSON_COMPACT);
+        fail_msg("history of %s changed:\nwas %s\nnow %s", id, a, b);
+    }
+    json_decref(now);
+}
+
+/* A field of GET /status (two levels), -1 when absent. */
+static json_int_t status_num(const char *a, const char *b)
+{
+    json_t *j = request("GET", "/status", NULL, 200);
+    json_t *v = json_object_get(json_object_get(j, a), b);
+    json_int_t n = json_is_integer(v) ? json_integer_value(v) : -1;
+    json_decref(j);
+    return n;
+}
+
+/* Waits (state, bounded) until no /chat turn holds a conversation. */
+static void wait_turns_idle(void)
+{
+    for (int i = 0; i < 1500; i++) {
+        if (status_num("chat", "turns_in_flight") == 0)
+            return;
+        sleep_ms(20);
+    }
+    fail_msg("a /chat turn still holds its conversation after 30 s");
+}
+
+static int model_pid(const char *name)
+{
+    json_t *j = request("GET", "/status", NULL, 200);
+    int pid = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(j, "models"), i, m) if (strcmp(str(m, "name"), name) == 0) pid =
+        (int)json_integer_value(json_object_get(m, "pid"));
+    json_decref(j);
+    return pid;
+}
+
+/* A streamed turn on its own connection, open once its opening chunk (with
+ * the conversation id) has arrived: the job has started. */
+struct stream {
+    int fd;
+    char id[37];
+    char *all; /* everything read (up to 1 MiB) */
+    size_t len;
+};
+
+static void stream_open(struct stream *st, const char *body)
+{
+    memset(st, 0, sizeof *st);
+    st->all = calloc(1, 1 << 20);
+    st->fd = it_connect(srv.port);
+    assert_true(st->fd >= 0);
+    char req[2048];
+    int n = snprintf(req, sizeof req, "POST /chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     strlen(body), body);
+    assert_int_equal(send(st->fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    const char *key = "\"conversation_id\":\"";
+    for (;;) {
+        ssize_t got = recv(st->fd, st->all + st->len, (1 << 20) - st->len - 1, 0);
+        if (got <= 0)
+            fail_msg("the stream ended before its opening chunk: %s", st->all);
+        st->len += (size_t)got;
+        const char *p = strstr(st->all, key);
+        if (p && strlen(p) >= strlen(key) + 36) {
+            memcpy(st->id, p + strlen(key), 36);
+            st->id[36] = '\0';
+            break;
+        }
+    }
+    assert_non_null(strstr(st->all, "200 OK"));
+}
+
+/* Reads the rest of the stream and closes it. */
+static void stream_finish(struct stream *st)
+{
+    ssize_t got;
+    while (st->len < (1 << 20) - 1 && (got = recv(st->fd, st->all + st->len, (1 << 20) - st->len - 1, 0)) > 0)
+        st->len += (size_t)got;
+    close(st->fd);
+}
+
+#define LONG_TURN "\"model\":\"long\",\"stream\":true,\"options\":{\"max_tokens\":1900,\"ignore_eos\":true}"
+
 static void test_failed_turn_keeps_history_intact(void **state)
 {
     json_t *j = chat("{\"message\":\"first\"," OPTIONS "}", 200);
-    char id[37], body[256];
+    char id[37], body[512];
     snprintf(id, sizeof id, "%s", str(j, "conversation_id"));
     json_decref(j);
-    /* A turn the model refuses is not stored: the history still alternates. */
+    json_t *before = messages_of(id);
+    assert_int_equal(json_array_size(before), 2);
+
+    /* Refused before the job (no such model) and by the worker (top_p). */
     snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"x\",\"model\":\"no-such-model\"}",
              id);
     json_decref(chat(body, 404));
+    assert_history(id, before);
     snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"x\",\"options\":{\"top_p\":7}}",
              id);
     json_decref(chat(body, 400));
-    json_t *c = get_conversation(id, 200);
-    assert_int_equal(json_array_size(json_object_get(c, "messages")), 2);
-    json_decref(c);
+    assert_history(id, before);
+
+    /* The worker dies in the middle of two long turns, one on this
+     * conversation, one starting a new one.  While they run, the new user
+     * messages are not in the history (they are written only with the
+     * reply); after the crash, neither is, and the new conversation does not
+     * exist. */
+    json_int_t total = conversation_total();
+    json_decref(chat("{\"message\":\"load long\",\"model\":\"long\"," OPTIONS "}", 200));
+    total++;
+    int pid = model_pid("long");
+    assert_true(pid > 0);
+    struct stream st, fresh;
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"killed midway\"," LONG_TURN "}", id);
+    stream_open(&st, body);
+    stream_open(&fresh, "{\"message\":\"a new one, killed\"," LONG_TURN "}");
+    assert_history(id, before);
+    json_decref(get_conversation(fresh.id, 404));
+    kill(pid, SIGKILL);
+    stream_finish(&st);
+    stream_finish(&fresh);
+    if (!strstr(st.all, "worker_crashed") || !strstr(fresh.all, "worker_crashed"))
+        fail_msg("no worker_crashed at the end of the streams: %s", st.all + (st.len > 400 ? st.len - 400 : 0));
+    free(st.all);
+    free(fresh.all);
+    wait_turns_idle();
+    assert_history(id, before);
+    json_decref(get_conversation(fresh.id, 404));
+    assert_int_equal(conversation_total(), total);
+
+    /* And the conversation goes on where it was. */
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"second\"," OPTIONS "}", id);
+    j = chat(body, 200);
+    json_t *after = messages_of(id);
+    assert_int_equal(json_array_size(after), 4);
+    for (size_t i = 0; i < 2; i++)
+        assert_true(json_equal(json_array_get(after, i), json_array_get(before, i)));
+    assert_string_equal(str(json_array_get(after, 2), "content"), "second");
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(after, 2), "seq")), 3);
+    assert_string_equal(str(json_array_get(after, 3), "content"), str(json_object_get(j, "message"), "content"));
+    json_decref(after);
+    json_decref(j);
+    json_decref(before);
+}
+
+static void test_turn_in_flight_holds_its_conversation(void **state)
+{
+    json_t *j = chat("{\"message\":\"hold on\"," OPTIONS "}", 200);
+    char id[37], body[512];
+    snprintf(id, sizeof id, "%s", str(j, "conversation_id"));
+    json_decref(j);
+    json_t *before = messages_of(id);
+
+    struct stream st;
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"a long answer\"," LONG_TURN "}", id);
+    stream_open(&st, body);
+    /* A second turn on it meanwhile is refused, streamed or not. */
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"interleave?\"," OPTIONS "}", id);
+    j = chat(body, 409);
+    assert_string_equal(error_code(j), "conversation_busy");
+    assert_non_null(strstr(str(json_object_get(j, "error"), "message"), id));
+    json_decref(j);
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"again?\",\"stream\":true}", id);
+    json_decref(chat(body, 409));
+    assert_int_equal(status_num("chat", "turns_in_flight"), 1);
+
+    /* So is one on a new conversation whose first turn is still running. */
+    struct stream st2;
+    stream_open(&st2, "{\"message\":\"a new one\"," LONG_TURN "}");
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"me too\"," OPTIONS "}", st2.id);
+    json_decref(chat(body, 409));
+
+    /* The worker dies: both turns end, store nothing and let go. */
+    kill(model_pid("long"), SIGKILL);
+    stream_finish(&st);
+    stream_finish(&st2);
+    free(st.all);
+    free(st2.all);
+    wait_turns_idle();
+    assert_history(id, before);
+    json_decref(get_conversation(st2.id, 404));
+
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"my turn now\"," OPTIONS "}", id);
+    json_decref(chat(body, 200));
+    json_t *after = messages_of(id);
+    assert_int_equal(json_array_size(after), 4);
+    json_decref(after);
+    json_decref(before);
+}
+
+static void test_client_leaves_mid_turn(void **state)
+{
+    /* A client that leaves cancels its turn, which then stores nothing and
+     * lets go of the conversation.  (If the daemon only notices the client
+     * after the last token, the turn has ended well and is stored whole: a
+     * reply of all its max_tokens.  A partial reply is never stored.) */
+    json_t *j = chat("{\"message\":\"stay\"," OPTIONS "}", 200);
+    char id[37], body[512];
+    snprintf(id, sizeof id, "%s", str(j, "conversation_id"));
+    json_decref(j);
+    json_t *before = messages_of(id);
+    struct stream st;
+    snprintf(body, sizeof body,
+             "{\"conversation_id\":\"%s\",\"message\":\"leaving\",\"model\":\"long\",\"stream\":true,"
+             "\"options\":{\"max_tokens\":400,\"ignore_eos\":true}}",
+             id);
+    stream_open(&st, body);
+    close(st.fd);
+    free(st.all);
+    wait_turns_idle();
+    json_t *now = messages_of(id);
+    if (!json_equal(now, before)) {
+        assert_int_equal(json_array_size(now), 4);
+        assert_int_equal(num(json_array_get(now, 3), "usage", "completion_tokens"), 400);
+    }
+    json_decref(now);
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"back\"," OPTIONS "}", id);
+    json_decref(chat(body, 200));
+    json_decref(before);
+}
+
+struct racer {
+    const char *id;
+    int n;
+    int status;
+    char reply[4096];
+};
+
+static void *race_turn(void *arg)
+{
+    struct racer *r = arg;
+    char body[512];
+    snprintf(body, sizeof body, "{\"conversation_id\":\"%s\",\"message\":\"racer %d\"," OPTIONS "}", r->id, r->n);
+    struct it_response resp;
+    if (it_http(srv.port, "POST", "/chat", JSON_HEADER, body, &resp) == 0) {
+        r->status = resp.status;
+        json_t *j = it_json(&resp);
+        if (r->status == 200)
+            snprintf(r->reply, sizeof r->reply, "%s", str(json_object_get(j, "message"), "content"));
+        else if (r->status != 409 || strcmp(error_code(j), "conversation_busy") != 0)
+            r->status = -r->status;
+        json_decref(j);
+        it_response_free(&resp);
+    }
+    return NULL;
+}
+
+static void test_concurrent_turns_never_interleave(void **state)
+{
+    /* Turns racing on one conversation are refused (409) or run one after
+     * the other; the stored history always pairs each user message with the
+     * reply that answered it. */
+    json_t *j = chat("{\"message\":\"race\"," OPTIONS "}", 200);
+    char id[37];
+    snprintf(id, sizeof id, "%s", str(j, "conversation_id"));
+    json_decref(j);
+    enum { N = 6 };
+    struct racer r[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = (struct racer){.id = id, .n = i};
+        pthread_create(&t[i], NULL, race_turn, &r[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        if (r[i].status != 200 && r[i].status != 409)
+            fail_msg("racer %d: status %d", i, r[i].status);
+        ok += r[i].status == 200;
+    }
+    assert_true(ok >= 1);
+    json_t *msgs = messages_of(id);
+    assert_int_equal(json_array_size(msgs), 2 + 2 * (size_t)ok);
+    for (size_t k = 2; k < json_array_size(msgs); k += 2) {
+        /* Each turn that ran saw every turn stored before it: its prompt
+         * holds the earlier prompt and reply (turns that overlapped would
+         * have had the same history). */
+        json_t *prev = json_array_get(msgs, k - 1), *reply = json_array_get(msgs, k + 1);
+        assert_true(num(reply, "usage", "prompt_tokens") >
+                    num(prev, "usage", "prompt_tokens") + num(prev, "usage", "completion_tokens"));
+        json_t *u = json_array_get(msgs, k), *a = json_array_get(msgs, k + 1);
+        assert_string_equal(str(u, "role"), "user");
+        assert_string_equal(str(a, "role"), "assistant");
+        int n = -1;
+        assert_int_equal(sscanf(str(u, "content"), "racer %d", &n), 1);
+        assert_true(n >= 0 && n < N);
+        assert_int_equal(r[n].status, 200);
+        assert_string_equal(str(a, "content"), r[n].reply);
+    }
+    json_decref(msgs);
+    wait_turns_idle();
 }
 
 static void test_persists_across_restart(void **state)
@@ -396,6 +705,9 @@ int main(void)
         cmocka_unit_test(test_list_and_delete),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_failed_turn_keeps_history_intact),
+        cmocka_unit_test(test_turn_in_flight_holds_its_conversation),
+        cmocka_unit_test(test_client_leaves_mid_turn),
+        cmocka_unit_test(test_concurrent_turns_never_interleave),
         cmocka_unit_test(test_persists_across_restart),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
