@@ -4,8 +4,9 @@
  *   GET /v1/models         valid models in OpenAI's list shape
  * Each listing first refreshes the registry, which re-reads only files whose
  * size or mtime changed, so a model copied into models.dir shows up at once.
- * State is "available" for a valid file and "invalid" (with the reason) for
- * one that is not; loading states come with the worker supervisor. */
+ * State is the worker's (loading, loaded, stopping, failed) while one runs
+ * or has just failed, else "available" for a valid file and "invalid"
+ * (with the reason) for one that is not. */
 #include <string.h>
 
 #include "api/server.h"
@@ -18,11 +19,19 @@ static void refresh(struct lyra_server *srv)
         lyra_log(LYRA_LOG_WARN, "models", NULL, NULL, "models dir: %s", err.msg);
 }
 
-static json_t *with_state(const struct lyra_model *m, unsigned flags)
+/* A model as JSON with its state.  While a worker serves it, the metadata
+ * is that of the file the worker loaded, even if the file was replaced
+ * since ("file_changed": true until the worker restarts on the new one). */
+static json_t *with_state(struct lyra_server *srv, const struct lyra_model *m, unsigned flags)
 {
-    json_t *j = lyra_registry_model_to_json(m, flags);
-    if (j)
-        json_object_set_new(j, "state", json_string(m->valid ? "available" : "invalid"));
+    const struct lyra_model *served = lyra_manager_served_model(srv->manager, m->name);
+    const char *state = lyra_manager_model_state(srv->manager, m->name);
+    json_t *j = lyra_registry_model_to_json(served ? served : m, flags);
+    if (j) {
+        json_object_set_new(j, "state", json_string(state ? state : m->valid ? "available" : "invalid"));
+        json_object_set_new(j, "file_changed", json_boolean(served && served != m));
+    }
+    lyra_registry_unref(served);
     return j;
 }
 
@@ -38,7 +47,7 @@ void lyra_api_models_list(struct lyra_http_req *req, void *ctx)
     }
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(list, with_state(models[i], 0));
+        json_array_append_new(list, with_state(srv, models[i], 0));
     lyra_registry_list_free(models, n);
     lyra_http_send_json(req, 200, json_pack("{s:o, s:s}", "models", list, "dir", lyra_registry_dir(srv->registry)));
 }
@@ -54,7 +63,7 @@ void lyra_api_models_get(struct lyra_http_req *req, void *ctx)
                              lyra_registry_dir(srv->registry));
         return;
     }
-    lyra_http_send_json(req, 200, with_state(m, LYRA_REGISTRY_JSON_GGUF));
+    lyra_http_send_json(req, 200, with_state(srv, m, LYRA_REGISTRY_JSON_GGUF));
     lyra_registry_unref(m);
 }
 

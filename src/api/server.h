@@ -29,6 +29,7 @@
 #include "core/trace.h"
 #include "http/http.h"
 #include "models/manager.h"
+#include "models/watch.h"
 #include "models/registry.h"
 #include "sys/proc.h"
 
@@ -46,6 +47,7 @@ struct lyra_server {
     struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */
     struct lyra_registry *registry;
     struct lyra_manager *manager;
+    struct lyra_models_watch *models_watch; /* refreshes the registry when models.dir changes */
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
     struct lyra_conv_claims *chat_turns; /* conversations with a /chat turn in flight */
     char session_id[40];

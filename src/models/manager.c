@@ -775,6 +775,63 @@ void lyra_job_release(struct lyra_job *job)
 }
 
 /* ------------------------------------------------------------------ */
+/* Model files that changed                                           */
+
+struct changed_names {
+    struct lyra_manager *m;
+    size_t n;
+    char **names;
+};
+
+/* A model whose file changed or vanished: its worker serves what it loaded
+ * until its requests are done, then stops; the next request (or one that
+ * arrived meanwhile, held back) starts a worker on the file as it is now. */
+static void task_models_changed(void *ud)
+{
+    struct changed_names *c = ud;
+    for (size_t i = 0; i < c->n; i++) {
+        struct model_state *ms = model_state_get(c->m, c->names[i], false);
+        struct mworker *w = ms ? ms->w : NULL;
+        if (w && !w->stale && w->state != W_STOPPING) {
+            w->stale = true;
+            lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s}", "model", ms->name),
+                     "the file of %s changed: its worker restarts once its %d request(s) are done", ms->name,
+                     w->n_inflight);
+            if (w->state == W_READY && w->n_inflight == 0)
+                stop_worker(w, "file changed");
+        }
+        free(c->names[i]);
+    }
+    free(c->names);
+    free(c);
+}
+
+/* Registry listener (any thread): hands the names to the loop. */
+static void on_registry_change(const struct lyra_registry_changes *ch, void *ud)
+{
+    struct lyra_manager *m = ud;
+    struct changed_names *c = calloc(1, sizeof *c);
+    size_t total = ch->n_changed + ch->n_removed;
+    if (!c || !total || !(c->names = calloc(total, sizeof *c->names))) {
+        free(c);
+        return;
+    }
+    c->m = m;
+    for (size_t i = 0; i < ch->n_changed; i++)
+        if ((c->names[c->n] = strdup(ch->changed[i])))
+            c->n++;
+    for (size_t i = 0; i < ch->n_removed; i++)
+        if ((c->names[c->n] = strdup(ch->removed[i])))
+            c->n++;
+    if (lyra_loop_post(m->loop, task_models_changed, c) < 0) {
+        for (size_t i = 0; i < c->n; i++)
+            free(c->names[i]);
+        free(c->names);
+        free(c);
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* Keep-alive                                                         */
 
 static void reap_idle(void *ud)
@@ -835,6 +892,7 @@ int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manage
     }
     if (m->opts.keep_alive_s > 0)
         lyra_loop_post(m->loop, start_reaper, m);
+    lyra_registry_set_listener(m->opts.registry, on_registry_change, m);
     *out = m;
     return 0;
 }
@@ -888,6 +946,7 @@ void lyra_manager_free(struct lyra_manager *m)
     if (!m)
         return;
     lyra_manager_shutdown(m);
+    lyra_registry_set_listener(m->opts.registry, NULL, NULL);
     lyra_loop_free(m->loop); /* joins: no callback runs after this */
     for (struct model_state *ms = m->models, *next; ms; ms = next) {
         next = ms->next;

@@ -47,7 +47,9 @@ struct lyra_registry {
     struct lyra_model_entry *entries; /* deep copies */
     size_t n_entries;
 
-    pthread_mutex_t refresh_lock; /* serialises refreshes */
+    pthread_mutex_t refresh_lock; /* serialises refreshes (and listener calls) */
+    lyra_registry_listener_fn listener; /* told what each refresh changed */
+    void *listener_ud;
     pthread_rwlock_t lock;        /* guards models / n_models */
     struct node **models;         /* sorted by name */
     size_t n_models;
@@ -465,6 +467,7 @@ int lyra_registry_refresh(struct lyra_registry *reg, struct lyra_registry_change
     if (changes)
         memset(changes, 0, sizeof *changes);
     pthread_mutex_lock(&reg->refresh_lock);
+    bool collect = changes || reg->listener;
     /* Only refresh writes reg->models, and refreshes are serialised, so this
      * thread may read the array without the rwlock. */
     struct node **old = reg->models;
@@ -527,7 +530,7 @@ int lyra_registry_refresh(struct lyra_registry *reg, struct lyra_registry_change
                     rc = LYRA_ENOMEM;
                     goto out;
                 }
-                if (changes && (o ? list_add(&ch.changed, &ch.n_changed, cd->name)
+                if (collect && (o ? list_add(&ch.changed, &ch.n_changed, cd->name)
                                   : list_add(&ch.added, &ch.n_added, cd->name))) {
                     next[n_next++] = nn;
                     rc = LYRA_ENOMEM;
@@ -537,7 +540,7 @@ int lyra_registry_refresh(struct lyra_registry *reg, struct lyra_registry_change
         }
         next[n_next++] = nn;
     }
-    for (size_t i = 0; changes && i < n_old; i++)
+    for (size_t i = 0; collect && i < n_old; i++)
         if (!find_node(next, n_next, old[i]->m.name) &&
             list_add(&ch.removed, &ch.n_removed, old[i]->m.name)) {
             rc = LYRA_ENOMEM;
@@ -553,6 +556,9 @@ int lyra_registry_refresh(struct lyra_registry *reg, struct lyra_registry_change
     free(old);
     next = NULL;
     n_next = 0;
+    /* Under refresh_lock, so that listeners hear of refreshes in order. */
+    if (reg->listener && (ch.n_added || ch.n_removed || ch.n_changed))
+        reg->listener(&ch, reg->listener_ud);
 
 out:
     pthread_mutex_unlock(&reg->refresh_lock);
@@ -566,12 +572,22 @@ out:
     }
     if (changes)
         *changes = ch;
+    else
+        lyra_registry_changes_free(&ch);
     if (scan_rc) {
         if (err)
             *err = scan_err;
         return scan_rc;
     }
     return 0;
+}
+
+void lyra_registry_set_listener(struct lyra_registry *reg, lyra_registry_listener_fn fn, void *ud)
+{
+    pthread_mutex_lock(&reg->refresh_lock);
+    reg->listener = fn;
+    reg->listener_ud = ud;
+    pthread_mutex_unlock(&reg->refresh_lock);
 }
 
 void lyra_registry_changes_free(struct lyra_registry_changes *changes)

@@ -106,6 +106,16 @@ void lyra_registry_free(struct lyra_registry *reg);
 int lyra_registry_refresh(struct lyra_registry *reg, struct lyra_registry_changes *changes,
                           struct lyra_err *err);
 
+/* Told, after a refresh that changed something, what it changed (borrowed
+ * for the call).  Runs on the refreshing thread with the refresh lock held
+ * (refreshes and their calls are in order): it must be quick and must not
+ * refresh or set the listener. */
+typedef void (*lyra_registry_listener_fn)(const struct lyra_registry_changes *changes, void *ud);
+
+/* Installs (or with NULL removes) the one listener.  When it returns, a
+ * listener being replaced is not running. */
+void lyra_registry_set_listener(struct lyra_registry *reg, lyra_registry_listener_fn fn, void *ud);
+
 /* Frees the lists in *changes and zeroes it.  NULL is a no-op. */
 void lyra_registry_changes_free(struct lyra_registry_changes *changes);
 

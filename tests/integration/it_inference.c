@@ -44,10 +44,12 @@ static int setup(void **state)
                      "    - name: long\n      path: tiny.gguf\n      ctx_size: 2048\n      parallel: 1\n"
                      "    - name: greedy\n      path: tiny.gguf\n      temperature: 0\n"
                      "    - name: badtpl\n      path: tiny.gguf\n      chat_template: no-such-template\n"
-                     "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
+                     "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n"
+                     "    - name: swapper\n      path: swap.gguf\n      ctx_size: 2048\n      parallel: 1\n",
                      it_model_path("small.gguf"));
     it_write_file(p, yaml);
-    if (it_install_model(models, "tiny.gguf", "truncated.gguf", 2 * 1024 * 1024) < 0) /* half the file */
+    if (it_install_model(models, "tiny.gguf", "truncated.gguf", 2 * 1024 * 1024) < 0 || /* half the file */
+        it_install_model(models, "small.gguf", "swap.gguf", SIZE_MAX) < 0)
         return -1;
     static const char *const env[] = {"LYRA_LOG_LEVEL=warn", NULL};
     return it_server_start(&srv, home, NULL, env);
@@ -377,6 +379,76 @@ static void test_new_model_file_and_unknown_names(void **state)
     json_decref(j);
 }
 
+static json_int_t models_field(const char *name, const char *field, bool *changed)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/models/%s", name);
+    json_t *j = it_get_json(srv.port, path, 200);
+    assert_non_null(j);
+    json_int_t v = json_integer_value(json_object_get(j, field));
+    if (changed)
+        *changed = json_is_true(json_object_get(j, "file_changed"));
+    json_decref(j);
+    return v;
+}
+
+/* A model file replaced while its worker serves it: the request in flight
+ * finishes on the old file, /models shows the metadata of what is served
+ * (and that the file changed), then the worker restarts on the new file. */
+static void test_model_file_replaced_while_loaded(void **state)
+{
+    json_decref(post("/v1/completions", "{\"model\":\"swapper\",\"prompt\":\"a\",\"max_tokens\":1}", 200));
+    json_t *m = status_model("swapper");
+    json_int_t pid = json_integer_value(json_object_get(m, "pid"));
+    json_decref(m);
+    json_int_t old_params = models_field("swapper", "parameters", NULL);
+    assert_true(old_params > 100000000); /* small */
+
+    /* 100 tokens of small: seconds, long enough to replace the file. */
+    int fd = open_stream("/v1/completions", "{\"model\":\"swapper\",\"prompt\":\"a\",\"max_tokens\":100,"
+                                            "\"ignore_eos\":true,\"stream\":true}");
+    /* Replace the file the way a download would: write aside, rename. */
+    char models[128];
+    snprintf(models, sizeof models, "%s/models", home);
+    assert_int_equal(it_install_model(models, "tiny.gguf", "swap.gguf.part", SIZE_MAX), 0);
+    char from[256], to[256];
+    snprintf(from, sizeof from, "%s/swap.gguf.part", models);
+    snprintf(to, sizeof to, "%s/swap.gguf", models);
+    assert_int_equal(rename(from, to), 0);
+    uint64_t seq = it_last_seq(srv.port);
+    /* While the stream runs, /models describes the file being served. */
+    bool changed = false;
+    for (int i = 0; i < 200 && !changed; i++) {
+        json_int_t p = models_field("swapper", "parameters", &changed);
+        assert_int_equal(p, old_params);
+        if (!changed)
+            sleep_ms(20);
+    }
+    assert_true(changed);
+    m = status_model("swapper");
+    assert_int_equal(json_integer_value(json_object_get(m, "in_flight")), 1); /* still serving the old file */
+    json_decref(m);
+    /* The stream is not cut: it ends well, with its 100 tokens. */
+    struct it_response r;
+    assert_int_equal(it_read_response(fd, &r), 0);
+    assert_non_null(strstr(r.body, "\"finish_reason\":\"length\""));
+    assert_non_null(strstr(r.body, "data: [DONE]"));
+    it_response_free(&r);
+    close(fd);
+    json_t *ev = it_wait_event(srv.port, "model.unloaded", seq, 10000);
+    assert_non_null(ev);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(ev, "data"), "reason")), "file changed");
+    json_decref(ev);
+    /* The next request loads the new file. */
+    json_decref(post("/v1/completions", "{\"model\":\"swapper\",\"prompt\":\"a\",\"max_tokens\":1}", 200));
+    m = status_model("swapper");
+    assert_int_not_equal(json_integer_value(json_object_get(m, "pid")), pid);
+    json_decref(m);
+    json_int_t new_params = models_field("swapper", "parameters", &changed);
+    assert_true(new_params > 0 && new_params < 10000000); /* tiny */
+    assert_false(changed);
+}
+
 static void test_worker_killed_mid_stream(void **state)
 {
     /* Load "long" (2048-token slot: 2000 tokens take a while). */
@@ -575,6 +647,7 @@ int main(void)
         cmocka_unit_test(test_max_tokens_clamped),
         cmocka_unit_test(test_poison_role_is_a_400),
         cmocka_unit_test(test_new_model_file_and_unknown_names),
+        cmocka_unit_test(test_model_file_replaced_while_loaded),
         cmocka_unit_test(test_worker_killed_mid_stream),
         cmocka_unit_test(test_retry_then_circuit),
         cmocka_unit_test(test_concurrent_first_requests_share_one_load),
