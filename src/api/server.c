@@ -264,7 +264,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
                                       .load_timeout_s = cfg->models.load_timeout_s,
                                       .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
                                       .progress_timeout_s = cfg->models.progress_timeout_s,
-                                      .stop_timeout_s = cfg->models.stop_timeout_s};
+                                      .stop_timeout_s = cfg->models.stop_timeout_s,
+                                      .circuit_backoff_s = cfg->models.circuit_backoff_s};
     rc = lyra_manager_new(&mo, &srv->manager, err);
     /* After the manager, which listens to the registry's changes. */
     return rc < 0 ? rc : lyra_models_watch_new(srv->registry, &srv->models_watch, err);

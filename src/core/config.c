@@ -10,6 +10,8 @@
  * only lyra_config_migrate_file() rewrites a file. */
 #include "core/config.h"
 
+#include "core/limits.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -292,6 +294,11 @@ int lyra_config_validate(const struct lyra_config *cfg, struct lyra_err *err)
     if (!cfg)
         return lyra_err_set(err, LYRA_EINVAL, "lyra_config_validate: no config");
     int rc = lyra_config_keys_check(cfg, err);
+    if (!rc && cfg->server.max_body_bytes > LYRA_LIMIT_BODY_MAX)
+        rc = lyra_err_set(err, LYRA_ECONFIG,
+                          "server.max_body_bytes: %zu is more than %zu (32MiB): a request must fit the frame "
+                          "a worker accepts",
+                          cfg->server.max_body_bytes, LYRA_LIMIT_BODY_MAX);
     if (!rc && cfg->watchdog.warn_percent > cfg->watchdog.critical_percent)
         rc = lyra_err_set(err, LYRA_ECONFIG, "watchdog.warn_percent (%d) must not exceed "
                           "watchdog.critical_percent (%d)", cfg->watchdog.warn_percent,

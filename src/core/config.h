@@ -91,6 +91,7 @@ struct lyra_config {
         int heartbeat_timeout_s;   /* default 10: a worker silent this long is hung */
         int progress_timeout_s;    /* default 60: no decode step this long with work pending = hung */
         int stop_timeout_s;        /* default 5: each step of stopping a worker (EOF, SIGTERM, SIGKILL) */
+        int circuit_backoff_s;     /* default 30: a model failing 3 times in 60 s is refused this long */
         struct lyra_model_entry *entries;
         size_t n_entries;
     } models;

@@ -75,6 +75,7 @@ static const struct lyra_config_key config_keys[] = {
     INT(models, progress_timeout_s, "60", 1, INT_MAX,
         "a worker with work but no decode step this long is hung"),
     INT(models, stop_timeout_s, "5", 1, INT_MAX, "each step of stopping a worker: EOF, SIGTERM, SIGKILL"),
+    INT(models, circuit_backoff_s, "30", 1, INT_MAX, "a model that failed 3 times in 60 s is refused this long"),
     {"models", "entries", LYRA_KT_ENTRIES, C(models.entries, struct lyra_model_entry *),
      C(models.n_entries, size_t), NULL, 0, 0, NULL, 0, "models declared by name"},
     BOOL(watchdog, enabled, "true", "watch memory and shed load near the limit"),

@@ -38,6 +38,12 @@ enum {
 #undef LYRA_X
 };
 
+/* The largest request body server.max_body_bytes may allow: half the worker
+ * frame limit (proto/frame.h, LYRA_FRAME_MAX), so that the message built from
+ * any accepted body fits one frame (escaping and defaults add a little; the
+ * daemon still checks each frame before sending, answering 413). */
+#define LYRA_LIMIT_BODY_MAX ((size_t)32 << 20)
+
 struct lyra_limit {
     const char *name; /* the worker flag without "--" */
     long lo, hi;      /* inclusive */

@@ -10,7 +10,10 @@
  * compacted lazily, so a burst of small frames costs one memmove. */
 #include "proto/frame.h"
 
+#include "core/limits.h"
 #include "core/util.h"
+
+_Static_assert(LYRA_LIMIT_BODY_MAX * 2 <= LYRA_FRAME_MAX, "a request body must fit a frame");
 
 #include <errno.h>
 #include <poll.h>

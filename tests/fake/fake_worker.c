@@ -15,6 +15,8 @@
  *                  their step count stays: the progress deadline must fire)
  *   silent         ready, then no heartbeat any more
  *   crash          on generate: exits with status 3 before answering
+ *   flaky          like crash for its first three workers (counted in
+ *                  $LYRA_WORKER_FAKE_COUNT), then like ok
  *   stubborn       ignores EOF and SIGTERM (the stop must escalate to
  *                  SIGKILL)
  * Every start appends a line to $LYRA_WORKER_FAKE_COUNT (if set), so a test
@@ -78,8 +80,12 @@ static void ready(int fd, const char *name)
                              "n_ctx_slot", 256, "n_slots", 2));
 }
 
+static int earlier_starts; /* of this model, before this process */
+
 static void on_generate(int fd, const char *mode, json_int_t id)
 {
+    if (strcmp(mode, "flaky") == 0)
+        mode = earlier_starts < 3 ? "crash" : "ok";
     if (strcmp(mode, "garbage") == 0) {
         static const unsigned char g[] = {0, 0, 0, 9, 'n', 'o', 't', ' ', 'j', 's', 'o', 'n', '!'};
         send_raw(fd, g, sizeof g);
@@ -122,6 +128,13 @@ int main(int argc, char **argv)
     const char *mode = strncmp(name, "fake-", 5) == 0 ? name + 5 : "ok";
     const char *count = getenv("LYRA_WORKER_FAKE_COUNT");
     if (count && *count) {
+        FILE *in = fopen(count, "r");
+        char line[256], want[160];
+        snprintf(want, sizeof want, "%s ", name);
+        while (in && fgets(line, sizeof line, in))
+            earlier_starts += strncmp(line, want, strlen(want)) == 0;
+        if (in)
+            fclose(in);
         FILE *f = fopen(count, "a");
         if (f) {
             fprintf(f, "%s %d\n", name, (int)getpid());

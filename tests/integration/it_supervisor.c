@@ -27,7 +27,7 @@ static char count_path[128];
 
 static const char *const modes[] = {"ok",       "never-ready", "slow-ready", "second-ready", "garbage",
                                     "oversize", "mislabelled", "bad-field",  "hang",         "silent",
-                                    "crash",    "stubborn"};
+                                    "crash",    "stubborn",    "flaky"};
 
 static int setup(void **state)
 {
@@ -44,7 +44,7 @@ static int setup(void **state)
     char yaml[4096];
     int n = snprintf(yaml, sizeof yaml,
                      "schema_version: 2\nserver:\n  drain_timeout_s: 0\nmodels:\n  load_timeout_s: 1\n"
-                     "  heartbeat_timeout_s: 1\n  progress_timeout_s: 1\n  stop_timeout_s: 1\n"
+                     "  heartbeat_timeout_s: 1\n  progress_timeout_s: 1\n  stop_timeout_s: 1\n  circuit_backoff_s: 1\n"
                      "  max_loaded: 20\n  entries:\n");
     for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
         n += snprintf(yaml + n, sizeof yaml - (size_t)n, "    - name: fake-%s\n      path: tiny.gguf\n", modes[i]);
@@ -181,6 +181,44 @@ static void test_crash_on_a_request_is_not_retried(void **state)
     json_decref(m);
 }
 
+/* Three failures within 60 s open the circuit: 503 with Retry-After, no
+ * worker started; after the back-off the next request starts a fresh worker
+ * and, when it works, the model serves again. */
+static void test_circuit_opens_and_closes_again(void **state)
+{
+    char code[64];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(complete("fake-flaky", code), 502);
+        assert_string_equal(code, "worker_crashed");
+    }
+    assert_int_equal(starts("flaky"), 3);
+    char body[128];
+    snprintf(body, sizeof body, "{\"model\":\"fake-flaky\",\"prompt\":\"hi\",\"max_tokens\":4}");
+    struct it_response r;
+    assert_int_equal(it_post_json(srv.port, "/v1/completions", body, &r), 0);
+    assert_int_equal(r.status, 503);
+    char ra[16];
+    assert_non_null(it_header(&r, "Retry-After", ra, sizeof ra));
+    assert_true(atoi(ra) >= 1);
+    json_t *j = it_json(&r);
+    assert_string_equal(it_error_code(j), "model_unavailable");
+    json_decref(j);
+    it_response_free(&r);
+    assert_int_equal(starts("flaky"), 3); /* refused without a worker */
+    /* Synchronise on the circuit's state, not on a sleep of its length. */
+    json_int_t open_s = 1;
+    for (int i = 0; i < 300 && open_s > 0; i++) {
+        json_t *m = it_status_model(srv.port, "fake-flaky");
+        open_s = m ? json_integer_value(json_object_get(m, "circuit_open_s")) : 0;
+        json_decref(m);
+        if (open_s > 0)
+            usleep(20000);
+    }
+    assert_int_equal(open_s, 0);
+    assert_int_equal(complete("fake-flaky", NULL), 200);
+    assert_int_equal(starts("flaky"), 4);
+}
+
 /* The worker's environment holds no secret, stdin is /dev/null, and its
  * stderr reaches the daemon's log with the model and pid. */
 static void test_worker_process_hygiene(void **state)
@@ -252,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_never_ready_times_out),
         cmocka_unit_test(test_hung_worker_is_killed),
         cmocka_unit_test(test_crash_on_a_request_is_not_retried),
+        cmocka_unit_test(test_circuit_opens_and_closes_again),
         cmocka_unit_test(test_worker_process_hygiene),
         cmocka_unit_test(test_shutdown_with_a_load_in_flight_and_a_stubborn_worker),
     };

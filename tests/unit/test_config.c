@@ -260,10 +260,10 @@ static void test_sizes_parse(void **state)
 {
     struct fx *f = *state;
     const char *p = write_config(f, "schema_version: 2\n"
-                                    "server:\n  max_body_bytes: 512MB\n  max_header_bytes: 1024\n"
+                                    "server:\n  max_body_bytes: 12MB\n  max_header_bytes: 1024\n"
                                     "models:\n  memory_budget: 4GiB\n");
     assert_int_equal(load(f, p, 0), 0);
-    assert_int_equal(f->cfg.server.max_body_bytes, 512000000u);
+    assert_int_equal(f->cfg.server.max_body_bytes, 12000000u);
     assert_int_equal(f->cfg.server.max_header_bytes, 1024u);
     assert_true(f->cfg.models.memory_budget == 4ull << 30);
     assert_int_equal(lyra_config_set(&f->cfg, "server.max_header_bytes", "16KiB", NULL, &f->err), 0);
@@ -808,6 +808,15 @@ static void test_validate_rejects_warn_above_critical(void **state)
     assert_msg(f, "server.port: 70000 is out of range (0..65535)");
 }
 
+/* A body the daemon accepts must fit the frame a worker takes. */
+static void test_validate_caps_max_body_bytes(void **state)
+{
+    struct fx *f = *state;
+    env_add(f, "LYRA_SERVER_MAX_BODY_BYTES=64MiB");
+    assert_int_equal(load(f, NULL, 0), LYRA_ECONFIG);
+    assert_msg(f, "server.max_body_bytes: 67108864 is more than 33554432 (32MiB): a request must fit the frame a worker accepts");
+}
+
 static void test_free_null_and_zeroes(void **state)
 {
     struct fx *f = *state;
@@ -866,6 +875,7 @@ int main(void)
         T(test_model_entry_bad_field_has_position),
         T(test_dump_load_round_trip),
         T(test_validate_rejects_warn_above_critical),
+        T(test_validate_caps_max_body_bytes),
         T(test_free_null_and_zeroes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

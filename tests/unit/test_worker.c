@@ -1130,6 +1130,35 @@ static void test_fatal_missing(void **state)
     expect_fatal("/nonexistent/dir/model.gguf", "No such file");
 }
 
+/* A usage error reaches the daemon as a "fatal" frame with the reason, not
+ * only as exit status 2 (the daemon's supervisor puts the message into the
+ * failed request's error). */
+static void test_fatal_usage_error(void **state)
+{
+    static const struct {
+        const char *const args[4];
+        const char *needle;
+    } cases[] = {
+        {{"--parallel", "300", NULL}, "--parallel needs an integer between 1 and 256"},
+        {{"--bogus", NULL}, "unknown option '--bogus'"},
+        {{"--ctx", "x", NULL}, "--ctx needs an integer"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct worker w;
+        spawn(&w, "/nonexistent.gguf", cases[i].args);
+        json_t *m = recv_msg(&w, 10000);
+        assert_non_null(m);
+        assert_string_equal(type_of(m), "fatal");
+        const char *msg = json_string_value(json_object_get(m, "message"));
+        if (!msg || !strstr(msg, cases[i].needle))
+            fail_msg("fatal message '%s' lacks '%s'", msg ? msg : "(none)", cases[i].needle);
+        json_decref(m);
+        assert_int_equal(wait_exit(w.pid, 10000), 2);
+        close(w.fd);
+        lyra_frame_reader_free(w.rd);
+    }
+}
+
 static void test_fatal_truncated(void **state)
 {
     if (!exists(tiny))
@@ -1271,6 +1300,7 @@ int main(void)
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_chat_template),
         cmocka_unit_test(test_fatal_missing),
+        cmocka_unit_test(test_fatal_usage_error),
         cmocka_unit_test(test_fatal_truncated),
         cmocka_unit_test(test_eof_exit),
         cmocka_unit_test(test_sigterm),
