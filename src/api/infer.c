@@ -2,10 +2,11 @@
  * HTTP side (until it has answered) and the job side (until the terminal
  * frame); freed when both let go.
  *
- * Threads: job frames arrive on the supervisor thread (on_frame), the
- * answer of a parked request is sent on an HTTP thread (on_resume), and a
- * client hang-up is reported on the HTTP watcher thread (on_gone).  All
- * three take in->lock; lock order: in->lock, then the stream's lock. */
+ * Threads: job frames arrive on the supervisor thread (on_frame, under the
+ * job's lock), the answer of a parked request is sent on an HTTP thread
+ * (on_resume), and a client hang-up is reported on the HTTP watcher thread
+ * (on_gone, which takes no lock of ours).  Lock order: the job's lock,
+ * in->lock, then the HTTP layer's stream, request and hang-up locks. */
 #include "api/infer.h"
 
 #include <pthread.h>
@@ -307,16 +308,18 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
 
 /* HTTP watcher thread: the client hung up while the request was parked or
  * streaming.  The job is cancelled so that its slot is free within one
- * decode step; its terminal frame still comes and ends the request. */
+ * decode step; its terminal frame still comes and ends the request.
+ *
+ * No in->lock here: the watcher calls this holding its hang-up token's
+ * lock, which the job side takes under in->lock when it closes the stream
+ * (lock order: in->lock before the token's).  in->job is set before the
+ * request is parked and stays until `in` is freed, which cannot happen
+ * while this may run (the token is stopped first).  A cancel after the end
+ * is a no-op. */
 static void on_gone(void *ud)
 {
     struct lyra_infer *in = ud;
-    pthread_mutex_lock(&in->lock);
-    if (!in->gone && !in->terminal && in->job) {
-        in->gone = true;
-        lyra_manager_cancel(in->job);
-    }
-    pthread_mutex_unlock(&in->lock);
+    lyra_manager_cancel(in->job);
 }
 
 static void add_retry_after(struct lyra_http_req *req, const json_t *frame)

@@ -11,6 +11,8 @@
  * MHD's completion callback frees the request and counts it out of flight. */
 #include "http/http.h"
 
+#include "http/hupwatch.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
@@ -28,7 +30,6 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "core/loop.h"
 #include "core/trace.h"
 #include "core/util.h"
 
@@ -52,21 +53,6 @@
  *   DONE: MHD's completion callback ran; the request is freed. */
 enum req_state { REQ_NEW, REQ_PARKED, REQ_WAKING, REQ_ANSWERED, REQ_STREAMING };
 
-/* A watch for the client's hang-up while its connection is suspended
- * (libmicrohttpd does not look at suspended sockets).  Shared by the
- * request or stream that owns it and the watcher thread; `gone` is called at
- * most once, and never after lyra_hup_stop() returned. */
-struct hup {
-    pthread_mutex_t lock;
-    int refs;         /* the owner's and the watcher's */
-    bool active;      /* gone may still be called */
-    bool stopped;     /* the unwatch is on its way */
-    int fd;
-    void (*gone)(void *ud);
-    void *ud;
-    struct lyra_http *http;
-};
-
 struct lyra_http {
     struct lyra_http_options opts;
     const struct lyra_route *routes;
@@ -81,7 +67,7 @@ struct lyra_http {
     pthread_cond_t drained;
     atomic_int suspended;        /* connections suspended right now (for a safe stop) */
     atomic_bool draining;        /* new requests get 503 and Connection: close */
-    struct lyra_loop *watcher;   /* watches hang-ups of suspended connections */
+    struct lyra_hupwatch *hupwatch; /* hang-ups of suspended connections */
 };
 
 struct lyra_http_req {
@@ -110,7 +96,7 @@ struct lyra_http_req {
     enum req_state state;
     lyra_http_handler resume;    /* set while parked */
     void *resume_ud;
-    struct hup *hup;             /* while parked */
+    struct lyra_hup *hup;        /* while parked */
     struct lyra_http_stream *stream; /* its streamed answer, if any */
 };
 
@@ -122,7 +108,7 @@ struct lyra_http_req {
 struct lyra_http_stream {
     pthread_mutex_t lock;
     struct lyra_http *http;
-    struct hup *hup;             /* the client's hang-up, for the producer */
+    struct lyra_hup *hup;        /* the client's hang-up, for the producer (under lock) */
     struct MHD_Connection *conn;
     char *buf;
     size_t len, cap, off;
@@ -221,89 +207,15 @@ void lyra_http_send_error(struct lyra_http_req *req, int status, const char *cod
 }
 
 /* ------------------------------------------------------------------ */
-/* Hang-ups of suspended connections                                  */
+/* Hang-ups of suspended connections (http/hupwatch.h)                */
 
-static void hup_unref(struct hup *h)
+/* Watches the connection's socket for the client's hang-up; NULL when it
+ * cannot be (then it is only noticed at the next write). */
+static struct lyra_hup *hup_start(struct lyra_http *http, struct MHD_Connection *conn, void (*gone)(void *),
+                                  void *ud)
 {
-    pthread_mutex_lock(&h->lock);
-    bool last = --h->refs == 0;
-    pthread_mutex_unlock(&h->lock);
-    if (last) {
-        pthread_mutex_destroy(&h->lock);
-        free(h);
-    }
-}
-
-/* Watcher thread: the peer closed its side (or the socket failed). */
-static void on_hup(int fd, uint32_t events, void *ud)
-{
-    struct hup *h = ud;
-    lyra_loop_unwatch(h->http->watcher, fd);
-    pthread_mutex_lock(&h->lock);
-    if (h->active) {
-        h->active = false;
-        h->gone(h->ud); /* under h->lock, so that hup_stop waits for it */
-    }
-    pthread_mutex_unlock(&h->lock);
-}
-
-static void hup_watch_task(void *ud)
-{
-    struct hup *h = ud;
-    pthread_mutex_lock(&h->lock);
-    bool want = !h->stopped;
-    pthread_mutex_unlock(&h->lock);
-    if (want && lyra_loop_watch(h->http->watcher, h->fd, EPOLLRDHUP, on_hup, h) < 0)
-        lyra_log(LYRA_LOG_DEBUG, "http", NULL, NULL, "cannot watch fd %d for hang-ups", h->fd);
-}
-
-static void hup_unwatch_task(void *ud)
-{
-    struct hup *h = ud;
-    lyra_loop_unwatch(h->http->watcher, h->fd);
-    hup_unref(h); /* the watcher's hold */
-}
-
-/* Starts watching the connection's socket; NULL when it cannot be (the
- * hang-up is then only noticed at the next write). */
-static struct hup *hup_start(struct lyra_http *http, struct MHD_Connection *conn, void (*gone)(void *), void *ud)
-{
-    if (!gone || !http->watcher)
-        return NULL;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    struct hup *h = ci ? calloc(1, sizeof *h) : NULL;
-    if (!h)
-        return NULL;
-    pthread_mutex_init(&h->lock, NULL);
-    h->refs = 2;
-    h->active = true;
-    h->fd = ci->connect_fd;
-    h->gone = gone;
-    h->ud = ud;
-    h->http = http;
-    if (lyra_loop_post(http->watcher, hup_watch_task, h) < 0) {
-        pthread_mutex_destroy(&h->lock);
-        free(h);
-        return NULL;
-    }
-    return h;
-}
-
-/* Ends the watch: when it returns `gone` is not running and never will.
- * The socket is unwatched before libmicrohttpd can close it (watch and
- * unwatch tasks run in posting order).  Drops the owner's hold. */
-static void hup_stop(struct hup *h)
-{
-    if (!h)
-        return;
-    pthread_mutex_lock(&h->lock);
-    h->active = false;
-    bool post = !h->stopped;
-    h->stopped = true;
-    pthread_mutex_unlock(&h->lock);
-    if (post && lyra_loop_post(h->http->watcher, hup_unwatch_task, h) < 0)
-        hup_unref(h); /* the watcher is gone, and its hold with it */
-    hup_unref(h);
+    return ci ? lyra_hup_start(http->hupwatch, ci->connect_fd, gone, ud) : NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -477,11 +389,11 @@ void lyra_http_stream_close(struct lyra_http_stream *st)
     if (!st)
         return;
     pthread_mutex_lock(&st->lock);
-    struct hup *h = st->hup;
+    /* Under the lock: the completion callback takes it too before
+     * libmicrohttpd closes the socket, so the socket is still open here.
+     * After this the producer's gone callback never runs. */
+    lyra_hup_stop(st->hup);
     st->hup = NULL;
-    pthread_mutex_unlock(&st->lock);
-    hup_stop(h); /* after this the producer's gone callback never runs */
-    pthread_mutex_lock(&st->lock);
     st->finished = true;
     stream_resume_locked(st);
     stream_release(st);
@@ -815,7 +727,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     pthread_mutex_lock(&req->lock);
     bool woken = req->state == REQ_WAKING;
-    struct hup *h = NULL;
+    struct lyra_hup *h = NULL;
     if (woken) {
         req->state = REQ_NEW;
         h = req->hup;
@@ -823,7 +735,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     pthread_mutex_unlock(&req->lock);
     if (woken) { /* resumed after lyra_http_park() + lyra_http_wake() */
-        hup_stop(h);
+        lyra_hup_stop(h);
         lyra_http_handler resume = req->resume;
         req->resume = NULL;
         resume(req, req->resume_ud);
@@ -881,21 +793,18 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     /* Unwatch the socket before libmicrohttpd closes it and the number is
      * reused. */
     pthread_mutex_lock(&req->lock);
-    struct hup *h = req->hup;
+    struct lyra_hup *h = req->hup;
     req->hup = NULL;
     struct lyra_http_stream *st = req->stream;
     req->stream = NULL;
     if (req->state == REQ_PARKED) /* cannot happen: MHD does not end a suspended connection */
         atomic_fetch_sub(&http->suspended, 1);
     pthread_mutex_unlock(&req->lock);
-    hup_stop(h);
+    lyra_hup_stop(h);
     if (st) {
         pthread_mutex_lock(&st->lock);
-        struct hup *sh = st->hup;
+        lyra_hup_stop(st->hup);
         st->hup = NULL;
-        pthread_mutex_unlock(&st->lock);
-        hup_stop(sh);
-        pthread_mutex_lock(&st->lock);
         stream_release(st); /* the request's hold */
     }
     if (lyra_log_enabled(LYRA_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
@@ -982,7 +891,7 @@ struct lyra_http *lyra_http_new(const struct lyra_http_options *opts, const stru
     pthread_mutex_init(&http->drain_lock, NULL);
     pthread_cond_init(&http->drained, NULL);
     http->listen_fd = -1;
-    if (lyra_loop_new("lyra-http-hup", &http->watcher, err) < 0) {
+    if (lyra_hupwatch_new(&http->hupwatch, err) < 0) {
         lyra_http_free(http);
         return NULL;
     }
@@ -1087,7 +996,7 @@ void lyra_http_free(struct lyra_http *http)
     }
     if (http->listen_fd >= 0 && !http->mhd_owns_listener)
         close(http->listen_fd);
-    lyra_loop_free(http->watcher);
+    lyra_hupwatch_free(http->hupwatch);
     pthread_cond_destroy(&http->drained);
     pthread_mutex_destroy(&http->drain_lock);
     free(http);

@@ -174,6 +174,17 @@ int it_server_start(struct it_server *s, const char *home, const char *const *ar
     return -1;
 }
 
+/* Prints the daemon's log (its sanitizer reports, its last words) when it
+ * ended in an unexpected way. */
+static void show_log(const struct it_server *s, int status)
+{
+    char *log = lyra_read_file(s->log_path, NULL);
+    size_t len = log ? strlen(log) : 0;
+    fprintf(stderr, "lyra serve ended with status %d; the end of its log:\n%s\n", status,
+            log ? log + (len > 12000 ? len - 12000 : 0) : "(none)");
+    free(log);
+}
+
 int it_server_stop(struct it_server *s, int sig)
 {
     if (s->pid <= 0)
@@ -183,7 +194,10 @@ int it_server_stop(struct it_server *s, int sig)
         int status;
         if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
             s->pid = 0;
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            if (rc != 0 && sig != SIGKILL)
+                show_log(s, rc);
+            return rc;
         }
         sleep_ms(10);
     }
@@ -301,21 +315,26 @@ int it_read_response(int fd, struct it_response *out)
     memset(out, 0, sizeof *out);
     size_t cap = 8192, n = 0;
     char *buf = malloc(cap);
-    char *head_end = NULL;
+    char *head_end = NULL; /* kept as an offset across reallocs: */
+    size_t head_off = 0;
     long content_length = -1;
     bool chunked = false;
     for (;;) {
         struct pollfd pfd = {fd, POLLIN, 0};
         if (poll(&pfd, 1, 30000) <= 0)
             break;
-        if (n + 4096 > cap)
+        if (n + 4096 > cap) {
             buf = realloc(buf, cap *= 2);
+            if (head_end)
+                head_end = buf + head_off;
+        }
         ssize_t r = recv(fd, buf + n, cap - n - 1, 0);
         if (r <= 0)
             break;
         n += (size_t)r;
         buf[n] = '\0';
         if (!head_end && (head_end = strstr(buf, "\r\n\r\n"))) {
+            head_off = (size_t)(head_end - buf);
             char *cl = strcasestr(buf, "\r\nContent-Length:");
             if (cl && cl < head_end)
                 content_length = strtol(cl + 17, NULL, 10);
@@ -326,7 +345,7 @@ int it_read_response(int fd, struct it_response *out)
             size_t body_have = n - (size_t)(head_end + 4 - buf);
             if (content_length >= 0 && body_have >= (size_t)content_length)
                 break;
-            if (chunked && strstr(head_end + 4, "\r\n0\r\n\r\n"))
+            if (chunked && n >= 7 && strstr(buf + (n > head_off + 4 + 8 ? n - 8 : head_off + 2), "\r\n0\r\n\r\n"))
                 break;
             if (content_length < 0 && !chunked && strncmp(buf + 9, "204", 3) == 0)
                 break;
