@@ -11,6 +11,11 @@
 /* Monotonic clock in milliseconds / microseconds (for durations). */
 int64_t lyra_now_ms(void);
 int64_t lyra_now_us(void);
+/* Fills *ts with the CLOCK_REALTIME time `ms` milliseconds from now: the
+ * deadline pthread_cond_timedwait takes. */
+struct timespec;
+void lyra_deadline_in(struct timespec *ts, int64_t ms);
+
 /* Wall clock in milliseconds since the epoch (for timestamps). */
 int64_t lyra_wall_ms(void);
 

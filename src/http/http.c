@@ -63,8 +63,6 @@ struct lyra_http {
     int port;
     struct MHD_Daemon *daemon;
     atomic_int in_flight;
-    pthread_mutex_t drain_lock;
-    pthread_cond_t drained;
     atomic_int suspended;        /* connections suspended right now (for a safe stop) */
     atomic_bool draining;        /* new requests get 503 and Connection: close */
     struct lyra_hupwatch *hupwatch; /* hang-ups of suspended connections */
@@ -817,11 +815,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                  "%s", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request ended early");
     }
     free_request(req);
-    if (atomic_fetch_sub(&http->in_flight, 1) == 1) {
-        pthread_mutex_lock(&http->drain_lock);
-        pthread_cond_broadcast(&http->drained);
-        pthread_mutex_unlock(&http->drain_lock);
-    }
+    atomic_fetch_sub(&http->in_flight, 1);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -888,8 +882,6 @@ struct lyra_http *lyra_http_new(const struct lyra_http_options *opts, const stru
     http->routes = routes;
     http->n_routes = n_routes;
     http->ctx = ctx;
-    pthread_mutex_init(&http->drain_lock, NULL);
-    pthread_cond_init(&http->drained, NULL);
     http->listen_fd = -1;
     if (lyra_hupwatch_new(&http->hupwatch, err) < 0) {
         lyra_http_free(http);
@@ -945,34 +937,12 @@ int lyra_http_in_flight(struct lyra_http *http)
     return atomic_load(&http->in_flight);
 }
 
-int lyra_http_drain(struct lyra_http *http, int timeout_ms)
-{
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&http->drain_lock);
-    while (atomic_load(&http->in_flight) > 0) {
-        if (pthread_cond_timedwait(&http->drained, &http->drain_lock, &deadline) == ETIMEDOUT)
-            break;
-    }
-    pthread_mutex_unlock(&http->drain_lock);
-    return atomic_load(&http->in_flight);
-}
 
 void lyra_http_set_draining(struct lyra_http *http)
 {
     atomic_store(&http->draining, true);
 }
 
-int lyra_http_suspended(struct lyra_http *http)
-{
-    return atomic_load(&http->suspended);
-}
 
 void lyra_http_free(struct lyra_http *http)
 {
@@ -997,7 +967,5 @@ void lyra_http_free(struct lyra_http *http)
     if (http->listen_fd >= 0 && !http->mhd_owns_listener)
         close(http->listen_fd);
     lyra_hupwatch_free(http->hupwatch);
-    pthread_cond_destroy(&http->drained);
-    pthread_mutex_destroy(&http->drain_lock);
     free(http);
 }

@@ -14,8 +14,10 @@
  * handler returns.
  *
  * Thread-safety: lyra_http_* request functions are called only by the thread
- * running that request's handler.  lyra_http_quiesce/drain/in_flight may be
- * called from any thread; new/start/free from one controlling thread. */
+ * running that request's handler, except lyra_http_wake and the stream
+ * functions, which any thread may call.  lyra_http_quiesce/set_draining/
+ * in_flight may be called from any thread; new/start/free from one
+ * controlling thread. */
 #ifndef LYRA_HTTP_H
 #define LYRA_HTTP_H
 
@@ -77,19 +79,12 @@ int lyra_http_port(const struct lyra_http *http);
 /* Stops accepting new connections; requests in flight go on. */
 void lyra_http_quiesce(struct lyra_http *http);
 
-/* Waits up to timeout_ms for requests in flight to finish.  Returns how
- * many were still running. */
-int lyra_http_drain(struct lyra_http *http, int timeout_ms);
-
 /* Requests being handled right now. */
 int lyra_http_in_flight(struct lyra_http *http);
 
 /* From now on new requests (also on kept-alive connections) get 503 with
  * Retry-After, and every response carries Connection: close.  Thread-safe. */
 void lyra_http_set_draining(struct lyra_http *http);
-
-/* Connections suspended now (parked requests and idle streams). */
-int lyra_http_suspended(struct lyra_http *http);
 
 /* Stops the server (closing remaining connections) and frees it.  Call it
  * once every parked request was woken and every stream closed: it waits a

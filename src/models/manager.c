@@ -393,6 +393,18 @@ static struct lyra_job *take_pending(struct mworker *w)
     return all;
 }
 
+/* Takes every job off w: returns the in-flight ones and puts the ones still
+ * waiting (never handed) into *pending.  The jobs' links are cleared as the
+ * caller walks them (next is read first). */
+static struct lyra_job *detach_jobs(struct mworker *w, struct lyra_job **pending)
+{
+    struct lyra_job *inflight = w->inflight;
+    *pending = take_pending(w);
+    w->inflight = NULL;
+    w->n_inflight = 0;
+    return inflight;
+}
+
 /* ------------------------------------------------------------------ */
 /* Worker events (wproc ops)                                          */
 
@@ -460,9 +472,8 @@ static void settle_jobs(struct lyra_manager *m, struct mworker *w, const struct 
     struct model_state *ms = w->ms;
     bool closing = atomic_load(&m->closing);
     struct lyra_job *retry = NULL, **retry_tail = &retry;
-    struct lyra_job *lists[2] = {w->inflight, take_pending(w)};
-    w->inflight = NULL;
-    w->n_inflight = 0;
+    struct lyra_job *lists[2];
+    lists[0] = detach_jobs(w, &lists[1]);
     for (int k = 0; k < 2; k++) {
         for (struct lyra_job *j = lists[k], *next; j; j = next) {
             next = j->next;
@@ -904,9 +915,8 @@ static void shutdown_on_loop(void *ud)
     lyra_loop_timer_cancel(m->loop, m->reaper);
     m->reaper = NULL;
     for (struct mworker *w = m->workers; w; w = w->next) {
-        struct lyra_job *lists[2] = {w->inflight, take_pending(w)};
-        w->inflight = NULL;
-        w->n_inflight = 0;
+        struct lyra_job *lists[2];
+        lists[0] = detach_jobs(w, &lists[1]);
         for (int k = 0; k < 2; k++) {
             for (struct lyra_job *j = lists[k], *next; j; j = next) {
                 next = j->next;
@@ -1110,13 +1120,7 @@ int lyra_manager_load(struct lyra_manager *m, const char *model, int timeout_ms,
     int rc = lyra_manager_submit(m, model, json_pack("{s:s}", "type", "status"), load_fn, &lw, &job, err);
     if (rc == 0) {
         struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_sec += timeout_ms / 1000;
-        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
+        lyra_deadline_in(&deadline, timeout_ms);
         pthread_mutex_lock(&lw.lock);
         while (!lw.done && pthread_cond_timedwait(&lw.cond, &lw.lock, &deadline) == 0)
             ;

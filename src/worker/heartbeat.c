@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "core/util.h"
 #include "proto/frame.h"
 
 struct lyra_heartbeat {
@@ -58,13 +59,7 @@ static void *heartbeat_main(void *arg)
         if (!ok)
             break;
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += hb->interval_ms / 1000;
-        ts.tv_nsec += (long)(hb->interval_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        lyra_deadline_in(&ts, hb->interval_ms);
         while (!hb->stop && pthread_cond_timedwait(&hb->cond, &hb->lock, &ts) == 0)
             ;
     }
