@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "llama.h"
 
 /* True when llama.cpp can format a small conversation with tmpl. */
@@ -30,9 +31,9 @@ int lyra_template_select(const struct llama_model *model, const char *override, 
     if (override && *override) {
         if (!supported(override))
             return lyra_err_set(err, LYRA_EUNSUPPORTED,
-                                "chat template '%.64s' is not one llama.cpp can apply (use a "
+                                "chat template '%.*s' is not one llama.cpp can apply (use a "
                                 "built-in name such as chatml, llama3, gemma, phi3)",
-                                override);
+                                (int)lyra_utf8_clip(override, 64), override);
         tmpl = override;
     } else {
         tmpl = llama_model_chat_template(model, NULL);
@@ -65,9 +66,9 @@ int lyra_template_check(const json_t *messages, struct lyra_err *err)
         const char *r = json_string_value(role);
         if (strcmp(r, "system") != 0 && strcmp(r, "user") != 0 && strcmp(r, "assistant") != 0)
             return lyra_err_set(err, LYRA_EINVAL,
-                                "messages[%zu].role: unknown role '%.32s' (expected system, user or "
+                                "messages[%zu].role: unknown role '%.*s' (expected system, user or "
                                 "assistant)",
-                                i, r);
+                                i, (int)lyra_utf8_clip(r, 32), r);
         if (!json_is_string(content))
             return lyra_err_set(err, LYRA_EINVAL, "messages[%zu].content: must be a string", i);
         /* llama_chat_apply_template takes C strings: an embedded NUL would
