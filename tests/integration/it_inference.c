@@ -238,6 +238,36 @@ static int open_stream(const char *path, const char *body)
     return fd;
 }
 
+/* Issue 6's reproduction: a role whose "é" was cut by "%.32s" in the worker
+ * made it exit, twice per request, until the circuit opened.  The daemon now
+ * refuses it with 400 naming the field and the worker never sees it. */
+static void test_poison_role_is_refused_by_the_daemon(void **state)
+{
+    json_decref(post("/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"a\",\"max_tokens\":1}", 200));
+    json_t *m = status_model("tiny");
+    assert_non_null(m);
+    json_int_t pid = json_integer_value(json_object_get(m, "pid"));
+    json_int_t crashes = json_integer_value(json_object_get(m, "crashes"));
+    json_decref(m);
+    for (int i = 0; i < 3; i++) {
+        json_t *j = post("/v1/chat/completions",
+                         "{\"model\":\"tiny\",\"messages\":[{\"role\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\u00e9\","
+                         "\"content\":\"hi\"}]}",
+                         400);
+        json_t *e = json_object_get(j, "error");
+        assert_string_equal(json_string_value(json_object_get(e, "param")), "messages[0].role");
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "unknown role"));
+        json_decref(j);
+    }
+    json_decref(post("/v1/chat/completions",
+                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":1}",
+                     200));
+    m = status_model("tiny");
+    assert_int_equal(json_integer_value(json_object_get(m, "pid")), pid);
+    assert_int_equal(json_integer_value(json_object_get(m, "crashes")), crashes);
+    json_decref(m);
+}
+
 static void test_client_leaves_frees_slot(void **state)
 {
     int fd = open_stream("/v1/chat/completions", "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\","
@@ -442,6 +472,7 @@ int main(void)
         cmocka_unit_test(test_chat_stream),
         cmocka_unit_test(test_completions_and_embeddings),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_poison_role_is_refused_by_the_daemon),
         cmocka_unit_test(test_client_leaves_frees_slot),
         cmocka_unit_test(test_worker_killed_mid_stream),
         cmocka_unit_test(test_retry_then_circuit),
