@@ -1341,7 +1341,31 @@ static bool plain_safe(const char *s)
     return true;
 }
 
-/* Writes a scalar: plain when safe, else double-quoted with escapes. */
+/* The code point of the well-formed UTF-8 sequence of n (2..4) bytes at p,
+ * or -1. */
+static long utf8_cp(const unsigned char *p, int n)
+{
+    static const long min[] = {0, 0, 0x80, 0x800, 0x10000};
+    long cp = p[0] & (0x7f >> n);
+    for (int i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return -1;
+        cp = cp << 6 | (p[i] & 0x3f);
+    }
+    return cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? -1 : cp;
+}
+
+/* Code points YAML only carries escaped: the C1 controls (libyaml refuses
+ * them raw), the line breaks a double-quoted scalar would fold into a
+ * space (NEL, LS, PS), the BOM and the non-characters U+FFFE/U+FFFF. */
+static bool yaml_escaped(long cp)
+{
+    return (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 || cp == 0xfeff || cp == 0xfffe ||
+           cp == 0xffff;
+}
+
+/* Writes a scalar: plain when safe, else double-quoted with escapes, so
+ * that it reads back as exactly the same string. */
 static void write_scalar(struct buf *b, const struct node *n)
 {
     if (node_is_null(n)) {
@@ -1354,6 +1378,8 @@ static void write_scalar(struct buf *b, const struct node *n)
     }
     buf_puts(b, "\"");
     for (const unsigned char *p = (const unsigned char *)n->text; *p; p++) {
+        int len = *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : *p >= 0xc0 ? 2 : 1;
+        long cp = len > 1 && strnlen((const char *)p, (size_t)len) == (size_t)len ? utf8_cp(p, len) : -1;
         if (*p == '"' || *p == '\\')
             buf_printf(b, "\\%c", *p);
         else if (*p == '\n')
@@ -1362,7 +1388,10 @@ static void write_scalar(struct buf *b, const struct node *n)
             buf_puts(b, "\\t");
         else if (*p < 0x20 || *p == 0x7f)
             buf_printf(b, "\\x%02x", *p);
-        else
+        else if (cp >= 0 && yaml_escaped(cp)) {
+            buf_printf(b, "\\u%04lx", cp);
+            p += len - 1;
+        } else
             buf_add(b, (const char *)p, 1);
     }
     buf_puts(b, "\"");
