@@ -511,49 +511,55 @@ int lyra_requests_openai_completions(const json_t *body, struct lyra_request *ou
     return rc;
 }
 
-int lyra_requests_openai_embeddings(const json_t *body, struct lyra_request *out,
-                                    struct lyra_request_error *err)
+/* The body of /v1/embeddings into *inputs (new ref), out->model set. */
+static int embeddings(struct parser *ps, const json_t *body, struct lyra_request *out, json_t **inputs)
 {
-    struct parser ps = {.err = err};
-    *out = (struct lyra_request){0};
     int rc;
-    if ((rc = body_object(&ps, body)) < 0 ||
-        (rc = opt_string(&ps, body, "model", LYRA_REQUESTS_MAX_MODEL, &out->model)) < 0)
+    if ((rc = body_object(ps, body)) < 0 ||
+        (rc = opt_string(ps, body, "model", LYRA_REQUESTS_MAX_MODEL, &out->model)) < 0)
         return rc;
     /* We answer floats; "base64" is what OpenAI's own clients ask for by
      * default, and they read floats too. */
     const json_t *ef = get(body, "encoding_format");
     if (ef && !json_is_string(ef))
-        return refuse(&ps, "invalid_type", "encoding_format", "must be a string");
+        return refuse(ps, "invalid_type", "encoding_format", "must be a string");
     if (ef && strcmp(json_string_value(ef), "float") != 0 && strcmp(json_string_value(ef), "base64") != 0)
-        return refuse(&ps, "invalid_value", "encoding_format", "unknown format '%.*s%s' (expected float)",
+        return refuse(ps, "invalid_value", "encoding_format", "unknown format '%.*s%s' (expected float)",
                       QUOTE(json_string_value(ef)));
     const json_t *input = get(body, "input");
     if (!input)
-        return refuse(&ps, "invalid_value", "input", "missing (a string or an array of strings)");
+        return refuse(ps, "invalid_value", "input", "missing (a string or an array of strings)");
     if (!json_is_string(input) && !json_is_array(input))
-        return refuse(&ps, "invalid_type", "input", "must be a string or an array of strings");
-    if (json_is_array(input)) {
-        if (json_array_size(input) == 0)
-            return refuse(&ps, "invalid_value", "input", "must not be empty");
-        size_t i;
-        const json_t *v;
-        json_array_foreach(input, i, v)
-        {
-            char param[48];
-            snprintf(param, sizeof param, "input[%zu]", i);
-            if (json_is_integer(v) || json_is_array(v))
-                return refuse(&ps, "unsupported_value", param,
-                              "token id inputs are not supported (send text)");
-            if (!json_is_string(v))
-                return refuse(&ps, "invalid_type", param, "must be a string");
-        }
+        return refuse(ps, "invalid_type", "input", "must be a string or an array of strings");
+    if (json_is_array(input) && json_array_size(input) == 0)
+        return refuse(ps, "invalid_value", "input", "must not be empty");
+    size_t i;
+    const json_t *v;
+    json_array_foreach(input, i, v)
+    {
+        char param[48];
+        snprintf(param, sizeof param, "input[%zu]", i);
+        if (json_is_integer(v) || json_is_array(v))
+            return refuse(ps, "unsupported_value", param, "token id inputs are not supported (send text)");
+        if (!json_is_string(v))
+            return refuse(ps, "invalid_type", param, "must be a string");
     }
-    json_t *inputs = json_is_string(input) ? json_pack("[O]", input) : json_copy((json_t *)input);
-    out->msg = inputs ? json_pack("{s:s, s:o}", "type", "embed", "inputs", inputs) : NULL;
-    if (!out->msg)
-        return nomem(&ps);
-    return 0;
+    *inputs = json_is_string(input) ? json_pack("[O]", input) : json_copy((json_t *)input);
+    return *inputs ? 0 : nomem(ps);
+}
+
+int lyra_requests_openai_embeddings(const json_t *body, struct lyra_request *out,
+                                    struct lyra_request_error *err)
+{
+    struct parser ps = {.err = err};
+    *out = (struct lyra_request){0};
+    json_t *inputs = NULL;
+    int rc = embeddings(&ps, body, out, &inputs);
+    if (rc == 0 && !(out->msg = json_pack("{s:s, s:o}", "type", "embed", "inputs", inputs)))
+        rc = nomem(&ps);
+    if (rc < 0)
+        lyra_requests_clear(out);
+    return rc;
 }
 
 /* ---- POST /chat ------------------------------------------------------------ */
