@@ -3,7 +3,7 @@
 # -fsanitize=fuzzer,address,undefined) and runs each one.  docs/fuzzing.md.
 #
 #   scripts/fuzz.sh run [HARNESS...]    FUZZ_SECONDS each (default 60); `make fuzz`
-#   scripts/fuzz.sh smoke               FUZZ_SMOKE_SECONDS each (default 5); ctest fuzz.smoke
+#   scripts/fuzz.sh smoke               FUZZ_SMOKE_SECONDS each (default 3); ctest fuzz.smoke
 #   scripts/fuzz.sh build
 #
 # Each harness reads the committed seeds (tests/fuzz/corpus/<h>/, never
@@ -66,7 +66,7 @@ flock -u 9
 [ "$mode" = build ] && exit 0
 
 if [ "$mode" = smoke ]; then
-    secs=${FUZZ_SMOKE_SECONDS:-5}
+    secs=${FUZZ_SMOKE_SECONDS:-3}
     work=$(mktemp -d)
     trap 'rm -rf "$probe" "$work"' EXIT
 else

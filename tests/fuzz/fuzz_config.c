@@ -25,6 +25,15 @@ static char dir[64];          /* private scratch directory on tmpfs */
 static char home[128], file[128], dump_file[128], mig_file[128];
 static char *const empty_env[] = {NULL};
 
+/* The scratch directory goes when the process ends normally. */
+static void cleanup(void)
+{
+    const char *const files[] = {file, dump_file, mig_file};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        unlink(files[i]);
+    rmdir(dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
@@ -34,6 +43,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(file, sizeof file, "%s/lyra.yaml", dir);
     snprintf(dump_file, sizeof dump_file, "%s/dump.yaml", dir);
     snprintf(mig_file, sizeof mig_file, "%s/migrate.yaml", dir);
+    atexit(cleanup);
     return 0;
 }
 
