@@ -248,8 +248,8 @@ oom:
     return nomem(ps);
 }
 
-/* What the two OpenAI generate endpoints share: model, stream,
- * stream_options, n, and the features Lyra does not have. */
+/* What the two OpenAI generate endpoints share: the body an object, model,
+ * stream, stream_options and n. */
 static int openai_common(struct parser *ps, const json_t *body, struct lyra_request *out)
 {
     int rc;
