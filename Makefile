@@ -5,6 +5,7 @@
 #   make build                 build/lyra (+ tests, tools)
 #   make models                build/models/{tiny,small}.gguf
 #   make test [SANITIZE=address|thread]
+#   make fuzz [FUZZ_SECONDS=60]  libFuzzer harnesses (clang) in build-fuzz/, each for FUZZ_SECONDS
 #   make run                   serve the generated demo model on 127.0.0.1:8000
 #   make bench                 benchmarks side by side with llama-server
 
@@ -15,8 +16,9 @@ BUILD_DIR := build$(if $(SANITIZE),-$(SANITIZE))
 MODELS_DIR := build/models
 VOCAB_DIR := deps/llama/share/vocab
 CMAKE_FLAGS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps packages build models node-deps test run bench clean format
+.PHONY: all deps packages build models node-deps test fuzz run bench clean format
 
 all: build
 
@@ -45,6 +47,11 @@ node-deps:
 test: models node-deps
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j 2
 
+# Builds build-fuzz/ with clang and runs every harness of tests/fuzz/ for
+# FUZZ_SECONDS (docs/fuzzing.md); fails on the first crash or leak.
+fuzz: deps
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh run
+
 run: models
 	$(BUILD_DIR)/lyra serve --home build/demo-home --models-dir build/models $(ARGS)
 
@@ -56,4 +63,4 @@ format:
 	@clang-format -i src/*/*.[ch] tests/*/*.[ch] tools/*.c
 
 clean:
-	rm -rf build build-address build-thread
+	rm -rf build build-address build-thread build-fuzz

@@ -8,12 +8,15 @@ set -euo pipefail
 # from elsewhere, e.g. Node.js from nodesource); libraries by dpkg status.
 declare -A tool_package=(
     [cc]=build-essential [cmake]=cmake [ninja]=ninja-build [pkg-config]=pkg-config [git]=git
-    [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq
+    [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq [clang-14]=clang-14 [flock]=util-linux
 )
 packages=(
     ca-certificates
     libmicrohttpd-dev libwslay-dev libjansson-dev libsqlite3-dev libyaml-dev
     libsodium-dev libcurl4-openssl-dev libcmocka-dev
+    # `make fuzz` and ctest fuzz.smoke: clang-14 (above) with libFuzzer and
+    # the sanitizer runtimes, and llvm-symbolizer for readable reports.
+    libclang-rt-14-dev llvm-14
 )
 missing=()
 for tool in "${!tool_package[@]}"; do

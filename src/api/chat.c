@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "api/infer.h"
+#include "api/requests.h"
 #include "api/server.h"
 #include "core/conversations.h"
 #include "core/log.h"
@@ -229,87 +230,6 @@ static const struct lyra_infer_format chat_format = {
 
 /* --- POST /chat ----------------------------------------------------- */
 
-/* Copies `options` into worker params, checking names and types.  Returns
- * NULL after answering 400 naming the field. */
-static json_t *map_options(struct lyra_http_req *req, json_t *options)
-{
-    static const struct {
-        const char *name;
-        char type; /* n number, i integer, b bool, s string or array of strings */
-    } fields[] = {
-        {"max_tokens", 'i'}, {"temperature", 'n'},    {"top_p", 'n'},      {"top_k", 'i'}, {"min_p", 'n'},
-        {"seed", 'i'},       {"repeat_penalty", 'n'}, {"ignore_eos", 'b'}, {"stop", 's'},
-    };
-    json_t *p = json_object();
-    if (!options || json_is_null(options))
-        return p;
-    if (!json_is_object(options)) {
-        lyra_http_send_error(req, 400, "invalid_field", "options must be an object");
-        json_decref(p);
-        return NULL;
-    }
-    const char *key;
-    json_t *v;
-    json_object_foreach(options, key, v)
-    {
-        size_t i = 0;
-        while (i < sizeof fields / sizeof *fields && strcmp(fields[i].name, key) != 0)
-            i++;
-        if (i == sizeof fields / sizeof *fields) {
-            lyra_http_send_error(req, 400, "invalid_field",
-                                 "options.%s is not an option (known: max_tokens, temperature, top_p, top_k, "
-                                 "min_p, seed, stop, repeat_penalty, ignore_eos)",
-                                 key);
-            json_decref(p);
-            return NULL;
-        }
-        if (json_is_null(v))
-            continue;
-        bool ok = fields[i].type == 'n'   ? json_is_number(v)
-                  : fields[i].type == 'i' ? json_is_integer(v)
-                  : fields[i].type == 'b' ? json_is_boolean(v)
-                                          : json_is_string(v) || json_is_array(v);
-        if (ok && json_is_array(v)) {
-            size_t k;
-            json_t *s;
-            json_array_foreach(v, k, s) ok = ok && json_is_string(s);
-        }
-        if (!ok) {
-            lyra_http_send_error(req, 400, "invalid_field", "options.%s must be %s", key,
-                                 fields[i].type == 'n'   ? "a number"
-                                 : fields[i].type == 'i' ? "an integer"
-                                 : fields[i].type == 'b' ? "a boolean"
-                                                         : "a string or an array of strings");
-            json_decref(p);
-            return NULL;
-        }
-        json_object_set(p, key, v);
-    }
-    json_t *mt = json_object_get(p, "max_tokens");
-    if (mt && (json_integer_value(mt) < 1 || json_integer_value(mt) > 1000000)) {
-        lyra_http_send_error(req, 400, "invalid_field", "options.max_tokens must be between 1 and 1000000");
-        json_decref(p);
-        return NULL;
-    }
-    return p;
-}
-
-/* A field that must be a string when present (null counts as absent).
- * Returns false after answering 400. */
-static bool optional_string(struct lyra_http_req *req, json_t *body, const char *name, const char **out)
-{
-    json_t *v = json_object_get(body, name);
-    *out = NULL;
-    if (!v || json_is_null(v))
-        return true;
-    if (!json_is_string(v) || json_string_length(v) == 0) {
-        lyra_http_send_error(req, 400, "invalid_field", "%s must be a non-empty string", name);
-        return false;
-    }
-    *out = json_string_value(v);
-    return true;
-}
-
 /* Claims the turn's conversation and builds the worker's messages: the
  * stored history (for an existing conversation) plus the new user message,
  * which is not stored until the turn ends well.  *conv_model gets the
@@ -373,34 +293,18 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx)
     json_t *params = NULL, *history = NULL;
     char *model = NULL;
     struct chat *c = NULL;
-    const char *conv_id, *model_name;
-    if (!json_is_object(body)) {
-        lyra_http_send_error(req, 400, "invalid_field", "the body must be a JSON object");
+    /* The body's checks (requests.c); r's strings are borrowed from body. */
+    struct lyra_request r;
+    struct lyra_request_error rerr;
+    if (lyra_requests_chat(body, &r, &rerr) < 0) {
+        lyra_http_send_error(req, rerr.status, rerr.code, "%s", rerr.err.msg);
         goto out;
     }
+    params = r.params;
+    r.params = NULL;
+    const char *conv_id = r.conversation_id, *model_name = r.model;
     json_t *message = json_object_get(body, "message");
-    if (!message || json_is_null(message)) {
-        lyra_http_send_error(req, 400, "invalid_field", "message is required");
-        goto out;
-    }
-    if (!json_is_string(message)) {
-        lyra_http_send_error(req, 400, "invalid_field", "message must be a string");
-        goto out;
-    }
-    if (json_string_length(message) == 0) {
-        lyra_http_send_error(req, 400, "invalid_field", "message must not be empty");
-        goto out;
-    }
-    if (!optional_string(req, body, "conversation_id", &conv_id) ||
-        !optional_string(req, body, "model", &model_name))
-        goto out;
-    json_t *stream = json_object_get(body, "stream");
-    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
-        lyra_http_send_error(req, 400, "invalid_field", "stream must be a boolean");
-        goto out;
-    }
-    if (!(params = map_options(req, json_object_get(body, "options"))))
-        goto out;
+    json_t *stream = json_object_get(body, "stream"); /* checked: a boolean or absent */
 
     c = calloc(1, sizeof *c);
     if (!c || !(c->user_text = strdup(json_string_value(message)))) {

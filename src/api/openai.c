@@ -5,12 +5,13 @@
  * Errors use OpenAI's shape {"error":{"message","type","param","code"}}.
  * Beyond OpenAI's fields, llama-server's extensions are accepted (top_k,
  * min_p, repeat_penalty, ignore_eos, grammar) and responses carry
- * llama-server's `timings`. */
-#include <math.h>
+ * llama-server's `timings`.  Bodies are checked and turned into worker
+ * messages by requests.c; this file only answers. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/infer.h"
+#include "api/requests.h"
 #include "api/server.h"
 
 enum kind { CHAT, COMPLETION };
@@ -25,74 +26,6 @@ static void send_oai_error(struct lyra_http_req *req, int status, const char *co
     json_t *e = json_pack("{s:{s:s, s:s, s:s?, s:s}}", "error", "message", msg, "type",
                           status >= 500 ? "server_error" : "invalid_request_error", "param", param, "code", code);
     lyra_http_send_json(req, status, e);
-}
-
-/* Copies the sampling fields of an OpenAI body into worker params,
- * checking types.  Returns NULL after answering 400 naming the field. */
-static json_t *map_params(struct lyra_http_req *req, json_t *body)
-{
-    static const struct {
-        const char *from, *to;
-        char type; /* n number, i integer, b bool, s string */
-    } fields[] = {
-        {"temperature", "temperature", 'n'}, {"top_p", "top_p", 'n'},
-        {"top_k", "top_k", 'i'},             {"min_p", "min_p", 'n'},
-        {"seed", "seed", 'i'},               {"presence_penalty", "presence_penalty", 'n'},
-        {"frequency_penalty", "frequency_penalty", 'n'}, {"repeat_penalty", "repeat_penalty", 'n'},
-        {"repeat_last_n", "repeat_last_n", 'i'}, {"ignore_eos", "ignore_eos", 'b'},
-        {"grammar", "grammar", 's'},         {"max_tokens", "max_tokens", 'i'},
-        {"max_completion_tokens", "max_tokens", 'i'},
-    };
-    json_t *p = json_object();
-    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
-        json_t *v = json_object_get(body, fields[i].from);
-        if (!v || json_is_null(v))
-            continue;
-        bool ok = fields[i].type == 'n'   ? json_is_number(v)
-                  : fields[i].type == 'i' ? json_is_integer(v)
-                  : fields[i].type == 'b' ? json_is_boolean(v)
-                                          : json_is_string(v);
-        if (!ok) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "%s must be %s", fields[i].from,
-                     fields[i].type == 'n'   ? "a number"
-                     : fields[i].type == 'i' ? "an integer"
-                     : fields[i].type == 'b' ? "a boolean"
-                                             : "a string");
-            send_oai_error(req, 400, "invalid_type", fields[i].from, msg);
-            json_decref(p);
-            return NULL;
-        }
-        json_object_set(p, fields[i].to, v);
-    }
-    json_t *mt = json_object_get(p, "max_tokens");
-    if (mt && (json_integer_value(mt) < 1 || json_integer_value(mt) > 1000000)) {
-        send_oai_error(req, 400, "invalid_value", "max_tokens", "max_tokens must be between 1 and 1000000");
-        json_decref(p);
-        return NULL;
-    }
-    json_t *stop = json_object_get(body, "stop");
-    if (stop && !json_is_null(stop)) {
-        if (!json_is_string(stop) && !json_is_array(stop)) {
-            send_oai_error(req, 400, "invalid_type", "stop", "stop must be a string or an array of strings");
-            json_decref(p);
-            return NULL;
-        }
-        json_object_set(p, "stop", stop);
-    }
-    json_t *rf = json_object_get(body, "response_format");
-    if (json_is_object(rf)) {
-        const char *t = json_string_value(json_object_get(rf, "type"));
-        if (t && (strcmp(t, "json_object") == 0 || strcmp(t, "json_schema") == 0))
-            json_object_set_new(p, "json_mode", json_true());
-    }
-    json_t *n = json_object_get(body, "n");
-    if (n && !json_is_null(n) && json_integer_value(n) != 1) {
-        send_oai_error(req, 400, "unsupported_value", "n", "only n = 1 is supported");
-        json_decref(p);
-        return NULL;
-    }
-    return p;
 }
 
 /* --- formatters ----------------------------------------------------- */
@@ -192,54 +125,51 @@ static const struct lyra_infer_format oai_format = {
 
 /* --- handlers ------------------------------------------------------- */
 
-static bool read_body(struct lyra_http_req *req, json_t **body)
+/* The body (requests.h does the checking), answering when it is refused. */
+static bool read_request(struct lyra_http_req *req, int (*parse)(const json_t *, struct lyra_request *,
+                                                                 struct lyra_request_error *),
+                         json_t **body, struct lyra_request *r)
 {
     if (lyra_http_read_json(req, body) < 0)
         return false;
-    if (!json_is_object(*body)) {
-        send_oai_error(req, 400, "invalid_request", NULL, "the body must be a JSON object");
+    struct lyra_request_error e;
+    if (parse(*body, r, &e) < 0) {
+        send_oai_error(req, e.status, e.code, e.param[0] ? e.param : NULL, e.err.msg);
         json_decref(*body);
         return false;
     }
     return true;
 }
 
-static char *model_of(struct lyra_server *srv, struct lyra_http_req *req, json_t *body)
+/* The request's model, else the default one; NULL after answering 404. */
+static char *model_of(struct lyra_server *srv, struct lyra_http_req *req, const struct lyra_request *r)
 {
-    json_t *m = json_object_get(body, "model");
-    if (m && !json_is_string(m)) {
-        send_oai_error(req, 400, "invalid_type", "model", "model must be a string");
-        return NULL;
-    }
-    char *name = m ? strdup(json_string_value(m)) : lyra_default_model(srv);
+    char *name = r->model ? strdup(r->model) : lyra_default_model(srv);
     if (!name)
-        send_oai_error(req, 404, "model_not_found", "model", "no model given and no model available");
+        send_oai_error(req, r->model ? 500 : 404, r->model ? "internal" : "model_not_found", "model",
+                       r->model ? "out of memory" : "no model given and no model available");
     return name;
 }
 
-static void start(struct lyra_server *srv, struct lyra_http_req *req, json_t *body, enum kind kind, json_t *msg)
+static void start(struct lyra_server *srv, struct lyra_http_req *req, struct lyra_request *r, enum kind kind)
 {
-    char *model = model_of(srv, req, body);
-    if (!model) {
-        json_decref(msg);
-        return;
-    }
-    json_t *stream = json_object_get(body, "stream");
-    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
-        send_oai_error(req, 400, "invalid_type", "stream", "stream must be a boolean");
-        json_decref(msg);
+    char *model = model_of(srv, req, r);
+    struct oai *o = model ? calloc(1, sizeof *o) : NULL;
+    if (model && !o)
+        send_oai_error(req, 500, "internal", NULL, "out of memory");
+    if (!o) {
         free(model);
         return;
     }
-    struct oai *o = calloc(1, sizeof *o);
     o->kind = kind;
-    o->include_usage = json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
+    o->include_usage = r->include_usage;
     struct lyra_infer_options opts = {.model = model,
-                                      .msg = msg,
-                                      .stream = json_is_true(stream),
+                                      .msg = r->msg,
+                                      .stream = r->stream,
                                       .id_prefix = kind == CHAT ? "chatcmpl-" : "cmpl-",
                                       .fmt = &oai_format,
                                       .ud = o};
+    r->msg = NULL; /* taken by the bridge */
     lyra_infer_start(srv, req, &opts);
     free(model);
 }
@@ -247,94 +177,22 @@ static void start(struct lyra_server *srv, struct lyra_http_req *req, json_t *bo
 void lyra_api_openai_chat(struct lyra_http_req *req, void *ctx)
 {
     json_t *body;
-    if (!read_body(req, &body))
+    struct lyra_request r;
+    if (!read_request(req, lyra_requests_openai_chat, &body, &r))
         return;
-    json_t *messages = json_object_get(body, "messages");
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        send_oai_error(req, 400, "invalid_value", "messages", "messages must be a non-empty array");
-        json_decref(body);
-        return;
-    }
-    /* OpenAI allows content as an array of parts: keep the text parts. */
-    json_t *msgs = json_array();
-    size_t i;
-    json_t *m;
-    json_array_foreach(messages, i, m) {
-        json_t *content = json_object_get(m, "content");
-        json_t *role = json_object_get(m, "role");
-        if (!json_is_object(m) || !json_is_string(role)) {
-            char param[48];
-            snprintf(param, sizeof param, "messages[%zu].role", i);
-            send_oai_error(req, 400, "invalid_value", param, "each message needs a string role");
-            json_decref(msgs);
-            json_decref(body);
-            return;
-        }
-        json_t *text = NULL;
-        if (json_is_string(content)) {
-            text = json_incref(content);
-        } else if (json_is_array(content)) {
-            char *joined = NULL;
-            size_t k;
-            json_t *part;
-            size_t len = 0;
-            json_array_foreach(content, k, part) {
-                const char *t = json_string_value(json_object_get(part, "text"));
-                if (!t)
-                    continue;
-                size_t tl = strlen(t);
-                char *nj = realloc(joined, len + tl + 1);
-                if (!nj)
-                    break;
-                memcpy(nj + len, t, tl + 1);
-                joined = nj;
-                len += tl;
-            }
-            text = json_string(joined ? joined : "");
-            free(joined);
-        } else if (json_is_null(content) || !content) {
-            text = json_string("");
-        } else {
-            char param[48];
-            snprintf(param, sizeof param, "messages[%zu].content", i);
-            send_oai_error(req, 400, "invalid_type", param, "content must be a string or an array of parts");
-            json_decref(msgs);
-            json_decref(body);
-            return;
-        }
-        json_array_append_new(msgs, json_pack("{s:O, s:o}", "role", role, "content", text));
-    }
-    json_t *params = map_params(req, body);
-    if (!params) {
-        json_decref(msgs);
-        json_decref(body);
-        return;
-    }
-    json_t *msg = json_pack("{s:s, s:o, s:o}", "type", "generate", "messages", msgs, "params", params);
-    start(ctx, req, body, CHAT, msg);
+    start(ctx, req, &r, CHAT);
+    lyra_requests_clear(&r);
     json_decref(body);
 }
 
 void lyra_api_openai_completions(struct lyra_http_req *req, void *ctx)
 {
     json_t *body;
-    if (!read_body(req, &body))
+    struct lyra_request r;
+    if (!read_request(req, lyra_requests_openai_completions, &body, &r))
         return;
-    json_t *prompt = json_object_get(body, "prompt");
-    if (json_is_array(prompt) && json_array_size(prompt) == 1)
-        prompt = json_array_get(prompt, 0);
-    if (!json_is_string(prompt)) {
-        send_oai_error(req, 400, "invalid_value", "prompt", "prompt must be a string");
-        json_decref(body);
-        return;
-    }
-    json_t *params = map_params(req, body);
-    if (!params) {
-        json_decref(body);
-        return;
-    }
-    json_t *msg = json_pack("{s:s, s:O, s:o}", "type", "generate", "prompt", prompt, "params", params);
-    start(ctx, req, body, COMPLETION, msg);
+    start(ctx, req, &r, COMPLETION);
+    lyra_requests_clear(&r);
     json_decref(body);
 }
 
@@ -367,31 +225,17 @@ static const struct lyra_infer_format emb_format = {
 void lyra_api_openai_embeddings(struct lyra_http_req *req, void *ctx)
 {
     json_t *body;
-    if (!read_body(req, &body))
+    struct lyra_request r;
+    if (!read_request(req, lyra_requests_openai_embeddings, &body, &r))
         return;
-    json_t *input = json_object_get(body, "input");
-    json_t *inputs = json_is_string(input) ? json_pack("[O]", input) : json_is_array(input) ? json_copy(input) : NULL;
-    size_t i;
-    json_t *v;
-    bool ok = inputs && json_array_size(inputs) > 0;
-    json_array_foreach(inputs, i, v) ok = ok && json_is_string(v);
-    if (!ok) {
-        send_oai_error(req, 400, "invalid_value", "input", "input must be a string or a non-empty array of strings");
-        json_decref(inputs);
-        json_decref(body);
-        return;
-    }
-    char *model = model_of(ctx, req, body);
+    char *model = model_of(ctx, req, &r);
     if (model) {
-        struct lyra_infer_options opts = {.model = model,
-                                          .msg = json_pack("{s:s, s:o}", "type", "embed", "inputs", inputs),
-                                          .stream = false,
-                                          .id_prefix = "emb-",
-                                          .fmt = &emb_format};
+        struct lyra_infer_options opts = {
+            .model = model, .msg = r.msg, .stream = false, .id_prefix = "emb-", .fmt = &emb_format};
+        r.msg = NULL; /* taken by the bridge */
         lyra_infer_start(ctx, req, &opts);
         free(model);
-    } else {
-        json_decref(inputs);
     }
+    lyra_requests_clear(&r);
     json_decref(body);
 }

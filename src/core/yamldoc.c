@@ -372,8 +372,33 @@ static bool plain_safe(const char *s)
     return true;
 }
 
+/* The code point of the well-formed UTF-8 sequence of n (2..4) bytes at p,
+ * or -1. */
+static long utf8_cp(const unsigned char *p, int n)
+{
+    static const long min[] = {0, 0, 0x80, 0x800, 0x10000};
+    long cp = p[0] & (0x7f >> n);
+    for (int i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return -1;
+        cp = cp << 6 | (p[i] & 0x3f);
+    }
+    return cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? -1 : cp;
+}
+
+/* Code points YAML only carries escaped: the C1 controls (libyaml refuses
+ * them raw), the line breaks a double-quoted scalar would fold into a
+ * space (NEL, LS, PS), the BOM and the non-characters U+FFFE/U+FFFF (found
+ * by fuzz_config: such a dump did not load back). */
+static bool yaml_escaped(long cp)
+{
+    return (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 || cp == 0xfeff || cp == 0xfffe ||
+           cp == 0xffff;
+}
+
 /* Writes a scalar: "~" for a null value, plain when safe, else
- * double-quoted.  A key is never written as null: a key "null" is quoted. */
+ * double-quoted, so that it reads back as exactly the same string.  A key
+ * is never written as null: a key "null" is quoted. */
 static void write_scalar(struct buf *b, const struct lyra_ynode *n, bool key)
 {
     if (!key && lyra_yamldoc_is_null(n)) {
@@ -392,8 +417,14 @@ static void write_scalar(struct buf *b, const struct lyra_ynode *n, bool key)
     lyra_utf8_scrub(t); /* YAML cannot carry bytes that are not UTF-8 */
     buf_puts(b, "\"");
     for (const unsigned char *p = (const unsigned char *)t; *p; p++) {
-        char esc[8];
-        if (*p == '"' || *p == '\\') {
+        char esc[16];
+        int len = *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : *p >= 0xc0 ? 2 : 1;
+        long cp = len > 1 && strnlen((const char *)p, (size_t)len) == (size_t)len ? utf8_cp(p, len) : -1;
+        if (cp >= 0 && yaml_escaped(cp)) {
+            snprintf(esc, sizeof esc, "\\u%04lx", cp);
+            buf_puts(b, esc);
+            p += len - 1;
+        } else if (*p == '"' || *p == '\\') {
             snprintf(esc, sizeof esc, "\\%c", *p);
             buf_puts(b, esc);
         } else if (*p == '\n') {

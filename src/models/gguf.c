@@ -10,7 +10,8 @@
  * length or count is acted on it is compared with the bytes left in the file
  * (from fstat), so allocations are bounded by the file's size and by the
  * LYRA_GGUF_MAX_* limits.  Array values are skipped: a numeric array is one
- * seek, a string array one length read per element.  mmap is avoided on
+ * seek, a string array one length read per element; arrays of arrays are
+ * refused, as ggml refuses them.  mmap is avoided on
  * purpose: the registry reads files that users may be copying or truncating,
  * and a shrinking mapping would kill the daemon with SIGBUS.
  *
@@ -306,8 +307,9 @@ static const char *printable(char *buf, size_t cap, const char *s, size_t len)
 
 /* ---- key/value pairs -------------------------------------------------- */
 
-/* Skips the elements of an array of `count` values of type `type`. */
-static int skip_array(struct reader *r, uint32_t type, uint64_t count, int depth)
+/* Skips the elements of an array of `count` values of type `type` (a
+ * scalar type or STRING: ggml reads no arrays of arrays). */
+static int skip_array(struct reader *r, uint32_t type, uint64_t count)
 {
     size_t es = scalar_size(type);
     if (es) {
@@ -330,32 +332,6 @@ static int skip_array(struct reader *r, uint32_t type, uint64_t count, int depth
             if (rc)
                 return rc;
             r->pos += len;
-        }
-        return 0;
-    }
-    if (type == LYRA_GGUF_TYPE_ARRAY) {
-        if (depth >= LYRA_GGUF_MAX_ARRAY_DEPTH)
-            return lyra_err_set(r->err, LYRA_ETOOBIG, "%s nests arrays deeper than %d", r->what,
-                                LYRA_GGUF_MAX_ARRAY_DEPTH);
-        if (count > remaining(r) / 12)
-            return lyra_err_set(r->err, LYRA_EPARSE,
-                                "truncated: %s is an array of %" PRIu64 " arrays at offset %" PRIu64
-                                " but only %" PRIu64 " bytes follow",
-                                r->what, count, r->pos, remaining(r));
-        for (uint64_t i = 0; i < count; i++) {
-            uint32_t sub_type;
-            uint64_t sub_count;
-            int rc = rd_u32(r, &sub_type);
-            if (rc == 0)
-                rc = rd_u64(r, &sub_count);
-            if (rc == 0 && sub_type >= LYRA_GGUF_TYPE_COUNT)
-                rc = lyra_err_set(r->err, LYRA_EPARSE,
-                                  "%s has an array with unknown element type %" PRIu32 " at offset %" PRIu64,
-                                  r->what, sub_type, r->pos - 12);
-            if (rc == 0)
-                rc = skip_array(r, sub_type, sub_count, depth + 1);
-            if (rc)
-                return rc;
         }
         return 0;
     }
@@ -455,7 +431,16 @@ static int read_kv(struct reader *r, size_t idx, struct lyra_gguf_kv *kv)
         return lyra_err_set(r->err, LYRA_EPARSE,
                             "%s has unknown array element type %" PRIu32 " at offset %" PRIu64, r->what,
                             kv->array_type, at);
-    return skip_array(r, kv->array_type, kv->array_len, 1);
+    /* ggml's reader (gguf_init_from_reader) refuses both, so a file that has
+     * them would be listed as valid and then fail to load. */
+    if (kv->array_type == LYRA_GGUF_TYPE_ARRAY)
+        return lyra_err_set(r->err, LYRA_EPARSE, "%s is an array of arrays at offset %" PRIu64
+                            " (ggml does not read nested arrays)", r->what, at);
+    rc = skip_array(r, kv->array_type, kv->array_len);
+    if (rc == 0 && kv->array_len > LYRA_GGUF_MAX_ARRAY_LEN)
+        return lyra_err_set(r->err, LYRA_ETOOBIG, "%s is an array of %" PRIu64 " elements (limit %u)", r->what,
+                            kv->array_len, LYRA_GGUF_MAX_ARRAY_LEN);
+    return rc;
 }
 
 /* ---- tensor infos ----------------------------------------------------- */
@@ -483,8 +468,7 @@ static int read_tensor(struct reader *r, size_t idx, struct lyra_gguf_tensor *t)
     if (t->n_dims > LYRA_GGUF_MAX_DIMS)
         return lyra_err_set(r->err, LYRA_EPARSE, "%s has %" PRIu32 " dimensions (at most %d)", r->what,
                             t->n_dims, LYRA_GGUF_MAX_DIMS);
-    int64_t n = 1;
-    bool overflow = false;
+    bool empty = false;
     for (uint32_t j = 0; j < LYRA_GGUF_MAX_DIMS; j++) {
         t->dims[j] = 1;
         if (j < t->n_dims) {
@@ -496,16 +480,21 @@ static int read_tensor(struct reader *r, size_t idx, struct lyra_gguf_tensor *t)
                 return lyra_err_set(r->err, LYRA_EPARSE, "%s has a negative dimension %" PRId64, r->what,
                                     (int64_t)d);
             t->dims[j] = (int64_t)d;
+            empty = empty || d == 0;
         }
-        if (__builtin_mul_overflow(n, t->dims[j], &n))
-            overflow = true;
     }
-    if (overflow)
+    /* ggml's own test, so that both accept the same shapes: a tensor with a
+     * zero dimension has no elements whatever the others are; otherwise the
+     * element count must stay below INT64_MAX (each product is formed only
+     * once the previous test has shown it fits). */
+    const int64_t *ne = t->dims;
+    if (!empty && (INT64_MAX / ne[1] <= ne[0] || INT64_MAX / ne[2] <= ne[0] * ne[1] ||
+                   INT64_MAX / ne[3] <= ne[0] * ne[1] * ne[2]))
         return lyra_err_set(r->err, LYRA_EPARSE,
                             "%s has too many elements (%" PRId64 " x %" PRId64 " x %" PRId64 " x %" PRId64
                             ")",
                             r->what, t->dims[0], t->dims[1], t->dims[2], t->dims[3]);
-    t->n_elements = (uint64_t)n;
+    t->n_elements = empty ? 0 : (uint64_t)(ne[0] * ne[1] * ne[2] * ne[3]);
 
     uint64_t at = r->pos;
     rc = rd_u32(r, &t->type);

@@ -54,14 +54,16 @@ enum lyra_gguf_type {
 #define LYRA_GGUF_MAX_STRING_LEN (16u << 20) /* bytes in one string value that is kept */
 #define LYRA_GGUF_MAX_KV (1u << 20)          /* key/value pairs */
 #define LYRA_GGUF_MAX_TENSORS (1u << 22)     /* tensor infos */
-#define LYRA_GGUF_MAX_ARRAY_DEPTH 8          /* arrays of arrays of ... */
+#define LYRA_GGUF_MAX_ARRAY_LEN (1u << 30)   /* elements in one array (ggml's GGUF_MAX_ARRAY_ELEMENTS) */
 
 /* One key/value pair.  Scalars and strings keep their value; arrays keep
- * only their element type and length (values are skipped, not stored). */
+ * only their element type and length (values are skipped, not stored).
+ * Arrays hold scalars or strings: arrays of arrays are refused (ggml does
+ * not read them). */
 struct lyra_gguf_kv {
     char *key;           /* NUL-terminated */
     uint32_t type;       /* enum lyra_gguf_type */
-    uint32_t array_type; /* element type when type is ARRAY (ARRAY when nested) */
+    uint32_t array_type; /* element type when type is ARRAY (never ARRAY) */
     uint64_t array_len;  /* element count when type is ARRAY */
     union {
         uint64_t u; /* UINT8..UINT64 */

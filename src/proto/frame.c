@@ -275,6 +275,8 @@ int lyra_frame_reader_feed(struct lyra_frame_reader *r, const void *data, size_t
 {
     if (r->failed)
         return sticky(r, err);
+    if (len == 0) /* nothing to copy, and no buffer yet to copy it to */
+        return 0;
     if (r->off > 0 && r->off >= r->in.len / 2)
         compact(r);
     if (buf_reserve(&r->in, len) < 0)

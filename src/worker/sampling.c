@@ -1,5 +1,6 @@
-/* sampling.c — request parameters, the per-request sampler chain, and the
- * text stream with stop strings and UTF-8 hold-back (see sampling.h).
+/* sampling.c — the per-request sampler chain and the text stream with stop
+ * strings and UTF-8 hold-back (see sampling.h).  The parameters themselves
+ * are parsed by core/sampling_params.c, shared with the daemon.
  *
  * The chain follows llama-server's order: [ban EOG] penalties, top_k, top_p,
  * min_p, temperature, dist — or greedy when temperature is 0.  Samplers that
@@ -18,6 +19,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+_Static_assert(LYRA_SEED_RANDOM == LLAMA_DEFAULT_SEED, "LYRA_SEED_RANDOM must be llama.cpp's random seed");
 
 /* llama.cpp's grammars/json.gbnf (v0.5.0), for json_mode. */
 static const char json_gbnf[] =
@@ -47,207 +50,6 @@ static const char json_gbnf[] =
     "\n"
     "# Optional space: by convention, applied in this grammar after literal chars when allowed\n"
     "ws ::= | \" \" | \"\\n\" [ \\t]{0,20}\n";
-
-/* ---- parameters ------------------------------------------------------------ */
-
-/* Reads an optional number; LYRA_EINVAL when present but not a finite number. */
-static int opt_number(const json_t *o, const char *key, double *out, struct lyra_err *err)
-{
-    const json_t *v = o ? json_object_get(o, key) : NULL;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_number(v) || !isfinite(json_number_value(v)))
-        return lyra_err_set(err, LYRA_EINVAL, "%s: must be a number", key);
-    *out = json_number_value(v);
-    return 0;
-}
-
-/* Reads an optional integer (a real with an integral value is accepted). */
-static int opt_int(const json_t *o, const char *key, long long *out, struct lyra_err *err)
-{
-    const json_t *v = o ? json_object_get(o, key) : NULL;
-    if (!v || json_is_null(v))
-        return 0;
-    if (json_is_integer(v)) {
-        *out = json_integer_value(v);
-        return 0;
-    }
-    if (json_is_real(v)) {
-        double d = json_real_value(v);
-        if (isfinite(d) && d == floor(d) && fabs(d) < 9e15) {
-            *out = (long long)d;
-            return 0;
-        }
-    }
-    return lyra_err_set(err, LYRA_EINVAL, "%s: must be an integer", key);
-}
-
-static int opt_bool(const json_t *o, const char *key, bool *out, struct lyra_err *err)
-{
-    const json_t *v = o ? json_object_get(o, key) : NULL;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_boolean(v))
-        return lyra_err_set(err, LYRA_EINVAL, "%s: must be true or false", key);
-    *out = json_is_true(v);
-    return 0;
-}
-
-static bool has_nul(const json_t *s)
-{
-    return strlen(json_string_value(s)) != json_string_length(s);
-}
-
-static int add_stop(struct lyra_sampling_params *p, const json_t *s, struct lyra_err *err)
-{
-    if (!json_is_string(s))
-        return lyra_err_set(err, LYRA_EINVAL, "stop: must be a string or an array of strings");
-    size_t len = json_string_length(s);
-    if (len == 0 || len > LYRA_MAX_STOP_LEN || has_nul(s))
-        return lyra_err_set(err, LYRA_EINVAL, "stop: each stop string must have 1 to %d bytes and no NUL",
-                            LYRA_MAX_STOP_LEN);
-    if (p->n_stop >= LYRA_MAX_STOP)
-        return lyra_err_set(err, LYRA_EINVAL, "stop: at most %d stop strings", LYRA_MAX_STOP);
-    if (!(p->stop[p->n_stop] = strdup(json_string_value(s))))
-        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
-    p->n_stop++;
-    return 0;
-}
-
-static int parse(const json_t *o, struct lyra_sampling_params *p, struct lyra_err *err)
-{
-    if (o && !json_is_object(o))
-        o = NULL; /* the caller checks the type; null means defaults */
-    int rc;
-    long long i;
-    double d;
-
-    i = p->max_tokens;
-    if ((rc = opt_int(o, "max_tokens", &i, err)) < 0)
-        return rc;
-    if (i == 0 || i < -1 || i > INT32_MAX)
-        return lyra_err_set(err, LYRA_EINVAL, "max_tokens: must be >= 1 (or -1 for no limit), got %lld", i);
-    p->max_tokens = (int)i;
-
-    d = p->temperature;
-    if ((rc = opt_number(o, "temperature", &d, err)) < 0)
-        return rc;
-    if (d < 0)
-        return lyra_err_set(err, LYRA_EINVAL, "temperature: must be >= 0, got %g", d);
-    p->temperature = (float)d;
-
-    i = p->top_k;
-    if ((rc = opt_int(o, "top_k", &i, err)) < 0)
-        return rc;
-    if (i < 0 || i > INT32_MAX)
-        return lyra_err_set(err, LYRA_EINVAL, "top_k: must be >= 0 (0 = off), got %lld", i);
-    p->top_k = (int)i;
-
-    d = p->top_p;
-    if ((rc = opt_number(o, "top_p", &d, err)) < 0)
-        return rc;
-    if (d < 0 || d > 1)
-        return lyra_err_set(err, LYRA_EINVAL, "top_p: must be between 0 and 1, got %g", d);
-    p->top_p = (float)d;
-
-    d = p->min_p;
-    if ((rc = opt_number(o, "min_p", &d, err)) < 0)
-        return rc;
-    if (d < 0 || d > 1)
-        return lyra_err_set(err, LYRA_EINVAL, "min_p: must be between 0 and 1, got %g", d);
-    p->min_p = (float)d;
-
-    d = p->repeat_penalty;
-    if ((rc = opt_number(o, "repeat_penalty", &d, err)) < 0)
-        return rc;
-    if (d <= 0)
-        return lyra_err_set(err, LYRA_EINVAL, "repeat_penalty: must be > 0 (1 = off), got %g", d);
-    p->repeat_penalty = (float)d;
-
-    i = p->repeat_last_n;
-    if ((rc = opt_int(o, "repeat_last_n", &i, err)) < 0)
-        return rc;
-    if (i < -1 || i > INT32_MAX)
-        return lyra_err_set(err, LYRA_EINVAL, "repeat_last_n: must be >= 0 (or -1 for the whole context)");
-    p->repeat_last_n = (int)i;
-
-    d = p->presence_penalty;
-    if ((rc = opt_number(o, "presence_penalty", &d, err)) < 0)
-        return rc;
-    p->presence_penalty = (float)d;
-    d = p->frequency_penalty;
-    if ((rc = opt_number(o, "frequency_penalty", &d, err)) < 0)
-        return rc;
-    p->frequency_penalty = (float)d;
-
-    i = -1;
-    if ((rc = opt_int(o, "seed", &i, err)) < 0)
-        return rc;
-    if (i < -1 || i > (long long)UINT32_MAX)
-        return lyra_err_set(err, LYRA_EINVAL, "seed: must be between 0 and 4294967295 (or -1 for random)");
-    p->seed = i == -1 ? LLAMA_DEFAULT_SEED : (uint32_t)i;
-
-    if ((rc = opt_bool(o, "ignore_eos", &p->ignore_eos, err)) < 0 ||
-        (rc = opt_bool(o, "json_mode", &p->json_mode, err)) < 0 ||
-        (rc = opt_bool(o, "add_special", &p->add_special, err)) < 0)
-        return rc;
-
-    const json_t *stop = o ? json_object_get(o, "stop") : NULL;
-    if (stop && !json_is_null(stop)) {
-        if (json_is_array(stop)) {
-            size_t k;
-            const json_t *s;
-            json_array_foreach(stop, k, s) {
-                if ((rc = add_stop(p, s, err)) < 0)
-                    return rc;
-            }
-        } else if ((rc = add_stop(p, stop, err)) < 0) {
-            return rc;
-        }
-    }
-
-    const json_t *g = o ? json_object_get(o, "grammar") : NULL;
-    if (g && !json_is_null(g)) {
-        if (!json_is_string(g) || has_nul(g))
-            return lyra_err_set(err, LYRA_EINVAL, "grammar: must be a string of GBNF");
-        if (json_string_length(g) > LYRA_MAX_GRAMMAR)
-            return lyra_err_set(err, LYRA_EINVAL, "grammar: longer than %d bytes", LYRA_MAX_GRAMMAR);
-        if (json_string_length(g) > 0 && !(p->grammar = strdup(json_string_value(g))))
-            return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
-    }
-    if (p->grammar && p->json_mode)
-        return lyra_err_set(err, LYRA_EINVAL, "json_mode: cannot be combined with grammar");
-    return 0;
-}
-
-int lyra_sampling_params_parse(const json_t *params, struct lyra_sampling_params *p,
-                               struct lyra_err *err)
-{
-    *p = (struct lyra_sampling_params){
-        .max_tokens = 256,
-        .temperature = 0.8f,
-        .top_k = 40,
-        .top_p = 0.95f,
-        .min_p = 0.05f,
-        .repeat_penalty = 1.0f,
-        .repeat_last_n = 64,
-        .seed = LLAMA_DEFAULT_SEED,
-        .add_special = true,
-    };
-    int rc = parse(params, p, err);
-    if (rc < 0)
-        lyra_sampling_params_clear(p);
-    return rc;
-}
-
-void lyra_sampling_params_clear(struct lyra_sampling_params *p)
-{
-    for (int i = 0; i < p->n_stop; i++)
-        free(p->stop[i]);
-    p->n_stop = 0;
-    free(p->grammar);
-    p->grammar = NULL;
-}
 
 /* ---- sampler --------------------------------------------------------------- */
 

@@ -1,6 +1,7 @@
-/* sampling.h — a generate request's sampling: its parameters, the llama
- * sampler chain that picks each token, and the text stream that turns token
- * pieces into what may be sent (complete UTF-8, never a stop string).
+/* sampling.h — a generate request's sampling: the llama sampler chain that
+ * picks each token, and the text stream that turns token pieces into what
+ * may be sent (complete UTF-8, never a stop string).  The parameters
+ * (struct lyra_sampling_params) are core/sampling_params.h's.
  *
  * Thread-safety: objects belong to the engine thread; no shared state. */
 #ifndef LYRA_SAMPLING_H
@@ -12,36 +13,8 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/sampling_params.h"
 #include "llama.h"
-
-#define LYRA_MAX_STOP 16         /* stop strings per request */
-#define LYRA_MAX_STOP_LEN 256    /* bytes per stop string */
-#define LYRA_MAX_GRAMMAR (1 << 20) /* bytes of GBNF */
-
-/* A request's "params", with llama-server's defaults. */
-struct lyra_sampling_params {
-    int max_tokens;          /* >= 1, or -1 = until the slot's context is full */
-    float temperature;       /* 0 = greedy */
-    int top_k;               /* 0 = off */
-    float top_p, min_p;      /* 1 / 0 = off */
-    float repeat_penalty;    /* 1 = off */
-    int repeat_last_n;       /* tokens of history penalised; -1 = whole context */
-    float presence_penalty, frequency_penalty;
-    uint32_t seed;           /* LLAMA_DEFAULT_SEED = random */
-    bool ignore_eos, json_mode, add_special;
-    char *grammar;           /* owned; NULL = none */
-    char *stop[LYRA_MAX_STOP]; /* owned */
-    int n_stop;
-};
-
-/* Fills *p from the request's "params" object (borrowed; NULL = all
- * defaults).  Unknown keys are ignored (forward compatibility).  Returns 0,
- * or LYRA_EINVAL with err->msg naming the field ("temperature: must be a
- * number >= 0"), or LYRA_ENOMEM.  On success the caller releases *p with
- * lyra_sampling_params_clear(). */
-int lyra_sampling_params_parse(const json_t *params, struct lyra_sampling_params *p,
-                               struct lyra_err *err);
-void lyra_sampling_params_clear(struct lyra_sampling_params *p);
 
 /* One request's token picker: the llama sampler chain plus, when a grammar
  * or json_mode is set, a grammar sampler used as in llama-server (sample

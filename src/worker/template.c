@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "llama.h"
 
 /* True when llama.cpp can format a small conversation with tmpl. */

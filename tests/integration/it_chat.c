@@ -325,8 +325,8 @@ static void test_errors(void **state)
     expect_400("{\"message\":\"hi\",\"conversation_id\":7}", "invalid_field", "conversation_id");
     expect_400("{\"message\":\"hi\",\"model\":[]}", "invalid_field", "model");
     expect_400("{\"message\":\"hi\"", "invalid_json", "line 1");
-    /* The worker's own check (a value out of range) is also a 400. */
-    expect_400("{\"message\":\"hi\",\"options\":{\"temperature\":-1}}", "invalid_request", "temperature");
+    /* A value out of range is refused in the daemon by the worker's own rules. */
+    expect_400("{\"message\":\"hi\",\"options\":{\"temperature\":-1}}", "invalid_field", "options.temperature");
 
     json_t *j = chat("{\"message\":\"hi\",\"model\":\"no-such-model\"," OPTIONS "}", 404);
     assert_string_equal(error_code(j), "model_not_found");
