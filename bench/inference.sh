@@ -138,6 +138,34 @@ loaded=$(curl -sf "http://127.0.0.1:$port/status" | jq '[.models[] | select(.sta
 rss_mb=$(awk '/VmRSS/{printf "%.1f", $2/1024}' /proc/$rpid/status)
 log "daemon RSS with $loaded models loaded: $rss_mb MB"
 
+# --- daemon CPU with stalled stream clients -------------------------------
+# 8 streams whose clients never read: once the generations are over, the
+# daemon must wait, not spin (CPU time of the daemon process over 5 s).
+python3 - "$port" >"$tmp/stalled.pid" <<'PY' &
+import socket, sys, time, os
+port = int(sys.argv[1])
+body = '{"model":"a","prompt":"hi","max_tokens":1500,"ignore_eos":true,"stream":true}'
+socks = []
+for i in range(8):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+               "Content-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
+    socks.append(s)
+print(os.getpid(), flush=True)
+time.sleep(120)  # never reads
+PY
+stalled=$!; pids+=($stalled)
+for i in $(seq 600); do  # until the generations have ended
+    n=$(curl -sf "http://127.0.0.1:$port/status" | jq '[.models[].in_flight] | add // 0')
+    [ "$n" = 0 ] && [ $i -gt 5 ] && break
+    sleep 0.1
+done
+cpu0=$(awk '{print $14 + $15}' /proc/$rpid/stat); sleep 5; cpu1=$(awk '{print $14 + $15}' /proc/$rpid/stat)
+stalled_cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b-a)/hz/5*100}')
+log "daemon CPU with 8 stalled stream clients, generations over: $stalled_cpu %"
+kill "$stalled" 2>/dev/null || true
+
 log ""
 log "| metric (median of $runs) | lyra | llama-server | ratio | target |"
 log "|---|---|---|---|---|"
@@ -147,5 +175,6 @@ log "| time to first token, warm (ms) | $lttft | $pttft | +$(awk -v a="$lttft" -
 log "| cold first request incl. lazy load (ms) | $lcold | | | < 1000 |"
 log "| 2nd turn of a ${turn1_prompt}-token chat: prompt tokens evaluated | $turn2_eval of $turn2_prompt | | | ≈ new message only |"
 log "| daemon RSS, $loaded models loaded, workers excluded (MB) | $rss_mb | | | < 30 |"
+log "| daemon CPU, 8 stalled stream clients, 5 s (%) | $stalled_cpu | | | ≈ 0 |"
 log ""
 log "results: $out"
