@@ -20,6 +20,7 @@
 #include "core/trace.h"
 #include "core/util.h"
 #include "models/manager.h"
+#include "proto/messages.h"
 
 struct lyra_infer {
     pthread_mutex_t lock;
@@ -255,7 +256,9 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
     if (!type)
         return;
     pthread_mutex_lock(&in->lock);
-    bool terminal = strcmp(type, "done") == 0 || strcmp(type, "error") == 0 || strcmp(type, "embedding") == 0;
+    /* The one list of what ends a request (the manager only hands on
+     * checked frames, so every job ends with exactly one of them). */
+    bool terminal = lyra_msg_is_terminal(lyra_msg_kind_of(frame));
     if (strcmp(type, "started") == 0) {
         in->started = true;
         if (in->stream)

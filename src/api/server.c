@@ -20,14 +20,6 @@
 
 #define EVENT_SEQ_KEY "event_seq_reserved"
 
-static char *path_join(const char *dir, const char *name)
-{
-    char *p = NULL;
-    if (asprintf(&p, "%s/%s", dir, name) < 0)
-        return NULL;
-    return p;
-}
-
 /* The listen address 0.0.0.0 or :: (every interface). */
 static bool is_wildcard(const char *host)
 {
@@ -115,7 +107,7 @@ static int prepare_home(struct lyra_server *srv, struct lyra_err *err)
     if (stat(home, &st) == 0 && (st.st_mode & 077))
         lyra_warn("server", "LYRA_HOME %s can be read by other users (mode %04o): it holds conversations and "
                   "keys; chmod 700 it", home, (unsigned)(st.st_mode & 07777));
-    char *lock_path = path_join(home, "lyra.lock");
+    char *lock_path = lyra_path_join(home, "lyra.lock");
     if (!lock_path)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     srv->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -190,7 +182,7 @@ static int open_bus(struct lyra_server *srv, bool unclean, struct lyra_err *err)
 
 static int open_state(struct lyra_server *srv, struct lyra_err *err)
 {
-    char *db_path = path_join(srv->cfg->home, "lyra.db");
+    char *db_path = lyra_path_join(srv->cfg->home, "lyra.db");
     if (!db_path)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     /* Created private before SQLite opens it: SQLite would create it 0644
@@ -294,7 +286,7 @@ static int open_http(struct lyra_server *srv, struct lyra_err *err)
 /* Writes $LYRA_HOME/serve.json so clients (the CLI, tests) find the daemon. */
 static void write_state_file(struct lyra_server *srv)
 {
-    srv->state_file = path_join(srv->cfg->home, "serve.json");
+    srv->state_file = lyra_path_join(srv->cfg->home, "serve.json");
     if (!srv->state_file)
         return;
     const char *host = srv->cfg->server.host;
@@ -433,6 +425,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_manager_shutdown(srv->manager);
     lyra_http_free(srv->http);
     lyra_hostcheck_free(srv->hostcheck);
+    lyra_models_watch_free(srv->models_watch);
     lyra_manager_free(srv->manager);
     if (srv->state_file) {
         unlink(srv->state_file);

@@ -315,22 +315,6 @@ int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t
     return 0;
 }
 
-int lyra_client_get_json(struct lyra_client *c, const char *path, json_t **out)
-{
-    *out = NULL;
-    char *body = NULL;
-    size_t len = 0;
-    int rc = lyra_client_get(c, path, &body, &len);
-    if (rc < 0)
-        return rc;
-    json_error_t jerr;
-    *out = json_loadb(body, len, 0, &jerr);
-    free(body);
-    if (!*out)
-        return set_err(c, LYRA_EPARSE, "the answer from %s%s is not JSON: %s", c->base, path, jerr.text);
-    return 0;
-}
-
 /* --- event streams -------------------------------------------------- */
 
 enum stream_mode { UNDECIDED, SSE, WHOLE };

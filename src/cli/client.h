@@ -57,10 +57,6 @@ long lyra_client_status(const struct lyra_client *c);
  * (caller frees) and *len its length (len may be NULL). */
 int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t *len);
 
-/* GET base_url + path and parse the answer; *out is a new reference the
- * caller decrefs. */
-int lyra_client_get_json(struct lyra_client *c, const char *path, json_t **out);
-
 /* Called with each chunk of a stream (borrowed: valid during the call).
  * A non-zero return stops the stream. */
 typedef int (*lyra_client_chunk_fn)(json_t *chunk, void *ud);

@@ -53,11 +53,3 @@ int lyra_err_set(struct lyra_err *err, int code, const char *fmt, ...)
     }
     return code;
 }
-
-void lyra_err_clear(struct lyra_err *err)
-{
-    if (err) {
-        err->code = 0;
-        err->msg[0] = '\0';
-    }
-}

@@ -61,7 +61,4 @@ int lyra_err_http_status(int code);
 int lyra_err_set(struct lyra_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Resets err to "no error". */
-void lyra_err_clear(struct lyra_err *err);
-
 #endif

@@ -309,6 +309,8 @@ int lyra_write_file_atomic(const char *path, const void *data, size_t len, int m
 
 char *lyra_path_join(const char *dir, const char *name)
 {
+    if (!dir || name[0] == '/')
+        return strdup(name);
     size_t n = strlen(dir);
     bool slash = n > 0 && dir[n - 1] == '/';
     size_t len = n + (slash ? 0 : 1) + strlen(name) + 1;

@@ -64,8 +64,9 @@ char *lyra_read_file(const char *path, size_t *len);
  * is removed on failure and path is then unchanged.  Returns 0 or -errno. */
 int lyra_write_file_atomic(const char *path, const void *data, size_t len, int mode);
 
-/* "dir/name" in a new string (one '/' between them); caller frees.  NULL
- * when out of memory. */
+/* "dir/name" in a new string (one '/' between them); an absolute name, or
+ * a NULL dir, gives a copy of name.  Caller frees.  NULL when out of
+ * memory. */
 char *lyra_path_join(const char *dir, const char *name);
 
 #endif

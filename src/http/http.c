@@ -374,14 +374,6 @@ int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t
     return 0;
 }
 
-bool lyra_http_stream_gone(struct lyra_http_stream *st)
-{
-    pthread_mutex_lock(&st->lock);
-    bool gone = st->gone;
-    pthread_mutex_unlock(&st->lock);
-    return gone;
-}
-
 void lyra_http_stream_close(struct lyra_http_stream *st)
 {
     if (!st)
@@ -400,7 +392,6 @@ void lyra_http_stream_close(struct lyra_http_stream *st)
 /* ------------------------------------------------------------------ */
 /* Request accessors                                                  */
 
-const char *lyra_http_method(const struct lyra_http_req *req) { return req->method; }
 const char *lyra_http_path(const struct lyra_http_req *req) { return req->path; }
 const char *lyra_http_request_id(const struct lyra_http_req *req) { return req->request_id; }
 
@@ -413,11 +404,6 @@ const char *lyra_http_trace_id(struct lyra_http_req *req)
         lyra_random_hex(req->span_id, 8);
     }
     return req->trace_id;
-}
-
-const char *lyra_http_route_permission(const struct lyra_http_req *req)
-{
-    return req->route ? req->route->permission : NULL;
 }
 
 const char *lyra_http_header(const struct lyra_http_req *req, const char *name)
@@ -436,13 +422,6 @@ const char *lyra_http_param(const struct lyra_http_req *req, const char *name)
         if (strcmp(req->param_names[i], name) == 0)
             return req->param_values[i];
     return NULL;
-}
-
-const char *lyra_http_body(const struct lyra_http_req *req, size_t *len)
-{
-    if (len)
-        *len = req->body_len;
-    return req->body ? req->body : "";
 }
 
 int lyra_http_read_json(struct lyra_http_req *req, json_t **out)

@@ -93,7 +93,6 @@ void lyra_http_set_draining(struct lyra_http *http);
 void lyra_http_free(struct lyra_http *http);
 
 /* --- request accessors (strings borrowed, valid during the handler) --- */
-const char *lyra_http_method(const struct lyra_http_req *req);
 const char *lyra_http_path(const struct lyra_http_req *req);
 const char *lyra_http_header(const struct lyra_http_req *req, const char *name);
 const char *lyra_http_query(const struct lyra_http_req *req, const char *name);
@@ -104,8 +103,6 @@ const char *lyra_http_request_id(const struct lyra_http_req *req);
  * random one.  Once asked for, the response echoes a traceparent with this
  * trace id and a span id of Lyra's own. */
 const char *lyra_http_trace_id(struct lyra_http_req *req);
-const char *lyra_http_route_permission(const struct lyra_http_req *req);
-const char *lyra_http_body(const struct lyra_http_req *req, size_t *len);
 
 /* Parses the body as JSON.  On failure the request has been answered (415
  * wrong content type, 400 invalid UTF-8 or malformed JSON naming line,
@@ -163,8 +160,6 @@ struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int st
 /* Thread-safe.  Queues data (copied).  Returns 0, or LYRA_EIO once the
  * client has gone (the caller should then stop producing and close). */
 int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t len);
-/* Thread-safe.  True once the client has gone. */
-bool lyra_http_stream_gone(struct lyra_http_stream *st);
 /* Thread-safe.  Ends the body after what was written, and releases the
  * caller's hold on the stream. */
 void lyra_http_stream_close(struct lyra_http_stream *st);

@@ -129,13 +129,4 @@ const char *lyra_manager_model_state(struct lyra_manager *m, const char *name);
  * metadata of what is loaded, even after the file was replaced. */
 const struct lyra_model *lyra_manager_served_model(struct lyra_manager *m, const char *name);
 
-/* Starts the model's worker now (without a request) and waits up to
- * timeout_ms for it to be ready.  Returns 0, or the error as for submit /
- * LYRA_EIO (load failed, err has the reason) / LYRA_ETIMEOUT. */
-int lyra_manager_load(struct lyra_manager *m, const char *model, int timeout_ms, struct lyra_err *err);
-
-/* Stops the model's worker.  LYRA_ENOTFOUND when none runs, LYRA_EBUSY
- * while it has requests. */
-int lyra_manager_unload(struct lyra_manager *m, const char *model, struct lyra_err *err);
-
 #endif

@@ -14,6 +14,8 @@
  * duplicates among its entries). */
 #include "models/registry.h"
 
+#include "core/util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -81,19 +83,6 @@ static char **dup_strv(char *const *v, size_t n)
 }
 
 /* dir + "/" + rel, or rel itself when absolute or dir is NULL.  Caller frees. */
-static char *join_path(const char *dir, const char *rel)
-{
-    if (!dir || rel[0] == '/')
-        return strdup(rel);
-    size_t dl = strlen(dir);
-    while (dl > 1 && dir[dl - 1] == '/')
-        dl--;
-    char *p;
-    if (asprintf(&p, "%.*s/%s", (int)dl, dir, rel) < 0)
-        return NULL;
-    return p;
-}
-
 static int errno_code(int e)
 {
     switch (e) {
@@ -400,7 +389,7 @@ static int scan_dir(const struct lyra_registry *reg, struct cands *c, struct lyr
         if (fn[0] == '.' || len <= 5 || strcmp(fn + len - 5, ".gguf") != 0)
             continue;
         char *name = strndup(fn, len - 5);
-        char *path = name ? join_path(reg->dir, fn) : NULL;
+        char *path = name ? lyra_path_join(reg->dir, fn) : NULL;
         if (!path) {
             free(name);
             rc = lyra_err_set(err, LYRA_ENOMEM, "out of memory");
@@ -475,7 +464,7 @@ int lyra_registry_refresh(struct lyra_registry *reg, struct lyra_registry_change
 
     for (size_t i = 0; !rc && i < reg->n_entries; i++) {
         const struct lyra_model_entry *e = &reg->entries[i];
-        char *path = join_path(reg->dir, e->path);
+        char *path = lyra_path_join(reg->dir, e->path);
         if (!path || cands_add(&c, e->name, path, e) != 0) {
             free(path);
             rc = LYRA_ENOMEM;

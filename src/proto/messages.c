@@ -93,16 +93,19 @@ int lyra_msg_check_worker(const json_t *frame, enum lyra_msg_kind *kind, uint64_
     return 0;
 }
 
+enum lyra_msg_kind lyra_msg_kind_of(const json_t *frame)
+{
+    const char *t = json_string_value(json_object_get(frame, "type"));
+    for (size_t i = 0; t && i < sizeof schemas / sizeof *schemas; i++)
+        if (strcmp(schemas[i].type, t) == 0)
+            return schemas[i].kind;
+    return LYRA_MSG_UNKNOWN;
+}
+
 bool lyra_msg_is_terminal(enum lyra_msg_kind kind)
 {
     const struct schema *s = schema_of(kind);
     return s && s->terminal;
-}
-
-bool lyra_msg_is_request(enum lyra_msg_kind kind)
-{
-    const struct schema *s = schema_of(kind);
-    return s && s->request;
 }
 
 const char *lyra_msg_name(enum lyra_msg_kind kind)

@@ -40,11 +40,12 @@ enum lyra_msg_kind {
  * attribute, so an unattributed error is a protocol error too. */
 int lyra_msg_check_worker(const json_t *frame, enum lyra_msg_kind *kind, uint64_t *id, struct lyra_err *err);
 
+/* The kind of a frame by its "type" alone (LYRA_MSG_UNKNOWN when it has
+ * none or an unknown one), for frames already checked. */
+enum lyra_msg_kind lyra_msg_kind_of(const json_t *frame);
+
 /* True for messages that end a request (exactly one per request). */
 bool lyra_msg_is_terminal(enum lyra_msg_kind kind);
-
-/* True for messages about one request (they carry "id"). */
-bool lyra_msg_is_request(enum lyra_msg_kind kind);
 
 /* The message's "type" string ("done"), "unknown" for LYRA_MSG_UNKNOWN. */
 const char *lyra_msg_name(enum lyra_msg_kind kind);

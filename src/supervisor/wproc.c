@@ -586,16 +586,6 @@ void lyra_wproc_stop(struct lyra_wproc *w, const char *reason)
     w->stop_timer = lyra_loop_timer(w->loop, w->stop_ms, stop_step, w);
 }
 
-bool lyra_wproc_stopping(const struct lyra_wproc *w)
-{
-    return w->stopping || w->killed;
-}
-
-size_t lyra_wproc_in_flight(const struct lyra_wproc *w)
-{
-    return w->n_inflight;
-}
-
 pid_t lyra_wproc_pid(const struct lyra_wproc *w)
 {
     return w->pid;

@@ -102,12 +102,6 @@ void lyra_wproc_cancel(struct lyra_wproc *w, uint64_t id);
  * (static text) is logged.  Idempotent. */
 void lyra_wproc_stop(struct lyra_wproc *w, const char *reason);
 
-/* True once lyra_wproc_stop() was called or the worker is being killed. */
-bool lyra_wproc_stopping(const struct lyra_wproc *w);
-
-/* Requests sent and not yet answered with a terminal frame. */
-size_t lyra_wproc_in_flight(const struct lyra_wproc *w);
-
 pid_t lyra_wproc_pid(const struct lyra_wproc *w);
 
 /* Writes the environment a worker gets: the entries of `environ_` whose
