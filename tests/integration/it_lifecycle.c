@@ -168,6 +168,64 @@ static void test_sigterm_with_generations_in_flight(void **state)
     it_rmrf(home);
 }
 
+/* A worker stopped with SIGSTOP (as a stuck process would be) is noticed by
+ * its missing heartbeat within seconds: killed, the request in flight ends
+ * with worker_hung, worker.hung is published, and the next request gets a
+ * fresh worker.  Then SIGTERM with a stopped worker still exits 0 in time. */
+static void test_stopped_worker_is_replaced(void **state)
+{
+    char home[64], p[128], yaml[1024];
+    it_mkdtemp(home, sizeof home);
+    snprintf(p, sizeof p, "%s/lyra.yaml", home);
+    snprintf(yaml, sizeof yaml,
+             "schema_version: 2\nmodels:\n  heartbeat_timeout_s: 1\n  stop_timeout_s: 1\n  entries:\n"
+             "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
+             it_model_path("small.gguf"));
+    it_write_file(p, yaml);
+    struct it_server s;
+    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    struct it_response r;
+    assert_int_equal(it_post_json(s.port, "/v1/completions", "{\"model\":\"small\",\"prompt\":\"a\",\"max_tokens\":1}",
+                                  &r), 0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    json_t *m = it_status_model(s.port, "small");
+    int pid = (int)json_integer_value(json_object_get(m, "pid"));
+    json_decref(m);
+    uint64_t seq = it_last_seq(s.port);
+    int fd = send_post(s.port, "/v1/completions",
+                       "{\"model\":\"small\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true}");
+    for (int i = 0; i < 500 && small_in_flight(s.port, "small") < 1; i++)
+        sleep_ms(10);
+    kill(pid, SIGSTOP);
+    assert_int_equal(it_read_response(fd, &r), 0);
+    assert_int_equal(r.status, 502);
+    json_t *j = it_json(&r);
+    assert_string_equal(it_error_code(j), "worker_hung");
+    json_decref(j);
+    it_response_free(&r);
+    close(fd);
+    json_t *ev = it_wait_event(s.port, "worker.hung", seq, 5000);
+    assert_non_null(ev);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(ev, "data"), "pid")), pid);
+    json_decref(ev);
+    assert_int_equal(it_post_json(s.port, "/v1/completions", "{\"model\":\"small\",\"prompt\":\"a\",\"max_tokens\":1}",
+                                  &r), 0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    m = it_status_model(s.port, "small");
+    int pid2 = (int)json_integer_value(json_object_get(m, "pid"));
+    json_decref(m);
+    assert_int_not_equal(pid2, pid);
+
+    /* A stopped worker at shutdown: SIGTERM cannot reach it, SIGKILL does. */
+    kill(pid2, SIGSTOP);
+    assert_int_equal(it_server_stop(&s, SIGTERM), 0);
+    assert_int_not_equal(kill(pid2, 0), 0); /* reaped */
+    it_server_cleanup(&s);
+    it_rmrf(home);
+}
+
 static uint64_t max_seq(json_t *events)
 {
     uint64_t m = 0;
@@ -578,6 +636,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigterm_drains_in_flight),
         cmocka_unit_test(test_sigterm_with_generations_in_flight),
+        cmocka_unit_test(test_stopped_worker_is_replaced),
         cmocka_unit_test(test_crash_recovery),
         cmocka_unit_test(test_port_in_use),
         cmocka_unit_test(test_bad_home),
