@@ -72,7 +72,7 @@ struct lyra_http {
     const struct lyra_route *routes;
     size_t n_routes;
     void *ctx;
-    int listen_fd;          /* ours until MHD takes it at start */
+    int listen_fd;          /* ours until MHD takes it at start, ours again after quiesce */
     bool mhd_owns_listener; /* MHD closes it at stop unless quiesced */
     int port;
     struct MHD_Daemon *daemon;
@@ -1020,14 +1020,23 @@ int lyra_http_port(const struct lyra_http *http)
     return http->port;
 }
 
+/* MHD hands the listening socket back, but with internal polling threads
+ * it must stay open until after MHD_stop_daemon (microhttpd.h: a worker may
+ * still be using it; a closed number could be reused by a new socket).  So
+ * it is kept and closed in lyra_http_free; shutdown() now makes the kernel
+ * refuse new connections instead of queueing them unaccepted, as a close
+ * would have. */
 void lyra_http_quiesce(struct lyra_http *http)
 {
     if (http->daemon && http->mhd_owns_listener) {
         MHD_socket fd = MHD_quiesce_daemon(http->daemon);
-        if (fd != MHD_INVALID_SOCKET)
-            close(fd);
+        if (fd == MHD_INVALID_SOCKET) {
+            lyra_warn("http", "libmicrohttpd did not quiesce: new connections are still accepted");
+            return;
+        }
+        (void)shutdown(fd, SHUT_RDWR);
+        http->listen_fd = fd;
         http->mhd_owns_listener = false;
-        http->listen_fd = -1;
     }
 }
 
@@ -1069,6 +1078,7 @@ void lyra_http_free(struct lyra_http *http)
 {
     if (!http)
         return;
+    bool left_running = false;
     if (http->daemon) {
         /* MHD_stop_daemon with a suspended connection aborts the process.
          * The caller ended every parked request and stream first (producers
@@ -1081,11 +1091,13 @@ void lyra_http_free(struct lyra_http *http)
             lyra_log(LYRA_LOG_ERROR, "http", NULL, json_pack("{s:i}", "suspended", left),
                      "%d connection(s) still suspended at stop: leaving libmicrohttpd running rather than abort",
                      left);
+            left_running = true;
         } else {
             MHD_stop_daemon(http->daemon);
         }
     }
-    if (http->listen_fd >= 0 && !http->mhd_owns_listener)
+    /* The socket before start, or the quiesced one: only once MHD stopped. */
+    if (http->listen_fd >= 0 && !http->mhd_owns_listener && !left_running)
         close(http->listen_fd);
     lyra_loop_free(http->watcher);
     pthread_cond_destroy(&http->drained);

@@ -2,8 +2,8 @@
  * contract that src/http/http.c relies on, against the real library with
  * Lyra's flags (internal polling thread, epoll, suspend/resume, turbo,
  * a pool of 2 workers).  Only MHD, a waker thread and raw loopback clients
- * run here.
- * docs/http-contract.md states the contract and its evidence.
+ * run here, except in the last test, which checks Lyra's side of one
+ * rule.  docs/http-contract.md states the contract and its evidence.
  *
  *   - parked requests: the handler suspends, another thread resumes exactly
  *     once (at once, while the handler is still inside the callback, or
@@ -11,7 +11,9 @@
  *   - streams: the content reader suspends when it has nothing, a producer
  *     writes and resumes exactly once; every chunk arrives;
  *   - the hazard: a resume of a connection that is not suspended cancels
- *     the next suspend on that connection.
+ *     the next suspend on that connection;
+ *   - lyra_http_quiesce keeps the socket MHD hands back open until after
+ *     MHD_stop_daemon (and refuses new connections meanwhile).
  *
  * A lost wake-up shows as a client that gets no answer within 5 s (a
  * count, asserted 0); nothing is timed. */
@@ -22,6 +24,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -37,6 +40,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "http/http.h"
 
 #define ANSWER_TIMEOUT_MS 5000 /* generous: a lost wake-up never answers */
 #define CLIENTS 2              /* one per pool worker, roughly */
@@ -693,6 +698,55 @@ static void test_unpaired_resume_cancels_next_suspend(void **state)
     close(fd);
 }
 
+static int count_sockets(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[300], target[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len > 0) {
+            target[len] = '\0';
+            n += strncmp(target, "socket:", 7) == 0;
+        }
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* microhttpd.h: the socket MHD_quiesce_daemon returns must not be closed
+ * until after MHD_stop_daemon when MHD runs its own threads.  Lyra keeps it
+ * open (shut down, so that new connections are refused) and closes it in
+ * lyra_http_free. */
+static void test_quiesce_keeps_listen_socket_until_stop(void **state)
+{
+    struct lyra_http_options opts = {.host = "127.0.0.1",
+                                     .threads = 2,
+                                     .max_body_bytes = 1024,
+                                     .max_header_bytes = 8192,
+                                     .idle_timeout_s = 10,
+                                     .max_connections = 8};
+    struct lyra_err err = {0};
+    struct lyra_http *http = lyra_http_new(&opts, NULL, 0, NULL, &err);
+    assert_non_null(http);
+    assert_int_equal(lyra_http_start(http, &err), 0);
+    int port = lyra_http_port(http);
+    int fd = connect_port(port);
+    assert_true(fd >= 0); /* listening */
+    close(fd);
+    int sockets = count_sockets();
+    lyra_http_quiesce(http);
+    assert_int_equal(count_sockets(), sockets); /* still open ... */
+    errno = 0;
+    assert_int_equal(connect_port(port), -1); /* ... but refusing */
+    assert_int_equal(errno, ECONNREFUSED);
+    lyra_http_free(http);
+    assert_int_equal(count_sockets(), sockets - 1); /* closed after the stop */
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -700,6 +754,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_parked_requests_paired_resume_never_lost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_reader_paired_resume_every_chunk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unpaired_resume_cancels_next_suspend, setup, teardown),
+        cmocka_unit_test(test_quiesce_keeps_listen_socket_until_stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
