@@ -925,6 +925,34 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     lyra_log(LYRA_LOG_DEBUG, "http", NULL, NULL, "libmicrohttpd: %s", msg);
 }
 
+/* libmicrohttpd calls its panic handler on an internal inconsistency it
+ * cannot survive (stopping with a suspended connection is one).  The default
+ * prints to stderr and aborts; this one puts the place and reason into
+ * Lyra's log (log.file) first.  It never returns: the header says going on
+ * after a panic "is never safe". */
+static void on_mhd_panic(void *cls, const char *file, unsigned int line, const char *reason)
+{
+    char msg[256];
+    lyra_fmt(msg, sizeof msg, "%s", reason ? reason : "(no reason given)");
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    lyra_log(LYRA_LOG_ERROR, "http", NULL,
+             json_pack("{s:o, s:i, s:o}", "file", lyra_log_string(file), "line", (int)line, "reason",
+                       lyra_log_string(msg)),
+             "libmicrohttpd panic at %s:%u: %s; aborting", file ? file : "?", line, msg);
+    abort();
+}
+
+/* The panic handler is process-wide in libmicrohttpd: set it once, before
+ * the first daemon starts. */
+static pthread_once_t mhd_panic_once = PTHREAD_ONCE_INIT;
+
+static void set_mhd_panic(void)
+{
+    MHD_set_panic_func(on_mhd_panic, NULL);
+}
+
 /* ------------------------------------------------------------------ */
 /* Server                                                             */
 
@@ -1003,6 +1031,7 @@ int lyra_http_start(struct lyra_http *http, struct lyra_err *err)
     size_t pool = http->opts.max_header_bytes * 8 + 64 * 1024;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | MHD_USE_TURBO;
+    pthread_once(&mhd_panic_once, set_mhd_panic);
     http->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, http, MHD_OPTION_LISTEN_SOCKET, http->listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http->opts.threads, MHD_OPTION_CONNECTION_TIMEOUT,

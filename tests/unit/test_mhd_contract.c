@@ -2,8 +2,8 @@
  * contract that src/http/http.c relies on, against the real library with
  * Lyra's flags (internal polling thread, epoll, suspend/resume, turbo,
  * a pool of 2 workers).  Only MHD, a waker thread and raw loopback clients
- * run here, except in the last test, which checks Lyra's side of one
- * rule.  docs/http-contract.md states the contract and its evidence.
+ * run here, except in the last two tests, which check Lyra's side of two
+ * rules.  docs/http-contract.md states the contract and its evidence.
  *
  *   - parked requests: the handler suspends, another thread resumes exactly
  *     once (at once, while the handler is still inside the callback, or
@@ -13,7 +13,9 @@
  *   - the hazard: a resume of a connection that is not suspended cancels
  *     the next suspend on that connection;
  *   - lyra_http_quiesce keeps the socket MHD hands back open until after
- *     MHD_stop_daemon (and refuses new connections meanwhile).
+ *     MHD_stop_daemon (and refuses new connections meanwhile);
+ *   - MHD_stop_daemon with a suspended connection aborts the process, and
+ *     Lyra's panic handler (src/http/http.c) logs why first.
  *
  * A lost wake-up shows as a client that gets no answer within 5 s (a
  * count, asserted 0); nothing is timed. */
@@ -37,10 +39,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "core/log.h"
 #include "http/http.h"
 
 #define ANSWER_TIMEOUT_MS 5000 /* generous: a lost wake-up never answers */
@@ -74,6 +79,7 @@ enum park_mode {
     WAKE_AT_ONCE,   /* queued at once: lands before or after the return */
     WAKE_INSIDE,    /* the handler waits until the resume was made */
     WAKE_AFTER_1MS, /* the handler has (almost always) returned by then */
+    WAKE_NEVER,     /* stays suspended (the stop test) */
 };
 
 struct req {
@@ -286,6 +292,8 @@ static void park(struct req *r, struct MHD_Connection *conn)
 {
     if (!suspend(conn))
         return; /* MHD calls the handler again at once, still PARKED */
+    if (r->mode == WAKE_NEVER)
+        return;
     wq_push(r, r->mode == WAKE_AFTER_1MS ? 1 : 0);
     if (r->mode == WAKE_INSIDE) {
         /* Hold the callback until the resume has been made, so that it
@@ -747,6 +755,75 @@ static void test_quiesce_keeps_listen_socket_until_stop(void **state)
     assert_int_equal(count_sockets(), sockets - 1); /* closed after the stop */
 }
 
+/* The child: Lyra's HTTP server installs its panic handler; then our own
+ * daemon is stopped with a connection suspended and no resume pending. */
+static void stop_with_suspended_child(const char *log_path)
+{
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    struct lyra_err err = {0};
+    if (lyra_log_open("info", "json", log_path, &err) < 0)
+        _exit(10);
+    struct lyra_http_options opts = {.host = "127.0.0.1",
+                                     .threads = 2,
+                                     .max_body_bytes = 1024,
+                                     .max_header_bytes = 8192,
+                                     .idle_timeout_s = 10,
+                                     .max_connections = 8};
+    struct lyra_http *http = lyra_http_new(&opts, NULL, 0, NULL, &err);
+    if (!http || lyra_http_start(http, &err) < 0)
+        _exit(11);
+    if (setup(NULL) < 0)
+        _exit(12);
+    int fd = connect_loopback();
+    char rq[128];
+    int n = snprintf(rq, sizeof rq, "GET /park?m=%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", WAKE_NEVER);
+    if (fd < 0 || send(fd, rq, (size_t)n, MSG_NOSIGNAL) != n)
+        _exit(13);
+    for (int i = 0; i < 5000 && atomic_load(&S.suspends) == 0; i++)
+        sleep_ms(1);
+    if (atomic_load(&S.suspends) == 0)
+        _exit(14);
+    MHD_stop_daemon(S.daemon); /* outside the contract: must not return */
+    _exit(0);
+}
+
+/* Why lyra_http_free never stops MHD while a connection is suspended, and
+ * why Lyra installs a panic handler: MHD aborts the process
+ * (daemon.c:7550), and the reason must reach Lyra's log file. */
+static void test_stop_with_suspended_connection_panics_into_lyra_log(void **state)
+{
+    char log_path[] = "/tmp/lyra-mhd-panic-XXXXXX";
+    int lfd = mkstemp(log_path);
+    assert_true(lfd >= 0);
+    close(lfd);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        stop_with_suspended_child(log_path);
+    int ws = 0;
+    pid_t got = 0;
+    for (int i = 0; i < 1500 && (got = waitpid(pid, &ws, WNOHANG)) == 0; i++)
+        sleep_ms(10);
+    if (got == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &ws, 0);
+    }
+    FILE *f = fopen(log_path, "r");
+    char text[8192] = "";
+    size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = '\0';
+    if (f)
+        fclose(f);
+    unlink(log_path);
+    if (!WIFSIGNALED(ws) || WTERMSIG(ws) != SIGABRT)
+        fail_msg("child: %s %d (want SIGABRT); log: %s", WIFSIGNALED(ws) ? "signal" : "exit",
+                 WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws), text);
+    if (!strstr(text, "libmicrohttpd panic") || !strstr(text, "daemon.c") ||
+        !strstr(text, "\"reason\":\"MHD_stop_daemon() called while we have suspended connections.\""))
+        fail_msg("no panic line with file and reason in Lyra's log: %s", text);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -755,6 +832,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_reader_paired_resume_every_chunk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unpaired_resume_cancels_next_suspend, setup, teardown),
         cmocka_unit_test(test_quiesce_keeps_listen_socket_until_stop),
+        cmocka_unit_test(test_stop_with_suspended_connection_panics_into_lyra_log),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
