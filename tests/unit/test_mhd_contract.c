@@ -742,9 +742,8 @@ static void test_quiesce_keeps_listen_socket_until_stop(void **state)
     assert_non_null(http);
     assert_int_equal(lyra_http_start(http, &err), 0);
     int port = lyra_http_port(http);
-    int fd = connect_port(port);
-    assert_true(fd >= 0); /* listening */
-    close(fd);
+    /* No connection first: MHD would close its side of it at a moment of
+     * its own choosing, and the count below would race with that. */
     int sockets = count_sockets();
     lyra_http_quiesce(http);
     assert_int_equal(count_sockets(), sockets); /* still open ... */
