@@ -58,7 +58,7 @@ struct lyra_http {
     const struct lyra_route *routes;
     size_t n_routes;
     void *ctx;
-    int listen_fd;          /* ours until MHD takes it at start */
+    int listen_fd;          /* ours until MHD takes it at start, ours again after quiesce */
     bool mhd_owns_listener; /* MHD closes it at stop unless quiesced */
     int port;
     struct MHD_Daemon *daemon;
@@ -807,6 +807,34 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     lyra_log(LYRA_LOG_DEBUG, "http", NULL, NULL, "libmicrohttpd: %s", msg);
 }
 
+/* libmicrohttpd calls its panic handler on an internal inconsistency it
+ * cannot survive (stopping with a suspended connection is one).  The default
+ * prints to stderr and aborts; this one puts the place and reason into
+ * Lyra's log (log.file) first.  It never returns: the header says going on
+ * after a panic "is never safe". */
+static void on_mhd_panic(void *cls, const char *file, unsigned int line, const char *reason)
+{
+    char msg[256];
+    lyra_fmt(msg, sizeof msg, "%s", reason ? reason : "(no reason given)");
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    lyra_log(LYRA_LOG_ERROR, "http", NULL,
+             json_pack("{s:o, s:i, s:o}", "file", lyra_log_string(file), "line", (int)line, "reason",
+                       lyra_log_string(msg)),
+             "libmicrohttpd panic at %s:%u: %s; aborting", file ? file : "?", line, msg);
+    abort();
+}
+
+/* The panic handler is process-wide in libmicrohttpd: set it once, before
+ * the first daemon starts. */
+static pthread_once_t mhd_panic_once = PTHREAD_ONCE_INIT;
+
+static void set_mhd_panic(void)
+{
+    MHD_set_panic_func(on_mhd_panic, NULL);
+}
+
 /* ------------------------------------------------------------------ */
 /* Server                                                             */
 
@@ -883,6 +911,7 @@ int lyra_http_start(struct lyra_http *http, struct lyra_err *err)
     size_t pool = http->opts.max_header_bytes * 8 + 64 * 1024;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | MHD_USE_TURBO;
+    pthread_once(&mhd_panic_once, set_mhd_panic);
     http->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, http, MHD_OPTION_LISTEN_SOCKET, http->listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http->opts.threads, MHD_OPTION_CONNECTION_TIMEOUT,
@@ -900,14 +929,23 @@ int lyra_http_port(const struct lyra_http *http)
     return http->port;
 }
 
+/* MHD hands the listening socket back, but with internal polling threads
+ * it must stay open until after MHD_stop_daemon (microhttpd.h: a worker may
+ * still be using it; a closed number could be reused by a new socket).  So
+ * it is kept and closed in lyra_http_free; shutdown() now makes the kernel
+ * refuse new connections instead of queueing them unaccepted, as a close
+ * would have. */
 void lyra_http_quiesce(struct lyra_http *http)
 {
     if (http->daemon && http->mhd_owns_listener) {
         MHD_socket fd = MHD_quiesce_daemon(http->daemon);
-        if (fd != MHD_INVALID_SOCKET)
-            close(fd);
+        if (fd == MHD_INVALID_SOCKET) {
+            lyra_warn("http", "libmicrohttpd did not quiesce: new connections are still accepted");
+            return;
+        }
+        (void)shutdown(fd, SHUT_RDWR);
+        http->listen_fd = fd;
         http->mhd_owns_listener = false;
-        http->listen_fd = -1;
     }
 }
 
@@ -927,6 +965,7 @@ void lyra_http_free(struct lyra_http *http)
 {
     if (!http)
         return;
+    bool left_running = false;
     if (http->daemon) {
         /* MHD_stop_daemon with a suspended connection aborts the process.
          * The caller ended every parked request and stream first (producers
@@ -939,11 +978,13 @@ void lyra_http_free(struct lyra_http *http)
             lyra_log(LYRA_LOG_ERROR, "http", NULL, json_pack("{s:i}", "suspended", left),
                      "%d connection(s) still suspended at stop: leaving libmicrohttpd running rather than abort",
                      left);
+            left_running = true;
         } else {
             MHD_stop_daemon(http->daemon);
         }
     }
-    if (http->listen_fd >= 0 && !http->mhd_owns_listener)
+    /* The socket before start, or the quiesced one: only once MHD stopped. */
+    if (http->listen_fd >= 0 && !http->mhd_owns_listener && !left_running)
         close(http->listen_fd);
     lyra_hupwatch_free(http->hupwatch);
     free(http);
