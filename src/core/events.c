@@ -425,6 +425,8 @@ json_t *lyra_event_to_json(const struct lyra_event *ev)
 {
     char ts[40];
     lyra_format_ts(ev->ts_ms, ts, sizeof ts);
-    return json_pack("{s:I, s:s, s:s, s:s, s:O}", "seq", (json_int_t)ev->seq, "ts", ts, "type", ev->type,
-                     "source", ev->source, "data", ev->data);
+    /* A copy of the data: the ring may release the event on another thread
+     * while the caller still encodes this object. */
+    return json_pack("{s:I, s:s, s:s, s:s, s:o}", "seq", (json_int_t)ev->seq, "ts", ts, "type", ev->type,
+                     "source", ev->source, "data", ev->data ? json_deep_copy(ev->data) : json_object());
 }

@@ -64,7 +64,7 @@ json_t *lyra_trace_list(struct lyra_trace_ring *r, size_t limit, const char *id)
     for (size_t i = 0; i < r->count && json_array_size(list) < limit; i++) {
         json_t *t = r->items[(r->head + r->capacity - 1 - i) % r->capacity];
         if (!id || id_matches(t, id))
-            json_array_append(list, t);
+            json_array_append_new(list, json_deep_copy(t)); /* the ring may drop t meanwhile */
     }
     pthread_mutex_unlock(&r->lock);
     return list;

@@ -417,11 +417,15 @@ static void on_ready(struct lyra_wproc *proc, const json_t *frame, void *ud)
     w->state = W_READY;
     w->ready = json_deep_copy(frame);
     w->load_ms = (double)(lyra_now_us() - w->started_us) / 1000.0;
+    /* Copies, not references: the event outlives the frame and is read on
+     * other threads (a json_t is shared across threads only when no thread
+     * will change or release its part of it concurrently). */
     lyra_bus_publish(m->opts.bus, "model.loaded", "models",
-                     json_pack("{s:s, s:i, s:f, s:O?, s:O?, s:O?}", "model", w->ms->name, "pid",
+                     json_pack("{s:s, s:i, s:f, s:o?, s:o?, s:o?}", "model", w->ms->name, "pid",
                                (int)lyra_wproc_pid(proc), "load_ms", w->load_ms, "n_ctx_slot",
-                               json_object_get(frame, "n_ctx_slot"), "n_slots", json_object_get(frame, "n_slots"),
-                               "devices", json_object_get(frame, "devices")));
+                               json_deep_copy(json_object_get(frame, "n_ctx_slot")), "n_slots",
+                               json_deep_copy(json_object_get(frame, "n_slots")), "devices",
+                               json_deep_copy(json_object_get(frame, "devices"))));
     if (w->stale) { /* the file changed while it loaded: start again */
         stop_worker(w, "file changed");
         return;
@@ -1005,10 +1009,10 @@ static json_t *worker_json(const struct mworker *w, int64_t now)
                           (int)lyra_wproc_pid(w->proc), "in_flight", w->n_inflight, "load_ms",
                           w->state != W_LOADING ? json_real(w->load_ms) : json_null(), "idle_s",
                           (double)(now - w->last_used_us) / 1e6, "stale", w->stale);
-    if (j && w->ready) {
-        json_object_set(j, "n_slots", json_object_get(w->ready, "n_slots"));
-        json_object_set(j, "n_ctx_slot", json_object_get(w->ready, "n_ctx_slot"));
-        json_object_set(j, "devices", json_object_get(w->ready, "devices"));
+    if (j && w->ready) { /* copies: the status is sent on an HTTP thread after w may be gone */
+        json_object_set_new(j, "n_slots", json_deep_copy(json_object_get(w->ready, "n_slots")));
+        json_object_set_new(j, "n_ctx_slot", json_deep_copy(json_object_get(w->ready, "n_ctx_slot")));
+        json_object_set_new(j, "devices", json_deep_copy(json_object_get(w->ready, "devices")));
     }
     return j;
 }
