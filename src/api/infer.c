@@ -325,6 +325,22 @@ static void on_gone(void *ud)
     lyra_manager_cancel(in->job);
 }
 
+/* HTTP thread: the connection ended while the request was parked or woken,
+ * before on_resume could run (libmicrohttpd read the client's EOF).  The
+ * HTTP side lets go: the job is cancelled if it still runs, and nothing may
+ * wake the request any more. */
+static void on_dropped(void *ud)
+{
+    struct lyra_infer *in = ud;
+    pthread_mutex_lock(&in->lock);
+    in->parked = false;
+    in->woken = true;
+    in->req = NULL;
+    if (!in->terminal && in->job)
+        lyra_manager_cancel(in->job);
+    infer_unref_locked(in); /* the HTTP side lets go */
+}
+
 static void add_retry_after(struct lyra_http_req *req, const json_t *frame)
 {
     json_int_t s = json_integer_value(json_object_get(frame, "retry_after_s"));
@@ -349,6 +365,14 @@ static void on_resume(struct lyra_http_req *req, void *ud)
         json_t *body = error_body(in, in->terminal, &status);
         add_retry_after(req, in->terminal);
         lyra_http_send_json(req, status, body);
+    } else if (!in->stream && type && r.finish_reason && strcmp(r.finish_reason, "cancelled") == 0) {
+        /* Cancelled because the client hung up (or half-closed): never a
+         * 200 with a cut answer.  499 as nginx logs it ("client closed
+         * request"); usually nobody is left to read it. */
+        lyra_http_send_json(req, 499,
+                            in->fmt->error("client_closed_request",
+                                           "the request was cancelled: the client closed the connection", 499,
+                                           in->ud));
     } else if (!in->stream && type) {
         json_t *body = in->fmt->full(&r, in->ud);
         if (in->fmt->finished)
@@ -382,7 +406,7 @@ static void on_resume(struct lyra_http_req *req, void *ud)
         in->parked = true;
         in->woken = false;
         in->req = req;
-        lyra_http_park(req, on_resume, on_gone, in);
+        lyra_http_park(req, on_resume, on_gone, on_dropped, in);
         pthread_mutex_unlock(&in->lock);
         return;
     }
@@ -449,7 +473,7 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
     }
     lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_model(in->job));
     in->parked = true;
-    lyra_http_park(req, on_resume, on_gone, in);
+    lyra_http_park(req, on_resume, on_gone, on_dropped, in);
     pthread_mutex_unlock(&in->lock);
 }
 

@@ -93,6 +93,7 @@ struct lyra_http_req {
     pthread_mutex_t lock;        /* guards state and the hang-up watch */
     enum req_state state;
     lyra_http_handler resume;    /* set while parked */
+    void (*dropped)(void *ud);   /* the connection ended before resume could run */
     void *resume_ud;
     struct lyra_hup *hup;        /* while parked */
     struct lyra_http_stream *stream; /* its streamed answer, if any */
@@ -219,10 +220,12 @@ static struct lyra_hup *hup_start(struct lyra_http *http, struct MHD_Connection 
 /* ------------------------------------------------------------------ */
 /* Parking                                                            */
 
-void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void (*gone)(void *ud), void *ud)
+void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void (*gone)(void *ud),
+                    void (*dropped)(void *ud), void *ud)
 {
     pthread_mutex_lock(&req->lock);
     req->resume = resume;
+    req->dropped = dropped;
     req->resume_ud = ud;
     req->state = REQ_PARKED;
     atomic_fetch_add(&req->http->suspended, 1);
@@ -715,6 +718,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         lyra_hup_stop(h);
         lyra_http_handler resume = req->resume;
         req->resume = NULL;
+        req->dropped = NULL;
         resume(req, req->resume_ud);
         if (!req->answered && req->state != REQ_PARKED)
             lyra_http_send_error(req, 500, "internal", "a parked request was resumed without an answer");
@@ -776,8 +780,19 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     req->stream = NULL;
     if (req->state == REQ_PARKED) /* cannot happen: MHD does not end a suspended connection */
         atomic_fetch_sub(&http->suspended, 1);
+    /* Parked or woken, but the resume handler will never run: a woken
+     * connection whose client left is read by libmicrohttpd (EOF, reset)
+     * and closed without calling the access handler again (0.9.75,
+     * connection.c MHD_connection_handle_read).  The owner must still let go
+     * of the request. */
+    void (*dropped)(void *) = (req->state == REQ_PARKED || req->state == REQ_WAKING) ? req->dropped : NULL;
+    void *dropped_ud = req->resume_ud;
+    req->dropped = NULL;
+    req->resume = NULL;
     pthread_mutex_unlock(&req->lock);
     lyra_hup_stop(h);
+    if (dropped)
+        dropped(dropped_ud);
     if (st) {
         pthread_mutex_lock(&st->lock);
         lyra_hup_stop(st->hup);

@@ -131,8 +131,13 @@ void lyra_http_send_error(struct lyra_http_req *req, int status, const char *cod
  * the connection does not time out.  If the client hangs up while the
  * request is parked, `gone(ud)` (may be NULL) runs once on the HTTP
  * watcher thread — never after `resume` started; the owner should then stop
- * its work and still wake the request (the answer goes nowhere). */
-void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void (*gone)(void *ud), void *ud);
+ * its work and still wake the request (the answer goes nowhere).  If the
+ * connection ends while parked or woken, before `resume` could run (the
+ * client left), `dropped(ud)` (may be NULL) runs instead, on an HTTP thread:
+ * the request is gone, `resume` will never run, and the owner must not wake
+ * it any more.  Exactly one of `resume` and `dropped` runs. */
+void lyra_http_park(struct lyra_http_req *req, lyra_http_handler resume, void (*gone)(void *ud),
+                    void (*dropped)(void *ud), void *ud);
 /* Thread-safe: makes a parked request's `resume` run soon.  Only the first
  * wake after a park counts (each resume pairs with one suspend). */
 void lyra_http_wake(struct lyra_http_req *req);

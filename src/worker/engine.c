@@ -34,6 +34,8 @@
 #include "worker/template.h"
 
 #define COMP "worker"
+#define LYRA_XSTR(x) #x
+#define LYRA_STR(x) LYRA_XSTR(x)
 
 /* Bounds on what one embed request may ask for, so its reply stays well
  * under the frame limit (a float takes up to ~16 bytes of JSON). */
@@ -383,8 +385,8 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
     if (rc < 0) {
         if (rc == LYRA_EPARSE)
             reply_error(e, idv, "invalid_grammar", 400, "params.%s", err.msg);
-        else
-            e->sink_rc = rc;
+        else /* out of memory: this request fails, the worker goes on */
+            reply_error(e, idv, "out_of_memory", 500, "the worker is out of memory: %s", err.msg);
         goto fail;
     }
     enqueue(e, r);
@@ -822,6 +824,13 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
         s->t_prompt_us = lyra_now_us();
     }
     llama_token tok = lyra_sampler_sample(r->sampler, e->ctx, idx, s->cand, e->n_vocab);
+    if (tok == -2) { /* the grammar costs too much per token: end this request, not the others' */
+        reply_error_id(e, r->id, "grammar_too_slow", 400,
+                       "params.grammar: constraining one token took longer than " LYRA_STR(
+                           LYRA_GRAMMAR_TOKEN_BUDGET_MS) " ms; the grammar is too ambiguous");
+        release(s, lyra_now_us());
+        return;
+    }
     if (tok < 0) { /* the grammar is complete */
         finish(e, s, "stop");
         return;

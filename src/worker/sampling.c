@@ -95,6 +95,119 @@ static struct llama_sampler *init_grammar(const struct llama_vocab *vocab, const
     return g;
 }
 
+/* ---- grammar guard ------------------------------------------------------- */
+
+/* llama.cpp's grammar engine keeps one stack per way the text so far can be
+ * matched, without merging equal ones: an ambiguous grammar (the same text
+ * matched by several alternatives, under a repetition) multiplies its stacks
+ * with every character, and constraining one token can then take seconds or
+ * minutes on the worker's only thread, stalling every request of the model.
+ * Two guards: alternations with duplicate branches (pure ambiguity, never
+ * needed) or more than GRAMMAR_MAX_BRANCHES branches are refused up front;
+ * and a request whose grammar takes more than LYRA_GRAMMAR_TOKEN_BUDGET_MS to
+ * constrain one token is ended (lyra_sampler_sample returns -2). */
+#define GRAMMAR_MAX_BRANCHES 256
+
+struct span {
+    const char *p;
+    size_t n;
+};
+
+/* Skips a quoted literal or a character class starting at s[i] (s[i] is
+ * '"' or '['); returns the index after it. */
+static size_t skip_literal(const char *s, size_t i, size_t end)
+{
+    char close = s[i] == '"' ? '"' : ']';
+    for (i++; i < end && s[i] != close; i++)
+        if (s[i] == '\\' && i + 1 < end)
+            i++;
+    return i < end ? i + 1 : end;
+}
+
+/* A branch without surrounding white space. */
+static struct span trim(const char *p, size_t n)
+{
+    while (n && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++, n--;
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\n' || p[n - 1] == '\r'))
+        n--;
+    return (struct span){p, n};
+}
+
+/* Checks the alternation s[begin..end) (a rule body or a group's inside) and
+ * the groups within it. */
+static int check_alternation(const char *s, size_t begin, size_t end, int depth, char *why, size_t why_len)
+{
+    if (depth > 64)
+        return lyra_fmt(why, why_len, "groups nested more than 64 deep"), -1;
+    struct span br[GRAMMAR_MAX_BRANCHES];
+    size_t nb = 0, start = begin;
+    for (size_t i = begin; i <= end; i++) {
+        if (i < end && (s[i] == '"' || s[i] == '[')) {
+            i = skip_literal(s, i, end) - 1;
+        } else if (i < end && s[i] == '#') {
+            while (i < end && s[i] != '\n')
+                i++;
+        } else if (i < end && s[i] == '(') {
+            size_t j = i + 1;
+            int d = 1;
+            while (j < end && d > 0) {
+                if (s[j] == '"' || s[j] == '[') {
+                    j = skip_literal(s, j, end);
+                    continue;
+                }
+                d += s[j] == '(' ? 1 : s[j] == ')' ? -1 : 0;
+                j++;
+            }
+            if (check_alternation(s, i + 1, j > i + 1 ? j - 1 : j, depth + 1, why, why_len) < 0)
+                return -1;
+            i = j - 1;
+        } else if (i == end || s[i] == '|') {
+            if (nb == GRAMMAR_MAX_BRANCHES)
+                return lyra_fmt(why, why_len, "an alternation has more than %d branches", GRAMMAR_MAX_BRANCHES), -1;
+            br[nb++] = trim(s + start, i - start);
+            start = i + 1;
+        }
+    }
+    for (size_t a = 0; a < nb; a++)
+        for (size_t b = a + 1; b < nb; b++)
+            if (br[a].n == br[b].n && memcmp(br[a].p, br[b].p, br[a].n) == 0)
+                return lyra_fmt(why, why_len,
+                                "the alternative '%.*s' appears twice in one alternation (an ambiguous grammar "
+                                "makes every token slow)",
+                                (int)lyra_utf8_clip(br[a].p, br[a].n < 40 ? br[a].n : 40), br[a].p), -1;
+    return 0;
+}
+
+/* Checks every rule body of a GBNF text (rules are "name ::= body"). */
+static int check_grammar(const char *g, char *why, size_t why_len)
+{
+    size_t len = strlen(g);
+    const char *body = strstr(g, "::=");
+    while (body) {
+        size_t b = (size_t)(body - g) + 3, e = len;
+        /* The body runs to the next line that starts a rule. */
+        const char *next = NULL;
+        for (size_t i = b; i < len && !next; i++) {
+            if (g[i] == '"' || g[i] == '[') {
+                i = skip_literal(g, i, len) - 1;
+            } else if (g[i] == '\n') {
+                const char *nl = g + i + 1;
+                const char *assign = strstr(nl, "::=");
+                const char *eol = strchr(nl, '\n');
+                if (assign && (!eol || assign < eol) && strspn(nl, " \t") == 0) {
+                    next = assign;
+                    e = i;
+                }
+            }
+        }
+        if (check_alternation(g, b, e, 0, why, why_len) < 0)
+            return -1;
+        body = next;
+    }
+    return 0;
+}
+
 int lyra_sampler_new(const struct llama_vocab *vocab, const struct lyra_sampling_params *p,
                      const llama_token *eog, int n_eog, int n_ctx_slot, struct lyra_sampler **out,
                      struct lyra_err *err)
@@ -108,6 +221,10 @@ int lyra_sampler_new(const struct llama_vocab *vocab, const struct lyra_sampling
     const char *gbnf = p->grammar ? p->grammar : p->json_mode ? json_gbnf : NULL;
     if (gbnf) {
         char why[256];
+        if (check_grammar(gbnf, why, sizeof why) < 0) {
+            free(s);
+            return lyra_err_set(err, LYRA_EPARSE, "grammar: %s", why);
+        }
         s->grammar = init_grammar(vocab, gbnf, why, sizeof why);
         if (!s->grammar) {
             free(s);
@@ -187,6 +304,7 @@ llama_token lyra_sampler_sample(struct lyra_sampler *s, struct llama_context *ct
     llama_token tok = arr.data[arr.selected].id;
 
     if (s->grammar) {
+        int64_t t0 = lyra_now_ms();
         llama_token_data one = {tok, 1.0f, 0.0f};
         llama_token_data_array one_arr = {&one, 1, -1, false};
         llama_sampler_apply(s->grammar, &one_arr);
@@ -207,6 +325,8 @@ llama_token lyra_sampler_sample(struct lyra_sampler *s, struct llama_context *ct
             tok = arr.data[arr.selected].id;
         }
         llama_sampler_accept(s->grammar, tok);
+        if (lyra_now_ms() - t0 > LYRA_GRAMMAR_TOKEN_BUDGET_MS)
+            return -2; /* see the grammar guard above */
     }
     llama_sampler_accept(s->chain, tok);
     return tok;

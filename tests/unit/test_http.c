@@ -39,7 +39,7 @@ static void *wake_later(void *arg)
 
 static void h_park(struct lyra_http_req *req, void *ctx)
 {
-    lyra_http_park(req, parked_resume, NULL, "worker");
+    lyra_http_park(req, parked_resume, NULL, NULL, "worker");
     pthread_t t;
     pthread_create(&t, NULL, wake_later, req);
     pthread_detach(t);

@@ -780,6 +780,39 @@ static void test_grammar(void **state)
     stop_worker(&w);
 }
 
+/* An ambiguous grammar makes llama.cpp's grammar engine slow for every
+ * request of the worker (its stacks multiply with each character): one with
+ * duplicate branches is refused at once, and one whose constraint takes
+ * longer than the per-token budget ends its own request (the worker, and the
+ * others' requests, go on). */
+static void test_ambiguous_grammar_is_contained(void **state)
+{
+    struct worker w;
+    start(&w, one_thread);
+    send_generate(&w, 1, "x", json_pack("{s:s}", "grammar", "root ::= x*\nx ::= \"a\" | \"b\" | \"a\""));
+    json_t *e = expect_error(&w, 1, "invalid_grammar");
+    assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "appears twice"));
+    json_decref(e);
+    /* 64 different branches that all match "a". */
+    char g[8192] = "root ::= x*\nx ::= \"a\"";
+    for (int i = 1; i < 64; i++) {
+        strcat(g, " | \"a\"");
+        for (int k = 0; k < i; k++)
+            strcat(g, " \"\"");
+    }
+    struct result *r = generate(&w, 2, "hi", json_pack("{s:s, s:i}", "grammar", g, "max_tokens", 50));
+    assert_non_null(r->error); /* after "started": the first token showed the cost */
+    assert_string_equal(json_string_value(json_object_get(r->error, "code")), "grammar_too_slow");
+    assert_int_equal(int_of(r->error, "status"), 400);
+    result_clear(r);
+    free(r);
+    r = generate(&w, 3, "still here", json_pack("{s:i, s:b}", "max_tokens", 4, "ignore_eos", 1));
+    assert_int_equal(usage(r, "completion_tokens"), 4);
+    result_clear(r);
+    free(r);
+    stop_worker(&w);
+}
+
 /* True when s is a prefix of some JSON text whose root is an object;
  * *complete when it is a whole one (trailing whitespace allowed). */
 static bool json_prefix_ok(const char *s, bool *complete)
@@ -1296,6 +1329,7 @@ int main(void)
         cmocka_unit_test(test_context_length),
         cmocka_unit_test(test_invalid_params),
         cmocka_unit_test(test_grammar),
+        cmocka_unit_test(test_ambiguous_grammar_is_contained),
         cmocka_unit_test(test_json_mode),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_chat_template),
