@@ -85,6 +85,8 @@ struct lyra_engine {
     struct lyra_engine_sink sink;
     int sink_rc;
     volatile sig_atomic_t *stop;
+    void (*progress)(void *ud);
+    void *progress_ud;
     char *name, *path, *tmpl;
     struct llama_model *model;
     const struct llama_vocab *vocab;
@@ -981,10 +983,16 @@ bool lyra_engine_busy(const struct lyra_engine *e)
 
 /* ---- set-up ----------------------------------------------------------------- */
 
+/* Called by ggml between the nodes of a graph: the place to notice the
+ * stop flag, and evidence that the decode is moving (a step of thousands of
+ * prompt tokens on a large model may take minutes; what matters to the
+ * daemon's progress deadline is that the computation advances). */
 static bool abort_cb(void *data)
 {
-    volatile sig_atomic_t *stop = data;
-    return stop && *stop;
+    struct lyra_engine *e = data;
+    if (e->progress)
+        e->progress(e->progress_ud);
+    return e->stop && *e->stop;
 }
 
 static bool progress_cb(float progress, void *data)
@@ -1038,6 +1046,8 @@ int lyra_engine_new(const struct lyra_engine_config *cfg, const struct lyra_engi
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     e->sink = *sink;
     e->stop = cfg->stop;
+    e->progress = cfg->progress;
+    e->progress_ud = cfg->progress_ud;
     e->embeddings = cfg->embeddings;
     e->kv_unified = cfg->kv_unified;
     e->threads = cfg->threads;
@@ -1076,7 +1086,7 @@ int lyra_engine_new(const struct lyra_engine_config *cfg, const struct lyra_engi
     cp.kv_unified = cfg->kv_unified;
     cp.no_perf = true;
     cp.abort_callback = abort_cb;
-    cp.abort_callback_data = (void *)cfg->stop;
+    cp.abort_callback_data = e;
     if (cfg->embeddings)
         cp.pooling_type = LLAMA_POOLING_TYPE_MEAN; /* embeddings switched on per embed request */
     lyra_llamalog_mark();

@@ -34,6 +34,10 @@ struct lyra_engine_config {
     /* Set (by a signal handler) when the process must exit: aborts a running
      * llama_decode and a model load.  Borrowed; may be NULL. */
     volatile sig_atomic_t *stop;
+    /* Called (from the decoding thread, often: between graph nodes) while a
+     * decode advances; may be NULL.  It must be cheap and lock-free. */
+    void (*progress)(void *ud);
+    void *progress_ud;
 };
 
 /* Where the engine's messages go.  send() gets a JSON object (borrowed);

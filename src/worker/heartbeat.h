@@ -1,6 +1,7 @@
 /* heartbeat.h — the worker's heartbeat: a thread of its own that reports,
  * every interval, how many decode steps the main thread has completed and
- * whether it has work, on a socket that carries nothing else.
+ * whether it has work, on a socket that carries nothing else.  "Steps" are
+ * units of progress: decode steps and the graph nodes computed within one.
  *
  * It answers whatever the decoding thread is doing, so the daemon tells a
  * stopped or wedged process (no heartbeat) from a slow one, and a stuck
@@ -21,7 +22,8 @@ struct lyra_heartbeat;
  * borrowed.  Returns NULL when the thread cannot start. */
 struct lyra_heartbeat *lyra_heartbeat_start(int fd, int interval_ms);
 
-/* Counts one completed decode step. */
+/* Counts progress: a completed decode step, or a node of a decode's graph
+ * (lock-free; called often). */
 void lyra_heartbeat_step(struct lyra_heartbeat *hb);
 
 /* Records whether requests are running or waiting. */

@@ -279,6 +279,11 @@ static int flush(struct lyra_frame_writer *w, int fd)
     return 1;
 }
 
+static void heartbeat_progress(void *ud)
+{
+    lyra_heartbeat_step(ud);
+}
+
 /* Replies waiting beyond this stop the decoding (input is still read) until
  * the daemon has taken some: output never grows without bound. */
 #define OUTPUT_HIGH_WATER (16u << 20)
@@ -415,6 +420,8 @@ int lyra_cmd_worker(int argc, char **argv)
         goto out;
     }
     o.cfg.stop = &stop_flag;
+    o.cfg.progress = hb ? heartbeat_progress : NULL; /* a long decode is progress too */
+    o.cfg.progress_ud = hb;
     struct lyra_engine_sink sink = {sink_send, sink_send_raw, w};
     if (lyra_engine_new(&o.cfg, &sink, &e, &err) < 0) {
         send_fatal(o.fd, stop_flag ? "terminated while loading the model" : err.msg);

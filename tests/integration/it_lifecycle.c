@@ -226,6 +226,42 @@ static void test_stopped_worker_is_replaced(void **state)
     it_rmrf(home);
 }
 
+/* A long prompt is one decode step of many seconds; the progress deadline
+ * must see it advance (graph nodes count) and not take it for a hang. */
+static void test_long_decode_step_is_not_a_hang(void **state)
+{
+    char home[64], p[128], yaml[1024];
+    it_mkdtemp(home, sizeof home);
+    snprintf(p, sizeof p, "%s/lyra.yaml", home);
+    snprintf(yaml, sizeof yaml,
+             "schema_version: 2\nmodels:\n  progress_timeout_s: 1\n  entries:\n"
+             "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
+             it_model_path("small.gguf"));
+    it_write_file(p, yaml);
+    struct it_server s;
+    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    char *body = malloc(16384);
+    int n = snprintf(body, 16384, "{\"model\":\"small\",\"max_tokens\":2,\"prompt\":\"");
+    for (int i = 0; i < 120; i++) /* ~800 tokens: one step of seconds with one thread */
+        n += snprintf(body + n, 16384 - (size_t)n, "word%d is here. ", i);
+    snprintf(body + n, 16384 - (size_t)n, "\"}");
+    struct it_response r;
+    assert_int_equal(it_post_json(s.port, "/v1/completions", body, &r), 0);
+    free(body);
+    if (r.status != 200)
+        fail_msg("a long prompt with a 1 s progress deadline: %d %s", r.status, r.body);
+    json_t *j = it_json(&r);
+    double prompt_ms = json_real_value(json_object_get(json_object_get(j, "timings"), "prompt_ms"));
+    print_message("prompt of %lld tokens in %.0f ms, in steps the deadline saw move\n",
+                  (long long)json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens")),
+                  prompt_ms);
+    json_decref(j);
+    it_response_free(&r);
+    assert_int_equal(it_server_stop(&s, SIGTERM), 0);
+    it_server_cleanup(&s);
+    it_rmrf(home);
+}
+
 static uint64_t max_seq(json_t *events)
 {
     uint64_t m = 0;
@@ -637,6 +673,7 @@ int main(void)
         cmocka_unit_test(test_sigterm_drains_in_flight),
         cmocka_unit_test(test_sigterm_with_generations_in_flight),
         cmocka_unit_test(test_stopped_worker_is_replaced),
+        cmocka_unit_test(test_long_decode_step_is_not_a_hang),
         cmocka_unit_test(test_crash_recovery),
         cmocka_unit_test(test_port_in_use),
         cmocka_unit_test(test_bad_home),
