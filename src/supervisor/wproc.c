@@ -644,7 +644,9 @@ int lyra_wproc_spawn(struct lyra_loop *loop, const struct lyra_wproc_spec *spec,
     fcntl(hv[1], F_SETFL, 0);
     fcntl(ep[1], F_SETFL, 0);
 
-    int hb_interval = w->heartbeat_ms / 4;
+    /* Progress reaches the daemon only with heartbeats: beat well within
+     * both the heartbeat and the progress deadline. */
+    int hb_interval = (w->heartbeat_ms < w->progress_ms ? w->heartbeat_ms : w->progress_ms) / 4;
     hb_interval = hb_interval < 20 ? 20 : hb_interval > 1000 ? 1000 : hb_interval;
     char hb_ms[16];
     snprintf(hb_ms, sizeof hb_ms, "%d", hb_interval);
