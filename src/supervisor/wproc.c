@@ -65,6 +65,12 @@ struct lyra_wproc {
     int stop_stage;
     char errline[ERRLINE_MAX];
     size_t errlen;
+    double err_tokens;         /* lines the worker may still log now (token bucket) */
+    int64_t err_refill_ms;     /* when the bucket was last refilled */
+    uint64_t err_dropped;      /* lines dropped since the last report */
+    int64_t err_reported_ms;
+    bool err_paused;           /* stderr not read for a moment: the worker floods it */
+    struct lyra_timer *err_timer;
 };
 
 /* ------------------------------------------------------------------ */
@@ -415,11 +421,60 @@ static void relog_line(struct lyra_wproc *w, char *line)
     lyra_log(level, "worker", NULL, j, "%s", text);
 }
 
+/* A worker's stderr may not take the supervisor loop from the other
+ * workers: at most ERR_LINES_PER_S lines a second are logged (bursts of
+ * ERR_BURST), the rest are counted and reported; one wake-up reads at most
+ * ERR_READ_MAX bytes, and when the bucket is empty the pipe is not read for
+ * ERR_PAUSE_MS (the worker then waits on its own writes, not the daemon). */
+#define ERR_LINES_PER_S 100
+#define ERR_BURST 1000
+#define ERR_READ_MAX (64 * 1024)
+#define ERR_PAUSE_MS 100
+
+static void on_stderr_fd(int fd, uint32_t events, void *ud);
+
+static void err_resume(void *ud)
+{
+    struct lyra_wproc *w = ud;
+    w->err_timer = NULL;
+    if (w->err_paused && w->err_open) {
+        w->err_paused = false;
+        lyra_loop_watch_events(w->loop, w->err_fd, EPOLLIN);
+    }
+}
+
+/* Logs a line if the bucket allows; returns false when it is empty. */
+static bool err_line(struct lyra_wproc *w, char *line)
+{
+    int64_t now = lyra_now_ms();
+    w->err_tokens += (double)(now - w->err_refill_ms) * ERR_LINES_PER_S / 1000.0;
+    if (w->err_tokens > ERR_BURST)
+        w->err_tokens = ERR_BURST;
+    w->err_refill_ms = now;
+    if (w->err_dropped && now - w->err_reported_ms >= 1000) {
+        lyra_log(LYRA_LOG_WARN, "worker", NULL, json_pack("{s:s, s:i, s:I}", "model", w->model, "pid", (int)w->pid,
+                                                          "dropped", (json_int_t)w->err_dropped),
+                 "%" PRIu64 " line(s) of the worker's stderr dropped (more than %d a second)", w->err_dropped,
+                 ERR_LINES_PER_S);
+        w->err_dropped = 0;
+        w->err_reported_ms = now;
+    }
+    if (w->err_tokens < 1) {
+        w->err_dropped++;
+        return false;
+    }
+    w->err_tokens -= 1;
+    relog_line(w, line);
+    return true;
+}
+
 static void on_stderr_fd(int fd, uint32_t events, void *ud)
 {
     struct lyra_wproc *w = ud;
     char buf[4096];
-    for (;;) {
+    size_t taken = 0;
+    bool flooding = false;
+    while (taken < ERR_READ_MAX && !flooding) {
         ssize_t n = read(w->err_fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
@@ -428,23 +483,29 @@ static void on_stderr_fd(int fd, uint32_t events, void *ud)
         if (n <= 0) {
             if (w->errlen > 0) {
                 w->errline[w->errlen] = '\0';
-                relog_line(w, w->errline);
+                err_line(w, w->errline);
                 w->errlen = 0;
             }
             close_channel(w, &w->err_fd, &w->err_open);
             return;
         }
+        taken += (size_t)n;
         for (ssize_t i = 0; i < n; i++) {
             char c = buf[i];
             if (c == '\n' || w->errlen == ERRLINE_MAX - 1) {
                 w->errline[w->errlen] = '\0';
-                relog_line(w, w->errline);
+                flooding |= !err_line(w, w->errline);
                 w->errlen = 0;
                 if (c == '\n')
                     continue;
             }
             w->errline[w->errlen++] = c;
         }
+    }
+    if (flooding && !w->err_paused && w->err_open) {
+        w->err_paused = true;
+        lyra_loop_watch_events(w->loop, w->err_fd, 0);
+        w->err_timer = lyra_loop_timer(w->loop, ERR_PAUSE_MS, err_resume, w);
     }
 }
 
@@ -466,6 +527,12 @@ static void finish(struct lyra_wproc *w, int status)
     lyra_loop_timer_cancel(w->loop, w->tick);
     lyra_loop_timer_cancel(w->loop, w->stop_timer);
     lyra_loop_timer_cancel(w->loop, w->reap_timer);
+    lyra_loop_timer_cancel(w->loop, w->err_timer);
+    if (w->err_dropped)
+        lyra_log(LYRA_LOG_WARN, "worker", NULL, json_pack("{s:s, s:i, s:I}", "model", w->model, "pid", (int)w->pid,
+                                                          "dropped", (json_int_t)w->err_dropped),
+                 "%" PRIu64 " line(s) of the worker's stderr dropped (more than %d a second)", w->err_dropped,
+                 ERR_LINES_PER_S);
 
     char how[160];
     describe_status(status, how, sizeof how);
@@ -711,6 +778,8 @@ int lyra_wproc_spawn(struct lyra_loop *loop, const struct lyra_wproc_spec *spec,
     w->hb_fd = hv[0];
     w->err_fd = ep[0];
     w->t_start = w->t_heartbeat = w->t_progress = lyra_now_ms();
+    w->err_tokens = ERR_BURST;
+    w->err_refill_ms = w->err_reported_ms = w->t_start;
     w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     bool ok = lyra_loop_watch(loop, w->fd, EPOLLIN | EPOLLRDHUP, on_request_fd, w) == 0;
     w->fd_open = ok;

@@ -19,6 +19,7 @@
  *                  $LYRA_WORKER_FAKE_COUNT), then like ok
  *   stubborn       ignores EOF and SIGTERM (the stop must escalate to
  *                  SIGKILL)
+ *   chatty         like ok, while a thread floods stderr with lines
  * Every start appends a line to $LYRA_WORKER_FAKE_COUNT (if set), so a test
  * can count how many workers the daemon started. */
 #include <errno.h>
@@ -55,6 +56,16 @@ static void *heartbeat_main(void *arg)
         sleep_ms(hb_ms);
     }
     return NULL;
+}
+
+static void *chatter_main(void *arg)
+{
+    char line[128];
+    for (unsigned long i = 0;; i++) {
+        int n = snprintf(line, sizeof line, "chatter line %lu: the same noise again and again\n", i);
+        if (write(2, line, (size_t)n) < 0 && errno != EINTR && errno != EAGAIN)
+            return NULL;
+    }
 }
 
 static void send_frame(int fd, json_t *m)
@@ -156,6 +167,11 @@ int main(int argc, char **argv)
     if (strcmp(mode, "slow-ready") == 0)
         sleep_ms(3000);
     ready(fd, name);
+    if (strcmp(mode, "chatty") == 0) {
+        pthread_t chatter;
+        pthread_create(&chatter, NULL, chatter_main, NULL);
+        pthread_detach(chatter);
+    }
     if (strcmp(mode, "second-ready") == 0)
         ready(fd, name);
     if (strcmp(mode, "silent") == 0)

@@ -27,7 +27,7 @@ static char count_path[128];
 
 static const char *const modes[] = {"ok",       "never-ready", "slow-ready", "second-ready", "garbage",
                                     "oversize", "mislabelled", "bad-field",  "hang",         "silent",
-                                    "crash",    "stubborn",    "flaky"};
+                                    "crash",    "stubborn",    "flaky",      "chatty"};
 
 static int setup(void **state)
 {
@@ -219,6 +219,22 @@ static void test_circuit_opens_and_closes_again(void **state)
     assert_int_equal(starts("flaky"), 4);
 }
 
+/* A worker that floods its stderr takes no more than its share of the
+ * supervisor loop: another model's requests stay quick, and what was not
+ * logged is counted. */
+static void test_stderr_flood_does_not_stall_the_others(void **state)
+{
+    assert_int_equal(complete("fake-chatty", NULL), 200);
+    for (int i = 0; i < 20; i++) { /* while it floods */
+        int64_t t0 = lyra_now_ms();
+        assert_int_equal(complete("fake-ok", NULL), 200);
+        assert_true(lyra_now_ms() - t0 < 2000); /* a sanity bound, not a benchmark: unbounded it took seconds */
+    }
+    for (int i = 0; i < 300 && !log_has("stderr dropped"); i++)
+        usleep(10000);
+    assert_true(log_has("stderr dropped"));
+}
+
 /* The worker's environment holds no secret, stdin is /dev/null, and its
  * stderr reaches the daemon's log with the model and pid. */
 static void test_worker_process_hygiene(void **state)
@@ -291,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_hung_worker_is_killed),
         cmocka_unit_test(test_crash_on_a_request_is_not_retried),
         cmocka_unit_test(test_circuit_opens_and_closes_again),
+        cmocka_unit_test(test_stderr_flood_does_not_stall_the_others),
         cmocka_unit_test(test_worker_process_hygiene),
         cmocka_unit_test(test_shutdown_with_a_load_in_flight_and_a_stubborn_worker),
     };
