@@ -112,6 +112,7 @@ struct lyra_http_stream {
     char *buf;
     size_t len, cap, off;
     bool finished;   /* the producer closed */
+    bool overflowed; /* LYRA_HTTP_STREAM_MAX_QUEUED was reached: no more writes */
     bool gone;       /* MHD let go: the body is done or the client left */
     bool suspended;
     int holders;
@@ -357,6 +358,19 @@ int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t
     if (st->gone) {
         pthread_mutex_unlock(&st->lock);
         return LYRA_EIO;
+    }
+    /* A client that does not read may not make the daemon hold its whole
+     * answer: past the cap the stream takes nothing more (its producer
+     * stops), and what was queued is still sent. */
+    if (st->overflowed || st->len - st->off + len > LYRA_HTTP_STREAM_MAX_QUEUED) {
+        st->overflowed = true;
+        pthread_mutex_unlock(&st->lock);
+        return LYRA_ETOOBIG;
+    }
+    if (st->off > 0 && st->len + len > st->cap) { /* reuse what was sent */
+        memmove(st->buf, st->buf + st->off, st->len - st->off);
+        st->len -= st->off;
+        st->off = 0;
     }
     if (st->len + len > st->cap) {
         size_t cap = st->cap ? st->cap : 4096;

@@ -162,8 +162,13 @@ struct lyra_http_stream;
 struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int status, const char *content_type,
                                                const void *first, size_t first_len, void (*gone)(void *ud),
                                                void *ud);
-/* Thread-safe.  Queues data (copied).  Returns 0, or LYRA_EIO once the
- * client has gone (the caller should then stop producing and close). */
+/* Bytes a stream may hold for a client that does not read them. */
+#define LYRA_HTTP_STREAM_MAX_QUEUED ((size_t)4 << 20)
+
+/* Thread-safe.  Queues data (copied).  Returns 0, LYRA_EIO once the client
+ * has gone, or LYRA_ETOOBIG once more than LYRA_HTTP_STREAM_MAX_QUEUED bytes
+ * would wait for a client that does not read (the stream then takes nothing
+ * more); on either the caller should stop producing and close. */
 int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t len);
 /* Thread-safe.  Ends the body after what was written, and releases the
  * caller's hold on the stream. */

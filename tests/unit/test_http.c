@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,6 +54,8 @@ struct feeder {
     int n;
     int delay_ms;
     int write_failed_at; /* -1 if every write succeeded */
+    int rc;              /* the failed write's result */
+    int chunk;           /* bytes per write beyond the line (query "pad") */
 };
 
 static pthread_mutex_t feed_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -64,18 +67,23 @@ static void *feed(void *arg)
 {
     struct feeder *f = arg;
     f->write_failed_at = -1;
+    char *line = malloc((size_t)f->chunk + 64);
     for (int i = 1; i < f->n; i++) {
-        char line[64];
-        int len = snprintf(line, sizeof line, "data: %d\n\n", i);
-        if (lyra_http_stream_write(f->st, line, (size_t)len) != 0) {
+        int len = snprintf(line, 64, "data: %d\n\n", i);
+        memset(line + len, ' ', (size_t)f->chunk);
+        int rc = lyra_http_stream_write(f->st, line, (size_t)len + (size_t)f->chunk);
+        if (rc != 0) {
             f->write_failed_at = i;
+            f->rc = rc;
             break;
         }
-        sleep_ms(f->delay_ms);
+        if (f->delay_ms)
+            sleep_ms(f->delay_ms);
     }
+    free(line);
     lyra_http_stream_close(f->st);
     pthread_mutex_lock(&feed_lock);
-    if (f->tag == 7) { /* only the client-leaves test's feeder reports */
+    if (f->tag >= 7) { /* only the client-leaves and slow-client tests' feeders report */
         last_feed = *f;
         feed_finished = true;
     }
@@ -94,6 +102,8 @@ static void h_stream(struct lyra_http_req *req, void *ctx)
     f->tag = tag ? atoi(tag) : 0;
     f->n = n ? atoi(n) : 5;
     f->delay_ms = d ? atoi(d) : 5;
+    const char *pad = lyra_http_query(req, "pad");
+    f->chunk = pad ? atoi(pad) : 0;
     f->st = lyra_http_send_stream(req, 200, "text/event-stream", "data: 0\n\n", 9, NULL, NULL);
     assert_non_null(f->st);
     pthread_t t;
@@ -182,6 +192,34 @@ static void test_stream_client_leaves(void **state)
         fail_msg("write_failed_at = %d", failed_at);
 }
 
+/* A client that reads nothing: the stream holds at most
+ * LYRA_HTTP_STREAM_MAX_QUEUED bytes for it, then refuses writes (the
+ * producer stops) instead of holding the whole answer. */
+static void test_stream_for_a_client_that_never_reads_is_capped(void **state)
+{
+    feed_finished = false;
+    int fd = it_connect(lyra_http_port(http));
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    const char req[] = "GET /stream?n=400&delay=0&tag=8&pad=65536 HTTP/1.1\r\nHost: x\r\n\r\n"; /* 26 MB */
+    assert_int_equal(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
+    pthread_mutex_lock(&feed_lock);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 20;
+    while (!feed_finished)
+        if (pthread_cond_timedwait(&feed_done, &feed_lock, &deadline) != 0)
+            break;
+    bool finished = feed_finished;
+    struct feeder f = last_feed;
+    pthread_mutex_unlock(&feed_lock);
+    close(fd);
+    assert_true(finished);
+    assert_int_equal(f.rc, LYRA_ETOOBIG);
+    /* refused once about 4 MiB (plus what the sockets hold) waited */
+    assert_true(f.write_failed_at > 16 && f.write_failed_at < 200);
+}
+
 static void test_route_params(void **state)
 {
     struct it_response r;
@@ -204,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_parked_request),
         cmocka_unit_test(test_stream_complete),
         cmocka_unit_test(test_stream_client_leaves),
+        cmocka_unit_test(test_stream_for_a_client_that_never_reads_is_capped),
         cmocka_unit_test(test_route_params),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
