@@ -104,6 +104,7 @@ struct lyra_engine {
     size_t out_cap;
     char *piece;
     int piece_cap;
+    int max_piece;  /* bytes of the longest token's text */
 };
 
 /* ---- replies --------------------------------------------------------------- */
@@ -350,6 +351,15 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
     char *owned;
     if (prompt_text(e, msg, idv, "prompt", &text, &len, &owned) < 0)
         goto fail;
+    /* A prompt of megabytes would hold this thread (every slot's requests)
+     * for seconds in the tokenizer only to be refused: with twice the
+     * bound for safety (normalisation), refuse it from its length. */
+    if (len / 2 / (size_t)e->max_piece >= (size_t)e->n_ctx_slot) {
+        free(owned);
+        reply_error(e, idv, "context_length_exceeded", 400,
+                    "prompt of %zu bytes is far more than the slot context of %d tokens holds", len, e->n_ctx_slot);
+        goto fail;
+    }
     r->tokens = malloc(sizeof *r->tokens * (size_t)e->n_ctx_slot);
     if (!r->tokens) {
         free(owned);
@@ -1133,6 +1143,17 @@ int lyra_engine_new(const struct lyra_engine_config *cfg, const struct lyra_engi
     e->piece = malloc((size_t)e->piece_cap);
     if (!e->slots || !e->piece)
         goto fail_msg;
+    /* The longest text one token stands for (special tokens included): a
+     * prompt of L bytes has at least L / max_piece tokens, which lets a
+     * prompt far too long be refused before it is tokenized. */
+    e->max_piece = 1;
+    for (llama_token t = 0; t < e->n_vocab; t++) {
+        int n = llama_token_to_piece(e->vocab, t, e->piece, e->piece_cap, 0, true);
+        if (n < 0)
+            n = -n; /* longer than the buffer: its length */
+        if (n > e->max_piece)
+            e->max_piece = n;
+    }
     for (int i = 0; i < e->n_slots; i++) {
         struct slot *s = &e->slots[i];
         s->id = i;

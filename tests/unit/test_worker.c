@@ -684,6 +684,18 @@ static void test_context_length(void **state)
     assert_int_equal(int_of(e, "status"), 400);
     json_decref(e);
     free(long_prompt);
+
+    /* Megabytes of prompt are refused from their length, without the
+     * seconds of tokenizing that would stall every slot (the message says
+     * so: it counts bytes, not tokens). */
+    char *huge = malloc(4 << 20);
+    memset(huge, 'x', (4 << 20) - 1);
+    huge[(4 << 20) - 1] = '\0';
+    send_generate(&w, 5, huge, json_pack("{s:i}", "max_tokens", 10));
+    free(huge);
+    e = expect_error(&w, 5, "context_length_exceeded");
+    assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "bytes is far more than"));
+    json_decref(e);
     stop_worker(&w);
 }
 
