@@ -408,7 +408,19 @@ void lyra_server_stop(struct lyra_server *srv, int sig, const sigset_t *stop_sig
                   srv->cfg->server.drain_timeout_s);
     /* 3. Producers before consumers: every job ends (parked requests get
      *    503, streams an error chunk and [DONE]) and every worker stops. */
-    lyra_manager_shutdown(srv->manager);
+    lyra_manager_begin_shutdown(srv->manager);
+    if (again)
+        lyra_manager_kill_workers(srv->manager);
+    /* Workers stop on the stop timeout's escalation; a stop signal meanwhile
+     * kills them at once. */
+    while (!lyra_manager_wait_workers(srv->manager, 50)) {
+        struct timespec zero = {0, 0};
+        if (!again && stop_signals && sigtimedwait(stop_signals, NULL, &zero) > 0) {
+            again = true;
+            lyra_warn("server", "second stop signal: killing the workers now");
+            lyra_manager_kill_workers(srv->manager);
+        }
+    }
     /* 4. The answers just produced reach their clients; then the HTTP
      *    server may go (lyra_server_close). */
     left = wait_requests(srv, 2000, NULL, &again);
@@ -422,7 +434,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         return;
     /* Workers first (no-op after lyra_server_stop): nothing may feed the
      * HTTP server while it stops. */
-    lyra_manager_shutdown(srv->manager);
+    lyra_manager_shutdown(srv->manager, false);
     lyra_http_free(srv->http);
     lyra_hostcheck_free(srv->hostcheck);
     lyra_models_watch_free(srv->models_watch);

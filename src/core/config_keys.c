@@ -31,6 +31,10 @@
 
 #define STR(s, k, d, fl, h) {#s, #k, LYRA_KT_STR, C(s.k, char *), 0, d, 0, 0, NULL, fl, h}
 #define ENUM(s, k, d, ch, h) {#s, #k, LYRA_KT_ENUM, C(s.k, char *), 0, d, 0, 0, ch, 0, h}
+/* Longest a time in seconds may be: the code works in milliseconds in an
+ * int (about 24 days). */
+#define LYRA_MAX_SECONDS (INT_MAX / 1000)
+
 #define INT(s, k, d, lo, hi, h) {#s, #k, LYRA_KT_INT, C(s.k, int), 0, d, lo, hi, NULL, 0, h}
 #define INTF(s, k, d, lo, hi, fl, h) {#s, #k, LYRA_KT_INT, C(s.k, int), 0, d, lo, hi, NULL, fl, h}
 #define BOOL(s, k, d, h) {#s, #k, LYRA_KT_BOOL, C(s.k, bool), 0, d, 0, 0, NULL, 0, h}
@@ -54,8 +58,8 @@ static const struct lyra_config_key config_keys[] = {
     INT(server, threads, "0", 0, 4096, "HTTP worker threads; 0 = the CPUs this process may use"),
     SIZE(server, max_body_bytes, "8MiB", 1, "largest request body accepted"),
     SIZE(server, max_header_bytes, "16KiB", 1, "largest request header block accepted"),
-    INT(server, idle_timeout_s, "30", 1, INT_MAX, "idle or slow connections are closed after this"),
-    INT(server, drain_timeout_s, "10", 0, INT_MAX, "shutdown waits this long for requests in flight"),
+    INT(server, idle_timeout_s, "30", 1, LYRA_MAX_SECONDS, "idle or slow connections are closed after this"),
+    INT(server, drain_timeout_s, "10", 0, LYRA_MAX_SECONDS, "shutdown waits this long for requests in flight"),
     INT(server, max_connections, "1024", 1, INT_MAX, "concurrent connections accepted"),
     STR(models, dir, "models", LYRA_KF_HOME_DEF, "directory of GGUF models"),
     STR(models, default_model, NULL, 0, "model used when a request names none; null = first available"),
@@ -70,12 +74,12 @@ static const struct lyra_config_key config_keys[] = {
         "layers offloaded to the GPU; -1 = all that fit, 0 = CPU only"),
     INTF(models, ctx_size, "4096", LYRA_LIMIT_CTX_MIN, LYRA_LIMIT_CTX_MAX, LYRA_KF_ZERO,
          "context length; 0 = the model's own"),
-    INT(models, load_timeout_s, "120", 1, INT_MAX, "a worker not ready after this is killed"),
-    INT(models, heartbeat_timeout_s, "10", 1, INT_MAX, "a worker silent this long is killed as hung"),
-    INT(models, progress_timeout_s, "60", 1, INT_MAX,
+    INT(models, load_timeout_s, "120", 1, LYRA_MAX_SECONDS, "a worker not ready after this is killed"),
+    INT(models, heartbeat_timeout_s, "10", 1, LYRA_MAX_SECONDS, "a worker silent this long is killed as hung"),
+    INT(models, progress_timeout_s, "60", 1, LYRA_MAX_SECONDS,
         "a worker with work but no decode step this long is hung"),
-    INT(models, stop_timeout_s, "5", 1, INT_MAX, "each step of stopping a worker: EOF, SIGTERM, SIGKILL"),
-    INT(models, circuit_backoff_s, "30", 1, INT_MAX, "a model that failed 3 times in 60 s is refused this long"),
+    INT(models, stop_timeout_s, "5", 1, LYRA_MAX_SECONDS, "each step of stopping a worker: EOF, SIGTERM, SIGKILL"),
+    INT(models, circuit_backoff_s, "30", 1, LYRA_MAX_SECONDS, "a model that failed 3 times in 60 s is refused this long"),
     {"models", "entries", LYRA_KT_ENTRIES, C(models.entries, struct lyra_model_entry *),
      C(models.n_entries, size_t), NULL, 0, 0, NULL, 0, "models declared by name"},
     BOOL(watchdog, enabled, "true", "watch memory and shed load near the limit"),

@@ -582,10 +582,16 @@ static bool request_id_acceptable(const char *id)
     return true;
 }
 
+struct header_sum {
+    size_t bytes;
+    int hosts;
+};
+
 static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-    size_t *total = cls;
-    *total += strlen(key) + (value ? strlen(value) : 0) + 4;
+    struct header_sum *sum = cls;
+    sum->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+    sum->hosts += strcasecmp(key, "Host") == 0;
     return MHD_YES;
 }
 
@@ -623,11 +629,15 @@ static bool screen_request(struct lyra_http_req *req)
         lyra_http_send_error(req, 503, "shutting_down", "the server is shutting down");
         return true;
     }
-    size_t header_bytes = 0;
-    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sum_header, &header_bytes);
-    if (header_bytes > http->opts.max_header_bytes) {
+    struct header_sum sum = {0};
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sum_header, &sum);
+    if (sum.bytes > http->opts.max_header_bytes) {
         lyra_http_send_error(req, 431, "headers_too_large", "request headers are %zu bytes; the limit is %zu",
-                             header_bytes, http->opts.max_header_bytes);
+                             sum.bytes, http->opts.max_header_bytes);
+        return true;
+    }
+    if (sum.hosts > 1) { /* RFC 9112 3.2: and the Host guard would only see the first */
+        lyra_http_send_error(req, 400, "invalid_host", "the request has %d Host headers; one is allowed", sum.hosts);
         return true;
     }
     struct lyra_err host_err = {0};

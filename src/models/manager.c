@@ -535,6 +535,10 @@ static void on_exit_(struct lyra_wproc *proc, const struct lyra_wproc_exit *e, v
     else
         lyra_fmt(reason, sizeof reason, "%s", e->reason);
 
+    /* A worker whose file was replaced under it (written in place: the
+     * mapping it reads from changes, SIGBUS) failed because of the file, not
+     * of itself: not counted against the model. */
+    bool file_changed = w->stale && !expected;
     if (expected) {
         lyra_bus_publish(m->opts.bus, "model.unloaded", "models",
                          json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", pid, "reason",
@@ -544,7 +548,8 @@ static void on_exit_(struct lyra_wproc *proc, const struct lyra_wproc_exit *e, v
         ms->last_error = strdup(reason);
         ms->failed = true;
         ms->crashed_before = e->was_ready;
-        record_crash(m, ms);
+        if (!file_changed)
+            record_crash(m, ms);
         bool open = circuit_wait_s(ms) > 0;
         if (!e->was_ready) {
             lyra_bus_publish(m->opts.bus, "model.failed", "models",
@@ -940,26 +945,57 @@ static void shutdown_on_loop(void *ud)
     }
 }
 
-void lyra_manager_shutdown(struct lyra_manager *m)
+static void kill_all_on_loop(void *ud)
+{
+    struct lyra_manager *m = ud;
+    for (struct mworker *w = m->workers; w; w = w->next)
+        lyra_wproc_kill(w->proc);
+}
+
+void lyra_manager_begin_shutdown(struct lyra_manager *m)
 {
     if (!m || m->shut_down)
         return;
     m->shut_down = true;
     atomic_store(&m->closing, true);
     lyra_loop_call(m->loop, shutdown_on_loop, m);
+}
+
+void lyra_manager_kill_workers(struct lyra_manager *m)
+{
+    lyra_loop_call(m->loop, kill_all_on_loop, m);
+}
+
+bool lyra_manager_wait_workers(struct lyra_manager *m, int timeout_ms)
+{
+    struct timespec deadline;
+    lyra_deadline_in(&deadline, timeout_ms);
+    pthread_mutex_lock(&m->gone_lock);
+    while (!m->all_gone && pthread_cond_timedwait(&m->gone_cond, &m->gone_lock, &deadline) == 0)
+        ;
+    bool gone = m->all_gone;
+    pthread_mutex_unlock(&m->gone_lock);
+    return gone;
+}
+
+void lyra_manager_shutdown(struct lyra_manager *m, bool now)
+{
+    if (!m)
+        return;
+    lyra_manager_begin_shutdown(m);
+    if (now) /* the operator insisted (a second signal): no escalation */
+        lyra_manager_kill_workers(m);
     /* Every worker ends within 2 stop timeouts (EOF, SIGTERM, SIGKILL); the
      * loop's own timers do the escalation. */
-    pthread_mutex_lock(&m->gone_lock);
-    while (!m->all_gone)
-        pthread_cond_wait(&m->gone_cond, &m->gone_lock);
-    pthread_mutex_unlock(&m->gone_lock);
+    while (!lyra_manager_wait_workers(m, 1000))
+        ;
 }
 
 void lyra_manager_free(struct lyra_manager *m)
 {
     if (!m)
         return;
-    lyra_manager_shutdown(m);
+    lyra_manager_shutdown(m, false);
     lyra_registry_set_listener(m->opts.registry, NULL, NULL);
     lyra_loop_free(m->loop); /* joins: no callback runs after this */
     for (struct model_state *ms = m->models, *next; ms; ms = next) {

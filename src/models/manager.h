@@ -77,10 +77,19 @@ struct lyra_manager_options {
 int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manager **out, struct lyra_err *err);
 
 /* Ends every job (queued or running) with `shutting_down` (503), stops
- * every worker (EOF, then SIGTERM and SIGKILL on the stop timeout) and
- * waits until all are reaped.  Afterwards submit fails with
- * LYRA_EUNAVAILABLE and no callback runs any more.  Idempotent. */
-void lyra_manager_shutdown(struct lyra_manager *m);
+ * every worker (EOF, then SIGTERM and SIGKILL on the stop timeout; with
+ * `now`, SIGKILL at once) and waits until all are reaped.  Afterwards
+ * submit fails with LYRA_EUNAVAILABLE and no callback runs any more.
+ * Idempotent. */
+void lyra_manager_shutdown(struct lyra_manager *m, bool now);
+
+/* The same in parts, for a caller that watches for impatience meanwhile:
+ * begin (jobs end, workers are asked to stop; returns at once; idempotent),
+ * kill (SIGKILL every worker now), wait (true once every worker was reaped,
+ * false after timeout_ms). */
+void lyra_manager_begin_shutdown(struct lyra_manager *m);
+void lyra_manager_kill_workers(struct lyra_manager *m);
+bool lyra_manager_wait_workers(struct lyra_manager *m, int timeout_ms);
 
 /* Shuts down (if not done) and frees.  NULL is a no-op. */
 void lyra_manager_free(struct lyra_manager *m);

@@ -80,8 +80,8 @@ int lyra_models_watch_new(struct lyra_registry *reg, struct lyra_models_watch **
     if (dir) {
         w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
         if (w->fd >= 0 && inotify_add_watch(w->fd, dir,
-                                            IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE |
-                                                IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF) < 0) {
+                                            IN_CLOSE_WRITE | IN_MODIFY | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE |
+                                                IN_DELETE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF) < 0) {
             lyra_log(LYRA_LOG_WARN, "models", NULL, NULL,
                      "not watching %s (%s): new files are found when a request names them", dir, strerror(errno));
             close(w->fd);

@@ -653,6 +653,17 @@ void lyra_wproc_stop(struct lyra_wproc *w, const char *reason)
     w->stop_timer = lyra_loop_timer(w->loop, w->stop_ms, stop_step, w);
 }
 
+void lyra_wproc_kill(struct lyra_wproc *w)
+{
+    if (w->killed)
+        return;
+    if (!w->stopping)
+        lyra_wproc_stop(w, "shutdown");
+    lyra_loop_timer_cancel(w->loop, w->stop_timer);
+    w->stop_timer = NULL;
+    kill(w->pid, SIGKILL); /* still reported as stopped: it was asked to go */
+}
+
 pid_t lyra_wproc_pid(const struct lyra_wproc *w)
 {
     return w->pid;

@@ -102,6 +102,10 @@ void lyra_wproc_cancel(struct lyra_wproc *w, uint64_t id);
  * (static text) is logged.  Idempotent. */
 void lyra_wproc_stop(struct lyra_wproc *w, const char *reason);
 
+/* Stops the worker with SIGKILL now (an impatient stop); on_exit still
+ * reports LYRA_WPROC_STOPPED. */
+void lyra_wproc_kill(struct lyra_wproc *w);
+
 pid_t lyra_wproc_pid(const struct lyra_wproc *w);
 
 /* Writes the environment a worker gets: the entries of `environ_` whose
