@@ -815,8 +815,8 @@ static void task_models_changed(void *ud)
         if (w && !w->stale && w->state != W_STOPPING) {
             w->stale = true;
             lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s}", "model", ms->name),
-                     "the file of %s changed: its worker restarts once its %d request(s) are done", ms->name,
-                     w->n_inflight);
+                     "the file of %s changed: its worker restarts once its requests are done (%d running)",
+                     ms->name, w->n_inflight);
             if (w->state == W_READY && w->n_inflight == 0)
                 stop_worker(w, "file changed");
         }
