@@ -35,7 +35,8 @@ bool lyra_utf8_valid(const char *s, size_t len);
 
 /* Text that is cut must stay valid UTF-8 (jansson refuses anything else, and
  * a refused message must never become a crash or a lost frame).  These are
- * the only ways Lyra bounds text; never `%.32s` on client or library text. */
+ * the only ways Lyra bounds text; never a byte precision ("%.N" + "s") on
+ * client or library text. */
 
 /* The number of bytes (<= max) of the NUL-terminated s to keep so that no
  * character is split: use as `"%.*s", (int)lyra_utf8_clip(s, 32), s`. */
