@@ -34,8 +34,6 @@
 #include "worker/template.h"
 
 #define COMP "worker"
-#define LYRA_XSTR(x) #x
-#define LYRA_STR(x) LYRA_XSTR(x)
 
 /* Bounds on what one embed request may ask for, so its reply stays well
  * under the frame limit (a float takes up to ~16 bytes of JSON). */
@@ -105,6 +103,7 @@ struct lyra_engine {
     char *piece;
     int piece_cap;
     int max_piece;  /* bytes of the longest token's text */
+    int grammar_budget_ms;
 };
 
 /* ---- replies --------------------------------------------------------------- */
@@ -835,11 +834,12 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
         s->state = SLOT_GENERATING;
         s->t_prompt_us = lyra_now_us();
     }
-    llama_token tok = lyra_sampler_sample(r->sampler, e->ctx, idx, s->cand, e->n_vocab);
+    llama_token tok = lyra_sampler_sample(r->sampler, e->ctx, idx, s->cand, e->n_vocab, e->grammar_budget_ms);
     if (tok == -2) { /* the grammar costs too much per token: end this request, not the others' */
-        reply_error_id(e, r->id, "grammar_too_slow", 400,
-                       "params.grammar: constraining one token took longer than " LYRA_STR(
-                           LYRA_GRAMMAR_TOKEN_BUDGET_MS) " ms; the grammar is too ambiguous");
+        char msg[160];
+        lyra_fmt(msg, sizeof msg, "params.grammar: constraining one token took %d ms or more; the grammar is too ambiguous",
+                 e->grammar_budget_ms);
+        reply_error_id(e, r->id, "grammar_too_slow", 400, msg);
         release(s, lyra_now_us());
         return;
     }
@@ -1058,6 +1058,9 @@ int lyra_engine_new(const struct lyra_engine_config *cfg, const struct lyra_engi
     e->stop = cfg->stop;
     e->progress = cfg->progress;
     e->progress_ud = cfg->progress_ud;
+    e->grammar_budget_ms = cfg->grammar_budget_ms > 0 ? cfg->grammar_budget_ms : LYRA_GRAMMAR_TOKEN_BUDGET_MS;
+    if (cfg->grammar_budget_ms == 0 && cfg->grammar_budget_set)
+        e->grammar_budget_ms = 0;
     e->embeddings = cfg->embeddings;
     e->kv_unified = cfg->kv_unified;
     e->threads = cfg->threads;

@@ -38,6 +38,11 @@ struct lyra_engine_config {
      * decode advances; may be NULL.  It must be cheap and lock-free. */
     void (*progress)(void *ud);
     void *progress_ud;
+    /* A grammar request whose constraint takes this long for one token ends
+     * (grammar_too_slow); 0 with grammar_budget_set: every grammar request
+     * does (for tests); else the default LYRA_GRAMMAR_TOKEN_BUDGET_MS. */
+    int grammar_budget_ms;
+    bool grammar_budget_set;
 };
 
 /* Where the engine's messages go.  send() gets a JSON object (borrowed);

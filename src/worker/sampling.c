@@ -104,7 +104,7 @@ static struct llama_sampler *init_grammar(const struct llama_vocab *vocab, const
  * minutes on the worker's only thread, stalling every request of the model.
  * Two guards: alternations with duplicate branches (pure ambiguity, never
  * needed) or more than GRAMMAR_MAX_BRANCHES branches are refused up front;
- * and a request whose grammar takes more than LYRA_GRAMMAR_TOKEN_BUDGET_MS to
+ * and a request whose grammar takes the per-token budget (500 ms) or more to
  * constrain one token is ended (lyra_sampler_sample returns -2). */
 #define GRAMMAR_MAX_BRANCHES 256
 
@@ -293,7 +293,7 @@ static void fill(llama_token_data_array *arr, llama_token_data *cand, const floa
 }
 
 llama_token lyra_sampler_sample(struct lyra_sampler *s, struct llama_context *ctx, int32_t idx,
-                                llama_token_data *cand, int n_vocab)
+                                llama_token_data *cand, int n_vocab, int budget_ms)
 {
     const float *logits = llama_get_logits_ith(ctx, idx);
     if (!logits)
@@ -325,7 +325,7 @@ llama_token lyra_sampler_sample(struct lyra_sampler *s, struct llama_context *ct
             tok = arr.data[arr.selected].id;
         }
         llama_sampler_accept(s->grammar, tok);
-        if (lyra_now_ms() - t0 > LYRA_GRAMMAR_TOKEN_BUDGET_MS)
+        if (lyra_now_ms() - t0 >= budget_ms)
             return -2; /* see the grammar guard above */
     }
     llama_sampler_accept(s->chain, tok);

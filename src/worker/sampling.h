@@ -32,18 +32,19 @@ int lyra_sampler_new(const struct llama_vocab *vocab, const struct lyra_sampling
                      struct lyra_err *err);
 void lyra_sampler_free(struct lyra_sampler *s);
 
-/* Longest a grammar may take to constrain one token. */
+/* Longest a grammar may take to constrain one token, by default (the
+ * worker takes LYRA_WORKER_GRAMMAR_BUDGET_MS from its environment). */
 #define LYRA_GRAMMAR_TOKEN_BUDGET_MS 500
 
 /* Picks the next token from row `idx` of ctx's logits and records it in the
  * sampler's state (penalty history, grammar).  cand is scratch space of
  * n_vocab entries owned by the caller (reused across calls, so sampling does
  * not allocate).  Returns the token, -1 when the grammar admits no further
- * token (the output is complete), or -2 when the grammar took longer than
- * LYRA_GRAMMAR_TOKEN_BUDGET_MS for this token (the request should end: its
- * grammar is too ambiguous for llama.cpp's engine). */
+ * token (the output is complete), or -2 when the grammar took budget_ms or
+ * longer for this token (the request should end: its grammar is too
+ * ambiguous for llama.cpp's engine). */
 llama_token lyra_sampler_sample(struct lyra_sampler *s, struct llama_context *ctx, int32_t idx,
-                                llama_token_data *cand, int n_vocab);
+                                llama_token_data *cand, int n_vocab, int budget_ms);
 
 /* Text stream: collects the pieces of generated tokens and releases text
  * that is safe to send: only complete UTF-8 (an incomplete multi-byte

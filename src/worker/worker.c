@@ -79,7 +79,8 @@ static void usage(FILE *out)
             "  --chat-template T   chat template name or text (default: the model's)\n"
             "\n"
             "environment: LYRA_BACKEND_DIR (ggml backend plug-ins), LYRA_WORKER_VERBOSE=1\n"
-            "(llama.cpp's log on stderr), LYRA_WORKER_LOG_LEVEL (default info).\n");
+            "(llama.cpp's log on stderr), LYRA_WORKER_LOG_LEVEL (default info),\n"
+            "LYRA_WORKER_GRAMMAR_BUDGET_MS (per-token grammar budget, default 500).\n");
 }
 
 struct opts {
@@ -421,6 +422,9 @@ int lyra_cmd_worker(int argc, char **argv)
     }
     o.cfg.stop = &stop_flag;
     o.cfg.progress = hb ? heartbeat_progress : NULL; /* a long decode is progress too */
+    const char *budget = getenv("LYRA_WORKER_GRAMMAR_BUDGET_MS");
+    if (budget && *budget && parse_int(budget, 0, 3600000, &o.cfg.grammar_budget_ms))
+        o.cfg.grammar_budget_set = true;
     o.cfg.progress_ud = hb;
     struct lyra_engine_sink sink = {sink_send, sink_send_raw, w};
     if (lyra_engine_new(&o.cfg, &sink, &e, &err) < 0) {
