@@ -6,6 +6,8 @@
 #
 #   bench/run.sh [BUILD_DIR]       (make bench)
 #   RUNS=5 DURATION=10 bench/run.sh
+#   BASELINE=/path/to/older/lyra bench/run.sh   also runs /health on that
+#       binary in the same rounds (a change against the code before it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}
@@ -56,17 +58,27 @@ lport=$(free_port); sport=$(free_port)
 "$server" -m "$model" --port "$sport" --host 127.0.0.1 -t "$(nproc)" -c 512 --no-webui >/dev/null 2>&1 & pids+=($!)
 wait_health "http://127.0.0.1:$lport" 10
 wait_health "http://127.0.0.1:$sport" 60 || { echo "llama-server did not come up" >&2; exit 1; }
+if [ -n "${BASELINE:-}" ]; then
+    bport=$(free_port)
+    "$BASELINE" serve --home "$tmp/home-base" --port "$bport" 2>/dev/null & pids+=($!)
+    wait_health "http://127.0.0.1:$bport" 10
+fi
 wrk_run() { # port -> "reqs p99_ms"
     wrk -t2 -c64 -d"${duration}s" --latency "http://127.0.0.1:$1/health" | awk '
         /Requests\/sec/ {rps=$2}
         /^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; p99=v}
         END {print rps, p99}'
 }
-lr=(); lp=(); sr=(); sp=()
+lr=(); lp=(); sr=(); sp=(); br=(); bp=()
 for i in $(seq "$runs"); do
     read -r r p < <(wrk_run "$lport"); lr+=("$r"); lp+=("$p")
     read -r r p < <(wrk_run "$sport"); sr+=("$r"); sp+=("$p")
-    log "wrk run $i: lyra ${lr[-1]} req/s p99 ${lp[-1]} ms | llama-server ${sr[-1]} req/s p99 ${sp[-1]} ms"
+    line="wrk run $i: lyra ${lr[-1]} req/s p99 ${lp[-1]} ms | llama-server ${sr[-1]} req/s p99 ${sp[-1]} ms"
+    if [ -n "${BASELINE:-}" ]; then
+        read -r r p < <(wrk_run "$bport"); br+=("$r"); bp+=("$p")
+        line="$line | baseline ${br[-1]} req/s p99 ${bp[-1]} ms"
+    fi
+    log "$line"
 done
 l_rps=$(printf '%s\n' "${lr[@]}" | median); s_rps=$(printf '%s\n' "${sr[@]}" | median)
 l_p99=$(printf '%s\n' "${lp[@]}" | median); s_p99=$(printf '%s\n' "${sp[@]}" | median)
@@ -79,5 +91,11 @@ log "| start-up to first /health 200 (ms) | $startup_ms | | | < 300 | $(verdict 
 log "| idle RSS (MB) | $(awk -v k="$rss_kb" 'BEGIN{printf "%.1f", k/1024}') | | | < 20 | $(verdict "$rss_kb" "<=" 20480) |"
 log "| GET /health req/s (wrk -t2 -c64 ${duration}s) | $l_rps | $s_rps | $(ratio "$l_rps" "$s_rps") | >= 1.00 | $(verdict "$l_rps" ">=" "$s_rps") |"
 log "| GET /health p99 latency (ms) | $l_p99 | $s_p99 | $(ratio "$l_p99" "$s_p99") | <= 1.00 | $(verdict "$l_p99" "<=" "$s_p99") |"
+if [ -n "${BASELINE:-}" ]; then
+    b_rps=$(printf '%s
+' "${br[@]}" | median); b_p99=$(printf '%s
+' "${bp[@]}" | median)
+    log "| GET /health req/s, this build vs the baseline | $l_rps | $b_rps (baseline) | $(ratio "$l_rps" "$b_rps") | >= 1.00 | $(verdict "$l_rps" ">=" "$b_rps") |"
+fi
 log ""
 log "results: $out"

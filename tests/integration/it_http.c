@@ -195,11 +195,11 @@ static void test_body_limit(void **state)
 
 static void test_header_limit(void **state)
 {
-    /* 1000 headers of ~20 bytes: over the 8 KiB limit, answered as JSON. */
+    /* 400 headers of ~24 bytes: over the 8 KiB limit, answered as JSON. */
     size_t cap = 64 * 1024;
     char *req = malloc(cap);
     int n = sprintf(req, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    for (int i = 0; i < 1000; i++)
+    for (int i = 0; i < 400; i++)
         n += sprintf(req + n, "X-Filler-%04d: abcdefgh\r\n", i);
     n += sprintf(req + n, "\r\n");
     struct it_response r;
@@ -208,6 +208,18 @@ static void test_header_limit(void **state)
     json_t *j = it_json(&r);
     assert_error(j, "headers_too_large");
     json_decref(j);
+    it_response_free(&r);
+
+    /* 1000 of them no longer fit the connection's memory: libmicrohttpd's
+     * own 431 (the pool is kept small: libmicrohttpd clears it for every
+     * request, and at 8x the header limit that was a third of /health's
+     * time). */
+    n = sprintf(req, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (int i = 0; i < 1000; i++)
+        n += sprintf(req + n, "X-Filler-%04d: abcdefgh\r\n", i);
+    n += sprintf(req + n, "\r\n");
+    assert_int_equal(it_raw(srv.port, req, (size_t)n, &r), 0);
+    assert_int_equal(r.status, 431);
     it_response_free(&r);
 
     /* Far beyond the connection's memory: still 431, and still serving. */
