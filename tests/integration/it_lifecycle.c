@@ -87,6 +87,23 @@ static int send_post(int port, const char *path, const char *body)
     return fd;
 }
 
+/* Makes a fresh home whose lyra.yaml has the `settings` lines of the models
+ * section (each "  key: value\n") and the model "small" (the generated
+ * SmolLM-shaped file) with `parallel` slots, and starts a daemon on it. */
+static void start_with_small(struct it_server *s, char *home, size_t home_len, const char *server,
+                             const char *settings, int parallel, const char *extra_entries)
+{
+    char p[128], yaml[2048];
+    it_mkdtemp(home, home_len);
+    snprintf(p, sizeof p, "%s/lyra.yaml", home);
+    snprintf(yaml, sizeof yaml,
+             "schema_version: 2\n%smodels:\n%s  entries:\n"
+             "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: %d\n%s",
+             server, settings, it_model_path("small.gguf"), parallel, extra_entries);
+    it_write_file(p, yaml);
+    assert_int_equal(it_server_start(s, home, NULL, NULL), 0);
+}
+
 static int small_in_flight(int port, const char *model)
 {
     json_t *m = it_status_model(port, model);
@@ -102,17 +119,11 @@ static int small_in_flight(int port, const char *model)
  * finds a clean shutdown (no system.recovered). */
 static void test_sigterm_with_generations_in_flight(void **state)
 {
-    char home[64], p[128], yaml[1024];
-    it_mkdtemp(home, sizeof home);
-    snprintf(p, sizeof p, "%s/lyra.yaml", home);
-    snprintf(yaml, sizeof yaml,
-             "schema_version: 2\nserver:\n  drain_timeout_s: 1\nmodels:\n  entries:\n"
-             "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 2\n"
-             "    - name: later\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
-             it_model_path("small.gguf"), it_model_path("small.gguf"));
-    it_write_file(p, yaml);
+    char home[64], later[512];
+    snprintf(later, sizeof later, "    - name: later\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
+             it_model_path("small.gguf"));
     struct it_server s;
-    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    start_with_small(&s, home, sizeof home, "server:\n  drain_timeout_s: 1\n", "", 2, later);
     struct it_response r;
     assert_int_equal(it_post_json(s.port, "/v1/completions", "{\"model\":\"small\",\"prompt\":\"a\",\"max_tokens\":1}",
                                   &r), 0);
@@ -174,16 +185,9 @@ static void test_sigterm_with_generations_in_flight(void **state)
  * fresh worker.  Then SIGTERM with a stopped worker still exits 0 in time. */
 static void test_stopped_worker_is_replaced(void **state)
 {
-    char home[64], p[128], yaml[1024];
-    it_mkdtemp(home, sizeof home);
-    snprintf(p, sizeof p, "%s/lyra.yaml", home);
-    snprintf(yaml, sizeof yaml,
-             "schema_version: 2\nmodels:\n  heartbeat_timeout_s: 1\n  stop_timeout_s: 1\n  entries:\n"
-             "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
-             it_model_path("small.gguf"));
-    it_write_file(p, yaml);
+    char home[64];
     struct it_server s;
-    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    start_with_small(&s, home, sizeof home, "", "  heartbeat_timeout_s: 1\n  stop_timeout_s: 1\n", 1, "");
     struct it_response r;
     assert_int_equal(it_post_json(s.port, "/v1/completions", "{\"model\":\"small\",\"prompt\":\"a\",\"max_tokens\":1}",
                                   &r), 0);
@@ -230,16 +234,9 @@ static void test_stopped_worker_is_replaced(void **state)
  * must see it advance (graph nodes count) and not take it for a hang. */
 static void test_long_decode_step_is_not_a_hang(void **state)
 {
-    char home[64], p[128], yaml[1024];
-    it_mkdtemp(home, sizeof home);
-    snprintf(p, sizeof p, "%s/lyra.yaml", home);
-    snprintf(yaml, sizeof yaml,
-             "schema_version: 2\nmodels:\n  progress_timeout_s: 1\n  entries:\n"
-             "    - name: small\n      path: %s\n      ctx_size: 4096\n      parallel: 1\n",
-             it_model_path("small.gguf"));
-    it_write_file(p, yaml);
+    char home[64];
     struct it_server s;
-    assert_int_equal(it_server_start(&s, home, NULL, NULL), 0);
+    start_with_small(&s, home, sizeof home, "", "  progress_timeout_s: 1\n", 1, "");
     char *body = malloc(16384);
     int n = snprintf(body, 16384, "{\"model\":\"small\",\"max_tokens\":2,\"prompt\":\"");
     for (int i = 0; i < 120; i++) /* ~800 tokens: one step of seconds with one thread */
