@@ -258,6 +258,20 @@ static void wait_idle(const char *model)
     assert_int_equal(in_flight, 0);
 }
 
+/* Sends a POST with X-Request-Id `rid` on its own connection, without
+ * reading the answer; returns the socket. */
+static int post_with_id(const char *path, const char *rid, const char *body)
+{
+    int fd = it_connect(srv.port);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "POST %s HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: %s\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     path, rid, strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    return fd;
+}
+
 /* A 2,000-token generation on "small" takes tens of seconds here; a
  * client that leaves must stop it within a decode step, so the trace shows
  * far fewer tokens than asked for. */
@@ -265,13 +279,7 @@ static void test_client_leaves_frees_slot(void **state)
 {
     const char *body = "{\"model\":\"small\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
                        "\"max_tokens\":2000,\"ignore_eos\":true,\"stream\":true}";
-    int fd = it_connect(srv.port);
-    char req[1024];
-    int n = snprintf(req, sizeof req,
-                     "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: leave-stream\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                     strlen(body), body);
-    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    int fd = post_with_id("/v1/chat/completions", "leave-stream", body);
     char buf[512];
     assert_true(recv(fd, buf, sizeof buf, 0) > 0); /* the stream started */
     close(fd);
@@ -286,13 +294,7 @@ static void test_client_leaves_frees_slot(void **state)
 static void test_client_leaves_non_stream(void **state)
 {
     const char *body = "{\"model\":\"small\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true}";
-    int fd = it_connect(srv.port);
-    char req[1024];
-    int n = snprintf(req, sizeof req,
-                     "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: leave-parked\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                     strlen(body), body);
-    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    int fd = post_with_id("/v1/completions", "leave-parked", body);
     int in_flight = 0;
     for (int i = 0; i < 400 && in_flight < 1; i++) {
         json_t *m = status_model("small");
