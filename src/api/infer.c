@@ -259,6 +259,8 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
     /* The one list of what ends a request (the manager only hands on
      * checked frames, so every job ends with exactly one of them). */
     bool terminal = lyra_msg_is_terminal(lyra_msg_kind_of(frame));
+    if (strcmp(type, "started") == 0 || terminal) /* the model that serves it (a fallback, maybe) */
+        lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_model(job));
     if (strcmp(type, "started") == 0) {
         in->started = true;
         if (in->stream)
@@ -360,6 +362,7 @@ static void on_resume(struct lyra_http_req *req, void *ud)
     const char *type = in->terminal ? json_string_value(json_object_get(in->terminal, "type")) : NULL;
     struct lyra_infer_result r;
     result_of(in, &r);
+    lyra_http_add_header(req, "X-Lyra-Model", in->model);
     if (type && strcmp(type, "error") == 0) {
         int status;
         json_t *body = error_body(in, in->terminal, &status);
@@ -471,7 +474,7 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
         infer_unref_locked(in);
         return;
     }
-    lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_model(in->job));
+    lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_requested_model(in->job));
     in->parked = true;
     lyra_http_park(req, on_resume, on_gone, on_dropped, in);
     pthread_mutex_unlock(&in->lock);

@@ -2,6 +2,7 @@
 #include "api/server.h"
 
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -16,7 +17,9 @@
 #include "core/conversations.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "proto/messages.h"
 #include "sys/cpu.h"
+#include "sys/proc.h"
 
 #define EVENT_SEQ_KEY "event_seq_reserved"
 
@@ -224,6 +227,47 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
 
 /* The registry is scanned once here so that start-up logs what was found;
  * an unreadable models dir is logged, not fatal (config entries still work). */
+/* The memory all workers may hold: models.memory_budget, else
+ * memory_budget_percent of what the system allows. */
+static uint64_t memory_budget(const struct lyra_config *cfg)
+{
+    if (cfg->models.memory_budget)
+        return cfg->models.memory_budget;
+    uint64_t total = 0, avail = 0;
+    lyra_sys_memory(&total, &avail);
+    return total / 100 * (uint64_t)cfg->models.memory_budget_percent;
+}
+
+/* A start-up load ended (pinned or restored model): only failures matter. */
+static void preload_done(struct lyra_job *job, const json_t *frame, void *ud)
+{
+    const char *type = json_string_value(json_object_get(frame, "type"));
+    if (type && strcmp(type, "error") == 0)
+        lyra_log(LYRA_LOG_WARN, "models", NULL, json_pack("{s:s}", "model", lyra_job_model(job)),
+                 "could not load %s at start: %s", lyra_job_model(job),
+                 json_string_value(json_object_get(frame, "message")));
+    if (lyra_msg_is_terminal(lyra_msg_kind_of(frame)))
+        lyra_job_release(job);
+}
+
+/* Starts the load of one model without waiting for it. */
+void lyra_server_preload(struct lyra_server *srv, const char *name)
+{
+    struct lyra_job *job;
+    struct lyra_err err = {0};
+    if (lyra_manager_submit(srv->manager, name, json_pack("{s:s}", "type", "load"), preload_done, NULL, &job, &err) < 0)
+        lyra_log(LYRA_LOG_WARN, "models", NULL, json_pack("{s:s}", "model", name), "cannot load %s at start: %s", name,
+                 err.msg);
+}
+
+/* Pinned models are resident from the start. */
+static void preload_pinned(struct lyra_server *srv)
+{
+    for (size_t i = 0; i < srv->cfg->models.n_entries; i++)
+        if (srv->cfg->models.entries[i].pinned)
+            lyra_server_preload(srv, srv->cfg->models.entries[i].name);
+}
+
 static int open_registry(struct lyra_server *srv, struct lyra_err *err)
 {
     int rc = lyra_registry_new(srv->cfg, &srv->registry, err);
@@ -252,15 +296,25 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
     const struct lyra_config *cfg = srv->cfg;
     struct lyra_manager_options mo = {.worker_exe = exe, .registry = srv->registry, .bus = srv->bus,
                                       .max_loaded = cfg->models.max_loaded,
-                                      .keep_alive_s = cfg->models.keep_alive_s,
+                                      .memory_budget = memory_budget(cfg),
+                                      .queue_depth = cfg->models.queue_depth,
+                                      .queue_timeout_s = cfg->models.queue_timeout_s,
+                                      .kill_busy = cfg->watchdog.kill_busy,
                                       .load_timeout_s = cfg->models.load_timeout_s,
                                       .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
                                       .progress_timeout_s = cfg->models.progress_timeout_s,
                                       .stop_timeout_s = cfg->models.stop_timeout_s,
                                       .circuit_backoff_s = cfg->models.circuit_backoff_s};
     rc = lyra_manager_new(&mo, &srv->manager, err);
+    if (rc < 0)
+        return rc;
+    lyra_log(LYRA_LOG_INFO, "models", NULL,
+             json_pack("{s:i, s:I}", "max_loaded", cfg->models.max_loaded, "budget_bytes", (json_int_t)mo.memory_budget),
+             "model cache: at most %d resident, memory budget %" PRIu64 " MiB", cfg->models.max_loaded,
+             mo.memory_budget >> 20);
+    preload_pinned(srv);
     /* After the manager, which listens to the registry's changes. */
-    return rc < 0 ? rc : lyra_models_watch_new(srv->registry, &srv->models_watch, err);
+    return lyra_models_watch_new(srv->registry, &srv->models_watch, err);
 }
 
 static int open_http(struct lyra_server *srv, struct lyra_err *err)

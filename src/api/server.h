@@ -93,6 +93,10 @@ void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/models.c). */
 void lyra_api_models_list(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_get(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_load(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_unload(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_pin(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_unpin(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_models(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/openai.c). */
 void lyra_api_openai_chat(struct lyra_http_req *req, void *ctx);
@@ -106,5 +110,9 @@ void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx);
 
 double lyra_server_uptime_s(const struct lyra_server *srv);
 const char *lyra_server_state_name(int state);
+
+/* Starts loading a model without waiting (pinned and restored models at
+ * start); a failure is logged. */
+void lyra_server_preload(struct lyra_server *srv, const char *name);
 
 #endif

@@ -98,6 +98,11 @@ void lyra_api_status(struct lyra_http_req *req, void *ctx)
         json_pack("{s:I}", "turns_in_flight", (json_int_t)lyra_conv_claims_count(srv->chat_turns)));
     /* Resident models: state, pid, memory, slots, requests in flight. */
     json_object_set_new(body, "models", lyra_manager_status(srv->manager));
+    /* The cache (resident, budget, hits, misses, evictions), queues per
+     * model, fallbacks and the watchdog's level. */
+    json_t *cache = lyra_manager_cache_status(srv->manager);
+    json_object_update(body, cache);
+    json_decref(cache);
     lyra_http_send_json(req, 200, body);
 }
 
