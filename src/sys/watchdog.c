@@ -191,12 +191,12 @@ int lyra_watchdog_new(const struct lyra_watchdog_options *o, struct lyra_watchdo
         return lyra_err_set(err, LYRA_EINVAL, "watchdog: a memory source is required");
     if (o->interval_ms <= 0)
         return lyra_err_set(err, LYRA_EINVAL, "watchdog: interval_ms must be > 0 (got %d)", o->interval_ms);
-    if (o->warn_percent <= 0 || o->warn_percent >= o->critical_percent || o->critical_percent > 100)
-        return lyra_err_set(err, LYRA_EINVAL, "watchdog: need 0 < warn_percent (%d) < critical_percent (%d) <= 100",
+    if (o->warn_percent <= 0 || o->warn_percent > o->critical_percent || o->critical_percent > 100)
+        return lyra_err_set(err, LYRA_EINVAL, "watchdog: need 0 < warn_percent (%d) <= critical_percent (%d) <= 100",
                             o->warn_percent, o->critical_percent);
-    if (o->psi_warn > 0 && o->psi_critical > 0 && o->psi_warn >= o->psi_critical)
-        return lyra_err_set(err, LYRA_EINVAL, "watchdog: psi_warn (%g) must be below psi_critical (%g)", o->psi_warn,
-                            o->psi_critical);
+    if (o->psi_warn > 0 && o->psi_critical > 0 && o->psi_warn > o->psi_critical)
+        return lyra_err_set(err, LYRA_EINVAL, "watchdog: psi_warn (%g) must not be above psi_critical (%g)",
+                            o->psi_warn, o->psi_critical);
     struct lyra_watchdog *w = calloc(1, sizeof *w);
     if (!w)
         return lyra_err_set(err, LYRA_ENOMEM, "watchdog: out of memory");

@@ -49,9 +49,9 @@ struct lyra_watchdog_options {
     struct lyra_memsource *source; /* borrowed; must outlive the watchdog */
     struct lyra_bus *bus;          /* borrowed, may be NULL: no events */
     int interval_ms;               /* > 0; default 1000 */
-    int warn_percent;              /* of lyra_mem_limit(); 0 < warn < critical <= 100; default 85 */
+    int warn_percent;              /* of lyra_mem_limit(); 0 < warn <= critical <= 100; default 85 */
     int critical_percent;          /* default 95 */
-    double psi_warn, psi_critical; /* PSI some avg10 percent, defaults 20 / 50; <= 0 = ignore */
+    double psi_warn, psi_critical; /* PSI some avg10 percent, defaults 20 / 50; <= 0 = ignore; warn <= critical */
     /* Critical also when headroom < this; default 64 MiB.  0 = no floor. */
     uint64_t min_available_bytes;
     /* Called after every sample, on the watchdog thread, with the level

@@ -199,15 +199,24 @@ static void test_options_are_checked(void **state)
     o.interval_ms = 0;
     assert_int_equal(lyra_watchdog_new(&o, &w, &err), LYRA_EINVAL);
     o.interval_ms = 1000;
-    o.warn_percent = 95;
+    o.warn_percent = 96;
     assert_int_equal(lyra_watchdog_new(&o, &w, &err), LYRA_EINVAL);
     assert_non_null(strstr(err.msg, "warn_percent"));
+    o.warn_percent = 0;
+    assert_int_equal(lyra_watchdog_new(&o, &w, &err), LYRA_EINVAL);
     o.warn_percent = 85;
     o.critical_percent = 101;
     assert_int_equal(lyra_watchdog_new(&o, &w, &err), LYRA_EINVAL);
     o.critical_percent = 95;
     o.psi_warn = 60;
     assert_int_equal(lyra_watchdog_new(&o, &w, &err), LYRA_EINVAL);
+    o.psi_warn = 20;
+    /* equal thresholds are allowed (the config allows them): no warning
+     * level, straight to critical */
+    o.warn_percent = o.critical_percent = 90;
+    assert_int_equal(cls(&o, at(100 * GIB, 92, -1), LYRA_MEM_OK), LYRA_MEM_CRITICAL);
+    assert_int_equal(lyra_watchdog_new(&o, &w, &err), 0);
+    lyra_watchdog_free(w);
     lyra_memsource_free(src);
     lyra_watchdog_free(NULL);
 }
