@@ -85,10 +85,14 @@ void lyra_memsource_free(struct lyra_memsource *src);
  * = available.  With one, headroom is the smaller of the machine's
  * MemAvailable and the cgroup's room (max - current): either can run out
  * first.  Values are clamped so that used + headroom == limit. */
-uint64_t lyra_mem_limit(const struct lyra_mem_reading *r);    /* min(total, cgroup_max when set) */
-uint64_t lyra_mem_headroom(const struct lyra_mem_reading *r); /* min(available, cgroup_max - current), <= limit */
-uint64_t lyra_mem_used(const struct lyra_mem_reading *r);     /* limit - headroom */
-double lyra_mem_used_percent(const struct lyra_mem_reading *r); /* 100 * used / limit; 0 when limit is 0 */
+/* min(total, cgroup_max when set) */
+uint64_t lyra_mem_limit(const struct lyra_mem_reading *r);
+/* min(available, cgroup_max - cgroup_current when set), <= limit */
+uint64_t lyra_mem_headroom(const struct lyra_mem_reading *r);
+/* limit - headroom */
+uint64_t lyra_mem_used(const struct lyra_mem_reading *r);
+/* 100 * used / limit; 0 when the limit is 0 */
+double lyra_mem_used_percent(const struct lyra_mem_reading *r);
 
 /* Memory of process `pid` (0 = this process) from /proc/<pid>/smaps_rollup
  * (Rss, Pss); without it (old kernels, no permission) from

@@ -67,8 +67,8 @@ static bool psi_at_least(double psi, double threshold, bool held)
     return threshold > 0 && psi >= 0 && at_least(psi, threshold, held);
 }
 
-enum lyra_mem_level lyra_watchdog_classify(const struct lyra_watchdog_options *o, const struct lyra_mem_reading *r,
-                                           enum lyra_mem_level previous)
+enum lyra_mem_level lyra_watchdog_classify(const struct lyra_watchdog_options *o,
+                                           const struct lyra_mem_reading *r, enum lyra_mem_level previous)
 {
     uint64_t limit = lyra_mem_limit(r);
     if (limit == 0) /* no reading worth the name: nothing to decide on */
@@ -102,19 +102,21 @@ static void announce(struct lyra_watchdog *w, const struct lyra_mem_reading *r, 
     uint64_t used = lyra_mem_used(r), limit = lyra_mem_limit(r), room = lyra_mem_headroom(r);
     double pct = lyra_mem_used_percent(r);
     bool cgroup = r->cgroup_max > 0;
-    json_t *fields = json_pack("{s:s, s:s, s:I, s:I, s:I, s:f, s:o, s:b}", "level", lyra_mem_level_name(to),
-                               "previous", lyra_mem_level_name(from), "used_bytes", (json_int_t)used,
-                               "limit_bytes", (json_int_t)limit, "available_bytes", (json_int_t)room,
-                               "used_percent", pct, "psi_some_avg10", psi_json(r->psi_some_avg10), "cgroup",
-                               cgroup);
-    lyra_log(to == LYRA_MEM_OK ? LYRA_LOG_INFO : LYRA_LOG_WARN, "watchdog", NULL, fields ? json_incref(fields) : NULL,
+    json_t *fields =
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:f, s:o, s:b}", "level", lyra_mem_level_name(to), "previous",
+                  lyra_mem_level_name(from), "used_bytes", (json_int_t)used, "limit_bytes", (json_int_t)limit,
+                  "available_bytes", (json_int_t)room, "used_percent", pct, "psi_some_avg10",
+                  psi_json(r->psi_some_avg10), "cgroup", cgroup);
+    lyra_log(to == LYRA_MEM_OK ? LYRA_LOG_INFO : LYRA_LOG_WARN, "watchdog", NULL,
+             fields ? json_incref(fields) : NULL,
              "memory %s (was %s): %.1f%% of %llu MiB used, %llu MiB available", lyra_mem_level_name(to),
-             lyra_mem_level_name(from), pct, (unsigned long long)(limit >> 20), (unsigned long long)(room >> 20));
+             lyra_mem_level_name(from), pct, (unsigned long long)(limit >> 20),
+             (unsigned long long)(room >> 20));
     if (!w->o.bus) {
         json_decref(fields);
         return;
     }
-    const char *type = to == LYRA_MEM_CRITICAL ? "memory.critical"
+    const char *type = to == LYRA_MEM_CRITICAL  ? "memory.critical"
                        : to == LYRA_MEM_WARNING ? "memory.warning"
                                                 : "memory.ok";
     if (fields)
@@ -192,7 +194,8 @@ int lyra_watchdog_new(const struct lyra_watchdog_options *o, struct lyra_watchdo
     if (o->interval_ms <= 0)
         return lyra_err_set(err, LYRA_EINVAL, "watchdog: interval_ms must be > 0 (got %d)", o->interval_ms);
     if (o->warn_percent <= 0 || o->warn_percent > o->critical_percent || o->critical_percent > 100)
-        return lyra_err_set(err, LYRA_EINVAL, "watchdog: need 0 < warn_percent (%d) <= critical_percent (%d) <= 100",
+        return lyra_err_set(err, LYRA_EINVAL,
+                            "watchdog: need 0 < warn_percent (%d) <= critical_percent (%d) <= 100",
                             o->warn_percent, o->critical_percent);
     if (o->psi_warn > 0 && o->psi_critical > 0 && o->psi_warn > o->psi_critical)
         return lyra_err_set(err, LYRA_EINVAL, "watchdog: psi_warn (%g) must not be above psi_critical (%g)",
@@ -213,7 +216,8 @@ int lyra_watchdog_new(const struct lyra_watchdog_options *o, struct lyra_watchdo
         pthread_cond_destroy(&w->cond);
         pthread_mutex_destroy(&w->lock);
         free(w);
-        return lyra_err_set(err, rc == EAGAIN ? LYRA_ENOMEM : LYRA_EINTERNAL, "watchdog: cannot start its thread");
+        return lyra_err_set(err, rc == EAGAIN ? LYRA_ENOMEM : LYRA_EINTERNAL,
+                            "watchdog: cannot start its thread");
     }
     /* The first sample is taken at once; wait for it (bounded: a read is a
      * few small files, but never wait on faith). */

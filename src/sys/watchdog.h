@@ -51,7 +51,8 @@ struct lyra_watchdog_options {
     int interval_ms;               /* > 0; default 1000 */
     int warn_percent;              /* of lyra_mem_limit(); 0 < warn <= critical <= 100; default 85 */
     int critical_percent;          /* default 95 */
-    double psi_warn, psi_critical; /* PSI some avg10 percent, defaults 20 / 50; <= 0 = ignore; warn <= critical */
+    /* PSI some avg10 percent, defaults 20 / 50; <= 0 = ignore; warn <= critical */
+    double psi_warn, psi_critical;
     /* Critical also when headroom < this; default 64 MiB.  0 = no floor. */
     uint64_t min_available_bytes;
     /* Called after every sample, on the watchdog thread, with the level
@@ -68,8 +69,8 @@ void lyra_watchdog_options_init(struct lyra_watchdog_options *o, struct lyra_mem
 
 /* The level of reading r given the level before it (pure).  o must hold
  * valid thresholds (as lyra_watchdog_new checks them). */
-enum lyra_mem_level lyra_watchdog_classify(const struct lyra_watchdog_options *o, const struct lyra_mem_reading *r,
-                                           enum lyra_mem_level previous);
+enum lyra_mem_level lyra_watchdog_classify(const struct lyra_watchdog_options *o,
+                                           const struct lyra_mem_reading *r, enum lyra_mem_level previous);
 
 /* Checks and copies *o, takes the first sample, then starts the thread
  * "lyra-watchdog", which samples every interval_ms.  On return the level
@@ -77,7 +78,8 @@ enum lyra_mem_level lyra_watchdog_classify(const struct lyra_watchdog_options *o
  * and that sample has been reported (on_sample called, event published).
  * *out: caller frees with lyra_watchdog_free.  LYRA_EINVAL for bad
  * options, LYRA_ENOMEM / LYRA_EINTERNAL when the thread cannot start. */
-int lyra_watchdog_new(const struct lyra_watchdog_options *o, struct lyra_watchdog **out, struct lyra_err *err);
+int lyra_watchdog_new(const struct lyra_watchdog_options *o, struct lyra_watchdog **out,
+                      struct lyra_err *err);
 
 /* Stops the thread (at once: it waits on a condition variable, not in a
  * sleep) and joins it.  NULL is a no-op. */

@@ -219,8 +219,10 @@ static void test_cgroup_pressure(void **state)
 {
     put_machine();
     struct lyra_mem_reading r;
-    put("proc/pressure/memory", "some avg10=1.00 avg60=0 avg300=0 total=1\nfull avg10=0.50 avg60=0 avg300=0 total=1\n");
-    put("cg/svc/memory.pressure", "some avg10=30.00 avg60=0 avg300=0 total=1\nfull avg10=10.00 avg60=0 avg300=0 total=1\n");
+    put("proc/pressure/memory",
+        "some avg10=1.00 avg60=0 avg300=0 total=1\nfull avg10=0.50 avg60=0 avg300=0 total=1\n");
+    put("cg/svc/memory.pressure",
+        "some avg10=30.00 avg60=0 avg300=0 total=1\nfull avg10=10.00 avg60=0 avg300=0 total=1\n");
     assert_int_equal(read_fixture(&r), 0); /* the nearest cgroup's file wins over the machine's */
     assert_true(r.psi_some_avg10 == 30.0 && r.psi_full_avg10 == 10.0);
     put("cg/svc/app/memory.pressure", "some avg10=45.50 avg60=0 avg300=0 total=1\n");
@@ -242,7 +244,9 @@ static void test_derived_values(void **state)
     assert_int_equal(lyra_mem_used(&r), 7 * GIB);
     assert_true(lyra_mem_used_percent(&r) == 87.5);
     /* a cgroup limit tighter than the machine */
-    r = (struct lyra_mem_reading){.total_bytes = 64 * GIB, .available_bytes = 40 * GIB, .cgroup_max = 4 * GIB,
+    r = (struct lyra_mem_reading){.total_bytes = 64 * GIB,
+                                  .available_bytes = 40 * GIB,
+                                  .cgroup_max = 4 * GIB,
                                   .cgroup_current = 3 * GIB};
     assert_int_equal(lyra_mem_limit(&r), 4 * GIB);
     assert_int_equal(lyra_mem_headroom(&r), 1 * GIB);
@@ -258,7 +262,9 @@ static void test_derived_values(void **state)
     assert_int_equal(lyra_mem_used(&r), 4 * GIB);
     assert_true(lyra_mem_used_percent(&r) == 100.0);
     /* a cgroup limit above the machine's memory: the machine is the limit */
-    r = (struct lyra_mem_reading){.total_bytes = 2 * GIB, .available_bytes = 1 * GIB, .cgroup_max = 16 * GIB,
+    r = (struct lyra_mem_reading){.total_bytes = 2 * GIB,
+                                  .available_bytes = 1 * GIB,
+                                  .cgroup_max = 16 * GIB,
                                   .cgroup_current = 512 * MIB};
     assert_int_equal(lyra_mem_limit(&r), 2 * GIB);
     assert_int_equal(lyra_mem_headroom(&r), 1 * GIB);

@@ -62,7 +62,8 @@ static struct lyra_watchdog_options defaults(void)
 static struct lyra_mem_reading at(uint64_t total, double used_pct, double psi)
 {
     return (struct lyra_mem_reading){.total_bytes = total,
-                                     .available_bytes = (uint64_t)((double)total * (100.0 - used_pct) / 100.0),
+                                     .available_bytes =
+                                         (uint64_t)((double)total * (100.0 - used_pct) / 100.0),
                                      .psi_some_avg10 = psi,
                                      .psi_full_avg10 = -1};
 }
@@ -164,7 +165,8 @@ static void test_min_available_protects_a_small_machine(void **state)
     assert_int_equal(lyra_watchdog_classify(&o, &r, LYRA_MEM_OK), LYRA_MEM_WARNING);
     /* a tiny box: 256 MiB with 50 MiB free is critical on the floor alone */
     o.min_available_bytes = 64 * MIB;
-    r = (struct lyra_mem_reading){.total_bytes = 256 * MIB, .available_bytes = 50 * MIB, .psi_some_avg10 = -1};
+    r = (struct lyra_mem_reading){
+        .total_bytes = 256 * MIB, .available_bytes = 50 * MIB, .psi_some_avg10 = -1};
     assert_true(lyra_mem_used_percent(&r) < 85);
     assert_int_equal(lyra_watchdog_classify(&o, &r, LYRA_MEM_OK), LYRA_MEM_CRITICAL);
 }
@@ -173,8 +175,11 @@ static void test_cgroup_limit_tighter_than_memtotal(void **state)
 {
     struct lyra_watchdog_options o = defaults();
     /* a 64 GiB host with plenty free, a 4 GiB container that is nearly full */
-    struct lyra_mem_reading r = {.total_bytes = 64 * GIB, .available_bytes = 60 * GIB, .cgroup_max = 4 * GIB,
-                                 .cgroup_current = 3900 * MIB, .psi_some_avg10 = -1};
+    struct lyra_mem_reading r = {.total_bytes = 64 * GIB,
+                                 .available_bytes = 60 * GIB,
+                                 .cgroup_max = 4 * GIB,
+                                 .cgroup_current = 3900 * MIB,
+                                 .psi_some_avg10 = -1};
     assert_int_equal(lyra_watchdog_classify(&o, &r, LYRA_MEM_OK), LYRA_MEM_CRITICAL);
     r.cgroup_current = 3584 * MIB; /* 87.5 % of the cgroup */
     assert_int_equal(lyra_watchdog_classify(&o, &r, LYRA_MEM_OK), LYRA_MEM_WARNING);
