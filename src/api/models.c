@@ -177,6 +177,8 @@ void lyra_api_models_unload(struct lyra_http_req *req, void *ctx)
                                                 "was_loaded", 1, "message",
                                                 "requests are running: it unloads when they end (?force=true "
                                                 "stops it now)"));
+    else if (rc == LYRA_EPERM)
+        lyra_http_send_error(req, 409, "model_pinned", "model '%s' is pinned: unpin it first (or ?force=true)", m->name);
     else if (rc == 0 || rc == LYRA_ETIMEOUT)
         lyra_http_send_json(req, 200, json_pack("{s:s, s:s, s:b}", "model", m->name, "state",
                                                 rc == 0 ? "available" : "stopping", "was_loaded", was_loaded));

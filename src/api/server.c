@@ -229,13 +229,43 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
  * an unreadable models dir is logged, not fatal (config entries still work). */
 /* The memory all workers may hold: models.memory_budget, else
  * memory_budget_percent of what the system allows. */
-static uint64_t memory_budget(const struct lyra_config *cfg)
+static uint64_t memory_budget(struct lyra_server *srv)
 {
+    const struct lyra_config *cfg = srv->cfg;
     if (cfg->models.memory_budget)
         return cfg->models.memory_budget;
-    uint64_t total = 0, avail = 0;
-    lyra_sys_memory(&total, &avail);
-    return total / 100 * (uint64_t)cfg->models.memory_budget_percent;
+    struct lyra_mem_reading r;
+    lyra_memsource_read(srv->memsource, &r);
+    return lyra_mem_limit(&r) / 100 * (uint64_t)cfg->models.memory_budget_percent;
+}
+
+/* Watchdog thread: every sample goes to the manager, which sheds load
+ * while the level is not ok. */
+static void on_memory_sample(const struct lyra_mem_reading *r, enum lyra_mem_level level, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_manager_memory_level(srv->manager, (int)level);
+}
+
+static int start_watchdog(struct lyra_server *srv, struct lyra_err *err)
+{
+    const struct lyra_config *cfg = srv->cfg;
+    if (!cfg->watchdog.enabled) {
+        lyra_log(LYRA_LOG_WARN, "memory", NULL, NULL, "the memory watchdog is off (watchdog.enabled: false)");
+        return 0;
+    }
+    struct lyra_watchdog_options o;
+    lyra_watchdog_options_init(&o, srv->memsource);
+    o.bus = srv->bus;
+    o.interval_ms = cfg->watchdog.interval_ms;
+    o.warn_percent = cfg->watchdog.warn_percent;
+    o.critical_percent = cfg->watchdog.critical_percent;
+    o.psi_warn = cfg->watchdog.psi_warn_percent;
+    o.psi_critical = cfg->watchdog.psi_critical_percent;
+    o.min_available_bytes = cfg->watchdog.min_available;
+    o.on_sample = on_memory_sample;
+    o.ud = srv;
+    return lyra_watchdog_new(&o, &srv->watchdog, err);
 }
 
 /* A start-up load ended (pinned or restored model): only failures matter. */
@@ -294,9 +324,11 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
         exe[n] = '\0';
     }
     const struct lyra_config *cfg = srv->cfg;
+    if ((rc = lyra_memsource_from_env(&srv->memsource, err)) < 0)
+        return rc;
     struct lyra_manager_options mo = {.worker_exe = exe, .registry = srv->registry, .bus = srv->bus,
                                       .max_loaded = cfg->models.max_loaded,
-                                      .memory_budget = memory_budget(cfg),
+                                      .memory_budget = memory_budget(srv),
                                       .queue_depth = cfg->models.queue_depth,
                                       .queue_timeout_s = cfg->models.queue_timeout_s,
                                       .kill_busy = cfg->watchdog.kill_busy,
@@ -312,6 +344,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
              json_pack("{s:i, s:I}", "max_loaded", cfg->models.max_loaded, "budget_bytes", (json_int_t)mo.memory_budget),
              "model cache: at most %d resident, memory budget %" PRIu64 " MiB", cfg->models.max_loaded,
              mo.memory_budget >> 20);
+    if ((rc = start_watchdog(srv, err)) < 0)
+        return rc;
     preload_pinned(srv);
     /* After the manager, which listens to the registry's changes. */
     return lyra_models_watch_new(srv->registry, &srv->models_watch, err);
@@ -462,6 +496,8 @@ void lyra_server_stop(struct lyra_server *srv, int sig, const sigset_t *stop_sig
                   srv->cfg->server.drain_timeout_s);
     /* 3. Producers before consumers: every job ends (parked requests get
      *    503, streams an error chunk and [DONE]) and every worker stops. */
+    lyra_watchdog_free(srv->watchdog); /* it feeds the manager */
+    srv->watchdog = NULL;
     lyra_manager_begin_shutdown(srv->manager);
     if (again)
         lyra_manager_kill_workers(srv->manager);
@@ -488,11 +524,14 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         return;
     /* Workers first (no-op after lyra_server_stop): nothing may feed the
      * HTTP server while it stops. */
+    lyra_watchdog_free(srv->watchdog);
+    srv->watchdog = NULL;
     lyra_manager_shutdown(srv->manager, false);
     lyra_http_free(srv->http);
     lyra_hostcheck_free(srv->hostcheck);
     lyra_models_watch_free(srv->models_watch);
     lyra_manager_free(srv->manager);
+    lyra_memsource_free(srv->memsource);
     if (srv->state_file) {
         unlink(srv->state_file);
         free(srv->state_file);

@@ -29,6 +29,8 @@
 #include "core/trace.h"
 #include "http/http.h"
 #include "models/manager.h"
+#include "sys/memory.h"
+#include "sys/watchdog.h"
 #include "models/watch.h"
 #include "models/registry.h"
 #include "sys/proc.h"
@@ -47,6 +49,8 @@ struct lyra_server {
     struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */
     struct lyra_registry *registry;
     struct lyra_manager *manager;
+    struct lyra_memsource *memsource; /* system memory (or LYRA_FAKE_MEMINFO's fake) */
+    struct lyra_watchdog *watchdog;   /* NULL when watchdog.enabled is false */
     struct lyra_models_watch *models_watch; /* refreshes the registry when models.dir changes */
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
     struct lyra_conv_claims *chat_turns; /* conversations with a /chat turn in flight */
@@ -58,6 +62,7 @@ struct lyra_server {
     char *state_file;                /* $LYRA_HOME/serve.json while serving */
     pthread_mutex_t sample_lock;     /* guards last_sample */
     struct lyra_proc_sample last_sample;
+    uint64_t last_cpu_busy, last_cpu_total; /* /proc/stat at the previous /status (under sample_lock) */
 };
 
 /* Opens everything and binds the listener; does not serve yet. */

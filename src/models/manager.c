@@ -1676,7 +1676,7 @@ void lyra_manager_memory_level(struct lyra_manager *m, int level)
 struct unload_call {
     struct lyra_manager *m;
     const char *name;
-    bool force, was_loaded, busy, gone;
+    bool force, was_loaded, busy, gone, pinned;
     pid_t pid;
 };
 
@@ -1690,6 +1690,10 @@ static void unload_on_loop(void *ud)
     }
     c->was_loaded = true;
     c->pid = lyra_wproc_pid(w->proc);
+    if (worker_pinned(w) && !c->force) {
+        c->pinned = true;
+        return;
+    }
     if (c->force || worker_idle(w) || w->state == W_LOADING) {
         evict(c->m, w, LYRA_EVICT_ADMIN, c->force ? "unloaded by request (force)" : "unloaded by request");
     } else {
@@ -1716,6 +1720,8 @@ int lyra_manager_unload(struct lyra_manager *m, const char *name, bool force, in
     *was_loaded = c.was_loaded;
     if (!c.was_loaded)
         return 0;
+    if (c.pinned)
+        return LYRA_EPERM;
     if (c.busy)
         return LYRA_EBUSY;
     /* The worker exits within milliseconds when idle (EOF); the stop's

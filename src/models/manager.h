@@ -200,7 +200,8 @@ void lyra_manager_memory_level(struct lyra_manager *m, int level);
  * stopped and waited for up to timeout_ms: 0 once it exited.  A busy one
  * takes no new requests (they wait for the next load), finishes what it
  * runs and then stops: LYRA_EBUSY at once.  *was_loaded tells whether a
- * worker ran.  LYRA_ETIMEOUT if it had not exited in time. */
+ * worker ran.  LYRA_ETIMEOUT if it had not exited in time; LYRA_EPERM for
+ * a pinned model without force (unpin it first). */
 int lyra_manager_unload(struct lyra_manager *m, const char *name, bool force, int timeout_ms, bool *was_loaded);
 
 /* Pins or unpins a model at run time (over its configured `pinned`).  A
