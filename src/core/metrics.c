@@ -27,10 +27,10 @@
 #define SEP '\xff'
 
 struct series {
-    char *key;            /* normalised values joined with SEP */
-    char **values;        /* normalised label values, n_labels of them */
-    double value;         /* counter, gauge */
-    uint64_t *counts;     /* histogram: per bucket, not cumulative; +Inf last */
+    char *key;        /* normalised values joined with SEP */
+    char **values;    /* normalised label values, n_labels of them */
+    double value;     /* counter, gauge */
+    uint64_t *counts; /* histogram: per bucket, not cumulative; +Inf last */
     double sum;
     uint64_t count;
     uint32_t hash;
@@ -43,10 +43,10 @@ struct lyra_metric {
     char *labels[LYRA_METRICS_MAX_LABELS];
     size_t n_labels;
     double *bounds;
-    size_t n_buckets;     /* finite bounds; counts has n_buckets + 1 */
+    size_t n_buckets; /* finite bounds; counts has n_buckets + 1 */
     struct series **series;
     size_t n_series, cap_series;
-    int32_t *table;       /* TABLE_SLOTS indices into series, -1 = empty */
+    int32_t *table; /* TABLE_SLOTS indices into series, -1 = empty */
 };
 
 struct collector {
@@ -83,7 +83,8 @@ static bool valid_name(const char *s, bool colon)
 
 static bool valid_label_name(const char *s, enum lyra_metric_type type)
 {
-    return valid_name(s, false) && strncmp(s, "__", 2) != 0 && !(type == LYRA_METRIC_HISTOGRAM && !strcmp(s, "le"));
+    return valid_name(s, false) && strncmp(s, "__", 2) != 0 &&
+           !(type == LYRA_METRIC_HISTOGRAM && !strcmp(s, "le"));
 }
 
 /* ------------------------------------------------------------------ */
@@ -108,7 +109,6 @@ static void family_free(struct lyra_metric *f)
     pthread_mutex_destroy(&f->lock);
     free(f);
 }
-
 
 static struct lyra_metric *family_new(enum lyra_metric_type type, const char *name, const char *help,
                                       const char *const *label_names, const double *buckets, size_t n_buckets)
@@ -183,8 +183,8 @@ void lyra_metrics_free(struct lyra_metrics *m)
 }
 
 struct lyra_metric *lyra_metrics_family(struct lyra_metrics *m, enum lyra_metric_type type, const char *name,
-                                        const char *help, const char *const *label_names, const double *buckets,
-                                        size_t n_buckets)
+                                        const char *help, const char *const *label_names,
+                                        const double *buckets, size_t n_buckets)
 {
     if (!m || !valid_name(name, true) ||
         (type != LYRA_METRIC_COUNTER && type != LYRA_METRIC_GAUGE && type != LYRA_METRIC_HISTOGRAM))

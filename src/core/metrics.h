@@ -59,8 +59,8 @@ void lyra_metrics_free(struct lyra_metrics *m);
  * type, or out of memory.  A family without labels renders its one series
  * (0) from the start; a labelled one renders its series once used. */
 struct lyra_metric *lyra_metrics_family(struct lyra_metrics *m, enum lyra_metric_type type, const char *name,
-                                        const char *help, const char *const *label_names, const double *buckets,
-                                        size_t n_buckets);
+                                        const char *help, const char *const *label_names,
+                                        const double *buckets, size_t n_buckets);
 
 /* label_values: one value per label name of the family, in order (a NULL
  * value counts as ""); NULL for a family without labels.  A NULL family is

@@ -42,18 +42,20 @@ static void test_counter(void **state)
 {
     struct lyra_metrics *m = *state;
     assert_render(m, "");
-    struct lyra_metric *c = lyra_metrics_family(m, LYRA_METRIC_COUNTER, "lyra_things_total", "Things seen.", NULL,
-                                                NULL, 0);
+    struct lyra_metric *c =
+        lyra_metrics_family(m, LYRA_METRIC_COUNTER, "lyra_things_total", "Things seen.", NULL, NULL, 0);
     assert_non_null(c);
     /* no labels: rendered as 0 before anything happened */
-    assert_render(m, "# HELP lyra_things_total Things seen.\n# TYPE lyra_things_total counter\nlyra_things_total 0\n");
+    assert_render(
+        m, "# HELP lyra_things_total Things seen.\n# TYPE lyra_things_total counter\nlyra_things_total 0\n");
     lyra_metric_add(c, NULL, 1);
     lyra_metric_add(c, NULL, 2.5);
     lyra_metric_add(c, NULL, -7); /* counters never go down */
     assert_render(m, "# HELP lyra_things_total Things seen.\n# TYPE lyra_things_total counter\n"
                      "lyra_things_total 3.5\n");
     /* idempotent by name; another type under the same name is refused */
-    assert_ptr_equal(lyra_metrics_family(m, LYRA_METRIC_COUNTER, "lyra_things_total", "other help", NULL, NULL, 0), c);
+    assert_ptr_equal(
+        lyra_metrics_family(m, LYRA_METRIC_COUNTER, "lyra_things_total", "other help", NULL, NULL, 0), c);
     assert_null(lyra_metrics_family(m, LYRA_METRIC_GAUGE, "lyra_things_total", "x", NULL, NULL, 0));
     lyra_metric_observe(c, NULL, 1); /* wrong kind of update: ignored */
     assert_render(m, "# HELP lyra_things_total Things seen.\n# TYPE lyra_things_total counter\n"
@@ -64,8 +66,8 @@ static void test_gauge_with_labels(void **state)
 {
     struct lyra_metrics *m = *state;
     const char *const labels[] = {"model", "state", NULL};
-    struct lyra_metric *g = lyra_metrics_family(m, LYRA_METRIC_GAUGE, "lyra_slots", "Slots by state.", labels,
-                                                NULL, 0);
+    struct lyra_metric *g =
+        lyra_metrics_family(m, LYRA_METRIC_GAUGE, "lyra_slots", "Slots by state.", labels, NULL, 0);
     assert_non_null(g);
     assert_render(m, "# HELP lyra_slots Slots by state.\n# TYPE lyra_slots gauge\n"); /* no series yet */
     lyra_metric_set(g, (const char *const[]){"tiny", "busy"}, 3);
@@ -83,8 +85,8 @@ static void test_histogram(void **state)
     struct lyra_metrics *m = *state;
     const char *const labels[] = {"model", NULL};
     const double b[] = {0.1, 0.5, 2};
-    struct lyra_metric *h = lyra_metrics_family(m, LYRA_METRIC_HISTOGRAM, "lyra_wait_seconds", "Time waited.",
-                                                labels, b, 3);
+    struct lyra_metric *h =
+        lyra_metrics_family(m, LYRA_METRIC_HISTOGRAM, "lyra_wait_seconds", "Time waited.", labels, b, 3);
     assert_non_null(h);
     const char *const tiny[] = {"tiny"};
     lyra_metric_observe(h, tiny, 0.05);
@@ -116,8 +118,8 @@ static void test_histogram_without_labels_and_default_buckets(void **state)
     /* buckets must ascend and be finite; "le" is the histogram's own label */
     const double bad[] = {1, 1};
     assert_null(lyra_metrics_family(m, LYRA_METRIC_HISTOGRAM, "e_seconds", "", NULL, bad, 2));
-    assert_null(lyra_metrics_family(m, LYRA_METRIC_HISTOGRAM, "f_seconds", "", (const char *const[]){"le", NULL},
-                                    NULL, 0));
+    assert_null(lyra_metrics_family(m, LYRA_METRIC_HISTOGRAM, "f_seconds", "",
+                                    (const char *const[]){"le", NULL}, NULL, 0));
 }
 
 static void test_names_are_checked(void **state)
@@ -127,9 +129,12 @@ static void test_names_are_checked(void **state)
     assert_null(lyra_metrics_family(m, LYRA_METRIC_COUNTER, "a-b", "", NULL, NULL, 0));
     assert_null(lyra_metrics_family(m, LYRA_METRIC_COUNTER, "", "", NULL, NULL, 0));
     assert_null(lyra_metrics_family(m, LYRA_METRIC_COUNTER, NULL, "", NULL, NULL, 0));
-    assert_null(lyra_metrics_family(m, LYRA_METRIC_COUNTER, "a", "", (const char *const[]){"x:y", NULL}, NULL, 0));
-    assert_null(lyra_metrics_family(m, LYRA_METRIC_COUNTER, "a", "", (const char *const[]){"__x", NULL}, NULL, 0));
-    assert_null(lyra_metrics_family(m, LYRA_METRIC_COUNTER, "a", "", (const char *const[]){"x", "x", NULL}, NULL, 0));
+    assert_null(
+        lyra_metrics_family(m, LYRA_METRIC_COUNTER, "a", "", (const char *const[]){"x:y", NULL}, NULL, 0));
+    assert_null(
+        lyra_metrics_family(m, LYRA_METRIC_COUNTER, "a", "", (const char *const[]){"__x", NULL}, NULL, 0));
+    assert_null(
+        lyra_metrics_family(m, LYRA_METRIC_COUNTER, "a", "", (const char *const[]){"x", "x", NULL}, NULL, 0));
     assert_non_null(lyra_metrics_family(m, LYRA_METRIC_COUNTER, "ns:sub_name_9", "", NULL, NULL, 0));
     assert_render(m, "# HELP ns:sub_name_9 \n# TYPE ns:sub_name_9 counter\nns:sub_name_9 0\n");
     /* a NULL family is a no-op */
@@ -141,8 +146,9 @@ static void test_names_are_checked(void **state)
 static void test_escaping(void **state)
 {
     struct lyra_metrics *m = *state;
-    struct lyra_metric *c = lyra_metrics_family(m, LYRA_METRIC_COUNTER, "esc_total", "Help with \\ and\nnewline \"q\".",
-                                                (const char *const[]){"v", NULL}, NULL, 0);
+    struct lyra_metric *c =
+        lyra_metrics_family(m, LYRA_METRIC_COUNTER, "esc_total", "Help with \\ and\nnewline \"q\".",
+                            (const char *const[]){"v", NULL}, NULL, 0);
     lyra_metric_add(c, (const char *const[]){"a\"b\\c\nd"}, 1);
     lyra_metric_add(c, (const char *const[]){"bad \xff\xfe utf8"}, 1);
     assert_render(m, "# HELP esc_total Help with \\\\ and\\nnewline \"q\".\n# TYPE esc_total counter\n"
@@ -184,7 +190,7 @@ static void test_label_set_cap_folds_into_other(void **state)
         snprintf(name, sizeof name, "m%d", i);
         lyra_metric_add(c, (const char *const[]){name, "200"}, 1);
     }
-    lyra_metric_add(c, (const char *const[]){"m0", "200"}, 1);    /* an existing one still counts as itself */
+    lyra_metric_add(c, (const char *const[]){"m0", "200"}, 1); /* an existing one still counts as itself */
     lyra_metric_add(c, (const char *const[]){"other", "other"}, 1); /* the fold's own name: the same series */
     char *text = lyra_metrics_render(m);
     assert_non_null(text);
@@ -203,7 +209,8 @@ static void collect(struct lyra_metrics *m, void *ud)
 {
     int *calls = ud;
     (*calls)++;
-    lyra_metric_set(lyra_metrics_family(m, LYRA_METRIC_GAUGE, "live", "Live.", NULL, NULL, 0), NULL, *calls * 10);
+    lyra_metric_set(lyra_metrics_family(m, LYRA_METRIC_GAUGE, "live", "Live.", NULL, NULL, 0), NULL,
+                    *calls * 10);
 }
 
 static void test_collectors_run_at_each_render(void **state)
@@ -239,8 +246,8 @@ static void *adder(void *p)
 static void test_concurrent_adds_sum_exactly(void **state)
 {
     struct lyra_metrics *m = *state;
-    struct lyra_metric *c = lyra_metrics_family(m, LYRA_METRIC_COUNTER, "n_total", "",
-                                                (const char *const[]){"t", NULL}, NULL, 0);
+    struct lyra_metric *c =
+        lyra_metrics_family(m, LYRA_METRIC_COUNTER, "n_total", "", (const char *const[]){"t", NULL}, NULL, 0);
     const double b[] = {1.5};
     struct lyra_metric *h = lyra_metrics_family(m, LYRA_METRIC_HISTOGRAM, "v", "", NULL, b, 1);
     pthread_t th[THREADS];
