@@ -9,6 +9,7 @@ const struct lyra_route lyra_routes[] = {
     {"GET", "/health/ready", lyra_api_ready, ""},
     {"GET", "/status", lyra_api_status, "status.read"},
     {"GET", "/traces", lyra_api_traces, "status.read"},
+    {"GET", "/metrics", lyra_api_metrics, "metrics.read"},
     {"GET", "/events/recent", lyra_api_events_recent, "events.read"},
     {"POST", "/events", lyra_api_events_publish, "events.publish"},
     {"GET", "/models", lyra_api_models_list, "models.read"},

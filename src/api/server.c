@@ -366,6 +366,7 @@ static int open_http(struct lyra_server *srv, struct lyra_err *err)
         .cors_origins = cfg->server.cors_origins,
         .n_cors_origins = cfg->server.n_cors_origins,
         .hostcheck = srv->hostcheck,
+        .requests_total = srv->m.http_requests,
     };
     srv->http = lyra_http_new(&opts, lyra_routes, lyra_n_routes, srv, err);
     return srv->http ? 0 : (err ? err->code : LYRA_EIO);
@@ -410,7 +411,12 @@ int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, st
         free(srv);
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     }
-    int rc = open_guard(srv, err);
+    /* Metrics first: every module opened after it may count into them. */
+    int rc = lyra_metrics_new(&srv->metrics, err);
+    if (rc == 0)
+        rc = lyra_server_metrics_init(srv->metrics, &srv->m, err);
+    if (rc == 0)
+        rc = open_guard(srv, err);
     if (rc == 0)
         rc = prepare_home(srv, err);
     if (rc == 0)
@@ -554,6 +560,8 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_conv_claims_free(srv->chat_turns);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);
+    /* Last: everything above may have counted into it until it stopped. */
+    lyra_metrics_free(srv->metrics);
     pthread_mutex_destroy(&srv->sample_lock);
     free(srv);
 }

@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "api/metrics.h"
 #include "core/config.h"
 #include "core/conversations.h"
 #include "core/error.h"
@@ -54,6 +55,8 @@ struct lyra_server {
     struct lyra_models_watch *models_watch; /* refreshes the registry when models.dir changes */
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
     struct lyra_conv_claims *chat_turns; /* conversations with a /chat turn in flight */
+    struct lyra_metrics *metrics;    /* GET /metrics; created before the manager */
+    struct lyra_server_metrics m;    /* its families (api/metrics.h) */
     char session_id[40];
     int64_t started_us;              /* monotonic */
     int64_t started_wall_ms;
@@ -92,6 +95,8 @@ void lyra_api_health(struct lyra_http_req *req, void *ctx);
 void lyra_api_ready(struct lyra_http_req *req, void *ctx);
 void lyra_api_status(struct lyra_http_req *req, void *ctx);
 void lyra_api_traces(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/metrics.c). */
+void lyra_api_metrics(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/events.c). */
 void lyra_api_events_recent(struct lyra_http_req *req, void *ctx);
 void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
