@@ -2,6 +2,8 @@
  * docs/metrics.md describes each one; a family added here belongs there. */
 #include "api/metrics.h"
 
+#include "models/cache.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,8 +92,9 @@ int lyra_server_metrics_init(struct lyra_metrics *reg, struct lyra_server_metric
         if (!*defs[i].slot)
             return lyra_err_set(err, LYRA_ENOMEM, "cannot register metric %s", defs[i].name);
     }
-    static const char *const reasons[] = {LYRA_EVICT_LRU, LYRA_EVICT_BUDGET, LYRA_EVICT_IDLE,
-                                          LYRA_EVICT_WATCHDOG, LYRA_EVICT_ADMIN};
+    const char *reasons[LYRA_EVICT_N];
+    for (int r = 0; r < LYRA_EVICT_N; r++)
+        reasons[r] = lyra_evict_reason_name(r);
     for (size_t i = 0; i < N(reasons); i++)
         lyra_metric_add(out->cache_evictions, (const char *const[]){reasons[i]}, 0);
     lyra_metric_set(out->up, NULL, 1);

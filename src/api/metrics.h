@@ -18,13 +18,9 @@
 #include "core/error.h"
 #include "core/metrics.h"
 
-/* Eviction reasons of lyra_cache_evictions_total{reason}; each is rendered
- * (at 0) from the start. */
-#define LYRA_EVICT_LRU "lru"
-#define LYRA_EVICT_BUDGET "budget"
-#define LYRA_EVICT_IDLE "idle"
-#define LYRA_EVICT_WATCHDOG "watchdog"
-#define LYRA_EVICT_ADMIN "admin"
+/* Eviction reasons of lyra_cache_evictions_total{reason} are those of
+ * models/cache.h (lyra_evict_reason_name); each is rendered (at 0) from the
+ * start. */
 
 struct lyra_server_metrics {
     /* HTTP layer (http/http.c): one per response queued. */

@@ -239,6 +239,42 @@ static uint64_t memory_budget(struct lyra_server *srv)
     return lyra_mem_limit(&r) / 100 * (uint64_t)cfg->models.memory_budget_percent;
 }
 
+/* Manager hooks (supervisor thread) into /metrics. */
+static void hook_loaded(const char *model, double load_s, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_metric_observe(srv->m.load_seconds, (const char *const[]){model}, load_s);
+}
+
+static void hook_queue_wait(const char *model, double wait_s, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_metric_observe(srv->m.queue_wait, (const char *const[]){model}, wait_s);
+}
+
+static void hook_restarted(const char *model, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_metric_add(srv->m.worker_restarts, (const char *const[]){model}, 1);
+}
+
+/* At scrape: the cache's counters as the manager keeps them (one truth
+ * for /status and /metrics). */
+static void collect_cache(struct lyra_metrics *reg, void *ud)
+{
+    struct lyra_server *srv = ud;
+    struct lyra_cache_counts c;
+    if (!srv->manager || lyra_manager_cache_counts(srv->manager, &c) < 0)
+        return;
+    lyra_metric_set(srv->m.cache_hits, NULL, (double)c.hits);
+    lyra_metric_set(srv->m.cache_misses, NULL, (double)c.misses);
+    for (int r = 0; r < LYRA_EVICT_N; r++)
+        lyra_metric_set(srv->m.cache_evictions, (const char *const[]){lyra_evict_reason_name(r)},
+                        (double)c.evictions[r]);
+    lyra_metric_set(srv->m.models_resident, NULL, c.resident);
+    lyra_metric_set(srv->m.memory_budget, NULL, (double)c.budget_bytes);
+}
+
 /* Watchdog thread: every sample goes to the manager, which sheds load
  * while the level is not ok. */
 static void on_memory_sample(const struct lyra_mem_reading *r, enum lyra_mem_level level, void *ud)
@@ -332,6 +368,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
                                       .queue_depth = cfg->models.queue_depth,
                                       .queue_timeout_s = cfg->models.queue_timeout_s,
                                       .kill_busy = cfg->watchdog.kill_busy,
+                                      .hooks = {.loaded = hook_loaded, .queue_wait = hook_queue_wait,
+                                                .restarted = hook_restarted, .ud = srv},
                                       .load_timeout_s = cfg->models.load_timeout_s,
                                       .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
                                       .progress_timeout_s = cfg->models.progress_timeout_s,
@@ -344,6 +382,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
              json_pack("{s:i, s:I}", "max_loaded", cfg->models.max_loaded, "budget_bytes", (json_int_t)mo.memory_budget),
              "model cache: at most %d resident, memory budget %" PRIu64 " MiB", cfg->models.max_loaded,
              mo.memory_budget >> 20);
+    if ((rc = lyra_metrics_add_collector(srv->metrics, collect_cache, srv)) < 0)
+        return lyra_err_set(err, rc, "out of memory");
     if ((rc = start_watchdog(srv, err)) < 0)
         return rc;
     preload_pinned(srv);

@@ -1783,11 +1783,11 @@ static void counts_on_loop(void *ud)
     }
 }
 
-void lyra_manager_cache_counts(struct lyra_manager *m, struct lyra_cache_counts *out)
+int lyra_manager_cache_counts(struct lyra_manager *m, struct lyra_cache_counts *out)
 {
     memset(out, 0, sizeof *out);
     void *args[2] = {m, out};
-    lyra_loop_call(m->loop, counts_on_loop, args);
+    return lyra_loop_call(m->loop, counts_on_loop, args) < 0 ? LYRA_EUNAVAILABLE : 0;
 }
 
 struct cache_call {

@@ -175,7 +175,8 @@ struct lyra_cache_counts {
     int resident;
     uint64_t held_bytes, budget_bytes;
 };
-void lyra_manager_cache_counts(struct lyra_manager *m, struct lyra_cache_counts *out);
+/* 0, or LYRA_EUNAVAILABLE once the manager has stopped (out is zeroed). */
+int lyra_manager_cache_counts(struct lyra_manager *m, struct lyra_cache_counts *out);
 
 /* {cache:{resident:[...], budget_bytes, held_bytes, hits, misses, hit_ratio,
  * loads, evictions:{lru,budget,idle,watchdog,admin}, largest:[...],
