@@ -210,6 +210,7 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
     if (!(srv->chat_turns = lyra_conv_claims_new()))
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
 
+    srv->recovered = n_unclean > 0;
     if (n_unclean > 0) {
         char started[40];
         lyra_format_ts(prev.started_ms, started, sizeof started);
@@ -256,6 +257,19 @@ static void hook_restarted(const char *model, void *ud)
 {
     struct lyra_server *srv = ud;
     lyra_metric_add(srv->m.worker_restarts, (const char *const[]){model}, 1);
+}
+
+#define RESIDENCY_KEY "models.residency"
+
+/* The resident and pinned sets, stored on every change so that the next
+ * start can load them again (a crash included). */
+static void hook_residency(const json_t *state, void *ud)
+{
+    struct lyra_server *srv = ud;
+    char *text = json_dumps(state, JSON_COMPACT);
+    if (text)
+        lyra_store_meta_set_text_async(srv->store, RESIDENCY_KEY, text, 0);
+    free(text);
 }
 
 /* At scrape: the cache's counters as the manager keeps them (one truth
@@ -326,12 +340,55 @@ void lyra_server_preload(struct lyra_server *srv, const char *name)
                  err.msg);
 }
 
-/* Pinned models are resident from the start. */
-static void preload_pinned(struct lyra_server *srv)
+static bool in_list(const json_t *list, const char *name)
 {
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v) if (json_is_string(v) && strcmp(json_string_value(v), name) == 0) return true;
+    return false;
+}
+
+/* Pinned models (configured or pinned at run time before) are resident from
+ * the start; with models.restore_resident, so are the models resident when
+ * the daemon last stopped, cleanly or not. */
+static void restore_models(struct lyra_server *srv)
+{
+    char *text = NULL;
+    struct lyra_err err = {0};
+    json_t *saved = lyra_store_meta_get_text(srv->store, RESIDENCY_KEY, &text, &err) == 0
+                        ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    json_t *pinned = json_object_get(saved, "pinned"), *resident = json_object_get(saved, "resident");
+    json_t *loaded = json_array();
     for (size_t i = 0; i < srv->cfg->models.n_entries; i++)
-        if (srv->cfg->models.entries[i].pinned)
-            lyra_server_preload(srv, srv->cfg->models.entries[i].name);
+        if (srv->cfg->models.entries[i].pinned && loaded)
+            json_array_append_new(loaded, json_string(srv->cfg->models.entries[i].name));
+    size_t i;
+    json_t *v;
+    json_array_foreach(pinned, i, v) {
+        const char *name = json_string_value(v);
+        if (name && lyra_manager_pin(srv->manager, name, true, &err) == 0 && !in_list(loaded, name))
+            json_array_append_new(loaded, json_string(name));
+    }
+    json_array_foreach(srv->cfg->models.restore_resident ? resident : NULL, i, v) {
+        const char *name = json_string_value(v);
+        if (name && !in_list(loaded, name))
+            json_array_append_new(loaded, json_string(name));
+    }
+    json_array_foreach(loaded, i, v)
+        lyra_server_preload(srv, json_string_value(v));
+    if (json_array_size(loaded)) {
+        char *names = json_dumps(loaded, JSON_COMPACT);
+        lyra_log(srv->recovered ? LYRA_LOG_WARN : LYRA_LOG_INFO, "models", NULL,
+                 json_pack("{s:o, s:b}", "models", json_deep_copy(loaded), "after_unclean_stop", srv->recovered),
+                 "loading %s at start%s", names ? names : "models",
+                 srv->recovered ? " (restoring after an unclean stop)" : "");
+        free(names);
+        lyra_bus_publish(srv->bus, "models.restored", "models",
+                         json_pack("{s:o, s:b}", "models", json_deep_copy(loaded), "after_unclean_stop", srv->recovered));
+    }
+    json_decref(loaded);
+    json_decref(saved);
 }
 
 static int open_registry(struct lyra_server *srv, struct lyra_err *err)
@@ -369,7 +426,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
                                       .queue_timeout_s = cfg->models.queue_timeout_s,
                                       .kill_busy = cfg->watchdog.kill_busy,
                                       .hooks = {.loaded = hook_loaded, .queue_wait = hook_queue_wait,
-                                                .restarted = hook_restarted, .ud = srv},
+                                                .restarted = hook_restarted, .residency = hook_residency,
+                                                .ud = srv},
                                       .load_timeout_s = cfg->models.load_timeout_s,
                                       .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
                                       .progress_timeout_s = cfg->models.progress_timeout_s,
@@ -386,7 +444,7 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
         return lyra_err_set(err, rc, "out of memory");
     if ((rc = start_watchdog(srv, err)) < 0)
         return rc;
-    preload_pinned(srv);
+    restore_models(srv);
     /* After the manager, which listens to the registry's changes. */
     return lyra_models_watch_new(srv->registry, &srv->models_watch, err);
 }

@@ -52,6 +52,7 @@ struct lyra_server {
     struct lyra_manager *manager;
     struct lyra_memsource *memsource; /* system memory (or LYRA_FAKE_MEMINFO's fake) */
     struct lyra_watchdog *watchdog;   /* NULL when watchdog.enabled is false */
+    bool recovered;                   /* the previous run did not stop cleanly */
     struct lyra_models_watch *models_watch; /* refreshes the registry when models.dir changes */
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
     struct lyra_conv_claims *chat_turns; /* conversations with a /chat turn in flight */

@@ -1592,9 +1592,11 @@ const struct lyra_model *lyra_manager_served_model(struct lyra_manager *m, const
 /* ------------------------------------------------------------------ */
 /* The cache: residency, pins, the watchdog, unloads                  */
 
+/* Tells the owner the resident and pinned sets (for the restore at the
+ * next start).  Not while closing: the set at the stop is the one to keep. */
 static void publish_residency(struct lyra_manager *m)
 {
-    if (!m->opts.hooks.residency)
+    if (!m->opts.hooks.residency || atomic_load(&m->closing))
         return;
     json_t *resident = json_array(), *pinned = json_array();
     for (struct mworker *w = m->workers; w && resident; w = w->next)
