@@ -56,6 +56,7 @@ struct lyra_job {
     bool terminal, handed, started_load, queued;
     bool admin_load;          /* {"type":"load"}: ends when the worker is ready */
     bool counted;             /* counted as a cache hit or miss */
+    bool accepted;            /* passed the queue-depth check (a re-route does not check again) */
     int attempts;
     int n_fallbacks;          /* fallback models tried */
     double load_ms;
@@ -569,12 +570,14 @@ static void admit(struct lyra_manager *m);
  * and models waiting for room (an idle worker can make room). */
 static void after_idle(struct lyra_manager *m, struct mworker *w)
 {
+    if (w->stale && w->state == W_READY && w->n_inflight == 0) {
+        stop_worker(w, "file changed"); /* its pending jobs go to the worker on the new file */
+        return;
+    }
     if (!worker_idle(w))
         return;
     if (w->draining) {
         evict(m, w, LYRA_EVICT_ADMIN, "unloaded by request once its requests ended");
-    } else if (w->stale) {
-        stop_worker(w, "file changed");
     } else if (w->model->settings.keep_alive_s == 0 && !worker_pinned(w)) {
         evict(m, w, LYRA_EVICT_IDLE, "keep_alive_s is 0: unloaded after its request");
     }
@@ -671,17 +674,17 @@ static void settle_jobs(struct lyra_manager *m, struct mworker *w, const struct 
             } else if (never_seen && (e->was_ready || w->stale) && j->attempts < 2 && circuit_wait_s(ms) == 0) {
                 *retry_tail = j;
                 retry_tail = &j->next;
+            } else if (expected && w->stop_reason && strcmp(w->stop_reason, "watchdog") == 0) {
+                job_fail(j, "memory_critical", 503, 10,
+                         "model '%s' was stopped by the memory watchdog: the system is out of memory", j->model);
+            } else if (expected) {
+                job_fail(j, "model_unloaded", 503, 0, "model '%s' was unloaded while the request ran", j->model);
             } else if (!e->was_ready && try_fallback(m, j, reason)) {
                 /* served by the next model of its fallback chain */
             } else if (!e->was_ready && e->why == LYRA_WPROC_LOAD_TIMEOUT) {
                 job_fail(j, "model_load_timeout", 503, 0, "model '%s' did not load: %s", j->model, reason);
             } else if (!e->was_ready) {
                 job_fail(j, "model_load_failed", 500, 0, "model '%s' failed to load: %s", j->model, reason);
-            } else if (expected && w->stop_reason && strcmp(w->stop_reason, "watchdog") == 0) {
-                job_fail(j, "memory_critical", 503, 10,
-                         "model '%s' was stopped by the memory watchdog: the system is out of memory", j->model);
-            } else if (expected) {
-                job_fail(j, "model_unloaded", 503, 0, "model '%s' was unloaded while the request ran", j->model);
             } else if (e->why == LYRA_WPROC_HUNG) {
                 job_fail(j, "worker_hung", 502, 0, "the worker for %s %s; it was killed", j->model, reason);
             } else if (e->why == LYRA_WPROC_PROTOCOL) {
@@ -894,12 +897,12 @@ static void enqueue(struct lyra_manager *m, struct lyra_job *job)
     job->attempts++;
     if (!job->enqueued_us)
         job->enqueued_us = lyra_now_us();
-    bool first = job->attempts == 1 && !job->n_fallbacks;
-    if (first && queued_for(ms) >= m->opts.queue_depth) {
+    if (!job->accepted && queued_for(ms) >= m->opts.queue_depth) {
         job_fail(job, "queue_full", 429, 1, "model '%s' has %d requests waiting (models.queue_depth); retry later",
                  ms->name, queued_for(ms));
         return;
     }
+    job->accepted = true;
     struct mworker *w = ms->w;
     if (w && !w->draining) {
         bool ready = w->state == W_READY && !w->stale;
