@@ -17,7 +17,8 @@
 int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
-        fprintf(stderr, "usage: lyra-estimate MODEL.gguf [--ctx N] [--parallel N] [--gpu-layers G] [--fit BYTES]\n");
+        fprintf(stderr,
+                "usage: lyra-estimate MODEL.gguf [--ctx N] [--parallel N] [--gpu-layers G] [--fit BYTES]\n");
         return 2;
     }
     int ctx = 4096, parallel = 4, gpu_layers = -1;

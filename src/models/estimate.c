@@ -67,10 +67,10 @@ static const struct lyra_gguf_tensor *find_tensor(const struct lyra_gguf_info *i
  * returns none for them: encoders and diffusion models). */
 static bool has_no_cache(const char *arch)
 {
-    static const char *const none[] = {"bert",      "jina-bert-v2", "jina-bert-v3",     "nomic-bert",
-                                       "nomic-bert-moe", "neo-bert", "eurobert",      "wavtokenizer-dec",
-                                       "modern-bert", "gemma-embedding", "dream",      "llada",
-                                       "llada-moe",  "rnd1"};
+    static const char *const none[] = {
+        "bert",     "jina-bert-v2", "jina-bert-v3",     "nomic-bert",  "nomic-bert-moe",
+        "neo-bert", "eurobert",     "wavtokenizer-dec", "modern-bert", "gemma-embedding",
+        "dream",    "llada",        "llada-moe",        "rnd1"};
     for (size_t i = 0; arch && i < sizeof none / sizeof *none; i++)
         if (strcmp(arch, none[i]) == 0)
             return true;
@@ -94,13 +94,13 @@ static uint64_t kv_width(const struct lyra_gguf_info *info, long il, uint64_t ke
     return (uint64_t)k->dims[1] + (uint64_t)v->dims[1];
 }
 
-int lyra_estimate_model(const struct lyra_gguf_info *info, int ctx_per_slot, int n_slots, struct lyra_estimate *out,
-                        struct lyra_err *err)
+int lyra_estimate_model(const struct lyra_gguf_info *info, int ctx_per_slot, int n_slots,
+                        struct lyra_estimate *out, struct lyra_err *err)
 {
     memset(out, 0, sizeof *out);
     if (ctx_per_slot < 1 || n_slots < 1)
-        return lyra_err_set(err, LYRA_EINVAL, "estimate: context %d and slots %d must be at least 1", ctx_per_slot,
-                            n_slots);
+        return lyra_err_set(err, LYRA_EINVAL, "estimate: context %d and slots %d must be at least 1",
+                            ctx_per_slot, n_slots);
     if (info->block_count == 0 || info->block_count > 1u << 16)
         return lyra_err_set(err, LYRA_EUNSUPPORTED, "estimate: the model has no usable block_count");
     if (info->embedding_length == 0)
@@ -168,7 +168,8 @@ int lyra_estimate_model(const struct lyra_gguf_info *info, int ctx_per_slot, int
     uint64_t n_ff = info->feed_forward_length ? info->feed_forward_length : 4 * n_embd;
     uint64_t n_vocab = info->vocab_size;
     if (!n_vocab) {
-        const struct lyra_gguf_tensor *t = find_tensor(info, has_output ? "output.weight" : "token_embd.weight");
+        const struct lyra_gguf_tensor *t =
+            find_tensor(info, has_output ? "output.weight" : "token_embd.weight");
         n_vocab = t && t->n_dims >= 2 ? (uint64_t)t->dims[1] : 0;
     }
     e.logits_bytes = (uint64_t)LYRA_ESTIMATE_UBATCH * n_vocab * F32_BYTES;
@@ -244,11 +245,11 @@ json_t *lyra_estimate_to_json(const struct lyra_estimate *e, int gpu_layers)
 {
     int g = normalise(e, gpu_layers);
     return json_pack("{s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "gpu_layers", g,
-                     "n_layers", e->n_layers, "ctx_per_slot", e->ctx_per_slot, "n_slots", e->n_slots, "kv_cells",
-                     (json_int_t)e->kv_cells, "weights_bytes", (json_int_t)e->weights_bytes, "kv_bytes",
-                     (json_int_t)e->kv_bytes, "compute_bytes", (json_int_t)e->compute_bytes, "layer_bytes_max",
-                     (json_int_t)e->layer_bytes_max, "nonlayer_bytes", (json_int_t)e->nonlayer_bytes,
-                     "output_bytes", (json_int_t)e->output_bytes, "host_bytes",
+                     "n_layers", e->n_layers, "ctx_per_slot", e->ctx_per_slot, "n_slots", e->n_slots,
+                     "kv_cells", (json_int_t)e->kv_cells, "weights_bytes", (json_int_t)e->weights_bytes,
+                     "kv_bytes", (json_int_t)e->kv_bytes, "compute_bytes", (json_int_t)e->compute_bytes,
+                     "layer_bytes_max", (json_int_t)e->layer_bytes_max, "nonlayer_bytes",
+                     (json_int_t)e->nonlayer_bytes, "output_bytes", (json_int_t)e->output_bytes, "host_bytes",
                      (json_int_t)lyra_estimate_host_bytes(e, g), "device_bytes",
                      (json_int_t)lyra_estimate_device_bytes(e, g));
 }

@@ -59,21 +59,21 @@
 #define LYRA_ESTIMATE_DEVICE_RUNTIME (256ull << 20)
 
 struct lyra_estimate {
-    int n_layers;              /* block_count */
-    uint64_t layer_bytes_max;  /* largest blk.N.* weight sum */
-    uint64_t *layer_bytes;     /* n_layers entries: blk.N.* weights (owned; lyra_estimate_clear frees) */
-    uint64_t *layer_kv_bytes;  /* n_layers entries: that layer's share of kv_bytes (owned) */
-    uint64_t nonlayer_bytes;   /* every tensor not in a block: token_embd, output, output_norm, ... */
-    uint64_t output_bytes;     /* what moves to the device with the output layer (output*, output_norm*,
-                                * plus output_dup_bytes) */
-    uint64_t output_dup_bytes; /* token_embd again when the output is tied to it; else 0 */
-    uint64_t weights_bytes;    /* all tensors */
-    uint64_t kv_bytes;         /* whole KV cache for kv_cells */
-    uint64_t compute_bytes;    /* compute buffers, approx: logits_bytes + activation bytes */
-    uint64_t logits_bytes;     /* the part of compute_bytes that goes with the output layer */
+    int n_layers;               /* block_count */
+    uint64_t layer_bytes_max;   /* largest blk.N.* weight sum */
+    uint64_t *layer_bytes;      /* n_layers entries: blk.N.* weights (owned; lyra_estimate_clear frees) */
+    uint64_t *layer_kv_bytes;   /* n_layers entries: that layer's share of kv_bytes (owned) */
+    uint64_t nonlayer_bytes;    /* every tensor not in a block: token_embd, output, output_norm, ... */
+    uint64_t output_bytes;      /* what moves to the device with the output layer (output*, output_norm*,
+                                 * plus output_dup_bytes) */
+    uint64_t output_dup_bytes;  /* token_embd again when the output is tied to it; else 0 */
+    uint64_t weights_bytes;     /* all tensors */
+    uint64_t kv_bytes;          /* whole KV cache for kv_cells */
+    uint64_t compute_bytes;     /* compute buffers, approx: logits_bytes + activation bytes */
+    uint64_t logits_bytes;      /* the part of compute_bytes that goes with the output layer */
     uint64_t host_output_bytes; /* llama's output buffer, always in host memory */
-    uint32_t kv_cells;         /* cells in all the KV streams together */
-    int ctx_per_slot;          /* after the cap at the model's context_length */
+    uint32_t kv_cells;          /* cells in all the KV streams together */
+    int ctx_per_slot;           /* after the cap at the model's context_length */
     int n_slots;
 };
 
@@ -83,8 +83,8 @@ struct lyra_estimate {
  * slot count below 1, LYRA_EUNSUPPORTED when the metadata lacks what the
  * estimate needs (block_count, embedding_length), LYRA_ENOMEM; err says
  * why.  On failure *out holds nothing to clear. */
-int lyra_estimate_model(const struct lyra_gguf_info *info, int ctx_per_slot, int n_slots, struct lyra_estimate *out,
-                        struct lyra_err *err);
+int lyra_estimate_model(const struct lyra_gguf_info *info, int ctx_per_slot, int n_slots,
+                        struct lyra_estimate *out, struct lyra_err *err);
 
 /* Frees the arrays of an estimate and zeroes it; a zeroed estimate or NULL
  * is a no-op. */

@@ -77,7 +77,8 @@ static struct nvml *nvml_open(void)
         m->by_index = (int (*)(unsigned int, void **))dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
         m->by_bus_id = (int (*)(const char *, void **))dlsym(lib, "nvmlDeviceGetHandleByPciBusId_v2");
         m->memory = (int (*)(void *, struct nvml_memory *))dlsym(lib, "nvmlDeviceGetMemoryInfo");
-        m->utilization = (int (*)(void *, struct nvml_utilization *))dlsym(lib, "nvmlDeviceGetUtilizationRates");
+        m->utilization =
+            (int (*)(void *, struct nvml_utilization *))dlsym(lib, "nvmlDeviceGetUtilizationRates");
         m->temperature = (int (*)(void *, int, unsigned int *))dlsym(lib, "nvmlDeviceGetTemperature");
     }
     if (!m || !init || !m->shutdown || !m->count || !m->by_index || !m->by_bus_id || !m->memory ||
@@ -137,7 +138,8 @@ static void nvml_refresh(struct lyra_gpu_source *s)
         struct nvml_utilization u;
         d->utilization_percent = s->nvml->utilization(s->handles[i], &u) == NVML_SUCCESS ? (int)u.gpu : -1;
         unsigned int t;
-        d->temperature_c = s->nvml->temperature(s->handles[i], NVML_TEMPERATURE_GPU, &t) == NVML_SUCCESS ? (int)t : -1;
+        d->temperature_c =
+            s->nvml->temperature(s->handles[i], NVML_TEMPERATURE_GPU, &t) == NVML_SUCCESS ? (int)t : -1;
     }
 }
 
@@ -274,13 +276,17 @@ int lyra_gpu_parse_probe(const char *text, size_t len, struct lyra_gpu_device **
             struct lyra_gpu_device *g = &out[k];
             g->index = (int)k;
             copy_text(g->name, sizeof g->name, json_string_value(json_object_get(d, "name")));
-            copy_text(g->description, sizeof g->description, json_string_value(json_object_get(d, "description")));
+            copy_text(g->description, sizeof g->description,
+                      json_string_value(json_object_get(d, "description")));
             copy_text(g->type, sizeof g->type, dt);
-            copy_text(g->pci_bus_id, sizeof g->pci_bus_id, json_string_value(json_object_get(d, "device_id")));
-            if (!get_u64(d, "memory_total", &g->memory_total) || !get_u64(d, "memory_free", &g->memory_free)) {
+            copy_text(g->pci_bus_id, sizeof g->pci_bus_id,
+                      json_string_value(json_object_get(d, "device_id")));
+            if (!get_u64(d, "memory_total", &g->memory_total) ||
+                !get_u64(d, "memory_free", &g->memory_free)) {
                 free(out);
                 json_decref(m);
-                return lyra_err_set(err, LYRA_EPARSE, "device %zu of the probe has no memory_total/memory_free", i);
+                return lyra_err_set(err, LYRA_EPARSE,
+                                    "device %zu of the probe has no memory_total/memory_free", i);
             }
             g->utilization_percent = g->temperature_c = -1;
             k++;
@@ -320,14 +326,16 @@ int lyra_gpu_fake(const char *json, struct lyra_gpu_source **out, struct lyra_er
         if (!name || !get_u64(d, "total", &g->memory_total) || (type && !valid_type(type))) {
             free(devs);
             json_decref(arr);
-            return lyra_err_set(err, LYRA_EPARSE,
-                                "fake GPU %zu: needs \"name\" and \"total\" (bytes); \"type\" is gpu, igpu or accel", i);
+            return lyra_err_set(
+                err, LYRA_EPARSE,
+                "fake GPU %zu: needs \"name\" and \"total\" (bytes); \"type\" is gpu, igpu or accel", i);
         }
         if (!get_u64(d, "free", &g->memory_free))
             g->memory_free = g->memory_total;
         g->index = (int)i;
         copy_text(g->name, sizeof g->name, name);
-        copy_text(g->description, sizeof g->description, json_string_value(json_object_get(d, "description")));
+        copy_text(g->description, sizeof g->description,
+                  json_string_value(json_object_get(d, "description")));
         copy_text(g->type, sizeof g->type, type ? type : "gpu");
         copy_text(g->pci_bus_id, sizeof g->pci_bus_id, json_string_value(json_object_get(d, "pci_bus_id")));
         g->utilization_percent = get_small(d, "utilization");
@@ -494,11 +502,11 @@ static int run_probe(const char *exe, int timeout_ms, struct buf *out_buf, struc
     char why[224];
     last_line(&eb, why, sizeof why);
     if (timed_out)
-        return lyra_err_set(err, LYRA_ETIMEOUT, "the device probe did not finish in %d ms and was killed%s", timeout_ms,
-                            why);
+        return lyra_err_set(err, LYRA_ETIMEOUT, "the device probe did not finish in %d ms and was killed%s",
+                            timeout_ms, why);
     if (WIFSIGNALED(status))
-        return lyra_err_set(err, LYRA_EIO, "the device probe was killed by signal %d (%s)%s", WTERMSIG(status),
-                            strsignal(WTERMSIG(status)), why);
+        return lyra_err_set(err, LYRA_EIO, "the device probe was killed by signal %d (%s)%s",
+                            WTERMSIG(status), strsignal(WTERMSIG(status)), why);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         return lyra_err_set(err, LYRA_EIO, "the device probe exited with status %d%s",
                             WIFEXITED(status) ? WEXITSTATUS(status) : -1, why);
@@ -538,7 +546,8 @@ int lyra_gpu_probe(const char *worker_exe, int timeout_ms, struct lyra_gpu_sourc
     return 0;
 }
 
-int lyra_gpu_from_env(const char *worker_exe, int timeout_ms, struct lyra_gpu_source **out, struct lyra_err *err)
+int lyra_gpu_from_env(const char *worker_exe, int timeout_ms, struct lyra_gpu_source **out,
+                      struct lyra_err *err)
 {
     const char *fake = getenv("LYRA_FAKE_GPUS");
     if (fake && *fake)
@@ -554,10 +563,10 @@ json_t *lyra_gpu_to_json(const struct lyra_gpu_device *devs, size_t n)
         json_t *util = d->utilization_percent >= 0 ? json_integer(d->utilization_percent) : json_null();
         json_t *temp = d->temperature_c >= 0 ? json_integer(d->temperature_c) : json_null();
         json_t *bus = d->pci_bus_id[0] ? json_string(d->pci_bus_id) : json_null();
-        json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:o?, s:I, s:I, s:o?, s:o?}", "index", d->index, "name", d->name,
-                              "description", d->description, "type", d->type, "pci_bus_id", bus, "memory_total",
-                              (json_int_t)d->memory_total, "memory_free", (json_int_t)d->memory_free,
-                              "utilization_percent", util, "temperature_c", temp);
+        json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:o?, s:I, s:I, s:o?, s:o?}", "index", d->index, "name",
+                              d->name, "description", d->description, "type", d->type, "pci_bus_id", bus,
+                              "memory_total", (json_int_t)d->memory_total, "memory_free",
+                              (json_int_t)d->memory_free, "utilization_percent", util, "temperature_c", temp);
         if (!o || json_array_append_new(arr, o) < 0) {
             json_decref(arr);
             return NULL;

@@ -34,14 +34,14 @@
 #include "core/error.h"
 
 struct lyra_gpu_device {
-    int index;                /* 0.. among the listed devices, in ggml's order (llama.cpp's device order) */
-    char name[64];            /* ggml's name: "CUDA0", "Vulkan1", ... */
-    char description[128];    /* the driver's: "NVIDIA H200", ... */
-    char type[8];             /* "gpu", "igpu" or "accel" */
-    char pci_bus_id[32];      /* "0000:c1:00.0"; "" when unknown */
+    int index;             /* 0.. among the listed devices, in ggml's order (llama.cpp's device order) */
+    char name[64];         /* ggml's name: "CUDA0", "Vulkan1", ... */
+    char description[128]; /* the driver's: "NVIDIA H200", ... */
+    char type[8];          /* "gpu", "igpu" or "accel" */
+    char pci_bus_id[32];   /* "0000:c1:00.0"; "" when unknown */
     uint64_t memory_total, memory_free; /* bytes */
-    int utilization_percent;  /* -1 unknown */
-    int temperature_c;        /* -1 unknown */
+    int utilization_percent;            /* -1 unknown */
+    int temperature_c;                  /* -1 unknown */
 };
 
 struct lyra_gpu_source;
@@ -57,7 +57,8 @@ struct lyra_gpu_source;
  *   LYRA_EPARSE         it printed no valid device line
  * With an error *out has no devices, err says why and a warning was logged:
  * the daemon goes on, models run on the CPU. */
-int lyra_gpu_probe(const char *worker_exe, int timeout_ms, struct lyra_gpu_source **out, struct lyra_err *err);
+int lyra_gpu_probe(const char *worker_exe, int timeout_ms, struct lyra_gpu_source **out,
+                   struct lyra_err *err);
 
 /* A FAKE source for tests, from a JSON array (borrowed):
  *   [{"name":"FakeGPU0","total":8589934592,"free":6442450944}, ...]
@@ -69,7 +70,8 @@ int lyra_gpu_fake(const char *json, struct lyra_gpu_source **out, struct lyra_er
 
 /* LYRA_FAKE_GPUS set and not empty: lyra_gpu_fake() of its value (a test
  * knob, docs/gpu.md); else lyra_gpu_probe().  Same results as those. */
-int lyra_gpu_from_env(const char *worker_exe, int timeout_ms, struct lyra_gpu_source **out, struct lyra_err *err);
+int lyra_gpu_from_env(const char *worker_exe, int timeout_ms, struct lyra_gpu_source **out,
+                      struct lyra_err *err);
 
 /* Copies the devices into *devs (caller frees with free(); NULL when *n is
  * 0), refreshing the NVML numbers first where NVML is open.  Returns 0 or

@@ -34,8 +34,9 @@ static int complete_with(const char *layers, char **body)
     struct it_server srv;
     assert_int_equal(it_server_start(&srv, home, NULL, env), 0);
     struct it_response r;
-    assert_int_equal(
-        it_post_json(srv.port, "/v1/completions", "{\"model\":\"tiny\",\"prompt\":\"hi\",\"max_tokens\":2}", &r), 0);
+    assert_int_equal(it_post_json(srv.port, "/v1/completions",
+                                  "{\"model\":\"tiny\",\"prompt\":\"hi\",\"max_tokens\":2}", &r),
+                     0);
     int status = r.status;
     *body = strdup(r.body ? r.body : "");
     it_response_free(&r);

@@ -186,7 +186,8 @@ static void test_json(void **state)
     assert_non_null(j);
     assert_int_equal(json_integer_value(json_object_get(j, "gpu_layers")), 3);
     assert_int_equal(json_integer_value(json_object_get(j, "kv_bytes")), 4u << 20);
-    assert_int_equal(json_integer_value(json_object_get(j, "device_bytes")), lyra_estimate_device_bytes(&e, 3));
+    assert_int_equal(json_integer_value(json_object_get(j, "device_bytes")),
+                     lyra_estimate_device_bytes(&e, 3));
     assert_int_equal(json_integer_value(json_object_get(j, "host_bytes")), lyra_estimate_host_bytes(&e, 3));
     json_decref(j);
     lyra_estimate_clear(&e);
@@ -260,14 +261,18 @@ static void test_untied_and_shapes(void **state)
     assert_int_equal(e.layer_bytes_max, 220);
     assert_int_equal(e.kv_bytes, 2ull * 1024 * (128 + 128) * 2);
     /* all on the CPU, an untied output is held once */
-    assert_int_equal(lyra_estimate_host_bytes(&e, 0), e.weights_bytes + e.kv_bytes + e.compute_bytes + 1000 * 4);
+    assert_int_equal(lyra_estimate_host_bytes(&e, 0),
+                     e.weights_bytes + e.kv_bytes + e.compute_bytes + 1000 * 4);
     /* the output layer alone on the device: no duplicate */
-    assert_int_equal(lyra_estimate_device_bytes(&e, 1), 2004 + e.compute_bytes + LYRA_ESTIMATE_DEVICE_RUNTIME);
+    assert_int_equal(lyra_estimate_device_bytes(&e, 1),
+                     2004 + e.compute_bytes + LYRA_ESTIMATE_DEVICE_RUNTIME);
     lyra_estimate_clear(&e);
 
     /* key_length / value_length override the head size */
-    f.kv[0] = (struct lyra_gguf_kv){.key = "llama.attention.key_length", .type = LYRA_GGUF_TYPE_UINT32, .v.u = 96};
-    f.kv[1] = (struct lyra_gguf_kv){.key = "llama.attention.value_length", .type = LYRA_GGUF_TYPE_UINT32, .v.u = 32};
+    f.kv[0] =
+        (struct lyra_gguf_kv){.key = "llama.attention.key_length", .type = LYRA_GGUF_TYPE_UINT32, .v.u = 96};
+    f.kv[1] = (struct lyra_gguf_kv){
+        .key = "llama.attention.value_length", .type = LYRA_GGUF_TYPE_UINT32, .v.u = 32};
     f.info.n_kvs = 2;
     assert_int_equal(lyra_estimate_model(&f.info, 1024, 1, &e, NULL), 0);
     assert_int_equal(e.kv_bytes, 2ull * 1024 * 2 * (96 + 32) * 2);
@@ -308,12 +313,9 @@ static void test_invalid(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny),
-        cmocka_unit_test(test_small),
-        cmocka_unit_test(test_split),
-        cmocka_unit_test(test_fit_layers),
-        cmocka_unit_test(test_json),
-        cmocka_unit_test(test_untied_and_shapes),
+        cmocka_unit_test(test_tiny),    cmocka_unit_test(test_small),
+        cmocka_unit_test(test_split),   cmocka_unit_test(test_fit_layers),
+        cmocka_unit_test(test_json),    cmocka_unit_test(test_untied_and_shapes),
         cmocka_unit_test(test_invalid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -71,11 +71,12 @@ static void test_fake(void **state)
 {
     struct lyra_gpu_source *s = NULL;
     struct lyra_err err = {0};
-    assert_int_equal(lyra_gpu_fake("[{\"name\":\"FakeGPU0\",\"total\":8589934592,\"free\":6442450944},"
-                                   "{\"name\":\"FakeGPU1\",\"total\":1024,\"type\":\"igpu\",\"utilization\":50,"
-                                   "\"temperature\":61,\"pci_bus_id\":\"0000:c1:00.0\",\"description\":\"Fake\"}]",
-                                   &s, &err),
-                     0);
+    assert_int_equal(
+        lyra_gpu_fake("[{\"name\":\"FakeGPU0\",\"total\":8589934592,\"free\":6442450944},"
+                      "{\"name\":\"FakeGPU1\",\"total\":1024,\"type\":\"igpu\",\"utilization\":50,"
+                      "\"temperature\":61,\"pci_bus_id\":\"0000:c1:00.0\",\"description\":\"Fake\"}]",
+                      &s, &err),
+        0);
     struct lyra_gpu_device *d;
     size_t n;
     assert_int_equal(lyra_gpu_list(s, &d, &n), 0);
@@ -122,8 +123,14 @@ static void test_fake(void **state)
 static void test_fake_invalid(void **state)
 {
     static const char *const bad[] = {
-        "", "{", "{\"name\":\"x\",\"total\":1}", "[{\"total\":1}]", "[{\"name\":\"x\"}]",
-        "[{\"name\":\"x\",\"total\":-5}]", "[{\"name\":\"x\",\"total\":1,\"type\":\"cpu\"}]", "[42]",
+        "",
+        "{",
+        "{\"name\":\"x\",\"total\":1}",
+        "[{\"total\":1}]",
+        "[{\"name\":\"x\"}]",
+        "[{\"name\":\"x\",\"total\":-5}]",
+        "[{\"name\":\"x\",\"total\":1,\"type\":\"cpu\"}]",
+        "[42]",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         struct lyra_gpu_source *s = (struct lyra_gpu_source *)&s;
@@ -163,19 +170,21 @@ static void test_parse_probe(void **state)
     struct lyra_gpu_device *d = NULL;
     size_t n = 99;
     struct lyra_err err = {0};
-    const char *cpu = "{\"type\":\"devices\",\"devices\":[{\"name\":\"CPU\",\"description\":\"Xeon\",\"type\":\"cpu\","
-                      "\"memory_total\":1,\"memory_free\":1,\"device_id\":null}]}\n";
+    const char *cpu =
+        "{\"type\":\"devices\",\"devices\":[{\"name\":\"CPU\",\"description\":\"Xeon\",\"type\":\"cpu\","
+        "\"memory_total\":1,\"memory_free\":1,\"device_id\":null}]}\n";
     assert_int_equal(lyra_gpu_parse_probe(cpu, strlen(cpu), &d, &n, &err), 0);
     assert_int_equal(n, 0);
     assert_null(d);
 
     /* noise before the line, CPU and unknown kinds skipped, bus id kept */
-    const char *mixed = "ggml_cuda_init: found 2 CUDA devices\n{\"type\":\"other\"}\n"
-                        "{\"type\":\"devices\",\"devices\":[{\"name\":\"CPU\",\"type\":\"cpu\",\"memory_total\":1,"
-                        "\"memory_free\":1},{\"name\":\"CUDA0\",\"description\":\"NVIDIA H200\",\"type\":\"gpu\","
-                        "\"memory_total\":150000000000,\"memory_free\":149000000000,\"device_id\":\"0000:c1:00.0\"},"
-                        "{\"name\":\"META\",\"type\":\"other\",\"memory_total\":1,\"memory_free\":1},"
-                        "{\"name\":\"CUDA1\",\"type\":\"gpu\",\"memory_total\":2,\"memory_free\":1}]}";
+    const char *mixed =
+        "ggml_cuda_init: found 2 CUDA devices\n{\"type\":\"other\"}\n"
+        "{\"type\":\"devices\",\"devices\":[{\"name\":\"CPU\",\"type\":\"cpu\",\"memory_total\":1,"
+        "\"memory_free\":1},{\"name\":\"CUDA0\",\"description\":\"NVIDIA H200\",\"type\":\"gpu\","
+        "\"memory_total\":150000000000,\"memory_free\":149000000000,\"device_id\":\"0000:c1:00.0\"},"
+        "{\"name\":\"META\",\"type\":\"other\",\"memory_total\":1,\"memory_free\":1},"
+        "{\"name\":\"CUDA1\",\"type\":\"gpu\",\"memory_total\":2,\"memory_free\":1}]}";
     assert_int_equal(lyra_gpu_parse_probe(mixed, strlen(mixed), &d, &n, &err), 0);
     assert_int_equal(n, 2);
     assert_string_equal(d[0].name, "CUDA0");
@@ -191,12 +200,13 @@ static void test_parse_probe(void **state)
 
     /* a name longer than the field is cut on a character boundary */
     char longname[512];
-    snprintf(longname, sizeof longname,
-             "{\"type\":\"devices\",\"devices\":[{\"name\":\"%s\",\"type\":\"gpu\",\"memory_total\":1,"
-             "\"memory_free\":1}]}",
-             "GPU-\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
-             "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
-             "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+    snprintf(
+        longname, sizeof longname,
+        "{\"type\":\"devices\",\"devices\":[{\"name\":\"%s\",\"type\":\"gpu\",\"memory_total\":1,"
+        "\"memory_free\":1}]}",
+        "GPU-\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+        "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+        "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
     assert_int_equal(lyra_gpu_parse_probe(longname, strlen(longname), &d, &n, &err), 0);
     assert_int_equal(n, 1);
     assert_true(strlen(d[0].name) < sizeof d[0].name);
@@ -259,7 +269,8 @@ static void test_probe_failures(void **state)
         {"fails", "echo 'no backends' >&2; exit 3", 10000, LYRA_EIO, "status 3: no backends"},
         {"garbage", "echo 'this is not json'", 10000, LYRA_EPARSE, "no {\"type\":\"devices\"}"},
         {"silent", "exit 0", 10000, LYRA_EPARSE, "no {\"type\":\"devices\"}"},
-        {"hangs", "echo '{\"type\":\"devices\",\"devices\":[]}'; exec sleep 60", 300, LYRA_ETIMEOUT, "300 ms"},
+        {"hangs", "echo '{\"type\":\"devices\",\"devices\":[]}'; exec sleep 60", 300, LYRA_ETIMEOUT,
+         "300 ms"},
         /* closes stdout then hangs: the exit has the same deadline */
         {"lingers", "exec >&-; exec sleep 60", 300, LYRA_ETIMEOUT, "killed"},
         /* a helper it forked keeps the pipe open: the group is killed */
@@ -310,12 +321,9 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fake),
-        cmocka_unit_test(test_fake_invalid),
-        cmocka_unit_test(test_from_env),
-        cmocka_unit_test(test_parse_probe),
-        cmocka_unit_test(test_probe_real),
-        cmocka_unit_test(test_probe_failures),
+        cmocka_unit_test(test_fake),       cmocka_unit_test(test_fake_invalid),
+        cmocka_unit_test(test_from_env),   cmocka_unit_test(test_parse_probe),
+        cmocka_unit_test(test_probe_real), cmocka_unit_test(test_probe_failures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
