@@ -17,6 +17,7 @@
 #include "core/conversations.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "models/estimate.h"
 #include "proto/messages.h"
 #include "sys/cpu.h"
 #include "sys/proc.h"
@@ -259,6 +260,60 @@ static void hook_restarted(const char *model, void *ud)
     lyra_metric_add(srv->m.worker_restarts, (const char *const[]){model}, 1);
 }
 
+/* GPU placement: the GPU with the most free memory is where models go
+ * (llama.cpp's split across several GPUs is its own business). */
+static uint64_t hook_vram_free(bool *live, void *ud)
+{
+    struct lyra_server *srv = ud;
+    struct lyra_gpu_device *devs = NULL;
+    size_t n = 0;
+    uint64_t best = 0;
+    *live = false;
+    if (!srv->gpus || lyra_gpu_list(srv->gpus, &devs, &n) < 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (devs[i].memory_free > best) {
+            best = devs[i].memory_free;
+            *live = devs[i].utilization_percent >= 0; /* NVML read it just now */
+        }
+    }
+    free(devs);
+    return best;
+}
+
+/* A worker process's own memory beside what the estimate counts (the
+ * libraries, the C runtime, thread stacks): measured on tiny, docs/gpu.md. */
+#define WORKER_BASE_BYTES ((uint64_t)32 << 20)
+
+static void hook_estimate(const struct lyra_model *model, int gpu_layers, uint64_t *host, uint64_t *device, void *ud)
+{
+    struct lyra_estimate e;
+    struct lyra_err err = {0};
+    *device = 0;
+    if (!model->info ||
+        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0) {
+        *host = model->size_bytes + ((uint64_t)64 << 20); /* what the file says, and a margin */
+        return;
+    }
+    int g = gpu_layers < 0 ? e.n_layers + 1 : gpu_layers;
+    *host = lyra_estimate_host_bytes(&e, g) + WORKER_BASE_BYTES;
+    *device = lyra_estimate_device_bytes(&e, g);
+    lyra_estimate_clear(&e);
+}
+
+static int hook_fit_layers(const struct lyra_model *model, uint64_t free_b, void *ud)
+{
+    struct lyra_server *srv = ud;
+    struct lyra_estimate e;
+    struct lyra_err err = {0};
+    if (!model->info ||
+        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0)
+        return -1; /* no estimate: llama.cpp decides */
+    int g = lyra_estimate_fit_layers(&e, free_b, srv->cfg->gpu.reserve);
+    lyra_estimate_clear(&e);
+    return g;
+}
+
 #define RESIDENCY_KEY "models.residency"
 
 /* The resident and pinned sets, stored on every change so that the next
@@ -419,6 +474,13 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
     const struct lyra_config *cfg = srv->cfg;
     if ((rc = lyra_memsource_from_env(&srv->memsource, err)) < 0)
         return rc;
+    /* GPUs, probed in a subprocess: a failed probe leaves none (logged). */
+    if (cfg->gpu.enabled) {
+        struct lyra_err gerr = {0};
+        rc = lyra_gpu_from_env(exe, cfg->gpu.probe_timeout_s * 1000, &srv->gpus, &gerr);
+        if (rc == LYRA_ENOMEM || rc == LYRA_EINVAL)
+            return lyra_err_set(err, rc, "%s", gerr.msg);
+    }
     struct lyra_manager_options mo = {.worker_exe = exe, .registry = srv->registry, .bus = srv->bus,
                                       .max_loaded = cfg->models.max_loaded,
                                       .memory_budget = memory_budget(srv),
@@ -427,7 +489,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
                                       .kill_busy = cfg->watchdog.kill_busy,
                                       .hooks = {.loaded = hook_loaded, .queue_wait = hook_queue_wait,
                                                 .restarted = hook_restarted, .residency = hook_residency,
-                                                .ud = srv},
+                                                .vram_free = hook_vram_free, .estimate = hook_estimate,
+                                                .fit_layers = hook_fit_layers, .ud = srv},
                                       .load_timeout_s = cfg->models.load_timeout_s,
                                       .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
                                       .progress_timeout_s = cfg->models.progress_timeout_s,
@@ -636,6 +699,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_models_watch_free(srv->models_watch);
     lyra_manager_free(srv->manager);
     lyra_memsource_free(srv->memsource);
+    lyra_gpu_free(srv->gpus);
     if (srv->state_file) {
         unlink(srv->state_file);
         free(srv->state_file);

@@ -30,6 +30,7 @@
 #include "core/trace.h"
 #include "http/http.h"
 #include "models/manager.h"
+#include "sys/gpu.h"
 #include "sys/memory.h"
 #include "sys/watchdog.h"
 #include "models/watch.h"
@@ -53,6 +54,7 @@ struct lyra_server {
     struct lyra_memsource *memsource; /* system memory (or LYRA_FAKE_MEMINFO's fake) */
     struct lyra_watchdog *watchdog;   /* NULL when watchdog.enabled is false */
     bool recovered;                   /* the previous run did not stop cleanly */
+    struct lyra_gpu_source *gpus;     /* probed at start (or LYRA_FAKE_GPUS); NULL with gpu.enabled false */
     struct lyra_models_watch *models_watch; /* refreshes the registry when models.dir changes */
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
     struct lyra_conv_claims *chat_turns; /* conversations with a /chat turn in flight */

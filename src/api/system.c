@@ -195,8 +195,14 @@ void lyra_api_status(struct lyra_http_req *req, void *ctx)
     json_object_set_new(mem, "psi_some_avg10", r.psi_some_avg10 >= 0 ? json_real(r.psi_some_avg10) : json_null());
     json_object_set_new(mem, "watchdog", json_string(srv->watchdog ? lyra_mem_level_name(lyra_watchdog_level(srv->watchdog))
                                                                    : "off"));
-    if (!json_object_get(body, "gpu"))
+    struct lyra_gpu_device *devs = NULL;
+    size_t n_devs = 0;
+    if (srv->gpus && lyra_gpu_list(srv->gpus, &devs, &n_devs) == 0) {
+        json_object_set_new(body, "gpu", lyra_gpu_to_json(devs, n_devs));
+        free(devs);
+    } else {
         json_object_set_new(body, "gpu", json_array());
+    }
     json_object_set_new(body, "warnings",
                         warnings(srv, json_object_get(body, "models"), json_string_value(json_object_get(body, "memory_level"))));
     lyra_http_send_json(req, 200, body);

@@ -316,10 +316,9 @@ static uint64_t worker_bytes(const struct mworker *w)
     return w->rss > w->est_host ? w->rss : w->est_host;
 }
 
-/* A worker process's own memory besides weights, KV cache and compute
- * buffers (libllama, ggml, the C runtime, thread stacks), measured on the
- * tiny model: see docs/cache.md. */
-#define WORKER_BASE_BYTES ((uint64_t)48 << 20)
+/* Without an estimate hook: a process's own memory besides weights and KV
+ * cache (libllama, ggml, compute buffers, the C runtime). */
+#define WORKER_BASE_BYTES ((uint64_t)96 << 20)
 
 static void estimate(struct lyra_manager *m, const struct lyra_model *model, int gpu_layers, uint64_t *host,
                      uint64_t *device)
@@ -394,9 +393,12 @@ static int choose_gpu_layers(struct lyra_manager *m, struct model_state *ms, con
         return ms->gpu_layers_next;
     if (model->settings.gpu_layers >= 0)
         return model->settings.gpu_layers;
-    uint64_t free_b = m->opts.hooks.vram_free ? m->opts.hooks.vram_free(m->opts.hooks.ud) : 0;
+    bool live = false;
+    uint64_t free_b = m->opts.hooks.vram_free ? m->opts.hooks.vram_free(&live, m->opts.hooks.ud) : 0;
     if (!free_b)
         return 0;
+    for (const struct mworker *w = m->workers; !live && w; w = w->next)
+        free_b = free_b > w->est_device ? free_b - w->est_device : 0;
     if (m->opts.hooks.fit_layers)
         return m->opts.hooks.fit_layers(model, free_b, m->opts.hooks.ud);
     return -1; /* no estimate: let llama.cpp offload everything */

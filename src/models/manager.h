@@ -72,8 +72,10 @@ struct lyra_manager_hooks {
     void (*restarted)(const char *model, void *ud);                 /* a worker started after a crash */
     /* The resident and pinned sets changed: {"resident":[names],"pinned":[names]} (borrowed). */
     void (*residency)(const json_t *state, void *ud);
-    /* Free memory of the GPU that models go to, in bytes; 0 = no GPU. */
-    uint64_t (*vram_free)(void *ud);
+    /* Free memory of the GPU that models go to, in bytes; 0 = no GPU.
+     * *live says whether the number is current (NVML) or from the start-up
+     * probe, from which the manager then subtracts its workers' estimates. */
+    uint64_t (*vram_free)(bool *live, void *ud);
     /* Bytes a model will hold in RAM and on the GPU with gpu_layers on
      * the GPU (-1 = all); NULL = a built-in estimate from the file size. */
     void (*estimate)(const struct lyra_model *model, int gpu_layers, uint64_t *host, uint64_t *device, void *ud);
