@@ -475,8 +475,8 @@ int lyra_store_session_begin(struct lyra_store *st, const char *version, char id
     return rc;
 }
 
-/* Writes meta key = value inside the caller's transaction. */
-static int put_meta(sqlite3 *db, const char *key, uint64_t value, struct lyra_err *err)
+/* Writes meta key = text inside the caller's transaction. */
+static int put_meta_text(sqlite3 *db, const char *key, const char *text, struct lyra_err *err)
 {
     sqlite3_stmt *s;
     if (sqlite3_prepare_v2(db,
@@ -484,13 +484,18 @@ static int put_meta(sqlite3 *db, const char *key, uint64_t value, struct lyra_er
                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                            -1, &s, NULL) != SQLITE_OK)
         return lyra_store_error(err, db, "writing meta");
-    char buf[24];
-    snprintf(buf, sizeof buf, "%llu", (unsigned long long)value);
     sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, buf, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, text, -1, SQLITE_TRANSIENT);
     int step = sqlite3_step(s);
     sqlite3_finalize(s);
     return step == SQLITE_DONE ? 0 : lyra_store_error(err, db, "writing meta");
+}
+
+static int put_meta(sqlite3 *db, const char *key, uint64_t value, struct lyra_err *err)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)value);
+    return put_meta_text(db, key, buf, err);
 }
 
 struct session_end {
@@ -539,26 +544,37 @@ struct meta {
     char key[]; /* NUL-terminated */
 };
 
-/* Job: m->value = meta m->key; LYRA_ENOTFOUND when absent. */
-static int job_meta_get(sqlite3 *db, void *arg, struct lyra_err *err)
+/* Reads meta key into *text (malloc'd); LYRA_ENOTFOUND when absent. */
+static int get_meta_text(sqlite3 *db, const char *key, char **text, struct lyra_err *err)
 {
-    struct meta *m = arg;
     sqlite3_stmt *s;
+    *text = NULL;
     if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?", -1, &s, NULL) != SQLITE_OK)
         return lyra_store_error(err, db, "reading meta");
-    sqlite3_bind_text(s, 1, m->key, -1, SQLITE_STATIC);
-    int step = sqlite3_step(s);
-    int rc;
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(s), rc;
     if (step == SQLITE_ROW) {
         const unsigned char *t = sqlite3_column_text(s, 0);
-        m->value = t ? strtoull((const char *)t, NULL, 10) : 0;
-        rc = 0;
+        *text = strdup(t ? (const char *)t : "");
+        rc = *text ? 0 : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     } else if (step == SQLITE_DONE) {
-        rc = lyra_err_set(err, LYRA_ENOTFOUND, "no meta value %s", m->key);
+        rc = lyra_err_set(err, LYRA_ENOTFOUND, "no meta value %s", key);
     } else {
         rc = lyra_store_error(err, db, "reading meta");
     }
     sqlite3_finalize(s);
+    return rc;
+}
+
+/* Job: m->value = meta m->key; LYRA_ENOTFOUND when absent. */
+static int job_meta_get(sqlite3 *db, void *arg, struct lyra_err *err)
+{
+    struct meta *m = arg;
+    char *text;
+    int rc = get_meta_text(db, m->key, &text, err);
+    if (rc == 0)
+        m->value = strtoull(text, NULL, 10);
+    free(text);
     return rc;
 }
 
@@ -645,17 +661,7 @@ struct meta_text {
 static int tx_meta_text_set(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     const struct meta_text *m = arg;
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db,
-                           "INSERT INTO meta (key, value) VALUES (?, ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                           -1, &s, NULL) != SQLITE_OK)
-        return lyra_store_error(err, db, "writing meta");
-    sqlite3_bind_text(s, 1, m->key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, m->text, -1, SQLITE_STATIC);
-    int step = sqlite3_step(s);
-    sqlite3_finalize(s);
-    return step == SQLITE_DONE ? 0 : lyra_store_error(err, db, "writing meta");
+    return put_meta_text(db, m->key, m->text, err);
 }
 
 static int job_meta_text_set(sqlite3 *db, void *arg, struct lyra_err *err)
@@ -698,22 +704,7 @@ int lyra_store_meta_set_text_async(struct lyra_store *st, const char *key, const
 static int job_meta_text_get(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct meta_text *m = arg;
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?", -1, &s, NULL) != SQLITE_OK)
-        return lyra_store_error(err, db, "reading meta");
-    sqlite3_bind_text(s, 1, m->key, -1, SQLITE_STATIC);
-    int step = sqlite3_step(s), rc;
-    if (step == SQLITE_ROW) {
-        const unsigned char *t = sqlite3_column_text(s, 0);
-        m->text = strdup(t ? (const char *)t : "");
-        rc = m->text ? 0 : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
-    } else if (step == SQLITE_DONE) {
-        rc = lyra_err_set(err, LYRA_ENOTFOUND, "no meta value %s", m->key);
-    } else {
-        rc = lyra_store_error(err, db, "reading meta");
-    }
-    sqlite3_finalize(s);
-    return rc;
+    return get_meta_text(db, m->key, &m->text, err);
 }
 
 int lyra_store_meta_get_text(struct lyra_store *st, const char *key, char **value, struct lyra_err *err)

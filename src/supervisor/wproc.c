@@ -76,6 +76,30 @@ struct lyra_wproc {
 /* ------------------------------------------------------------------ */
 /* Environment                                                        */
 
+int lyra_wproc_spawn_child(const char *exe, char *const argv[], char *const envp[], const int *fds, int n,
+                           pid_t *pid)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    for (int i = 0; i < n && i < 8; i++)
+        posix_spawn_file_actions_adddup2(&fa, fds[i], 1 + i);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 1 + (n < 8 ? n : 8));
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+    int rc = posix_spawn(pid, exe, &fa, &attr, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    return rc;
+}
+
 char **lyra_wproc_environment(char *const *environ_)
 {
     static const char *const exact[] = {"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR",
@@ -753,29 +777,9 @@ int lyra_wproc_spawn(struct lyra_loop *loop, const struct lyra_wproc_spec *spec,
     argv[a++] = hb_ms;
     argv[a] = NULL;
 
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&attr);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, ep[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, ep[1], 2);
-    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
-    posix_spawn_file_actions_adddup2(&fa, hv[1], 4);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 5);
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    /* Its own process group: a terminal's ^C reaches the daemon, which
-     * decides when requests are drained and workers stopped. */
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+    const int fds[] = {ep[1], ep[1], sv[1], hv[1]}; /* stdout, stderr, 3: requests, 4: heartbeats */
     pid_t pid;
-    int src = posix_spawn(&pid, spec->exe, &fa, &attr, (char *const *)argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
+    int src = lyra_wproc_spawn_child(spec->exe, (char *const *)argv, envp, fds, 4, &pid);
     free(argv);
     free(envp);
     close(sv[1]);

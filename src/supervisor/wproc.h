@@ -115,4 +115,12 @@ pid_t lyra_wproc_pid(const struct lyra_wproc *w);
  * (caller frees the array only).  Returns NULL when out of memory. */
 char **lyra_wproc_environment(char *const *environ_);
 
+/* Starts `exe` as every child of the daemon starts (workers, the GPU
+ * probe): stdin /dev/null, the child's fd 1 + i is fds[i] (n at most 8),
+ * no other descriptor inherited, every signal unblocked and at its
+ * default, in its own process group (a terminal's ^C reaches the daemon,
+ * which decides when children stop).  Returns 0 or an errno value. */
+int lyra_wproc_spawn_child(const char *exe, char *const argv[], char *const envp[], const int *fds, int n,
+                           pid_t *pid);
+
 #endif

@@ -421,25 +421,9 @@ static int run_probe(const char *exe, int timeout_ms, struct buf *out_buf, struc
     }
     char **envp = lyra_wproc_environment(environ);
     char *argv[] = {(char *)exe, "worker", "--probe-devices", NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&attr);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, op[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, ep[1], 2);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+    const int fds[] = {op[1], ep[1]};
     pid_t pid = -1;
-    int src = envp ? posix_spawn(&pid, exe, &fa, &attr, argv, envp) : ENOMEM;
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
+    int src = envp ? lyra_wproc_spawn_child(exe, argv, envp, fds, 2, &pid) : ENOMEM;
     free(envp);
     close(op[1]);
     close(ep[1]);
