@@ -2,8 +2,9 @@
  * acceptance tests of the model cache, issue 7): one daemon per test with
  * its own schema-3 lyra.yaml, short completions, long generations that a
  * test cancels by closing the connection, and reads of /status and
- * /events/recent.  Header-only (static functions): each it_*.c is its own
- * program. */
+ * /events/recent.  Header-only (static functions, marked unused: not every
+ * file calls each): each it_*.c is its own program. */
+
 #ifndef LYRA_IT_CACHE_COMMON_H
 #define LYRA_IT_CACHE_COMMON_H
 
@@ -19,16 +20,18 @@
 #include "core/util.h"
 #include "harness.h"
 
+#define UNUSED __attribute__((unused))
+
 static struct it_server srv;
 static char home[64], models[128];
 
-static void sleep_ms(int ms)
+static UNUSED void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
-static double now_ms(void)
+static UNUSED double now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -36,7 +39,7 @@ static double now_ms(void)
 }
 
 /* A fresh home with models/ (copies of tiny named in `copies`, NULL-ended). */
-static void make_home(const char *const *copies)
+static UNUSED void make_home(const char *const *copies)
 {
     it_mkdtemp(home, sizeof home);
     snprintf(models, sizeof models, "%s/models", home);
@@ -49,7 +52,7 @@ static void make_home(const char *const *copies)
 }
 
 /* Writes "schema_version: 3\n" + yaml and starts the daemon on the home. */
-static void start(const char *yaml, const char *const *env)
+static UNUSED void start(const char *yaml, const char *const *env)
 {
     char p[128], *full = NULL;
     snprintf(p, sizeof p, "%s/lyra.yaml", home);
@@ -60,7 +63,7 @@ static void start(const char *yaml, const char *const *env)
         fail_msg("the daemon did not start (log: %s)", srv.log_path);
 }
 
-static void stop(void)
+static UNUSED void stop(void)
 {
     assert_int_equal(it_server_stop(&srv, SIGTERM), 0);
     it_server_cleanup(&srv);
@@ -74,7 +77,7 @@ struct answer {
     char retry[16];   /* Retry-After */
 };
 
-static void fill_answer(struct it_response *r, struct answer *a)
+static UNUSED void fill_answer(struct it_response *r, struct answer *a)
 {
     memset(a, 0, sizeof *a);
     a->status = r->status;
@@ -86,7 +89,7 @@ static void fill_answer(struct it_response *r, struct answer *a)
 }
 
 /* A short /v1/completions for `model`. */
-static struct answer complete(const char *model)
+static UNUSED struct answer complete(const char *model)
 {
     char body[256];
     snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":\"hi\",\"max_tokens\":2}", model);
@@ -98,7 +101,7 @@ static struct answer complete(const char *model)
     return a;
 }
 
-static void complete_ok(const char *model)
+static UNUSED void complete_ok(const char *model)
 {
     struct answer a = complete(model);
     if (a.status != 200)
@@ -106,7 +109,7 @@ static void complete_ok(const char *model)
 }
 
 /* POST without reading the answer (it stays open: close() cancels). */
-static int post_open(const char *path, const char *body)
+static UNUSED int post_open(const char *path, const char *body)
 {
     int fd = it_connect(srv.port);
     assert_true(fd >= 0);
@@ -123,7 +126,7 @@ static int post_open(const char *path, const char *body)
 
 /* A 2,000-token generation (not streamed, so that its end is an HTTP
  * status): on "small" it takes tens of seconds here. */
-static int long_generation(const char *model)
+static UNUSED int long_generation(const char *model)
 {
     char body[256];
     snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true}",
@@ -132,32 +135,32 @@ static int long_generation(const char *model)
 }
 
 /* True when nothing came back on fd yet (and it is still open). */
-static bool no_answer_yet(int fd)
+static UNUSED bool no_answer_yet(int fd)
 {
     char c;
     ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
-static json_t *status(void)
+static UNUSED json_t *status(void)
 {
     json_t *st = it_get_json(srv.port, "/status", 200);
     assert_non_null(st);
     return st;
 }
 
-static json_int_t cache_num(json_t *st, const char *key)
+static UNUSED json_int_t cache_num(json_t *st, const char *key)
 {
     return json_integer_value(json_object_get(json_object_get(st, "cache"), key));
 }
 
-static json_int_t evictions(json_t *st, const char *reason)
+static UNUSED json_int_t evictions(json_t *st, const char *reason)
 {
     return json_integer_value(json_object_get(json_object_get(json_object_get(st, "cache"), "evictions"), reason));
 }
 
 /* The worker pid of a model (from /status models[]), 0 when none runs. */
-static int pid_of(const char *model)
+static UNUSED int pid_of(const char *model)
 {
     json_t *m = it_status_model(srv.port, model);
     int pid = m ? (int)json_integer_value(json_object_get(m, "pid")) : 0;
@@ -166,14 +169,14 @@ static int pid_of(const char *model)
 }
 
 /* The model's state in /status models[] ("loaded", ...), "" when none. */
-static void state_of(const char *model, char *buf, size_t len)
+static UNUSED void state_of(const char *model, char *buf, size_t len)
 {
     json_t *m = it_status_model(srv.port, model);
     snprintf(buf, len, "%s", m ? json_string_value(json_object_get(m, "state")) ?: "" : "");
     json_decref(m);
 }
 
-static bool wait_state(const char *model, const char *want, int timeout_ms)
+static UNUSED bool wait_state(const char *model, const char *want, int timeout_ms)
 {
     char st[32];
     for (double end = now_ms() + timeout_ms; now_ms() < end; sleep_ms(20)) {
@@ -185,7 +188,7 @@ static bool wait_state(const char *model, const char *want, int timeout_ms)
     return false;
 }
 
-static bool wait_in_flight(const char *model, int n, int timeout_ms)
+static UNUSED bool wait_in_flight(const char *model, int n, int timeout_ms)
 {
     for (double end = now_ms() + timeout_ms; now_ms() < end; sleep_ms(20)) {
         json_t *m = it_status_model(srv.port, model);
@@ -199,7 +202,7 @@ static bool wait_in_flight(const char *model, int n, int timeout_ms)
 }
 
 /* Every event of `types` after `since` (new reference: an array). */
-static json_t *events_since(const char *types, uint64_t since)
+static UNUSED json_t *events_since(const char *types, uint64_t since)
 {
     char path[256];
     snprintf(path, sizeof path, "/events/recent?since=%llu&types=%s&limit=10000", (unsigned long long)since, types);
@@ -210,14 +213,14 @@ static json_t *events_since(const char *types, uint64_t since)
     return ev ? ev : json_array();
 }
 
-static const char *ev_data(json_t *ev, const char *key)
+static UNUSED const char *ev_data(json_t *ev, const char *key)
 {
     return json_string_value(json_object_get(json_object_get(ev, "data"), key)) ?: "";
 }
 
 /* How many events of `type` after `since` have data.model == model (NULL:
  * any) and data.reason == reason (NULL: any). */
-static int count_events(const char *type, uint64_t since, const char *model, const char *reason)
+static UNUSED int count_events(const char *type, uint64_t since, const char *model, const char *reason)
 {
     json_t *list = events_since(type, since);
     int n = 0;
@@ -233,7 +236,7 @@ static int count_events(const char *type, uint64_t since, const char *model, con
 }
 
 /* Waits for `want` such events (state polling, generous deadline). */
-static bool wait_events(const char *type, uint64_t since, const char *model, const char *reason, int want,
+static UNUSED bool wait_events(const char *type, uint64_t since, const char *model, const char *reason, int want,
                         int timeout_ms)
 {
     int n = 0;
@@ -245,7 +248,7 @@ static bool wait_events(const char *type, uint64_t since, const char *model, con
     return false;
 }
 
-static bool proc_exists(int pid)
+static UNUSED bool proc_exists(int pid)
 {
     char p[64];
     snprintf(p, sizeof p, "/proc/%d", pid);
