@@ -72,9 +72,9 @@ static UNUSED void stop(void)
 
 struct answer {
     int status;
-    char code[64];    /* error code, "" on success */
-    char model[64];   /* X-Lyra-Model */
-    char retry[16];   /* Retry-After */
+    char code[64];  /* error code, "" on success */
+    char model[64]; /* X-Lyra-Model */
+    char retry[16]; /* Retry-After */
 };
 
 static UNUSED void fill_answer(struct it_response *r, struct answer *a)
@@ -129,8 +129,8 @@ static UNUSED int post_open(const char *path, const char *body)
 static UNUSED int long_generation(const char *model)
 {
     char body[256];
-    snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true}",
-             model);
+    snprintf(body, sizeof body,
+             "{\"model\":\"%s\",\"prompt\":\"Once\",\"max_tokens\":2000,\"ignore_eos\":true}", model);
     return post_open("/v1/completions", body);
 }
 
@@ -156,7 +156,8 @@ static UNUSED json_int_t cache_num(json_t *st, const char *key)
 
 static UNUSED json_int_t evictions(json_t *st, const char *reason)
 {
-    return json_integer_value(json_object_get(json_object_get(json_object_get(st, "cache"), "evictions"), reason));
+    return json_integer_value(
+        json_object_get(json_object_get(json_object_get(st, "cache"), "evictions"), reason));
 }
 
 /* The worker pid of a model (from /status models[]), 0 when none runs. */
@@ -205,7 +206,8 @@ static UNUSED bool wait_in_flight(const char *model, int n, int timeout_ms)
 static UNUSED json_t *events_since(const char *types, uint64_t since)
 {
     char path[256];
-    snprintf(path, sizeof path, "/events/recent?since=%llu&types=%s&limit=10000", (unsigned long long)since, types);
+    snprintf(path, sizeof path, "/events/recent?since=%llu&types=%s&limit=10000", (unsigned long long)since,
+             types);
     json_t *j = it_get_json(srv.port, path, 200);
     assert_non_null(j);
     json_t *ev = json_incref(json_object_get(j, "events"));
@@ -226,7 +228,8 @@ static UNUSED int count_events(const char *type, uint64_t since, const char *mod
     int n = 0;
     size_t i;
     json_t *ev;
-    json_array_foreach(list, i, ev) {
+    json_array_foreach(list, i, ev)
+    {
         if ((!model || strcmp(ev_data(ev, "model"), model) == 0) &&
             (!reason || strcmp(ev_data(ev, "reason"), reason) == 0))
             n++;
@@ -236,15 +239,15 @@ static UNUSED int count_events(const char *type, uint64_t since, const char *mod
 }
 
 /* Waits for `want` such events (state polling, generous deadline). */
-static UNUSED bool wait_events(const char *type, uint64_t since, const char *model, const char *reason, int want,
-                        int timeout_ms)
+static UNUSED bool wait_events(const char *type, uint64_t since, const char *model, const char *reason,
+                               int want, int timeout_ms)
 {
     int n = 0;
     for (double end = now_ms() + timeout_ms; now_ms() < end; sleep_ms(20))
         if ((n = count_events(type, since, model, reason)) >= want)
             return true;
-    fprintf(stderr, "%d of %d %s events (model %s, reason %s) within %d ms\n", n, want, type, model ? model : "*",
-            reason ? reason : "*", timeout_ms);
+    fprintf(stderr, "%d of %d %s events (model %s, reason %s) within %d ms\n", n, want, type,
+            model ? model : "*", reason ? reason : "*", timeout_ms);
     return false;
 }
 

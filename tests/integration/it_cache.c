@@ -22,7 +22,8 @@
 /* 1. Twelve models resident at once, each with its own worker. */
 static void test_twelve_resident(void **state)
 {
-    const char *names[] = {"m01", "m02", "m03", "m04", "m05", "m06", "m07", "m08", "m09", "m10", "m11", "m12", NULL};
+    const char *names[] = {"m01", "m02", "m03", "m04", "m05", "m06", "m07",
+                           "m08", "m09", "m10", "m11", "m12", NULL};
     make_home(names);
     start("models:\n  max_loaded: 12\n  parallel: 1\n  ctx_size: 256\n", NULL);
     for (int i = 0; names[i]; i++)
@@ -79,8 +80,8 @@ static void test_lru_around_pinned(void **state)
     print_message("cache: hits %lld misses %lld loads %lld lru %lld\n", (long long)cache_num(st1, "hits"),
                   (long long)cache_num(st1, "misses"), (long long)cache_num(st1, "loads"),
                   (long long)evictions(st1, "lru"));
-    assert_int_equal(cache_num(st1, "hits") - cache_num(st0, "hits"), 2);       /* p, then b again */
-    assert_int_equal(cache_num(st1, "misses") - cache_num(st0, "misses"), 6);   /* every a and b */
+    assert_int_equal(cache_num(st1, "hits") - cache_num(st0, "hits"), 2);     /* p, then b again */
+    assert_int_equal(cache_num(st1, "misses") - cache_num(st0, "misses"), 6); /* every a and b */
     assert_int_equal(cache_num(st1, "loads") - cache_num(st0, "loads"), 6);
     assert_int_equal(evictions(st1, "lru") - evictions(st0, "lru"), 5);
     assert_int_equal(evictions(st1, "budget"), 0);
@@ -171,7 +172,8 @@ static void test_memory_budget(void **state)
 
     uint64_t budget = (uint64_t)est * 3 / 2;
     char yaml[256];
-    snprintf(yaml, sizeof yaml, "%s  max_loaded: 8\n  memory_budget: %llu\n", base, (unsigned long long)budget);
+    snprintf(yaml, sizeof yaml, "%s  max_loaded: 8\n  memory_budget: %llu\n", base,
+             (unsigned long long)budget);
     start(yaml, NULL);
     struct sampler s = {.daemon = srv.pid};
     pthread_t t;
@@ -189,8 +191,8 @@ static void test_memory_budget(void **state)
     json_t *st = status();
     print_message("estimate %lld, budget %llu, max summed worker RSS %llu over %d samples, at most %d "
                   "workers at once, evictions.budget %lld\n",
-                  (long long)est, (unsigned long long)budget, (unsigned long long)s.max_bytes, s.samples, s.max_workers,
-                  (long long)evictions(st, "budget"));
+                  (long long)est, (unsigned long long)budget, (unsigned long long)s.max_bytes, s.samples,
+                  s.max_workers, (long long)evictions(st, "budget"));
     assert_int_equal(answered, 6);
     assert_true(evictions(st, "budget") > 0);
     assert_int_equal(evictions(st, "lru"), 0);
@@ -255,7 +257,8 @@ static int queued(const char *model)
     json_t *q = json_object_get(json_object_get(st, "queues"), model);
     int waiting = (int)json_integer_value(json_object_get(q, "waiting"));
     int pending = (int)json_integer_value(json_object_get(q, "pending"));
-    int over = (int)(json_integer_value(json_object_get(q, "in_flight")) - json_integer_value(json_object_get(q, "slots")));
+    int over = (int)(json_integer_value(json_object_get(q, "in_flight")) -
+                     json_integer_value(json_object_get(q, "slots")));
     json_decref(st);
     return waiting + pending + (over > 0 ? over : 0);
 }
@@ -266,10 +269,11 @@ static void test_queue(void **state)
     const char *names[] = {"tiny", NULL};
     make_home(names);
     char yaml[1024];
-    snprintf(yaml, sizeof yaml,
-             "models:\n  max_loaded: 1\n  parallel: 1\n  ctx_size: 256\n  queue_depth: 1\n  queue_timeout_s: 1\n"
-             "  entries:\n%s",
-             long_entry());
+    snprintf(
+        yaml, sizeof yaml,
+        "models:\n  max_loaded: 1\n  parallel: 1\n  ctx_size: 256\n  queue_depth: 1\n  queue_timeout_s: 1\n"
+        "  entries:\n%s",
+        long_entry());
     start(yaml, NULL);
     int fd1 = long_generation("long");
     assert_true(wait_in_flight("long", 1, 15000));

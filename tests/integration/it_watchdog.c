@@ -193,10 +193,11 @@ static void test_real_pressure(void **state)
         skip();
     }
     char yaml[256];
-    snprintf(yaml, sizeof yaml,
-             "watchdog:\n  interval_ms: 100\n  warn_percent: %d\n  critical_percent: 99\n  psi_warn_percent: 0\n"
-             "  psi_critical_percent: 0\nmodels:\n  parallel: 1\n  ctx_size: 256\n",
-             warn);
+    snprintf(
+        yaml, sizeof yaml,
+        "watchdog:\n  interval_ms: 100\n  warn_percent: %d\n  critical_percent: 99\n  psi_warn_percent: 0\n"
+        "  psi_critical_percent: 0\nmodels:\n  parallel: 1\n  ctx_size: 256\n",
+        warn);
     start(yaml, NULL);
     complete_ok("i1");
     complete_ok("i2");
@@ -219,6 +220,7 @@ static void test_real_pressure(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fake_pressure), cmocka_unit_test(test_real_pressure)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fake_pressure),
+                                       cmocka_unit_test(test_real_pressure)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
