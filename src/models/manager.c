@@ -1151,7 +1151,9 @@ int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *
         return lyra_err_set(err, LYRA_ENOTFOUND, "model '%.*s' not found", (int)lyra_utf8_clip(model_name, 128),
                             model_name);
     }
-    if (!model->valid) {
+    /* An invalid file with a fallback chain is not refused here: admit()
+     * fails it with model_invalid and sends it down the chain. */
+    if (!model->valid && model->settings.n_fallback == 0) {
         int rc = lyra_err_set(err, LYRA_EINVAL, "model '%s' cannot be used: %s", model->name,
                               model->error ? model->error : "invalid file");
         lyra_registry_unref(model);
