@@ -125,8 +125,9 @@ void lyra_manager_free(struct lyra_manager *m);
  * which the caller holds until lyra_job_release(); the callback may run
  * before this returns, on the supervisor thread.  Errors (nothing
  * submitted, callback never called): LYRA_ENOTFOUND unknown model (after a
- * rescan of the models dir); LYRA_EINVAL the model's file is invalid (err
- * names the reason); LYRA_ETOOBIG the message exceeds the frame limit;
+ * rescan of the models dir); LYRA_EINVAL the model's file is invalid and
+ * it has no fallback (err names the reason; with fallbacks, the request goes
+ * down the chain); LYRA_ETOOBIG the message exceeds the frame limit;
  * LYRA_EUNAVAILABLE shutting down; LYRA_ENOMEM.  Everything else (circuit
  * open, failed load) arrives as the job's terminal error frame. */
 int lyra_manager_submit(struct lyra_manager *m, const char *model, json_t *msg, lyra_job_fn fn, void *ud,
