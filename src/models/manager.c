@@ -33,6 +33,7 @@
 #include "proto/frame.h"
 #include "proto/messages.h"
 #include "supervisor/wproc.h"
+#include "sys/memory.h"
 
 #define COMP "models"
 
@@ -1494,21 +1495,6 @@ static const char *state_name(const struct model_state *ms)
     return ms->failed ? "failed" : NULL;
 }
 
-static uint64_t pid_rss(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "re");
-    unsigned long long kb = 0;
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %llu kB", &kb) == 1)
-            break;
-    fclose(f);
-    return kb * 1024;
-}
-
 struct status_call {
     struct lyra_manager *m;
     json_t *list;
@@ -1554,13 +1540,17 @@ json_t *lyra_manager_status(struct lyra_manager *m)
     struct status_call c = {.m = m};
     if (lyra_loop_call(m->loop, status_on_loop, &c) < 0)
         return json_array();
-    /* RSS from /proc is read here, off the loop thread. */
+    /* RSS and PSS from /proc are read here, off the loop thread (PSS walks
+     * the process's mappings). */
     size_t i;
     json_t *j;
     json_array_foreach(c.list, i, j) {
         json_t *pid = json_object_get(j, "pid");
-        if (pid)
-            json_object_set_new(j, "rss_bytes", json_integer((json_int_t)pid_rss((pid_t)json_integer_value(pid))));
+        uint64_t rss = 0, pss = 0;
+        if (pid && lyra_proc_memory((int)json_integer_value(pid), &rss, &pss) == 0) {
+            json_object_set_new(j, "rss_bytes", json_integer((json_int_t)rss));
+            json_object_set_new(j, "pss_bytes", json_integer((json_int_t)pss));
+        }
     }
     return c.list;
 }

@@ -47,6 +47,16 @@ static void test_twelve_resident(void **state)
 
 /* 2. max_loaded 2 with a pinned model: the other two take turns, the
  * pinned one never moves, and the counters say exactly what happened. */
+/* The value of the sample line starting with `prefix` in a Prometheus
+ * exposition, or -1. */
+static long long metric(const char *text, const char *prefix)
+{
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, prefix, strlen(prefix)) == 0)
+            return (long long)strtod(p + strlen(prefix), NULL);
+    return -1;
+}
+
 static void test_lru_around_pinned(void **state)
 {
     const char *names[] = {"p", "a", "b", NULL};
@@ -85,6 +95,16 @@ static void test_lru_around_pinned(void **state)
     assert_int_equal(cache_num(st1, "loads") - cache_num(st0, "loads"), 6);
     assert_int_equal(evictions(st1, "lru") - evictions(st0, "lru"), 5);
     assert_int_equal(evictions(st1, "budget"), 0);
+    /* /metrics counts the same, from the same counters. */
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "GET", "/metrics", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(metric(r.body, "lyra_cache_hits_total "), cache_num(st1, "hits"));
+    assert_int_equal(metric(r.body, "lyra_cache_misses_total "), cache_num(st1, "misses"));
+    assert_int_equal(metric(r.body, "lyra_cache_evictions_total{reason=\"lru\"} "), evictions(st1, "lru"));
+    assert_int_equal(metric(r.body, "lyra_cache_evictions_total{reason=\"budget\"} "), 0);
+    assert_int_equal(metric(r.body, "lyra_models_resident "), 2);
+    it_response_free(&r);
     json_decref(st0);
     json_decref(st1);
     stop();
