@@ -1,4 +1,5 @@
-/* it_cli.c — the client commands `lyra run`, `lyra ls` and `lyra ps`, run as
+/* it_cli.c — the client commands `lyra run`, `ls`, `ps`, `load`, `unload`,
+ * `pin` and `unpin`, run as
  * the real binary against a real daemon with the tiny model: the daemon is
  * found by --url, by LYRA_HOME's serve.json and by --home; answers are
  * compared with what the HTTP API gives for the same request (sampling
@@ -288,6 +289,146 @@ static void test_ps(void **state)
     free(out);
 }
 
+/* The PID column of `lyra ps` for `name`, -1 when it has no row or no pid. */
+static long ps_pid(const char *name)
+{
+    char *out = NULL;
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    const char *r = row(out, name);
+    long pid = -1;
+    if (!r || sscanf(r + strlen(name), " %ld", &pid) != 1)
+        pid = -1;
+    free(out);
+    return pid;
+}
+
+static void test_load_ps_unload(void **state)
+{
+    /* Nothing else is resident here: tiny served the tests above. */
+    char *out = NULL;
+    int rc = lyra((const char *[]){"unload", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unloaded tiny"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_string_equal(out, "no models loaded\n");
+    free(out);
+
+    rc = lyra((const char *[]){"load", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    long ms = -1;
+    const char *said = strstr(out, "loaded tiny in ");
+    assert_non_null(said);
+    assert_int_equal(sscanf(said, "loaded tiny in %ld ms", &ms), 1);
+    assert_true(ms >= 0);
+    free(out);
+
+    /* ps: the worker's pid, a process that exists; the columns asked for. */
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    const char *heads[] = {"NAME", "PID", "STATE", "PINNED", "MEMORY", "IN FLIGHT", "IDLE"};
+    for (size_t i = 0; i < sizeof heads / sizeof *heads; i++)
+        assert_non_null(strstr(out, heads[i]));
+    assert_true(row_has(out, "tiny", "loaded"));
+    assert_true(row_has(out, "tiny", " no "));  /* not pinned */
+    assert_true(row_has(out, "tiny", "MB"));    /* measured memory */
+    free(out);
+    long pid = ps_pid("tiny");
+    assert_true(pid > 0);
+    assert_int_equal(kill((pid_t)pid, 0), 0);
+
+    /* unload waits until the worker exited: no row, and no process. */
+    rc = lyra((const char *[]){"unload", "tiny", NULL}, (const char *[]){home_env, NO_URL_ENV, NULL}, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unloaded tiny"));
+    free(out);
+    assert_int_equal(kill((pid_t)pid, 0), -1);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_string_equal(out, "no models loaded\n");
+    free(out);
+
+    /* Unloading what is not loaded is not an error, and says so. */
+    rc = lyra((const char *[]){"unload", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "tiny was not loaded"));
+    free(out);
+}
+
+static void test_pin_unpin(void **state)
+{
+    char *out = NULL;
+    /* pin loads */
+    int rc = lyra((const char *[]){"pin", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "pinned tiny"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_true(row_has(out, "tiny", "loaded"));
+    assert_true(row_has(out, "tiny", " yes "));
+    free(out);
+    assert_true(ps_pid("tiny") > 0);
+
+    rc = lyra((const char *[]){"unpin", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unpinned tiny"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--json", "--url", url, NULL}, NULL, &out), 0);
+    json_t *j = json_loads(out, 0, NULL);
+    assert_true(json_is_array(j));
+    assert_int_equal(json_array_size(j), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(j, 0), "name")), "tiny");
+    assert_true(json_is_false(json_object_get(json_array_get(j, 0), "pinned")));
+    json_decref(j);
+    free(out);
+
+    rc = lyra((const char *[]){"unload", "tiny", "--json", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    j = json_loads(out, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "available");
+    assert_true(json_is_true(json_object_get(j, "was_loaded")));
+    json_decref(j);
+    free(out);
+}
+
+static void test_control_errors(void **state)
+{
+    char *out = NULL;
+    /* An unknown model: the daemon's message, exit 1. */
+    const char *actions[] = {"load", "unload", "pin", "unpin"};
+    for (size_t i = 0; i < 4; i++) {
+        int rc = lyra((const char *[]){actions[i], "nope", "--url", url, NULL}, NULL, &out);
+        assert_int_equal(rc, 1);
+        char want[32];
+        snprintf(want, sizeof want, "lyra %s: ", actions[i]);
+        assert_non_null(strstr(out, want));
+        assert_non_null(strstr(out, "nope"));
+        assert_non_null(strstr(out, "not found"));
+        free(out);
+    }
+    /* An invalid model file: 422, the reason. */
+    int rc = lyra((const char *[]){"load", "broken", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "lyra load: "));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_null(row(out, "broken"));
+    free(out);
+    /* Usage: exit 2, before any request. */
+    assert_int_equal(lyra((const char *[]){"load", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 2);
+    assert_non_null(strstr(out, "which model?"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"load", "a", "b", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 2);
+    free(out);
+    assert_int_equal(lyra((const char *[]){"pin", "tiny", "--timeout", "0", NULL}, NULL, &out), 2);
+    assert_non_null(strstr(out, "--timeout"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"pin", "tiny", "--force", NULL}, NULL, &out), 2);
+    free(out);
+    /* No daemon: exit 1, said so. */
+    assert_int_equal(lyra((const char *[]){"load", "tiny", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 1);
+    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1"));
+    free(out);
+}
+
 static json_int_t in_flight(const char *model)
 {
     struct it_response r;
@@ -400,9 +541,13 @@ static void test_help(void **state)
     assert_non_null(strstr(out, "  run "));
     assert_non_null(strstr(out, "  ls "));
     assert_non_null(strstr(out, "  ps "));
+    assert_non_null(strstr(out, "  load "));
+    assert_non_null(strstr(out, "  unload "));
+    assert_non_null(strstr(out, "  pin "));
+    assert_non_null(strstr(out, "  unpin "));
     free(out);
-    const char *cmds[] = {"run", "ls", "ps"};
-    for (size_t i = 0; i < 3; i++) {
+    const char *cmds[] = {"run", "ls", "ps", "load", "unload", "pin", "unpin"};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
         assert_int_equal(lyra((const char *[]){cmds[i], "--help", NULL}, NULL, &out), 0);
         char want[32];
         snprintf(want, sizeof want, "usage: lyra %s", cmds[i]);
@@ -423,6 +568,9 @@ int main(void)
         cmocka_unit_test(test_run_prompt_from_stdin),
         cmocka_unit_test(test_chat_keeps_the_conversation),
         cmocka_unit_test(test_ps),
+        cmocka_unit_test(test_load_ps_unload),
+        cmocka_unit_test(test_pin_unpin),
+        cmocka_unit_test(test_control_errors),
         cmocka_unit_test(test_ctrl_c_stops_the_answer),
         cmocka_unit_test(test_run_unknown_model),
         cmocka_unit_test(test_no_daemon),
