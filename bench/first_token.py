@@ -8,10 +8,6 @@ llama-server, so neither pays for a different client.
       prints one line: the milliseconds from the release to each request's
       first token, in argument order, then the time until all of them had
       one (their maximum).
-  first_token.py --swap N URL A B
-      Alternates A, B, A, B...: an untimed request for A first (so A is
-      resident), then N timed requests, each for the model that is not the
-      last one asked for; prints the N times in ms on one line.
 
 "First token" is the first server-sent event whose JSON has a non-empty
 "choices" list: both servers send one such event per token on
@@ -101,21 +97,9 @@ def concurrent(url, models):
     print(" ".join("%.1f" % r for r in results), "%.1f" % max(results))
 
 
-def swap(n, url, a, b):
-    first_token_ms(url, a)  # A resident
-    last, times = a, []
-    for _ in range(n):
-        nxt = b if last == a else a
-        times.append(first_token_ms(url, nxt))
-        last = nxt
-    print(" ".join("%.1f" % t for t in times))
-
-
 def main(argv):
     try:
-        if len(argv) == 5 and argv[0] == "--swap":
-            swap(int(argv[1]), argv[2], argv[3], argv[4])
-        elif len(argv) >= 2 and not argv[0].startswith("-"):
+        if len(argv) >= 2 and not argv[0].startswith("-"):
             concurrent(argv[0], argv[1:])
         else:
             sys.exit(__doc__)

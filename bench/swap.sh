@@ -10,11 +10,13 @@
 # 1. swap: one model resident (Lyra models.max_loaded 1, llama-server
 #    --models-max 1); requests alternate between two copies of
 #    build/models/small.gguf; time from sending the request for B while A is
-#    resident until B's first streamed token.  Median of SWAPS (default 9).
+#    resident until B's first streamed token, a Lyra swap and a llama-server
+#    swap in turn.  Median of SWAPS (default 9).
 # 2. concurrent cold loads: three copies, nothing resident (a fresh server
 #    each round), three requests at once; wall time until all three have a
 #    first token, against one cold load on a fresh server.  Median of ROUNDS
-#    (default 5).
+#    (default 5).  Threads per model COLD_THREADS (default cores / 3, at
+#    least 1), the same for the single load.
 # 3. bookkeeping: a non-streamed one-token request on a resident model,
 #    Lyra (max_loaded 1) against plain llama-server -m.  Median of REQS.
 # Same threads (THREADS, default the cores), context (4096) and one slot
@@ -29,6 +31,10 @@ swaps=${SWAPS:-9}
 rounds=${ROUNDS:-5}
 reqs=${REQS:-21}
 threads=${THREADS:-$(nproc)}
+# Three loads at once with as many threads each as the cores allow: with
+# more, the three workers' OpenMP threads spin against each other and the
+# number measures that, not whether the loads overlap.
+cold_threads=${COLD_THREADS:-$(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 ))}
 ctx=4096
 src_model=build/models/small.gguf
 [ -x "$lyra" ] || { echo "swap: no $lyra (build first)" >&2; exit 1; }
@@ -66,19 +72,19 @@ cat "$models"/*.gguf >/dev/null  # page-cached for both servers
 
 # Each starter sets url (a $(...) would wait on the server) and runs the
 # server in its own session, so that its workers/instances die with it.
-start_lyra() { # max_loaded
+start_lyra() { # max_loaded [threads]
     local port; port=$(free_port)
-    LYRA_MODELS_DIR=$models LYRA_MODELS_MAX_LOADED=$1 LYRA_MODELS_PARALLEL=1 LYRA_MODELS_THREADS=$threads \
+    LYRA_MODELS_DIR=$models LYRA_MODELS_MAX_LOADED=$1 LYRA_MODELS_PARALLEL=1 LYRA_MODELS_THREADS=${2:-$threads} \
         LYRA_MODELS_CTX_SIZE=$ctx LYRA_LOG_LEVEL=warn \
         setsid "$lyra" serve --home "$tmp/lyra-$port" --port "$port" >/dev/null 2>>"$tmp/lyra.log" &
     groups+=($!)
     url="http://127.0.0.1:$port"
     wait_health "$url" 10 || { echo "swap: lyra did not come up (see below)" >&2; tail -20 "$tmp/lyra.log" >&2; exit 1; }
 }
-start_router() { # models_max
+start_router() { # models_max [threads]
     local port; port=$(free_port)
     setsid "$server" --models-dir "$models" --models-max "$1" --host 127.0.0.1 --port "$port" \
-        -t "$threads" -c "$ctx" -np 1 --no-webui >>"$tmp/peer.log" 2>&1 &
+        -t "${2:-$threads}" -c "$ctx" -np 1 --no-webui >>"$tmp/peer.log" 2>&1 &
     groups+=($!)
     url="http://127.0.0.1:$port"
     wait_health "$url" 60 || { echo "swap: llama-server router did not come up" >&2; tail -20 "$tmp/peer.log" >&2; exit 1; }
@@ -100,16 +106,21 @@ fmt() { awk -v v="$1" 'BEGIN{printf "%.1f", v}'; }
 log "# Lyra model-swap benchmark $(date -u +%FT%TZ)"
 log "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 log "# lyra $($lyra version | cut -d' ' -f2); llama-server from deps/src/llama.cpp ($(git -C deps/src/llama.cpp rev-parse --short HEAD 2>/dev/null || echo '?'))"
-log "# model copies of $src_model ($(du -h "$src_model" | cut -f1)), threads $threads, ctx $ctx, 1 slot; swaps $swaps, rounds $rounds, requests $reqs"
+log "# model copies of $src_model ($(du -h "$src_model" | cut -f1)), threads $threads (cold loads: $cold_threads), ctx $ctx, 1 slot; swaps $swaps, rounds $rounds, requests $reqs"
 
 # --- 1. swap with one model resident ---------------------------------------
-start_lyra 1; lurl=$url
-read -r -a lswap < <(python3 "$ft" --swap "$swaps" "$lurl" small small2)
-lres=$(lyra_loaded "$lurl")
-cleanup_servers
-start_router 1; purl=$url
-read -r -a pswap < <(python3 "$ft" --swap "$swaps" "$purl" small small2)
-pres=$(peer_loaded "$purl")
+# Both servers up at once, a Lyra swap then a llama-server swap, so that
+# what else the machine does falls on both (the idle one takes no CPU).
+one() { local line; line=$(python3 "$ft" "$1" "$2") || exit 1; echo "${line%% *}"; }
+start_lyra 1; lurl=$url; start_router 1; purl=$url
+one "$lurl" small >/dev/null; one "$purl" small >/dev/null   # A resident
+lswap=(); pswap=(); next=small2
+for i in $(seq "$swaps"); do
+    t=$(one "$lurl" "$next"); lswap+=("$t")
+    t=$(one "$purl" "$next"); pswap+=("$t")
+    [ "$next" = small2 ] && next=small || next=small2
+done
+lres=$(lyra_loaded "$lurl"); pres=$(peer_loaded "$purl")
 cleanup_servers
 log "swap ms lyra: ${lswap[*]} (loaded after: $lres) | llama-server router: ${pswap[*]} (loaded after: $pres)"
 l_swap=$(med "${lswap[@]}"); p_swap=$(med "${pswap[@]}")
@@ -117,13 +128,13 @@ l_swap=$(med "${lswap[@]}"); p_swap=$(med "${pswap[@]}")
 # --- 2. cold loads: one alone, three at once --------------------------------
 lone=(); lthree=(); pone=(); pthree=()
 for r in $(seq "$rounds"); do
-    start_lyra 3; read -r t _ < <(python3 "$ft" "$url" small); lone+=("$t"); cleanup_servers
-    start_router 3; read -r t _ < <(python3 "$ft" "$url" small); pone+=("$t"); cleanup_servers
-    start_lyra 3; read -r a b c w < <(python3 "$ft" "$url" small small2 small3)
+    start_lyra 3 "$cold_threads"; read -r t _ < <(python3 "$ft" "$url" small); lone+=("$t"); cleanup_servers
+    start_router 3 "$cold_threads"; read -r t _ < <(python3 "$ft" "$url" small); pone+=("$t"); cleanup_servers
+    start_lyra 3 "$cold_threads"; read -r a b c w < <(python3 "$ft" "$url" small small2 small3)
     lthree+=("$w")
     lc=$(lyra_loaded "$url"); cleanup_servers
     log "cold round $r lyra: one ${lone[-1]}, three at once $a $b $c, all by $w (loaded $lc)"
-    start_router 3; read -r a b c w < <(python3 "$ft" "$url" small small2 small3)
+    start_router 3 "$cold_threads"; read -r a b c w < <(python3 "$ft" "$url" small small2 small3)
     pthree+=("$w"); pc=$(peer_loaded "$url"); cleanup_servers
     log "cold round $r llama-server router: one ${pone[-1]}, three at once $a $b $c, all by $w (loaded $pc)"
 done
@@ -148,9 +159,9 @@ log ""
 log "| metric (median) | lyra | llama-server | ratio (lyra/llama-server) |"
 log "|---|---|---|---|"
 log "| swap, B's first token while A resident, max 1 (ms, $swaps swaps) | $(fmt "$l_swap") | $(fmt "$p_swap") | $(ratio "$l_swap" "$p_swap") |"
-log "| cold load, one model alone, first token (ms, $rounds rounds) | $(fmt "$l_one") | $(fmt "$p_one") | $(ratio "$l_one" "$p_one") |"
-log "| cold loads, 3 models at once, max 3, all first tokens (ms) | $(fmt "$l_three") | $(fmt "$p_three") | $(ratio "$l_three" "$p_three") |"
-log "| 3 at once / one alone (1 = parallel, 3 = serialised) | $(ratio "$l_three" "$l_one") | $(ratio "$p_three" "$p_one") | |"
+log "| cold load, one model alone, first token ($cold_threads threads; ms, $rounds rounds) | $(fmt "$l_one") | $(fmt "$p_one") | $(ratio "$l_one" "$p_one") |"
+log "| cold loads, 3 models at once, max 3, all first tokens ($cold_threads threads each; ms) | $(fmt "$l_three") | $(fmt "$p_three") | $(ratio "$l_three" "$p_three") |"
+log "| 3 at once / one alone (1 = overlapped, 3 = serialised) | $(ratio "$l_three" "$l_one") | $(ratio "$p_three" "$p_one") | |"
 log "| resident model, non-stream max_tokens 1 (ms, $reqs requests; noise-level) | $l_b | $p_b | $(ratio "$l_b" "$p_b") |"
 log ""
 log "results: $out"
