@@ -21,8 +21,8 @@
 #define DEFAULT_TIMEOUT_S 600
 
 struct action {
-    const char *name;     /* "load": the command and the path's last part */
-    const char *summary;  /* what the usage text says it does */
+    const char *name;    /* "load": the command and the path's last part */
+    const char *summary; /* what the usage text says it does */
 };
 
 static void usage(const struct action *a, FILE *out)
@@ -161,7 +161,8 @@ static int run_action(const struct action *a, int argc, char **argv)
     int status = 0;
     if (rc < 0) {
         long retry = lyra_client_retry_after(c);
-        fprintf(stderr, "lyra %s: %s", a->name, rc == LYRA_ENOMEM && !path ? "out of memory" : lyra_client_errmsg(c));
+        fprintf(stderr, "lyra %s: %s", a->name,
+                rc == LYRA_ENOMEM && !path ? "out of memory" : lyra_client_errmsg(c));
         if (lyra_client_status(c) == 503 && retry >= 0)
             fprintf(stderr, " (retry after %ld s)", retry);
         fputc('\n', stderr);

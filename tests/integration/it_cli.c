@@ -329,8 +329,8 @@ static void test_load_ps_unload(void **state)
     for (size_t i = 0; i < sizeof heads / sizeof *heads; i++)
         assert_non_null(strstr(out, heads[i]));
     assert_true(row_has(out, "tiny", "loaded"));
-    assert_true(row_has(out, "tiny", " no "));  /* not pinned */
-    assert_true(row_has(out, "tiny", "MB"));    /* measured memory */
+    assert_true(row_has(out, "tiny", " no ")); /* not pinned */
+    assert_true(row_has(out, "tiny", "MB"));   /* measured memory */
     free(out);
     long pid = ps_pid("tiny");
     assert_true(pid > 0);
@@ -416,7 +416,8 @@ static void test_control_errors(void **state)
     assert_int_equal(lyra((const char *[]){"load", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 2);
     assert_non_null(strstr(out, "which model?"));
     free(out);
-    assert_int_equal(lyra((const char *[]){"load", "a", "b", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 2);
+    assert_int_equal(
+        lyra((const char *[]){"load", "a", "b", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 2);
     free(out);
     assert_int_equal(lyra((const char *[]){"pin", "tiny", "--timeout", "0", NULL}, NULL, &out), 2);
     assert_non_null(strstr(out, "--timeout"));
@@ -424,7 +425,8 @@ static void test_control_errors(void **state)
     assert_int_equal(lyra((const char *[]){"pin", "tiny", "--force", NULL}, NULL, &out), 2);
     free(out);
     /* No daemon: exit 1, said so. */
-    assert_int_equal(lyra((const char *[]){"load", "tiny", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 1);
+    assert_int_equal(lyra((const char *[]){"load", "tiny", "--url", "http://127.0.0.1:1", NULL}, NULL, &out),
+                     1);
     assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1"));
     free(out);
 }
