@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # GPU check, run on the device machine from the repository root after
-# bench/gpu-pack.sh: detection (ggml devices, nvidia-smi), offload (the
-# worker's devices and all layers on the GPU) and speed (CPU vs GPU, Lyra's
-# API vs the bare llama.cpp loop).  Writes everything to $OUT (or /tmp/gpu).
+# bench/gpu-pack.sh: detection (ggml devices, nvidia-smi, `lyra worker
+# --probe-devices`), offload (the worker's devices and all layers on the
+# GPU), speed (CPU vs GPU, Lyra's API vs the bare llama.cpp loop) and the
+# memory estimate (models/estimate.h) against the GPU memory a loaded worker
+# really takes.  Writes everything to $OUT (or /tmp/gpu); the lines starting
+# with FAIL say what did not hold.
 set -uo pipefail
 out=${OUT:-/tmp/gpu}; mkdir -p "$out"
 export LD_LIBRARY_PATH=$PWD/.gpu/lib LYRA_BACKEND_DIR=$PWD/.gpu/lib
@@ -10,6 +13,14 @@ bin=$PWD/.gpu/bin
 {
     echo "== nvidia-smi"; nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     echo "== cores: $(nproc)"
+    echo "== lyra worker --probe-devices"
+    "$bin/lyra" worker --probe-devices | tee "$out/probe.json"
+    python3 - "$out/probe.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+gpus = [d for d in m["devices"] if d["type"] == "gpu" and d["memory_total"] > 0 and d["memory_free"] > 0]
+print("PASS probe lists %d GPU(s) with memory" % len(gpus) if gpus else "FAIL probe lists no GPU with memory")
+PY
     "$bin/lyra-mkmodel" --preset small --vocab .gpu/vocab/ggml-vocab-starcoder.gguf --out /tmp/small.gguf
     for g in 0 99; do
         echo "== bare llama.cpp loop, gpu layers $g"
@@ -40,5 +51,34 @@ print("worker devices:", json.dumps(m.get("devices")), "rss MB", m["rss_bytes"] 
 PY
         kill $pid; wait $pid
     done
+    echo "== estimate vs GPU memory (small, all layers, daemon defaults)"
+    "$bin/lyra-estimate" /tmp/small.gguf --gpu-layers -1 | tee "$out/estimate.json"
+    used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0; }
+    before=$(used)
+    LYRA_MODELS_GPU_LAYERS=-1 LYRA_MODELS_THREADS=8 LYRA_LOG_LEVEL=warn \
+        "$bin/lyra" serve --home /tmp/lyra-home --port 18778 2>>"$out/lyra.log" &
+    pid=$!
+    python3 - <<'PY'
+import json, time, urllib.request
+base = "http://127.0.0.1:18778"
+for _ in range(100):
+    try:
+        urllib.request.urlopen(base + "/health"); break
+    except Exception:
+        time.sleep(0.1)
+body = json.dumps({"model": "small", "prompt": "Once upon a time", "max_tokens": 16}).encode()
+urllib.request.urlopen(urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"}))
+PY
+    after=$(used)
+    kill $pid; wait $pid
+    python3 - "$out/estimate.json" "$before" "$after" <<'PY'
+import json, sys
+est = json.load(open(sys.argv[1]))["device_bytes"]
+used = (int(sys.argv[3]) - int(sys.argv[2])) << 20
+ratio = est / used if used > 0 else float("inf")
+print("estimate %.1f MiB, worker uses %.1f MiB (nvidia-smi, after - before), ratio %.2f"
+      % (est / 2**20, used / 2**20, ratio))
+print(("PASS" if 0.5 <= ratio <= 2 else "FAIL") + " estimate within 2x of the measured device memory")
+PY
     grep -iE "cuda|gpu|offload" "$out/lyra.log" | head -20
 } 2>&1 | tee "$out/gpu-check.txt"

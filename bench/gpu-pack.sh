@@ -11,7 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 lib=${1:-deps/llama/lib}
 [ -f "$lib/libggml-cuda.so" ] || { echo "no $lib/libggml-cuda.so: run make deps CUDA=1" >&2; exit 1; }
 rm -rf .gpu; mkdir -p .gpu/bin .gpu/lib .gpu/vocab
-cp build/lyra build/lyra-check-model build/lyra-mkmodel .gpu/bin/
+cp build/lyra build/lyra-check-model build/lyra-mkmodel build/lyra-estimate .gpu/bin/
 cp -a "$lib"/lib*.so* .gpu/lib/
 ldd build/lyra | awk '/=> \// {print $3}' | grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s|libggml[^/]*|libllama)\.so' |
     while read -r so; do cp -L "$so" .gpu/lib/; done

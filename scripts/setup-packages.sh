@@ -9,6 +9,8 @@ set -euo pipefail
 declare -A tool_package=(
     [cc]=build-essential [cmake]=cmake [ninja]=ninja-build [pkg-config]=pkg-config [git]=git
     [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq [clang-14]=clang-14 [flock]=util-linux
+    # ctest integration.it_metrics lints GET /metrics with promtool
+    [promtool]=prometheus
 )
 packages=(
     ca-certificates
@@ -34,5 +36,28 @@ if [ "$(id -u)" != 0 ]; then
     fi
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Debian's prometheus package (for promtool) would start a Prometheus server
+# listening on :9090 from its postinst.  Nothing of it may run: while it is
+# installed, invoke-rc.d and deb-systemd-invoke are told "no" by a
+# policy-rc.d (exit 101; one already there, as in most containers, is kept),
+# recommends (prometheus-node-exporter, another listener) are left out, and
+# the service is disabled afterwards so a reboot does not start it either.
+server_package=false
+[[ " ${missing[*]} " == *" prometheus "* ]] && server_package=true
+if $server_package && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# scripts/setup-packages.sh: no services start while it installs\nexit 101\n' |
+        ${SUDO:-} tee /usr/sbin/policy-rc.d >/dev/null
+    ${SUDO:-} chmod 755 /usr/sbin/policy-rc.d
+    trap '${SUDO:-} rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 ${SUDO:-} apt-get update -q >/dev/null
 ${SUDO:-} apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+if $server_package; then
+    if [ -d /run/systemd/system ]; then
+        ${SUDO:-} systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+        ${SUDO:-} update-rc.d prometheus disable >/dev/null 2>&1 || true
+        # the init script itself: invoke-rc.d would ask the policy, which says no
+        [ -x /etc/init.d/prometheus ] && ${SUDO:-} /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+fi

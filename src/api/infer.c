@@ -43,6 +43,8 @@ struct lyra_infer {
     char endpoint[64];
     long created;
     int64_t t0_us;
+    int64_t first_token_us;      /* the first "token" frame came (0: none yet) */
+    const char *route;           /* the route's pattern (static), the metrics' route label */
 };
 
 static void infer_unref_locked(struct lyra_infer *in)
@@ -229,6 +231,43 @@ static void record_trace(struct lyra_infer *in)
     lyra_trace_add(in->srv->traces, trace);
 }
 
+/* The request's metrics (api/metrics.h), once, at the terminal frame: its
+ * duration always; for a generation its token counts, rate and time to the
+ * first token; for an embedding its prompt tokens.  Time to first token is
+ * when the first token frame came for a stream.  A request that is not
+ * streamed gets all its text in one frame at the end, so there it is the
+ * request's duration less the worker's generation time (predicted_ms runs
+ * from the prompt's last decode, which yields the first token, to the end). */
+static void observe_metrics(struct lyra_infer *in)
+{
+    const struct lyra_server_metrics *sm = &in->srv->m;
+    const char *const model[] = {in->model};
+    int64_t now = lyra_now_us();
+    lyra_metric_observe(sm->request_duration, (const char *const[]){in->route, in->model},
+                        (double)(now - in->t0_us) / 1e6);
+    const char *type = json_string_value(json_object_get(in->terminal, "type"));
+    if (type && strcmp(type, "embedding") == 0) {
+        json_int_t n = json_integer_value(json_object_get(in->terminal, "prompt_tokens"));
+        lyra_metric_add(sm->prompt_tokens, model, (double)n);
+        return;
+    }
+    if (!type || strcmp(type, "done") != 0)
+        return;
+    json_t *u = json_object_get(in->terminal, "usage"), *t = json_object_get(in->terminal, "timings");
+    json_int_t generated = json_integer_value(json_object_get(u, "completion_tokens"));
+    lyra_metric_add(sm->prompt_tokens, model, (double)json_integer_value(json_object_get(u, "prompt_tokens")));
+    lyra_metric_add(sm->generated_tokens, model, (double)generated);
+    if (generated <= 0)
+        return;
+    double ttft = (double)(now - in->t0_us) / 1e6 - json_number_value(json_object_get(t, "predicted_ms")) / 1e3;
+    if (in->stream && in->first_token_us)
+        ttft = (double)(in->first_token_us - in->t0_us) / 1e6;
+    lyra_metric_observe(sm->ttft, model, ttft > 0 ? ttft : 0);
+    double rate = json_number_value(json_object_get(t, "predicted_per_second"));
+    if (rate > 0)
+        lyra_metric_observe(sm->tokens_per_second, model, rate);
+}
+
 /* A copy of the terminal frame to keep; if even that fails, a minimal
  * error (the answer still goes out, with what could be said). */
 static json_t *keep_terminal(const json_t *frame)
@@ -259,11 +298,15 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
     /* The one list of what ends a request (the manager only hands on
      * checked frames, so every job ends with exactly one of them). */
     bool terminal = lyra_msg_is_terminal(lyra_msg_kind_of(frame));
+    if (strcmp(type, "started") == 0 || terminal) /* the model that serves it (a fallback, maybe) */
+        lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_model(job));
     if (strcmp(type, "started") == 0) {
         in->started = true;
         if (in->stream)
             wake_http(in);
     } else if (strcmp(type, "token") == 0) {
+        if (!in->first_token_us)
+            in->first_token_us = lyra_now_us();
         const char *text = json_string_value(json_object_get(frame, "text"));
         if (text && *text) {
             append_text(in, text);
@@ -287,6 +330,7 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
         if (done)
             complete_timings(in);
         record_trace(in);
+        observe_metrics(in);
         if (in->st) {
             struct lyra_infer_result r;
             result_of(in, &r);
@@ -360,6 +404,7 @@ static void on_resume(struct lyra_http_req *req, void *ud)
     const char *type = in->terminal ? json_string_value(json_object_get(in->terminal, "type")) : NULL;
     struct lyra_infer_result r;
     result_of(in, &r);
+    lyra_http_add_header(req, "X-Lyra-Model", in->model);
     if (type && strcmp(type, "error") == 0) {
         int status;
         json_t *body = error_body(in, in->terminal, &status);
@@ -451,6 +496,7 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
     snprintf(in->request_id, sizeof in->request_id, "%s", lyra_http_request_id(req));
     snprintf(in->trace_id, sizeof in->trace_id, "%s", lyra_http_trace_id(req));
     lyra_fmt(in->endpoint, sizeof in->endpoint, "%s", lyra_http_path(req));
+    in->route = lyra_http_route(req) ? lyra_http_route(req) : "unmatched";
 
     /* A request that is not streamed needs no token frames: the worker then
      * sends the text once, at the end. */
@@ -471,7 +517,7 @@ void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const 
         infer_unref_locked(in);
         return;
     }
-    lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_model(in->job));
+    lyra_fmt(in->model, sizeof in->model, "%s", lyra_job_requested_model(in->job));
     in->parked = true;
     lyra_http_park(req, on_resume, on_gone, on_dropped, in);
     pthread_mutex_unlock(&in->lock);

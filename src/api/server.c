@@ -2,6 +2,7 @@
 #include "api/server.h"
 
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -16,7 +17,10 @@
 #include "core/conversations.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "models/estimate.h"
+#include "proto/messages.h"
 #include "sys/cpu.h"
+#include "sys/proc.h"
 
 #define EVENT_SEQ_KEY "event_seq_reserved"
 
@@ -207,6 +211,7 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
     if (!(srv->chat_turns = lyra_conv_claims_new()))
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
 
+    srv->recovered = n_unclean > 0;
     if (n_unclean > 0) {
         char started[40];
         lyra_format_ts(prev.started_ms, started, sizeof started);
@@ -224,6 +229,223 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
 
 /* The registry is scanned once here so that start-up logs what was found;
  * an unreadable models dir is logged, not fatal (config entries still work). */
+/* The memory all workers may hold: models.memory_budget, else
+ * memory_budget_percent of what the system allows. */
+static uint64_t memory_budget(struct lyra_server *srv)
+{
+    const struct lyra_config *cfg = srv->cfg;
+    if (cfg->models.memory_budget)
+        return cfg->models.memory_budget;
+    struct lyra_mem_reading r;
+    lyra_memsource_read(srv->memsource, &r);
+    return lyra_mem_limit(&r) / 100 * (uint64_t)cfg->models.memory_budget_percent;
+}
+
+/* Manager hooks (supervisor thread) into /metrics. */
+static void hook_loaded(const char *model, double load_s, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_metric_observe(srv->m.load_seconds, (const char *const[]){model}, load_s);
+}
+
+static void hook_queue_wait(const char *model, double wait_s, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_metric_observe(srv->m.queue_wait, (const char *const[]){model}, wait_s);
+}
+
+static void hook_restarted(const char *model, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_metric_add(srv->m.worker_restarts, (const char *const[]){model}, 1);
+}
+
+/* GPU placement: the GPU with the most free memory is where models go
+ * (llama.cpp's split across several GPUs is its own business). */
+static uint64_t hook_vram_free(bool *live, void *ud)
+{
+    struct lyra_server *srv = ud;
+    struct lyra_gpu_device *devs = NULL;
+    size_t n = 0;
+    uint64_t best = 0;
+    *live = false;
+    if (!srv->gpus || lyra_gpu_list(srv->gpus, &devs, &n) < 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (devs[i].memory_free > best) {
+            best = devs[i].memory_free;
+            *live = devs[i].utilization_percent >= 0; /* NVML read it just now */
+        }
+    }
+    free(devs);
+    return best;
+}
+
+/* A worker process's own memory beside what the estimate counts (the
+ * libraries, the C runtime, thread stacks): measured on tiny, docs/gpu.md. */
+#define WORKER_BASE_BYTES ((uint64_t)32 << 20)
+
+static void hook_estimate(const struct lyra_model *model, int gpu_layers, uint64_t *host, uint64_t *device, void *ud)
+{
+    struct lyra_estimate e;
+    struct lyra_err err = {0};
+    *device = 0;
+    if (!model->info ||
+        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0) {
+        *host = model->size_bytes + ((uint64_t)64 << 20); /* what the file says, and a margin */
+        return;
+    }
+    int g = gpu_layers < 0 ? e.n_layers + 1 : gpu_layers;
+    *host = lyra_estimate_host_bytes(&e, g) + WORKER_BASE_BYTES;
+    *device = lyra_estimate_device_bytes(&e, g);
+    lyra_estimate_clear(&e);
+}
+
+static int hook_fit_layers(const struct lyra_model *model, uint64_t free_b, void *ud)
+{
+    struct lyra_server *srv = ud;
+    struct lyra_estimate e;
+    struct lyra_err err = {0};
+    if (!model->info ||
+        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0)
+        return -1; /* no estimate: llama.cpp decides */
+    int g = lyra_estimate_fit_layers(&e, free_b, srv->cfg->gpu.reserve);
+    lyra_estimate_clear(&e);
+    return g;
+}
+
+#define RESIDENCY_KEY "models.residency"
+
+/* The resident and pinned sets, stored on every change so that the next
+ * start can load them again (a crash included). */
+static void hook_residency(const json_t *state, void *ud)
+{
+    struct lyra_server *srv = ud;
+    char *text = json_dumps(state, JSON_COMPACT);
+    if (text)
+        lyra_store_meta_set_text_async(srv->store, RESIDENCY_KEY, text, 0);
+    free(text);
+}
+
+/* At scrape: the cache's counters as the manager keeps them (one truth
+ * for /status and /metrics). */
+static void collect_cache(struct lyra_metrics *reg, void *ud)
+{
+    struct lyra_server *srv = ud;
+    struct lyra_cache_counts c;
+    if (!srv->manager || lyra_manager_cache_counts(srv->manager, &c) < 0)
+        return;
+    lyra_metric_set(srv->m.cache_hits, NULL, (double)c.hits);
+    lyra_metric_set(srv->m.cache_misses, NULL, (double)c.misses);
+    for (int r = 0; r < LYRA_EVICT_N; r++)
+        lyra_metric_set(srv->m.cache_evictions, (const char *const[]){lyra_evict_reason_name(r)},
+                        (double)c.evictions[r]);
+    lyra_metric_set(srv->m.models_resident, NULL, c.resident);
+    lyra_metric_set(srv->m.memory_budget, NULL, (double)c.budget_bytes);
+}
+
+/* Watchdog thread: every sample goes to the manager, which sheds load
+ * while the level is not ok. */
+static void on_memory_sample(const struct lyra_mem_reading *r, enum lyra_mem_level level, void *ud)
+{
+    struct lyra_server *srv = ud;
+    lyra_manager_memory_level(srv->manager, (int)level);
+}
+
+static int start_watchdog(struct lyra_server *srv, struct lyra_err *err)
+{
+    const struct lyra_config *cfg = srv->cfg;
+    if (!cfg->watchdog.enabled) {
+        lyra_log(LYRA_LOG_WARN, "memory", NULL, NULL, "the memory watchdog is off (watchdog.enabled: false)");
+        return 0;
+    }
+    struct lyra_watchdog_options o;
+    lyra_watchdog_options_init(&o, srv->memsource);
+    o.bus = srv->bus;
+    o.interval_ms = cfg->watchdog.interval_ms;
+    o.warn_percent = cfg->watchdog.warn_percent;
+    o.critical_percent = cfg->watchdog.critical_percent;
+    o.psi_warn = cfg->watchdog.psi_warn_percent;
+    o.psi_critical = cfg->watchdog.psi_critical_percent;
+    o.min_available_bytes = cfg->watchdog.min_available;
+    o.on_sample = on_memory_sample;
+    o.ud = srv;
+    return lyra_watchdog_new(&o, &srv->watchdog, err);
+}
+
+/* A start-up load ended (pinned or restored model): only failures matter. */
+static void preload_done(struct lyra_job *job, const json_t *frame, void *ud)
+{
+    const char *type = json_string_value(json_object_get(frame, "type"));
+    if (type && strcmp(type, "error") == 0)
+        lyra_log(LYRA_LOG_WARN, "models", NULL, json_pack("{s:s}", "model", lyra_job_model(job)),
+                 "could not load %s at start: %s", lyra_job_model(job),
+                 json_string_value(json_object_get(frame, "message")));
+    if (lyra_msg_is_terminal(lyra_msg_kind_of(frame)))
+        lyra_job_release(job);
+}
+
+/* Starts the load of one model without waiting for it. */
+void lyra_server_preload(struct lyra_server *srv, const char *name)
+{
+    struct lyra_job *job;
+    struct lyra_err err = {0};
+    if (lyra_manager_submit(srv->manager, name, json_pack("{s:s}", "type", "load"), preload_done, NULL, &job, &err) < 0)
+        lyra_log(LYRA_LOG_WARN, "models", NULL, json_pack("{s:s}", "model", name), "cannot load %s at start: %s", name,
+                 err.msg);
+}
+
+static bool in_list(const json_t *list, const char *name)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v) if (json_is_string(v) && strcmp(json_string_value(v), name) == 0) return true;
+    return false;
+}
+
+/* Pinned models (configured or pinned at run time before) are resident from
+ * the start; with models.restore_resident, so are the models resident when
+ * the daemon last stopped, cleanly or not. */
+static void restore_models(struct lyra_server *srv)
+{
+    char *text = NULL;
+    struct lyra_err err = {0};
+    json_t *saved = lyra_store_meta_get_text(srv->store, RESIDENCY_KEY, &text, &err) == 0
+                        ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    json_t *pinned = json_object_get(saved, "pinned"), *resident = json_object_get(saved, "resident");
+    json_t *loaded = json_array();
+    for (size_t i = 0; i < srv->cfg->models.n_entries; i++)
+        if (srv->cfg->models.entries[i].pinned && loaded)
+            json_array_append_new(loaded, json_string(srv->cfg->models.entries[i].name));
+    size_t i;
+    json_t *v;
+    json_array_foreach(pinned, i, v) {
+        const char *name = json_string_value(v);
+        if (name && lyra_manager_pin(srv->manager, name, true, &err) == 0 && !in_list(loaded, name))
+            json_array_append_new(loaded, json_string(name));
+    }
+    json_array_foreach(srv->cfg->models.restore_resident ? resident : NULL, i, v) {
+        const char *name = json_string_value(v);
+        if (name && !in_list(loaded, name))
+            json_array_append_new(loaded, json_string(name));
+    }
+    json_array_foreach(loaded, i, v)
+        lyra_server_preload(srv, json_string_value(v));
+    if (json_array_size(loaded)) {
+        char *names = json_dumps(loaded, JSON_COMPACT);
+        lyra_log(srv->recovered ? LYRA_LOG_WARN : LYRA_LOG_INFO, "models", NULL,
+                 json_pack("{s:o, s:b}", "models", json_deep_copy(loaded), "after_unclean_stop", srv->recovered),
+                 "loading %s at start%s", names ? names : "models",
+                 srv->recovered ? " (restoring after an unclean stop)" : "");
+        free(names);
+        lyra_bus_publish(srv->bus, "models.restored", "models",
+                         json_pack("{s:o, s:b}", "models", json_deep_copy(loaded), "after_unclean_stop", srv->recovered));
+    }
+    json_decref(loaded);
+    json_decref(saved);
+}
+
 static int open_registry(struct lyra_server *srv, struct lyra_err *err)
 {
     int rc = lyra_registry_new(srv->cfg, &srv->registry, err);
@@ -250,17 +472,44 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
         exe[n] = '\0';
     }
     const struct lyra_config *cfg = srv->cfg;
+    if ((rc = lyra_memsource_from_env(&srv->memsource, err)) < 0)
+        return rc;
+    /* GPUs, probed in a subprocess: a failed probe leaves none (logged). */
+    if (cfg->gpu.enabled) {
+        struct lyra_err gerr = {0};
+        rc = lyra_gpu_from_env(exe, cfg->gpu.probe_timeout_s * 1000, &srv->gpus, &gerr);
+        if (rc == LYRA_ENOMEM || rc == LYRA_EINVAL)
+            return lyra_err_set(err, rc, "%s", gerr.msg);
+    }
     struct lyra_manager_options mo = {.worker_exe = exe, .registry = srv->registry, .bus = srv->bus,
                                       .max_loaded = cfg->models.max_loaded,
-                                      .keep_alive_s = cfg->models.keep_alive_s,
+                                      .memory_budget = memory_budget(srv),
+                                      .queue_depth = cfg->models.queue_depth,
+                                      .queue_timeout_s = cfg->models.queue_timeout_s,
+                                      .kill_busy = cfg->watchdog.kill_busy,
+                                      .hooks = {.loaded = hook_loaded, .queue_wait = hook_queue_wait,
+                                                .restarted = hook_restarted, .residency = hook_residency,
+                                                .vram_free = hook_vram_free, .estimate = hook_estimate,
+                                                .fit_layers = hook_fit_layers, .ud = srv},
                                       .load_timeout_s = cfg->models.load_timeout_s,
                                       .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
                                       .progress_timeout_s = cfg->models.progress_timeout_s,
                                       .stop_timeout_s = cfg->models.stop_timeout_s,
                                       .circuit_backoff_s = cfg->models.circuit_backoff_s};
     rc = lyra_manager_new(&mo, &srv->manager, err);
+    if (rc < 0)
+        return rc;
+    lyra_log(LYRA_LOG_INFO, "models", NULL,
+             json_pack("{s:i, s:I}", "max_loaded", cfg->models.max_loaded, "budget_bytes", (json_int_t)mo.memory_budget),
+             "model cache: at most %d resident, memory budget %" PRIu64 " MiB", cfg->models.max_loaded,
+             mo.memory_budget >> 20);
+    if ((rc = lyra_metrics_add_collector(srv->metrics, collect_cache, srv)) < 0)
+        return lyra_err_set(err, rc, "out of memory");
+    if ((rc = start_watchdog(srv, err)) < 0)
+        return rc;
+    restore_models(srv);
     /* After the manager, which listens to the registry's changes. */
-    return rc < 0 ? rc : lyra_models_watch_new(srv->registry, &srv->models_watch, err);
+    return lyra_models_watch_new(srv->registry, &srv->models_watch, err);
 }
 
 static int open_http(struct lyra_server *srv, struct lyra_err *err)
@@ -278,6 +527,7 @@ static int open_http(struct lyra_server *srv, struct lyra_err *err)
         .cors_origins = cfg->server.cors_origins,
         .n_cors_origins = cfg->server.n_cors_origins,
         .hostcheck = srv->hostcheck,
+        .requests_total = srv->m.http_requests,
     };
     srv->http = lyra_http_new(&opts, lyra_routes, lyra_n_routes, srv, err);
     return srv->http ? 0 : (err ? err->code : LYRA_EIO);
@@ -322,7 +572,12 @@ int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, st
         free(srv);
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     }
-    int rc = open_guard(srv, err);
+    /* Metrics first: every module opened after it may count into them. */
+    int rc = lyra_metrics_new(&srv->metrics, err);
+    if (rc == 0)
+        rc = lyra_server_metrics_init(srv->metrics, &srv->m, err);
+    if (rc == 0)
+        rc = open_guard(srv, err);
     if (rc == 0)
         rc = prepare_home(srv, err);
     if (rc == 0)
@@ -408,6 +663,8 @@ void lyra_server_stop(struct lyra_server *srv, int sig, const sigset_t *stop_sig
                   srv->cfg->server.drain_timeout_s);
     /* 3. Producers before consumers: every job ends (parked requests get
      *    503, streams an error chunk and [DONE]) and every worker stops. */
+    lyra_watchdog_free(srv->watchdog); /* it feeds the manager */
+    srv->watchdog = NULL;
     lyra_manager_begin_shutdown(srv->manager);
     if (again)
         lyra_manager_kill_workers(srv->manager);
@@ -434,11 +691,15 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         return;
     /* Workers first (no-op after lyra_server_stop): nothing may feed the
      * HTTP server while it stops. */
+    lyra_watchdog_free(srv->watchdog);
+    srv->watchdog = NULL;
     lyra_manager_shutdown(srv->manager, false);
     lyra_http_free(srv->http);
     lyra_hostcheck_free(srv->hostcheck);
     lyra_models_watch_free(srv->models_watch);
     lyra_manager_free(srv->manager);
+    lyra_memsource_free(srv->memsource);
+    lyra_gpu_free(srv->gpus);
     if (srv->state_file) {
         unlink(srv->state_file);
         free(srv->state_file);
@@ -461,6 +722,8 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_conv_claims_free(srv->chat_turns);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);
+    /* Last: everything above may have counted into it until it stopped. */
+    lyra_metrics_free(srv->metrics);
     pthread_mutex_destroy(&srv->sample_lock);
     free(srv);
 }

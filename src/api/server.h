@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "api/metrics.h"
 #include "core/config.h"
 #include "core/conversations.h"
 #include "core/error.h"
@@ -29,6 +30,9 @@
 #include "core/trace.h"
 #include "http/http.h"
 #include "models/manager.h"
+#include "sys/gpu.h"
+#include "sys/memory.h"
+#include "sys/watchdog.h"
 #include "models/watch.h"
 #include "models/registry.h"
 #include "sys/proc.h"
@@ -47,9 +51,15 @@ struct lyra_server {
     struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */
     struct lyra_registry *registry;
     struct lyra_manager *manager;
+    struct lyra_memsource *memsource; /* system memory (or LYRA_FAKE_MEMINFO's fake) */
+    struct lyra_watchdog *watchdog;   /* NULL when watchdog.enabled is false */
+    bool recovered;                   /* the previous run did not stop cleanly */
+    struct lyra_gpu_source *gpus;     /* probed at start (or LYRA_FAKE_GPUS); NULL with gpu.enabled false */
     struct lyra_models_watch *models_watch; /* refreshes the registry when models.dir changes */
     struct lyra_trace_ring *traces;  /* recent request traces (GET /traces) */
     struct lyra_conv_claims *chat_turns; /* conversations with a /chat turn in flight */
+    struct lyra_metrics *metrics;    /* GET /metrics; created before the manager */
+    struct lyra_server_metrics m;    /* its families (api/metrics.h) */
     char session_id[40];
     int64_t started_us;              /* monotonic */
     int64_t started_wall_ms;
@@ -58,6 +68,7 @@ struct lyra_server {
     char *state_file;                /* $LYRA_HOME/serve.json while serving */
     pthread_mutex_t sample_lock;     /* guards last_sample */
     struct lyra_proc_sample last_sample;
+    uint64_t last_cpu_busy, last_cpu_total; /* /proc/stat at the previous /status (under sample_lock) */
 };
 
 /* Opens everything and binds the listener; does not serve yet. */
@@ -87,12 +98,18 @@ void lyra_api_health(struct lyra_http_req *req, void *ctx);
 void lyra_api_ready(struct lyra_http_req *req, void *ctx);
 void lyra_api_status(struct lyra_http_req *req, void *ctx);
 void lyra_api_traces(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/metrics.c). */
+void lyra_api_metrics(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/events.c). */
 void lyra_api_events_recent(struct lyra_http_req *req, void *ctx);
 void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/models.c). */
 void lyra_api_models_list(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_get(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_load(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_unload(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_pin(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_unpin(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_models(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/openai.c). */
 void lyra_api_openai_chat(struct lyra_http_req *req, void *ctx);
@@ -106,5 +123,9 @@ void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx);
 
 double lyra_server_uptime_s(const struct lyra_server *srv);
 const char *lyra_server_state_name(int state);
+
+/* Starts loading a model without waiting (pinned and restored models at
+ * start); a failure is logged. */
+void lyra_server_preload(struct lyra_server *srv, const char *name);
 
 #endif

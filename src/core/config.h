@@ -35,7 +35,10 @@
 
 #include "core/error.h"
 
-#define LYRA_CONFIG_SCHEMA_VERSION 2
+#define LYRA_CONFIG_SCHEMA_VERSION 3
+
+#define LYRA_KEEP_ALIVE_DEFAULT (-2) /* an entry's keep_alive_s: use models.keep_alive_s */
+#define LYRA_KEEP_ALIVE_NEVER (-1)
 
 struct lyra_model_entry {
     char *name;          /* required */
@@ -49,6 +52,9 @@ struct lyra_model_entry {
     char *chat_template; /* NULL = template from the GGUF */
     bool embeddings;
     bool pinned;
+    int keep_alive_s;    /* LYRA_KEEP_ALIVE_DEFAULT (-2) = models.keep_alive_s; -1 never; 0 after each request */
+    char **fallback;     /* models served instead when this one cannot load, in order */
+    size_t n_fallback;
     double temperature;  /* < 0 = unset */
     double top_p;        /* < 0 = unset */
     int top_k;           /* < 0 = unset */
@@ -81,8 +87,15 @@ struct lyra_config {
         char *dir;                 /* default $LYRA_HOME/models */
         char *default_model;       /* NULL = first available */
         int max_loaded;            /* default 4 */
-        int keep_alive_s;          /* default 300; idle models unload after this */
-        uint64_t memory_budget;    /* bytes, 0 = no budget; YAML accepts "4GiB", "512MB" */
+        int keep_alive_s;          /* default 300: idle models unload after this; 0 = after each
+                                      request, -1 = never (schema 2's 0 is migrated to -1) */
+        uint64_t memory_budget;    /* bytes, 0 = memory_budget_percent of what the system allows;
+                                      YAML accepts "4GiB", "512MB" */
+        int memory_budget_percent; /* default 80: of min(MemTotal, cgroup memory.max) when
+                                      memory_budget is 0 */
+        int queue_depth;           /* default 64: requests waiting per model; more get 429 */
+        int queue_timeout_s;       /* default 60: a request waiting for room this long gets 503 */
+        bool restore_resident;     /* default false: load the models resident at the last stop again */
         int parallel;              /* slots per model, default 4 */
         int threads;               /* 0 = lyra_cpu_usable(): affinity and cgroup quota */
         int gpu_layers;            /* default -1 = all that fit; 0 = CPU only */
@@ -101,7 +114,18 @@ struct lyra_config {
         int interval_ms;           /* default 1000 */
         int warn_percent;          /* default 85 */
         int critical_percent;      /* default 95 */
+        int psi_warn_percent;      /* default 20: memory pressure (PSI some avg10) that warns; 0 = off */
+        int psi_critical_percent;  /* default 50 */
+        uint64_t min_available;    /* default 64 MiB: less available is critical whatever the percent */
+        bool kill_busy;            /* default true: when critical with nothing idle to unload, stop the
+                                      largest unpinned busy model */
     } watchdog;
+
+    struct {
+        bool enabled;              /* default true: probe GPU devices at start */
+        int probe_timeout_s;       /* default 15: the device probe subprocess is killed after this */
+        uint64_t reserve;          /* default 512 MiB of VRAM left free per device */
+    } gpu;
 
     struct {
         bool enabled;              /* default false: no key required on loopback */

@@ -152,12 +152,34 @@ static int v1_to_v2(struct lyra_ynode *root, const char *file, struct lyra_err *
     return rc;
 }
 
+/* Schema 2 -> 3: models.keep_alive_s 0 meant "never unload"; from schema 3
+ * on, 0 means "unload after each request" (Ollama's keep_alive: 0) and -1
+ * means never, so a 0 becomes -1.  Entries had no keep_alive_s before 3. */
+static int v2_to_v3(struct lyra_ynode *root, const char *file, struct lyra_err *err)
+{
+    (void)file;
+    (void)err;
+    struct lyra_ynode *models = section_map(root, "models");
+    struct lyra_ynode *ka = models ? lyra_yamldoc_map_get(models, "keep_alive_s") : NULL;
+    long long v;
+    if (!ka || ka->kind != LYRA_YNODE_SCALAR || !lyra_yamldoc_int(ka->text, &v) || v != 0)
+        return 0; /* anything else means the same in both schemas (or is reported by the loader) */
+    char *t = strdup("-1");
+    if (!t)
+        return nomem(err);
+    free(ka->text);
+    ka->text = t;
+    ka->plain = true;
+    return 0;
+}
+
 /* The steps, append-only: steps[i] turns version i + 1 into i + 2. */
 static const struct step {
     int from;
     int (*run)(struct lyra_ynode *root, const char *file, struct lyra_err *err);
 } steps[] = {
     {1, v1_to_v2},
+    {2, v2_to_v3},
 };
 _Static_assert(sizeof steps / sizeof steps[0] == LYRA_CONFIG_SCHEMA_VERSION - 1,
                "one migration step per schema version");

@@ -22,6 +22,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "core/log.h"
 #include "core/util.h"
 
 struct job {
@@ -631,6 +632,99 @@ int lyra_store_meta_set_u64_async(struct lyra_store *st, const char *key, uint64
     int rc = lyra_store_submit(st, job_meta_set, meta_set_done, m);
     if (rc < 0)
         free(m);
+    return rc;
+}
+
+/* --- text meta ------------------------------------------------------------ */
+
+struct meta_text {
+    char *key, *text; /* text: the value written, or the one read (malloc'd) */
+    int flags;
+};
+
+static int tx_meta_text_set(sqlite3 *db, void *arg, struct lyra_err *err)
+{
+    const struct meta_text *m = arg;
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO meta (key, value) VALUES (?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                           -1, &s, NULL) != SQLITE_OK)
+        return lyra_store_error(err, db, "writing meta");
+    sqlite3_bind_text(s, 1, m->key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, m->text, -1, SQLITE_STATIC);
+    int step = sqlite3_step(s);
+    sqlite3_finalize(s);
+    return step == SQLITE_DONE ? 0 : lyra_store_error(err, db, "writing meta");
+}
+
+static int job_meta_text_set(sqlite3 *db, void *arg, struct lyra_err *err)
+{
+    struct meta_text *m = arg;
+    return lyra_store_tx(db, m->flags, tx_meta_text_set, m, err);
+}
+
+static void meta_text_free(struct meta_text *m)
+{
+    if (m) {
+        free(m->key);
+        free(m->text);
+        free(m);
+    }
+}
+
+static void meta_text_done(int rc, const struct lyra_err *err, void *arg)
+{
+    struct meta_text *m = arg;
+    if (rc < 0)
+        lyra_log(LYRA_LOG_WARN, "state", NULL, NULL, "cannot store %s: %s", m->key, err ? err->msg : "error");
+    meta_text_free(m);
+}
+
+int lyra_store_meta_set_text_async(struct lyra_store *st, const char *key, const char *text, int flags)
+{
+    struct meta_text *m = calloc(1, sizeof *m);
+    if (!m || !(m->key = strdup(key)) || !(m->text = strdup(text))) {
+        meta_text_free(m);
+        return LYRA_ENOMEM;
+    }
+    m->flags = flags;
+    int rc = lyra_store_submit(st, job_meta_text_set, meta_text_done, m);
+    if (rc < 0)
+        meta_text_free(m);
+    return rc;
+}
+
+static int job_meta_text_get(sqlite3 *db, void *arg, struct lyra_err *err)
+{
+    struct meta_text *m = arg;
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?", -1, &s, NULL) != SQLITE_OK)
+        return lyra_store_error(err, db, "reading meta");
+    sqlite3_bind_text(s, 1, m->key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(s), rc;
+    if (step == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(s, 0);
+        m->text = strdup(t ? (const char *)t : "");
+        rc = m->text ? 0 : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    } else if (step == SQLITE_DONE) {
+        rc = lyra_err_set(err, LYRA_ENOTFOUND, "no meta value %s", m->key);
+    } else {
+        rc = lyra_store_error(err, db, "reading meta");
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int lyra_store_meta_get_text(struct lyra_store *st, const char *key, char **value, struct lyra_err *err)
+{
+    struct meta_text m = {.key = (char *)key};
+    *value = NULL;
+    int rc = lyra_store_run(st, job_meta_text_get, &m, err);
+    if (rc == 0)
+        *value = m.text;
+    else
+        free(m.text);
     return rc;
 }
 

@@ -133,6 +133,13 @@ typedef void (*lyra_store_meta_done_fn)(int rc, const struct lyra_err *err, uint
 int lyra_store_meta_set_u64_async(struct lyra_store *st, const char *key, uint64_t value, int flags,
                                   lyra_store_meta_done_fn done, void *ud);
 
+/* Text values in the same table (the model cache's resident set).  get:
+ * *value is malloc'd (caller frees); 0, LYRA_ENOTFOUND or LYRA_EDB; waits.
+ * set_async: key and text copied; never blocks; 0 or LYRA_ENOMEM /
+ * LYRA_EUNAVAILABLE when nothing was queued.  A failed write is logged. */
+int lyra_store_meta_get_text(struct lyra_store *st, const char *key, char **value, struct lyra_err *err);
+int lyra_store_meta_set_text_async(struct lyra_store *st, const char *key, const char *text, int flags);
+
 /* Runs PRAGMA quick_check; 0 when the database is sound.  Waits. */
 int lyra_store_check(struct lyra_store *st, struct lyra_err *err);
 

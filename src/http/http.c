@@ -140,6 +140,27 @@ static void apply_common_headers(struct lyra_http_req *req, struct MHD_Response 
         MHD_add_response_header(resp, req->extra_names[i], req->extra_values[i]);
 }
 
+/* The method as a metric label: client-chosen tokens fold into "other". */
+static const char *method_label(const char *method)
+{
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (strcmp(method, known[i]) == 0)
+            return known[i];
+    return "other";
+}
+
+/* lyra_http_requests_total, once per response queued. */
+static void count_response(struct lyra_http_req *req, int status)
+{
+    if (!req->http->opts.requests_total)
+        return;
+    char code[12];
+    snprintf(code, sizeof code, "%d", status);
+    const char *labels[] = {req->route ? req->route->pattern : "unmatched", method_label(req->method), code};
+    lyra_metric_add(req->http->opts.requests_total, labels, 1);
+}
+
 void lyra_http_add_header(struct lyra_http_req *req, const char *name, const char *value)
 {
     if (req->n_extra >= MAX_EXTRA_HEADERS)
@@ -175,7 +196,8 @@ void lyra_http_send(struct lyra_http_req *req, int status, const char *content_t
     if (content_type)
         MHD_add_response_header(resp, "Content-Type", content_type);
     apply_common_headers(req, resp);
-    MHD_queue_response(req->conn, (unsigned)status, resp);
+    if (MHD_queue_response(req->conn, (unsigned)status, resp) == MHD_YES)
+        count_response(req, status);
     MHD_destroy_response(resp);
 }
 
@@ -347,7 +369,8 @@ struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int st
     req->state = REQ_STREAMING;
     req->stream = st;
     pthread_mutex_unlock(&req->lock);
-    MHD_queue_response(req->conn, (unsigned)status, resp);
+    if (MHD_queue_response(req->conn, (unsigned)status, resp) == MHD_YES)
+        count_response(req, status);
     MHD_destroy_response(resp);
     return st;
 }
@@ -411,6 +434,7 @@ void lyra_http_stream_close(struct lyra_http_stream *st)
 
 const char *lyra_http_path(const struct lyra_http_req *req) { return req->path; }
 const char *lyra_http_request_id(const struct lyra_http_req *req) { return req->request_id; }
+const char *lyra_http_route(const struct lyra_http_req *req) { return req->route ? req->route->pattern : NULL; }
 
 const char *lyra_http_trace_id(struct lyra_http_req *req)
 {

@@ -26,6 +26,7 @@
 #include <stddef.h>
 
 #include "core/error.h"
+#include "core/metrics.h"
 #include "http/hostcheck.h"
 
 struct lyra_http;
@@ -62,6 +63,12 @@ struct lyra_http_options {
      * OPTIONS preflights included).  Borrowed, must outlive the server;
      * NULL serves any Host. */
     const struct lyra_hostcheck *hostcheck;
+    /* Counted once per response queued (lyra_http_send*), with labels
+     * {route, method, code}: route is the matched route's pattern
+     * ("/models/{name}", never the raw path) or "unmatched"; method one of
+     * the standard methods or "other".  Borrowed, must outlive the server;
+     * NULL counts nothing. */
+    struct lyra_metric *requests_total;
 };
 
 /* Creates the server and binds the listening socket (so "address in use"
@@ -99,6 +106,9 @@ const char *lyra_http_query(const struct lyra_http_req *req, const char *name);
 /* A {name} segment of the matched route pattern, NULL if none. */
 const char *lyra_http_param(const struct lyra_http_req *req, const char *name);
 const char *lyra_http_request_id(const struct lyra_http_req *req);
+/* The pattern of the route the request matched ("/models/{name}"; static,
+ * valid as long as the route table), or NULL when none matched. */
+const char *lyra_http_route(const struct lyra_http_req *req);
 /* The request's W3C trace id: from a valid `traceparent` header, else a new
  * random one.  Once asked for, the response echoes a traceparent with this
  * trace id and a span id of Lyra's own. */

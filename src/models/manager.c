@@ -24,10 +24,12 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/util.h"
+#include "models/cache.h"
 #include "proto/frame.h"
 #include "proto/messages.h"
 #include "supervisor/wproc.h"
@@ -49,12 +51,19 @@ struct lyra_job {
     lyra_job_fn fn;
     void *ud;
     json_t *fallback;         /* terminal error prepared at submit: the end cannot fail */
+    char origin[128];         /* the model the request named (fallbacks are its settings') */
     /* Loop thread only: */
     bool terminal, handed, started_load, queued;
+    bool admin_load;          /* {"type":"load"}: ends when the worker is ready */
+    bool counted;             /* counted as a cache hit or miss */
+    bool accepted;            /* passed the queue-depth check (a re-route does not check again) */
     int attempts;
+    int n_fallbacks;          /* fallback models tried */
     double load_ms;
+    int64_t enqueued_us;      /* when it started waiting for its worker */
     struct mworker *w;
-    struct lyra_job *next;    /* in w->pending or w->inflight */
+    struct model_state *waiting_in; /* in ms->waiting: waits for room in the cache */
+    struct lyra_job *next;    /* in w->pending, w->inflight or ms->waiting */
 };
 
 struct model_state;
@@ -73,6 +82,12 @@ struct mworker {
     double load_ms;
     const char *stop_reason;
     bool stale;                /* its file changed: restart once drained */
+    bool draining;             /* admin unload of a busy worker: stop once idle, take nothing new */
+    bool gpu_retry;            /* its load failed on the GPU: its jobs go to a retry with fewer layers */
+    int gpu_layers;            /* what it was started with */
+    int n_slots;               /* from its ready frame (0 before) */
+    uint64_t est_host, est_device; /* the estimate it was admitted with */
+    uint64_t rss;              /* last measured resident set (bytes), 0 before the first sample */
     struct mworker *next;      /* m->workers */
 };
 
@@ -85,8 +100,16 @@ struct model_state {
     int64_t open_until_us;
     bool failed;
     bool crashed_before;       /* the next start publishes worker.restarted */
+    int pin;                   /* PIN_CONFIG (the entry's `pinned`), PIN_ON, PIN_OFF */
+    int gpu_layers_next;       /* GPU_AUTO, or the layers to try after a failed GPU load */
+    struct lyra_job *waiting, **waiting_tail; /* waiting for room in the cache, oldest first */
+    int n_waiting;
     struct model_state *next;
 };
+
+enum { PIN_CONFIG, PIN_ON, PIN_OFF };
+#define GPU_AUTO (-2)
+#define MAX_FALLBACKS 4
 
 struct lyra_manager {
     struct lyra_manager_options opts;
@@ -99,6 +122,9 @@ struct lyra_manager {
     struct mworker *workers;   /* all live ones, stopping included */
     int n_workers;
     struct lyra_timer *reaper;
+    int mem_level;             /* the watchdog's last word: 0 ok, 1 warning, 2 critical */
+    struct lyra_cache_counts counts; /* resident/held/budget filled on request */
+    json_t *last_fallback;
     /* Shutdown hand-shake with the caller of lyra_manager_shutdown. */
     pthread_mutex_t gone_lock;
     pthread_cond_t gone_cond;
@@ -179,6 +205,11 @@ const char *lyra_job_model(const struct lyra_job *job)
     return job->model;
 }
 
+const char *lyra_job_requested_model(const struct lyra_job *job)
+{
+    return job->origin;
+}
+
 double lyra_job_load_ms(const struct lyra_job *job)
 {
     return job->started_load ? job->load_ms : 0.0;
@@ -218,6 +249,8 @@ static struct model_state *model_state_get(struct lyra_manager *m, const char *n
     if (!ms)
         return NULL;
     lyra_fmt(ms->name, sizeof ms->name, "%s", name);
+    ms->gpu_layers_next = GPU_AUTO;
+    ms->waiting_tail = &ms->waiting;
     ms->next = m->models;
     m->models = ms;
     return ms;
@@ -261,25 +294,114 @@ static void stop_worker(struct mworker *w, const char *reason)
     lyra_wproc_stop(w->proc, reason);
 }
 
-/* Unloads the least recently used idle worker when max_loaded is reached. */
-static void make_room(struct lyra_manager *m)
+static bool ms_pinned(const struct model_state *ms, const struct lyra_model *model)
 {
-    int live = 0;
-    struct mworker *lru = NULL;
+    return ms->pin == PIN_ON || (ms->pin == PIN_CONFIG && model && model->settings.pinned);
+}
+
+static bool worker_pinned(const struct mworker *w)
+{
+    return ms_pinned(w->ms, w->model);
+}
+
+static bool worker_idle(const struct mworker *w)
+{
+    return w->state == W_READY && w->n_inflight == 0 && !w->pending;
+}
+
+/* What a worker holds as far as the budget goes: the estimate it was
+ * admitted with until a measurement shows more. */
+static uint64_t worker_bytes(const struct mworker *w)
+{
+    return w->rss > w->est_host ? w->rss : w->est_host;
+}
+
+/* Without an estimate hook: a process's own memory besides weights and KV
+ * cache (libllama, ggml, compute buffers, the C runtime). */
+#define WORKER_BASE_BYTES ((uint64_t)96 << 20)
+
+static void estimate(struct lyra_manager *m, const struct lyra_model *model, int gpu_layers, uint64_t *host,
+                     uint64_t *device)
+{
+    *host = *device = 0;
+    if (m->opts.hooks.estimate) {
+        m->opts.hooks.estimate(model, gpu_layers, host, device, m->opts.hooks.ud);
+        return;
+    }
+    /* Built in: the file (weights) + an f16 KV cache for every slot. */
+    const struct lyra_gguf_info *in = model->info;
+    const struct lyra_model_settings *st = &model->settings;
+    uint64_t ctx = (uint64_t)(st->ctx_size > 0 ? st->ctx_size : 4096) * (uint64_t)(st->parallel > 0 ? st->parallel : 4);
+    uint64_t kv = 0;
+    if (in && in->head_count && in->block_count && in->embedding_length) {
+        uint64_t kv_heads = in->head_count_kv ? in->head_count_kv : in->head_count;
+        kv = ctx * in->block_count * (in->embedding_length / in->head_count * kv_heads) * 2 * 2;
+    }
+    *host = model->size_bytes + kv + WORKER_BASE_BYTES;
+}
+
+/* The live workers as the cache policy sees them; *n receives the count.
+ * NULL when there are none or on allocation failure. */
+static struct lyra_cache_entry *cache_view(struct lyra_manager *m, struct mworker ***ws, size_t *n)
+{
+    *n = 0;
+    *ws = NULL;
+    if (!m->n_workers)
+        return NULL;
+    struct lyra_cache_entry *e = calloc((size_t)m->n_workers, sizeof *e);
+    *ws = calloc((size_t)m->n_workers, sizeof **ws);
+    if (!e || !*ws) {
+        free(e);
+        free(*ws);
+        *ws = NULL;
+        return NULL;
+    }
     for (struct mworker *w = m->workers; w; w = w->next) {
-        if (w->state == W_STOPPING)
-            continue;
-        live++;
-        if (w->state == W_READY && w->n_inflight == 0 && !w->pending && !w->model->settings.pinned &&
-            (!lru || w->last_used_us < lru->last_used_us))
-            lru = w;
+        e[*n] = (struct lyra_cache_entry){.bytes = worker_bytes(w), .last_used_us = w->last_used_us,
+                                          .pinned = worker_pinned(w),
+                                          .busy = w->n_inflight > 0 || w->pending != NULL || w->draining ||
+                                                  w->ms->n_waiting > 0,
+                                          .loading = w->state == W_LOADING, .stopping = w->state == W_STOPPING};
+        (*ws)[(*n)++] = w;
     }
-    if (live >= m->opts.max_loaded && lru) {
-        lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s, s:i}", "model", lru->ms->name, "max_loaded",
-                                                     m->opts.max_loaded),
-                 "unloading %s: models.max_loaded (%d) reached", lru->ms->name, m->opts.max_loaded);
-        stop_worker(lru, "evicted");
-    }
+    return e;
+}
+
+static void publish_residency(struct lyra_manager *m);
+
+/* Unloads a worker for the cache (or the watchdog, or an admin). */
+static void evict(struct lyra_manager *m, struct mworker *w, enum lyra_evict_reason why, const char *detail)
+{
+    if (w->state == W_STOPPING)
+        return;
+    m->counts.evictions[why]++;
+    const char *reason = lyra_evict_reason_name(why);
+    lyra_bus_publish(m->opts.bus, "cache.evicted", "models",
+                     json_pack("{s:s, s:s, s:I, s:s}", "model", w->ms->name, "reason", reason, "bytes",
+                               (json_int_t)worker_bytes(w), "detail", detail));
+    lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s, s:s}", "model", w->ms->name, "reason", reason),
+             "unloading %s (%s): %s", w->ms->name, reason, detail);
+    stop_worker(w, why == LYRA_EVICT_LRU || why == LYRA_EVICT_BUDGET ? "evicted" : reason);
+}
+
+/* The layers to offload for a start of `model`: what a failed GPU load
+ * left to try, else the configured count, else (-1, "all that fit") what
+ * the estimate says fits the GPU's free memory; 0 without a GPU. */
+static int choose_gpu_layers(struct lyra_manager *m, struct model_state *ms, const struct lyra_model *model)
+{
+    if (ms->gpu_layers_next != GPU_AUTO)
+        return ms->gpu_layers_next;
+    if (model->settings.gpu_layers >= 0)
+        return model->settings.gpu_layers;
+    bool live = false;
+    uint64_t free_b = m->opts.hooks.vram_free ? m->opts.hooks.vram_free(&live, m->opts.hooks.ud) : 0;
+    if (!free_b)
+        return 0;
+    for (const struct mworker *w = m->workers; !live && w; w = w->next)
+        free_b = free_b > w->est_device ? free_b - w->est_device : 0;
+    if (m->opts.hooks.fit_layers)
+        return m->opts.hooks.fit_layers(model, free_b, m->opts.hooks.ud);
+    return -1; /* no estimate: let llama.cpp offload everything */
 }
 
 static struct mworker *worker_start(struct lyra_manager *m, struct model_state *ms, const struct lyra_model *model,
@@ -299,7 +421,9 @@ static struct mworker *worker_start(struct lyra_manager *m, struct model_state *
     snprintf(ctx, sizeof ctx, "%d", st->ctx_size > 0 ? st->ctx_size : 4096);
     snprintf(par, sizeof par, "%d", st->parallel > 0 ? st->parallel : 4);
     snprintf(thr, sizeof thr, "%d", st->threads > 0 ? st->threads : 1);
-    snprintf(ngl, sizeof ngl, "%d", st->gpu_layers);
+    w->gpu_layers = choose_gpu_layers(m, ms, model);
+    estimate(m, model, w->gpu_layers, &w->est_host, &w->est_device);
+    snprintf(ngl, sizeof ngl, "%d", w->gpu_layers);
     const char *args[20] = {"worker", "--model", model->path, "--name", model->name, "--ctx", ctx,
                             "--parallel", par, "--threads", thr, "--gpu-layers", ngl};
     int n = 13;
@@ -331,10 +455,16 @@ static struct mworker *worker_start(struct lyra_manager *m, struct model_state *
     m->n_workers++;
     ms->w = w;
     ms->failed = false;
+    m->counts.loads++;
     int pid = (int)lyra_wproc_pid(w->proc);
-    if (ms->crashed_before)
+    if (ms->crashed_before) {
         lyra_bus_publish(m->opts.bus, "worker.restarted", "models", json_pack("{s:s, s:i}", "model", ms->name, "pid", pid));
-    lyra_bus_publish(m->opts.bus, "model.loading", "models", json_pack("{s:s, s:i}", "model", ms->name, "pid", pid));
+        if (m->opts.hooks.restarted)
+            m->opts.hooks.restarted(ms->name, m->opts.hooks.ud);
+    }
+    lyra_bus_publish(m->opts.bus, "model.loading", "models",
+                     json_pack("{s:s, s:i, s:i, s:I}", "model", ms->name, "pid", pid, "gpu_layers", w->gpu_layers,
+                               "estimate_bytes", (json_int_t)w->est_host));
     lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", pid, "path", model->path),
              "starting worker for %s", ms->name);
     return w;
@@ -365,6 +495,9 @@ static void send_job(struct mworker *w, struct lyra_job *job)
     w->inflight = job;
     w->n_inflight++;
     w->last_used_us = lyra_now_us();
+    struct lyra_manager *m = w->m;
+    if (m->opts.hooks.queue_wait && job->enqueued_us)
+        m->opts.hooks.queue_wait(job->model, (double)(w->last_used_us - job->enqueued_us) / 1e6, m->opts.hooks.ud);
     int rc = lyra_wproc_send(w->proc, job->id, job->text, job->len);
     if (rc < 0) {
         list_remove(&w->inflight, job);
@@ -372,6 +505,31 @@ static void send_job(struct mworker *w, struct lyra_job *job)
         job_fail(job, "internal", 500, 0, "cannot send the request to the worker for %s: %s", job->model,
                  lyra_strerror(rc));
     }
+}
+
+/* Ends an admin load job: the worker is ready. */
+static void job_loaded(struct lyra_job *job, struct mworker *w)
+{
+    if (job->terminal)
+        return;
+    job->terminal = true;
+    job->w = NULL;
+    json_t *f = json_pack("{s:s, s:I, s:s, s:s, s:i, s:f, s:i}", "type", "status", "id", (json_int_t)job->id, "model",
+                          w->ms->name, "state", "loaded", "pid", (int)lyra_wproc_pid(w->proc), "load_ms", w->load_ms,
+                          "gpu_layers", w->gpu_layers);
+    job_deliver(job, f ? f : job->fallback);
+    json_decref(f);
+    job_unref(job);
+}
+
+/* Hands a job to a ready worker. */
+static void dispatch(struct mworker *w, struct lyra_job *job)
+{
+    job->load_ms = w->load_ms;
+    if (job->admin_load)
+        job_loaded(job, w);
+    else
+        send_job(w, job);
 }
 
 static void add_pending(struct mworker *w, struct lyra_job *job)
@@ -408,6 +566,26 @@ static struct lyra_job *detach_jobs(struct mworker *w, struct lyra_job **pending
 /* ------------------------------------------------------------------ */
 /* Worker events (wproc ops)                                          */
 
+static void admit(struct lyra_manager *m);
+
+/* A worker may have become idle: an unload waiting for it, keep_alive 0,
+ * and models waiting for room (an idle worker can make room). */
+static void after_idle(struct lyra_manager *m, struct mworker *w)
+{
+    if (w->stale && w->state == W_READY && w->n_inflight == 0) {
+        stop_worker(w, "file changed"); /* its pending jobs go to the worker on the new file */
+        return;
+    }
+    if (!worker_idle(w))
+        return;
+    if (w->draining) {
+        evict(m, w, LYRA_EVICT_ADMIN, "unloaded by request once its requests ended");
+    } else if (w->model->settings.keep_alive_s == 0 && !worker_pinned(w)) {
+        evict(m, w, LYRA_EVICT_IDLE, "keep_alive_s is 0: unloaded after its request");
+    }
+    admit(m);
+}
+
 static void on_ready(struct lyra_wproc *proc, const json_t *frame, void *ud)
 {
     struct mworker *w = ud;
@@ -417,6 +595,9 @@ static void on_ready(struct lyra_wproc *proc, const json_t *frame, void *ud)
     w->state = W_READY;
     w->ready = json_deep_copy(frame);
     w->load_ms = (double)(lyra_now_us() - w->started_us) / 1000.0;
+    w->n_slots = (int)json_integer_value(json_object_get(frame, "n_slots"));
+    if (m->opts.hooks.loaded)
+        m->opts.hooks.loaded(w->ms->name, w->load_ms / 1000.0, m->opts.hooks.ud);
     /* Copies, not references: the event outlives the frame and is read on
      * other threads (a json_t is shared across threads only when no thread
      * will change or release its part of it concurrently). */
@@ -433,9 +614,10 @@ static void on_ready(struct lyra_wproc *proc, const json_t *frame, void *ud)
     struct lyra_job *j = take_pending(w), *next;
     for (; j; j = next) {
         next = j->next;
-        j->load_ms = w->load_ms;
-        send_job(w, j);
+        dispatch(w, j);
     }
+    publish_residency(m);
+    after_idle(m, w); /* an admin load alone leaves it idle: keep_alive 0, waiting models */
 }
 
 static void on_handed(struct lyra_wproc *proc, uint64_t id, void *ud)
@@ -462,14 +644,15 @@ static void on_frame(struct lyra_wproc *proc, enum lyra_msg_kind kind, uint64_t 
     job_deliver(job, frame);
     if (terminal) {
         job_unref(job); /* the manager's hold */
-        if (w->stale && w->n_inflight == 0 && w->state == W_READY)
-            stop_worker(w, "file changed");
+        after_idle(w->m, w);
     }
 }
 
 /* Settles the jobs of a worker that is gone.  A job the worker may have
  * seen fails; one that never reached it goes again (at most twice in all)
  * unless the daemon is closing or the model's circuit is open. */
+static bool try_fallback(struct lyra_manager *m, struct lyra_job *job, const char *why);
+
 static void settle_jobs(struct lyra_manager *m, struct mworker *w, const struct lyra_wproc_exit *e, bool expected,
                         const char *reason)
 {
@@ -486,15 +669,24 @@ static void settle_jobs(struct lyra_manager *m, struct mworker *w, const struct 
             bool never_seen = k == 1 || !j->handed;
             if (closing) {
                 job_fail(j, "shutting_down", 503, 0, "the server is shutting down");
+            } else if (never_seen && w->gpu_retry) {
+                j->attempts--; /* the load goes again with fewer GPU layers: not the request's fault */
+                *retry_tail = j;
+                retry_tail = &j->next;
             } else if (never_seen && (e->was_ready || w->stale) && j->attempts < 2 && circuit_wait_s(ms) == 0) {
                 *retry_tail = j;
                 retry_tail = &j->next;
+            } else if (expected && w->stop_reason && strcmp(w->stop_reason, "watchdog") == 0) {
+                job_fail(j, "memory_critical", 503, 10,
+                         "model '%s' was stopped by the memory watchdog: the system is out of memory", j->model);
+            } else if (expected) {
+                job_fail(j, "model_unloaded", 503, 0, "model '%s' was unloaded while the request ran", j->model);
+            } else if (!e->was_ready && try_fallback(m, j, reason)) {
+                /* served by the next model of its fallback chain */
             } else if (!e->was_ready && e->why == LYRA_WPROC_LOAD_TIMEOUT) {
                 job_fail(j, "model_load_timeout", 503, 0, "model '%s' did not load: %s", j->model, reason);
             } else if (!e->was_ready) {
                 job_fail(j, "model_load_failed", 500, 0, "model '%s' failed to load: %s", j->model, reason);
-            } else if (expected) {
-                job_fail(j, "model_unloaded", 503, 0, "model '%s' was unloaded while the request ran", j->model);
             } else if (e->why == LYRA_WPROC_HUNG) {
                 job_fail(j, "worker_hung", 502, 0, "the worker for %s %s; it was killed", j->model, reason);
             } else if (e->why == LYRA_WPROC_PROTOCOL) {
@@ -539,7 +731,28 @@ static void on_exit_(struct lyra_wproc *proc, const struct lyra_wproc_exit *e, v
      * mapping it reads from changes, SIGBUS) failed because of the file, not
      * of itself: not counted against the model. */
     bool file_changed = w->stale && !expected;
-    if (expected) {
+    /* A load that failed on the GPU goes again with half the layers, then
+     * on the CPU, before it counts as a failure of the model. */
+    if (!expected && !e->was_ready && w->gpu_layers != 0 && !atomic_load(&m->closing) && !w->stale) {
+        int n_layers = w->model->info ? (int)w->model->info->block_count : 0;
+        int from = w->gpu_layers, to = from > 1 ? from / 2 : from < 0 && n_layers > 1 ? n_layers / 2 : 0;
+        ms->gpu_layers_next = to;
+        w->gpu_retry = true;
+        m->counts.gpu_fallbacks++;
+        json_decref(m->last_fallback);
+        m->last_fallback = json_pack("{s:s, s:s, s:i, s:i, s:s, s:I}", "model", ms->name, "kind", to ? "gpu_layers" : "cpu",
+                                     "gpu_layers_from", from, "gpu_layers_to", to, "error", reason, "at_ms",
+                                     (json_int_t)lyra_wall_ms());
+        lyra_bus_publish(m->opts.bus, "model.fallback", "models",
+                         json_pack("{s:s, s:s, s:i, s:i, s:s}", "model", ms->name, "to", to ? "fewer gpu layers" : "cpu",
+                                   "gpu_layers_from", from, "gpu_layers_to", to, "error", reason));
+        lyra_log(LYRA_LOG_WARN, COMP, NULL, json_pack("{s:s, s:i, s:i}", "model", ms->name, "from", from, "to", to),
+                 "load of %s with %d GPU layers failed (%s): trying %d%s", ms->name, from, reason, to,
+                 to ? " layers" : " (CPU only)");
+    }
+    if (w->gpu_retry) {
+        /* settled below: the jobs go to the retry */
+    } else if (expected) {
         lyra_bus_publish(m->opts.bus, "model.unloaded", "models",
                          json_pack("{s:s, s:i, s:s}", "model", ms->name, "pid", pid, "reason",
                                    w->stop_reason ? w->stop_reason : "requested"));
@@ -570,9 +783,13 @@ static void on_exit_(struct lyra_wproc *proc, const struct lyra_wproc_exit *e, v
     }
     if (ms->w == w)
         ms->w = NULL;
+    bool was_resident = e->was_ready;
     w->state = W_STOPPING;
     settle_jobs(m, w, e, expected, reason);
     worker_free(m, w);
+    if (was_resident)
+        publish_residency(m);
+    admit(m); /* its memory is back */
     if (atomic_load(&m->closing) && m->n_workers == 0) {
         pthread_mutex_lock(&m->gone_lock);
         m->all_gone = true;
@@ -587,7 +804,77 @@ static const struct lyra_wproc_ops wproc_ops = {
 /* ------------------------------------------------------------------ */
 /* Routing (loop thread)                                              */
 
-/* Routes a job to its model's worker, starting one if needed. */
+static void add_waiting(struct model_state *ms, struct lyra_job *job)
+{
+    job->waiting_in = ms;
+    job->next = NULL;
+    *ms->waiting_tail = job;
+    ms->waiting_tail = &job->next;
+    ms->n_waiting++;
+}
+
+static void remove_waiting(struct model_state *ms, struct lyra_job *job)
+{
+    if (list_remove(&ms->waiting, job)) {
+        ms->n_waiting--;
+        ms->waiting_tail = &ms->waiting;
+        while (*ms->waiting_tail)
+            ms->waiting_tail = &(*ms->waiting_tail)->next;
+    }
+    job->waiting_in = NULL;
+}
+
+static struct lyra_job *take_waiting(struct model_state *ms)
+{
+    struct lyra_job *all = ms->waiting;
+    ms->waiting = NULL;
+    ms->waiting_tail = &ms->waiting;
+    ms->n_waiting = 0;
+    for (struct lyra_job *j = all; j; j = j->next)
+        j->waiting_in = NULL;
+    return all;
+}
+
+/* Fails every job waiting for room for ms (each may still go to a fallback
+ * model when `fallback` is set). */
+static void fail_waiting(struct lyra_manager *m, struct model_state *ms, bool fallback, const char *code, int status,
+                         int retry_after_s, const char *msg)
+{
+    for (struct lyra_job *j = take_waiting(ms), *next; j; j = next) {
+        next = j->next;
+        j->next = NULL;
+        if (!fallback || !try_fallback(m, j, msg))
+            job_fail(j, code, status, retry_after_s, "model '%s': %s", j->model, msg);
+    }
+}
+
+static void count_request(struct lyra_manager *m, struct lyra_job *job, bool hit)
+{
+    if (job->admin_load || job->counted)
+        return;
+    job->counted = true;
+    if (hit)
+        m->counts.hits++;
+    else
+        m->counts.misses++;
+}
+
+/* Requests waiting for a model beyond those its worker is serving. */
+static int queued_for(const struct model_state *ms)
+{
+    int n = ms->n_waiting;
+    const struct mworker *w = ms->w;
+    if (w) {
+        for (const struct lyra_job *j = w->pending; j; j = j->next)
+            n++;
+        if (w->n_slots && w->n_inflight > w->n_slots)
+            n += w->n_inflight - w->n_slots;
+    }
+    return n;
+}
+
+/* Routes a job to its model's worker; without one it waits for room in the
+ * cache (admit). */
 static void enqueue(struct lyra_manager *m, struct lyra_job *job)
 {
     if (atomic_load(&m->closing)) {
@@ -601,40 +888,177 @@ static void enqueue(struct lyra_manager *m, struct lyra_job *job)
     }
     int wait = circuit_wait_s(ms);
     if (wait > 0) {
-        job_fail(job, "model_unavailable", 503, wait,
-                 "model '%s' failed %d times within %d s; retry in %d s (last error: %s)", ms->name,
+        char why[LYRA_ERR_MSG_MAX + 128];
+        lyra_fmt(why, sizeof why, "model '%s' failed %d times within %d s; retry in %d s (last error: %s)", ms->name,
                  LYRA_MANAGER_CRASH_LIMIT, LYRA_MANAGER_CRASH_WINDOW_S, wait,
                  ms->last_error ? ms->last_error : "unknown");
+        if (!try_fallback(m, job, why))
+            job_fail(job, "model_unavailable", 503, wait, "%s", why);
         return;
     }
     job->attempts++;
+    if (!job->enqueued_us)
+        job->enqueued_us = lyra_now_us();
+    if (!job->accepted && queued_for(ms) >= m->opts.queue_depth) {
+        job_fail(job, "queue_full", 429, 1, "model '%s' has %d requests waiting (models.queue_depth); retry later",
+                 ms->name, queued_for(ms));
+        return;
+    }
+    job->accepted = true;
     struct mworker *w = ms->w;
-    if (!w) {
-        /* The newest snapshot: a retry after a restart serves the new file. */
-        const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, job->model);
-        if (!model || !model->valid) {
-            job_fail(job, model ? "model_invalid" : "model_not_found", model ? 422 : 404, 0, "model '%s' %s%s",
-                     job->model, model ? "cannot be used: " : "is gone",
-                     model && model->error ? model->error : "");
-            lyra_registry_unref(model);
+    if (w && !w->draining) {
+        bool ready = w->state == W_READY && !w->stale;
+        count_request(m, job, ready);
+        if (ready)
+            dispatch(w, job);
+        else
+            add_pending(w, job);
+        return;
+    }
+    count_request(m, job, false);
+    if (m->mem_level >= LYRA_MEM_LEVEL_CRITICAL) {
+        job_fail(job, "memory_critical", 503, 10,
+                 "model '%s' is not loaded and memory is critically low: no model is loaded until it recovers",
+                 ms->name);
+        return;
+    }
+    add_waiting(ms, job);
+    admit(m);
+}
+
+/* Starts the loads the cache has room for, oldest waiting request first
+ * (so that a large model is not starved by small ones), stopping idle
+ * models when that makes room.  Runs whenever room may have appeared: a
+ * worker exited or became idle, a request arrived, every second. */
+static void admit(struct lyra_manager *m)
+{
+    if (atomic_load(&m->closing))
+        return;
+    for (;;) {
+        struct model_state *ms = NULL;
+        for (struct model_state *c = m->models; c; c = c->next)
+            if (c->waiting && !(c->w && c->w->draining) && (!ms || c->waiting->enqueued_us < ms->waiting->enqueued_us))
+                ms = c;
+        if (!ms)
             return;
+        if (ms->w) { /* started meanwhile (an admin load, a retry) */
+            for (struct lyra_job *j = take_waiting(ms), *next; j; j = next) {
+                next = j->next;
+                j->attempts--;
+                enqueue(m, j);
+            }
+            continue;
         }
-        make_room(m);
+        if (m->mem_level >= LYRA_MEM_LEVEL_CRITICAL) {
+            fail_waiting(m, ms, false, "memory_critical", 503, 10,
+                         "memory is critically low: no model is loaded until it recovers");
+            continue;
+        }
+        const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, ms->name);
+        if (!model || !model->valid) {
+            char why[LYRA_ERR_MSG_MAX + 64];
+            lyra_fmt(why, sizeof why, "%s%s", model ? "cannot be used: " : "is gone",
+                     model && model->error ? model->error : "");
+            fail_waiting(m, ms, true, model ? "model_invalid" : "model_not_found", model ? 422 : 404, 0, why);
+            lyra_registry_unref(model);
+            continue;
+        }
+        uint64_t host, device;
+        estimate(m, model, choose_gpu_layers(m, ms, model), &host, &device);
+        struct mworker **ws;
+        size_t n;
+        struct lyra_cache_entry *view = cache_view(m, &ws, &n);
+        size_t *victims = n ? calloc(n, sizeof *victims) : NULL;
+        if (n && (!view || !victims)) {
+            free(view);
+            free(ws);
+            free(victims);
+            lyra_registry_unref(model);
+            return; /* out of memory: the next pass tries again */
+        }
+        struct lyra_cache_limits lim = {.max_loaded = m->opts.max_loaded, .budget_bytes = m->opts.memory_budget};
+        struct lyra_cache_plan plan;
+        lyra_cache_plan(&lim, view, n, host, victims, &plan);
+        if (plan.verdict == LYRA_CACHE_EVICT) {
+            char detail[200];
+            lyra_fmt(detail, sizeof detail, "making room for %s", ms->name);
+            for (size_t i = 0; i < plan.n_victims; i++)
+                evict(m, ws[victims[i]], plan.reason, detail);
+        }
+        free(view);
+        free(ws);
+        free(victims);
+        if (plan.verdict == LYRA_CACHE_NEVER) {
+            char why[256];
+            lyra_fmt(why, sizeof why,
+                     "needs about %" PRIu64 " MiB but the memory budget is %" PRIu64 " MiB, %" PRIu64
+                     " MiB of it held by pinned models",
+                     host >> 20, m->opts.memory_budget >> 20, plan.pinned_bytes >> 20);
+            lyra_registry_unref(model);
+            fail_waiting(m, ms, true, "insufficient_memory", 503, 0, why);
+            continue;
+        }
+        if (plan.verdict == LYRA_CACHE_WAIT || (plan.verdict == LYRA_CACHE_EVICT && !plan.start_now)) {
+            lyra_registry_unref(model);
+            return; /* room comes when a worker exits or becomes idle */
+        }
         struct lyra_err err = {0};
-        w = worker_start(m, ms, model, &err);
+        struct mworker *w = worker_start(m, ms, model, &err);
         lyra_registry_unref(model);
         if (!w) {
-            job_fail(job, "internal", 500, 0, "cannot start a worker for %s: %s", job->model, err.msg);
-            return;
+            char why[LYRA_ERR_MSG_MAX + 64];
+            lyra_fmt(why, sizeof why, "cannot start a worker: %s", err.msg);
+            fail_waiting(m, ms, false, "internal", 500, 0, why);
+            continue;
         }
-        job->started_load = job->attempts == 1;
+        bool first = true;
+        for (struct lyra_job *j = take_waiting(ms), *next; j; j = next) {
+            next = j->next;
+            j->started_load = first && j->attempts == 1;
+            first = false;
+            add_pending(w, j);
+        }
     }
-    if (w->state == W_LOADING || w->stale)
-        add_pending(w, job);
-    else {
-        job->load_ms = w->load_ms;
-        send_job(w, job);
+}
+
+/* Sends a job whose model cannot be loaded to the next model of the
+ * requested model's fallback chain (models.entries[].fallback).  False
+ * when there is none left (the caller fails the job). */
+static bool try_fallback(struct lyra_manager *m, struct lyra_job *job, const char *why)
+{
+    if (job->admin_load || job->terminal || atomic_load(&m->closing) || job->n_fallbacks >= MAX_FALLBACKS)
+        return false;
+    const struct lyra_model *origin = lyra_registry_lookup(m->opts.registry, job->origin);
+    if (!origin)
+        return false;
+    bool found = false;
+    size_t i = (size_t)job->n_fallbacks;
+    for (; i < origin->settings.n_fallback && i < MAX_FALLBACKS && !found; i++) {
+        const struct lyra_model *fb = lyra_registry_lookup(m->opts.registry, origin->settings.fallback[i]);
+        if (fb && fb->valid && strcmp(fb->name, job->model) != 0 && strcmp(fb->name, origin->name) != 0) {
+            char from[128];
+            lyra_fmt(from, sizeof from, "%s", job->model);
+            lyra_fmt(job->model, sizeof job->model, "%s", fb->name);
+            found = true;
+            m->counts.fallbacks++;
+            json_decref(m->last_fallback);
+            m->last_fallback = json_pack("{s:s, s:s, s:s, s:s, s:I}", "model", origin->name, "kind", "model", "to",
+                                         fb->name, "error", why, "at_ms", (json_int_t)lyra_wall_ms());
+            lyra_bus_publish(m->opts.bus, "model.fallback", "models",
+                             json_pack("{s:s, s:s, s:s, s:s, s:I}", "model", origin->name, "from", from, "to",
+                                       fb->name, "error", why, "request", (json_int_t)job->id));
+            lyra_log(LYRA_LOG_WARN, COMP, NULL, json_pack("{s:s, s:s}", "model", from, "to", fb->name),
+                     "request %" PRIu64 " for %s goes to its fallback %s: %s", job->id, from, fb->name, why);
+        }
+        lyra_registry_unref(fb);
     }
+    job->n_fallbacks = (int)i;
+    lyra_registry_unref(origin);
+    if (!found)
+        return false;
+    job->attempts = 0;
+    enqueue(m, job);
+    return true;
 }
 
 static void task_submit(void *ud)
@@ -645,6 +1069,11 @@ static void task_submit(void *ud)
 
 static void cancel_on_loop(struct lyra_job *job)
 {
+    if (!job->terminal && job->waiting_in) {
+        remove_waiting(job->waiting_in, job);
+        job_cancelled_here(job);
+        return;
+    }
     if (job->terminal || !job->w)
         return;
     struct mworker *w = job->w;
@@ -740,6 +1169,9 @@ int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *
     job->ud = ud;
     job->id = atomic_fetch_add(&m->next_id, 1) + 1;
     lyra_fmt(job->model, sizeof job->model, "%s", model->name);
+    lyra_fmt(job->origin, sizeof job->origin, "%s", model->name);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    job->admin_load = type && strcmp(type, "load") == 0;
     apply_default_sampling(msg, &model->settings);
     json_object_set_new(msg, "id", json_integer((json_int_t)job->id));
     job->text = json_dumps(msg, JSON_COMPACT);
@@ -854,21 +1286,55 @@ static void on_registry_change(const struct lyra_registry_changes *ch, void *ud)
 /* ------------------------------------------------------------------ */
 /* Keep-alive                                                         */
 
+/* Resident set size of a process from /proc/<pid>/statm (one short read:
+ * cheap enough for the loop thread once a second). */
+static uint64_t statm_rss(pid_t pid)
+{
+    char path[64], buf[128];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    unsigned long long size = 0, resident = 0;
+    size_t got = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[got] = '\0';
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+        return 0;
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Every second: measure the workers, unload those idle past their
+ * keep_alive, end waits past models.queue_timeout_s, admit. */
 static void reap_idle(void *ud)
 {
     struct lyra_manager *m = ud;
-    int64_t limit_us = (int64_t)m->opts.keep_alive_s * 1000000;
     int64_t now = lyra_now_us();
     for (struct mworker *w = m->workers, *next; w; w = next) {
         next = w->next;
-        if (w->state != W_READY || w->n_inflight > 0 || w->pending || w->model->settings.pinned ||
-            now - w->last_used_us < limit_us)
+        uint64_t rss = statm_rss(lyra_wproc_pid(w->proc));
+        if (rss)
+            w->rss = rss;
+        int ka = w->model->settings.keep_alive_s;
+        if (w->draining || !worker_idle(w) || worker_pinned(w) || ka < 0 || now - w->last_used_us < (int64_t)ka * 1000000)
             continue;
-        lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s, s:i}", "model", w->ms->name, "keep_alive_s",
-                                                     m->opts.keep_alive_s),
-                 "unloading %s: idle for %d s", w->ms->name, m->opts.keep_alive_s);
-        stop_worker(w, "idle");
+        char detail[96];
+        lyra_fmt(detail, sizeof detail, "idle for %d s (keep_alive_s)", ka);
+        evict(m, w, LYRA_EVICT_IDLE, detail);
     }
+    int64_t limit_us = (int64_t)m->opts.queue_timeout_s * 1000000;
+    for (struct model_state *ms = m->models; ms; ms = ms->next) {
+        for (struct lyra_job *j = ms->waiting, *next; j; j = next) {
+            next = j->next;
+            if (now - j->enqueued_us < limit_us)
+                continue;
+            remove_waiting(ms, j);
+            job_fail(j, "queue_timeout", 503, 5,
+                     "model '%s' waited %d s for room in the model cache (every resident model is busy or pinned); "
+                     "retry later", j->model, m->opts.queue_timeout_s);
+        }
+    }
+    admit(m);
     m->reaper = atomic_load(&m->closing) ? NULL : lyra_loop_timer(m->loop, 1000, reap_idle, m);
 }
 
@@ -898,6 +1364,11 @@ int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manage
         m->opts.progress_timeout_s = 60;
     if (m->opts.stop_timeout_s < 1)
         m->opts.stop_timeout_s = 5;
+    if (m->opts.queue_depth < 1)
+        m->opts.queue_depth = 64;
+    if (m->opts.queue_timeout_s < 1)
+        m->opts.queue_timeout_s = 60;
+    m->counts.budget_bytes = m->opts.memory_budget;
     m->worker_exe = strdup(opts->worker_exe);
     pthread_mutex_init(&m->gone_lock, NULL);
     pthread_cond_init(&m->gone_cond, NULL);
@@ -910,8 +1381,7 @@ int lyra_manager_new(const struct lyra_manager_options *opts, struct lyra_manage
         free(m);
         return rc;
     }
-    if (m->opts.keep_alive_s > 0)
-        lyra_loop_post(m->loop, start_reaper, m);
+    lyra_loop_post(m->loop, start_reaper, m);
     lyra_registry_set_listener(m->opts.registry, on_registry_change, m);
     *out = m;
     return 0;
@@ -923,6 +1393,8 @@ static void shutdown_on_loop(void *ud)
     struct lyra_manager *m = ud;
     lyra_loop_timer_cancel(m->loop, m->reaper);
     m->reaper = NULL;
+    for (struct model_state *ms = m->models; ms; ms = ms->next)
+        fail_waiting(m, ms, false, "shutting_down", 503, 0, "the server is shutting down");
     for (struct mworker *w = m->workers; w; w = w->next) {
         struct lyra_job *lists[2];
         lists[0] = detach_jobs(w, &lists[1]);
@@ -1003,6 +1475,7 @@ void lyra_manager_free(struct lyra_manager *m)
         free(ms->last_error);
         free(ms);
     }
+    json_decref(m->last_fallback);
     pthread_cond_destroy(&m->gone_cond);
     pthread_mutex_destroy(&m->gone_lock);
     free(m->worker_exe);
@@ -1119,4 +1592,328 @@ const struct lyra_model *lyra_manager_served_model(struct lyra_manager *m, const
     struct state_call c = {.m = m, .name = name};
     lyra_loop_call(m->loop, state_on_loop, &c);
     return c.served;
+}
+
+/* ------------------------------------------------------------------ */
+/* The cache: residency, pins, the watchdog, unloads                  */
+
+/* Tells the owner the resident and pinned sets (for the restore at the
+ * next start).  Not while closing: the set at the stop is the one to keep. */
+static void publish_residency(struct lyra_manager *m)
+{
+    if (!m->opts.hooks.residency || atomic_load(&m->closing))
+        return;
+    json_t *resident = json_array(), *pinned = json_array();
+    for (struct mworker *w = m->workers; w && resident; w = w->next)
+        if (w->state == W_READY)
+            json_array_append_new(resident, json_string(w->ms->name));
+    for (struct model_state *ms = m->models; ms && pinned; ms = ms->next)
+        if (ms->pin == PIN_ON)
+            json_array_append_new(pinned, json_string(ms->name));
+    json_t *state = json_pack("{s:o?, s:o?}", "resident", resident, "pinned", pinned);
+    if (state)
+        m->opts.hooks.residency(state, m->opts.hooks.ud);
+    json_decref(state);
+}
+
+static bool any_stopping(const struct lyra_manager *m)
+{
+    for (const struct mworker *w = m->workers; w; w = w->next)
+        if (w->state == W_STOPPING)
+            return true;
+    return false;
+}
+
+static void memory_on_loop(void *ud)
+{
+    struct lyra_manager *m = ud;
+    if (atomic_load(&m->closing) || m->mem_level == LYRA_MEM_LEVEL_OK)
+        return;
+    /* Memory comes back only once a victim's process has exited: while one
+     * is stopping, stop nothing more (the next sample decides again). */
+    if (any_stopping(m))
+        return;
+    struct mworker **ws;
+    size_t n;
+    struct lyra_cache_entry *view = cache_view(m, &ws, &n);
+    if (!view)
+        return;
+    bool critical = m->mem_level >= LYRA_MEM_LEVEL_CRITICAL;
+    long i = lyra_cache_lru_idle(view, n);
+    if (i >= 0 && !critical) {
+        evict(m, ws[i], LYRA_EVICT_WATCHDOG, "memory use above watchdog.warn_percent");
+    } else if (i >= 0) {
+        for (size_t k = 0; k < n; k++)
+            if (!view[k].pinned && !view[k].busy && !view[k].loading && !view[k].stopping)
+                evict(m, ws[k], LYRA_EVICT_WATCHDOG, "memory use critical");
+    } else if (critical && m->opts.kill_busy && (i = lyra_cache_largest_busy(view, n)) >= 0) {
+        struct mworker *w = ws[i];
+        lyra_log(LYRA_LOG_WARN, COMP, NULL, json_pack("{s:s, s:i}", "model", w->ms->name, "in_flight", w->n_inflight),
+                 "memory is critical and no idle model is left: killing the worker of %s (%d requests)", w->ms->name,
+                 w->n_inflight);
+        evict(m, w, LYRA_EVICT_WATCHDOG, "memory critical: the largest busy model was stopped (watchdog.kill_busy)");
+        lyra_wproc_kill(w->proc);
+    }
+    for (struct model_state *ms = m->models; critical && ms; ms = ms->next)
+        fail_waiting(m, ms, false, "memory_critical", 503, 10,
+                     "memory is critically low: no model is loaded until it recovers");
+    free(view);
+    free(ws);
+}
+
+static void memory_level_task(void *ud)
+{
+    struct { struct lyra_manager *m; int level; } *t = ud;
+    t->m->mem_level = t->level;
+    memory_on_loop(t->m);
+    free(t);
+}
+
+void lyra_manager_memory_level(struct lyra_manager *m, int level)
+{
+    struct { struct lyra_manager *m; int level; } *t = malloc(sizeof *t);
+    if (!t)
+        return;
+    t->m = m;
+    t->level = level;
+    if (lyra_loop_post(m->loop, memory_level_task, t) < 0)
+        free(t);
+}
+
+struct unload_call {
+    struct lyra_manager *m;
+    const char *name;
+    bool force, was_loaded, busy, gone, pinned;
+    pid_t pid;
+};
+
+static void unload_on_loop(void *ud)
+{
+    struct unload_call *c = ud;
+    struct model_state *ms = model_state_get(c->m, c->name, false);
+    struct mworker *w = ms ? ms->w : NULL;
+    if (!w) {
+        return;
+    }
+    c->was_loaded = true;
+    c->pid = lyra_wproc_pid(w->proc);
+    if (worker_pinned(w) && !c->force) {
+        c->pinned = true;
+        return;
+    }
+    if (c->force || worker_idle(w) || w->state == W_LOADING) {
+        evict(c->m, w, LYRA_EVICT_ADMIN, c->force ? "unloaded by request (force)" : "unloaded by request");
+    } else {
+        w->draining = true;
+        c->busy = true;
+    }
+}
+
+static void pid_gone_on_loop(void *ud)
+{
+    struct unload_call *c = ud;
+    c->gone = true;
+    for (struct mworker *w = c->m->workers; w; w = w->next)
+        if (lyra_wproc_pid(w->proc) == c->pid)
+            c->gone = false;
+}
+
+int lyra_manager_unload(struct lyra_manager *m, const char *name, bool force, int timeout_ms, bool *was_loaded)
+{
+    struct unload_call c = {.m = m, .name = name, .force = force};
+    *was_loaded = false;
+    if (lyra_loop_call(m->loop, unload_on_loop, &c) < 0)
+        return LYRA_EUNAVAILABLE;
+    *was_loaded = c.was_loaded;
+    if (!c.was_loaded)
+        return 0;
+    if (c.pinned)
+        return LYRA_EPERM;
+    if (c.busy)
+        return LYRA_EBUSY;
+    /* The worker exits within milliseconds when idle (EOF); the stop's
+     * own escalation bounds it otherwise. */
+    int64_t deadline = lyra_now_us() + (int64_t)timeout_ms * 1000;
+    for (;;) {
+        if (lyra_loop_call(m->loop, pid_gone_on_loop, &c) < 0 || c.gone)
+            return 0;
+        if (lyra_now_us() >= deadline)
+            return LYRA_ETIMEOUT;
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+struct pin_call {
+    struct lyra_manager *m;
+    const char *name;
+    bool pinned, ok;
+};
+
+static void pin_on_loop(void *ud)
+{
+    struct pin_call *c = ud;
+    struct model_state *ms = model_state_get(c->m, c->name, true);
+    if (!ms)
+        return;
+    ms->pin = c->pinned ? PIN_ON : PIN_OFF;
+    c->ok = true;
+    publish_residency(c->m);
+}
+
+int lyra_manager_pin(struct lyra_manager *m, const char *name, bool pinned, struct lyra_err *err)
+{
+    const struct lyra_model *model = resolve(m, name);
+    if (!model)
+        return lyra_err_set(err, LYRA_ENOTFOUND, "model '%.*s' not found", (int)lyra_utf8_clip(name, 128), name);
+    struct pin_call c = {.m = m, .name = model->name, .pinned = pinned};
+    int rc = lyra_loop_call(m->loop, pin_on_loop, &c);
+    lyra_registry_unref(model);
+    if (rc < 0)
+        return lyra_err_set(err, LYRA_EUNAVAILABLE, "the server is shutting down");
+    return c.ok ? 0 : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+}
+
+/* ---- state for /status, /metrics and /models ---------------------- */
+
+static void counts_on_loop(void *ud)
+{
+    struct lyra_manager *m = *(struct lyra_manager **)ud;
+    struct lyra_cache_counts *out = (struct lyra_cache_counts *)((struct lyra_manager **)ud)[1];
+    *out = m->counts;
+    out->resident = 0;
+    out->held_bytes = 0;
+    for (struct mworker *w = m->workers; w; w = w->next) {
+        out->held_bytes += worker_bytes(w);
+        if (w->state != W_STOPPING)
+            out->resident++;
+    }
+}
+
+int lyra_manager_cache_counts(struct lyra_manager *m, struct lyra_cache_counts *out)
+{
+    memset(out, 0, sizeof *out);
+    void *args[2] = {m, out};
+    return lyra_loop_call(m->loop, counts_on_loop, args) < 0 ? LYRA_EUNAVAILABLE : 0;
+}
+
+struct cache_call {
+    struct lyra_manager *m;
+    json_t *out;
+};
+
+static void cache_status_on_loop(void *ud)
+{
+    struct cache_call *c = ud;
+    struct lyra_manager *m = c->m;
+    int64_t now = lyra_now_us();
+    json_t *resident = json_array(), *pinned = json_array(), *queues = json_object(), *ev = json_object();
+    uint64_t held = 0;
+    for (struct mworker *w = m->workers; w && resident; w = w->next) {
+        held += worker_bytes(w);
+        json_array_append_new(
+            resident, json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:I, s:b, s:i, s:f}", "model", w->ms->name, "state",
+                                wstate_names[w->state], "pid", (int)lyra_wproc_pid(w->proc), "bytes",
+                                (json_int_t)worker_bytes(w), "estimate_bytes", (json_int_t)w->est_host,
+                                "estimate_device_bytes", (json_int_t)w->est_device, "measured_bytes",
+                                (json_int_t)w->rss, "pinned", worker_pinned(w), "gpu_layers", w->gpu_layers,
+                                "idle_s", (double)(now - w->last_used_us) / 1e6));
+    }
+    for (struct model_state *ms = m->models; ms; ms = ms->next) {
+        const struct lyra_model *model = ms->w ? lyra_registry_ref(ms->w->model) : lyra_registry_lookup(m->opts.registry, ms->name);
+        if (ms_pinned(ms, model) && pinned)
+            json_array_append_new(pinned, json_string(ms->name));
+        lyra_registry_unref(model);
+        int pending = 0;
+        for (const struct lyra_job *j = ms->w ? ms->w->pending : NULL; j; j = j->next)
+            pending++;
+        if (queues && (ms->n_waiting || ms->w))
+            json_object_set_new(queues, ms->name,
+                                json_pack("{s:i, s:i, s:i, s:i, s:i}", "waiting", ms->n_waiting, "pending", pending,
+                                          "in_flight", ms->w ? ms->w->n_inflight : 0, "slots",
+                                          ms->w ? ms->w->n_slots : 0, "depth", m->opts.queue_depth));
+    }
+    for (int r = 0; ev && r < LYRA_EVICT_N; r++)
+        json_object_set_new(ev, lyra_evict_reason_name(r), json_integer((json_int_t)m->counts.evictions[r]));
+    /* The largest resident models (by bytes), at most 3. */
+    json_t *largest = json_array();
+    size_t n = resident ? json_array_size(resident) : 0;
+    bool taken[64] = {0};
+    for (int k = 0; largest && k < 3; k++) {
+        long best = -1;
+        for (size_t i = 0; i < n && i < 64; i++) {
+            json_t *e = json_array_get(resident, i);
+            if (!taken[i] && (best < 0 || json_integer_value(json_object_get(e, "bytes")) >
+                                             json_integer_value(json_object_get(json_array_get(resident, (size_t)best), "bytes"))))
+                best = (long)i;
+        }
+        if (best < 0)
+            break;
+        taken[best] = true;
+        json_t *e = json_array_get(resident, (size_t)best);
+        json_array_append_new(largest, json_pack("{s:O, s:O}", "model", json_object_get(e, "model"), "bytes",
+                                                 json_object_get(e, "bytes")));
+    }
+    uint64_t requests = m->counts.hits + m->counts.misses;
+    c->out = json_pack(
+        "{s:{s:o?, s:I, s:I, s:I, s:I, s:o, s:I, s:o?, s:o?, s:o?, s:i}, s:o?, s:{s:I, s:I, s:O?}, s:s}", "cache",
+        "resident", resident, "budget_bytes", (json_int_t)m->opts.memory_budget, "held_bytes", (json_int_t)held,
+        "hits", (json_int_t)m->counts.hits, "misses", (json_int_t)m->counts.misses, "hit_ratio",
+        requests ? json_real((double)m->counts.hits / (double)requests) : json_null(), "loads",
+        (json_int_t)m->counts.loads, "evictions", ev, "largest", largest, "pinned", pinned, "max_loaded",
+        m->opts.max_loaded, "queues", queues, "fallbacks", "count", (json_int_t)m->counts.fallbacks, "gpu",
+        (json_int_t)m->counts.gpu_fallbacks, "last", m->last_fallback, "memory_level",
+        m->mem_level == LYRA_MEM_LEVEL_CRITICAL  ? "critical"
+        : m->mem_level == LYRA_MEM_LEVEL_WARNING ? "warning"
+                                                 : "ok");
+}
+
+json_t *lyra_manager_cache_status(struct lyra_manager *m)
+{
+    struct cache_call c = {.m = m};
+    if (lyra_loop_call(m->loop, cache_status_on_loop, &c) < 0 || !c.out)
+        return json_object();
+    return c.out;
+}
+
+struct info_call {
+    struct lyra_manager *m;
+    const char *name;
+    json_t *out;
+};
+
+static void info_on_loop(void *ud)
+{
+    struct info_call *c = ud;
+    struct model_state *ms = model_state_get(c->m, c->name, false);
+    const struct lyra_model *model = ms && ms->w ? lyra_registry_ref(ms->w->model)
+                                                 : lyra_registry_lookup(c->m->opts.registry, c->name);
+    bool pinned = ms ? ms_pinned(ms, model) : model && model->settings.pinned;
+    int ka = model ? model->settings.keep_alive_s : -1;
+    c->out = json_pack("{s:o, s:b, s:i}", "state", ms && state_name(ms) ? json_string(state_name(ms)) : json_null(),
+                       "pinned", pinned, "keep_alive_s", ka);
+    if (c->out && model && !(ms && ms->w)) {
+        uint64_t host, device;
+        estimate(c->m, model, ms ? choose_gpu_layers(c->m, ms, model) : 0, &host, &device);
+        json_object_set_new(c->out, "estimate_bytes", json_integer((json_int_t)host));
+    }
+    lyra_registry_unref(model);
+    if (c->out && ms && ms->w) {
+        struct mworker *w = ms->w;
+        json_t *x = json_pack("{s:i, s:i, s:f, s:I, s:I, s:I, s:i, s:o}", "pid", (int)lyra_wproc_pid(w->proc),
+                              "in_flight", w->n_inflight, "idle_s", (double)(lyra_now_us() - w->last_used_us) / 1e6,
+                              "estimate_bytes", (json_int_t)w->est_host, "estimate_device_bytes",
+                              (json_int_t)w->est_device, "measured_bytes", (json_int_t)w->rss, "gpu_layers",
+                              w->gpu_layers, "load_ms", w->state != W_LOADING ? json_real(w->load_ms) : json_null());
+        json_object_update(c->out, x);
+        json_decref(x);
+    }
+}
+
+json_t *lyra_manager_model_info(struct lyra_manager *m, const char *name)
+{
+    struct info_call c = {.m = m, .name = name};
+    if (lyra_loop_call(m->loop, info_on_loop, &c) < 0 || !c.out)
+        return json_object();
+    return c.out;
 }

@@ -3,7 +3,9 @@
  *
  * A request is a job: the caller submits a worker message without "id"
  * ({"type":"generate", "messages"|"prompt", "params"} or {"type":"embed",
- * "inputs"}) for a model name or alias.  The manager resolves the model,
+ * "inputs"}) for a model name or alias.  {"type":"load"} is a job that only
+ * loads the model: it ends with {"type":"status","state":"loaded",...} as
+ * soon as the worker is ready and is never sent to it.  The manager resolves the model,
  * starts its worker if none is running (concurrent first requests share one
  * load; `model.loading` / `model.loaded` are published), queues the job
  * until the worker is ready, assigns the id and forwards it.  Every frame the
@@ -50,6 +52,7 @@
 
 #include "core/error.h"
 #include "core/events.h"
+#include "models/cache.h"
 #include "models/registry.h"
 
 #define LYRA_MANAGER_CRASH_LIMIT 3
@@ -61,12 +64,36 @@ struct lyra_job;
 /* Called with each frame for the job (borrowed: incref to keep). */
 typedef void (*lyra_job_fn)(struct lyra_job *job, const json_t *frame, void *ud);
 
+/* What the manager tells its owner (all optional).  They run on the
+ * supervisor thread and must not block. */
+struct lyra_manager_hooks {
+    void (*loaded)(const char *model, double load_s, void *ud);     /* a worker became ready */
+    void (*queue_wait)(const char *model, double wait_s, void *ud); /* a request reached its worker */
+    void (*restarted)(const char *model, void *ud);                 /* a worker started after a crash */
+    /* The resident and pinned sets changed: {"resident":[names],"pinned":[names]} (borrowed). */
+    void (*residency)(const json_t *state, void *ud);
+    /* Free memory of the GPU that models go to, in bytes; 0 = no GPU.
+     * *live says whether the number is current (NVML) or from the start-up
+     * probe, from which the manager then subtracts its workers' estimates. */
+    uint64_t (*vram_free)(bool *live, void *ud);
+    /* Bytes a model will hold in RAM and on the GPU with gpu_layers on
+     * the GPU (-1 = all); NULL = a built-in estimate from the file size. */
+    void (*estimate)(const struct lyra_model *model, int gpu_layers, uint64_t *host, uint64_t *device, void *ud);
+    /* The most layers that fit `free` bytes of VRAM (0 = none, n_layers + 1 = all). */
+    int (*fit_layers)(const struct lyra_model *model, uint64_t free, void *ud);
+    void *ud;
+};
+
 struct lyra_manager_options {
     const char *worker_exe;         /* the lyra binary to run as `lyra worker` */
     struct lyra_registry *registry; /* borrowed */
     struct lyra_bus *bus;           /* borrowed */
-    int max_loaded;                 /* resident models at most; the least recently used idle one is unloaded */
-    int keep_alive_s;               /* a model idle this long is unloaded (0 = never), unless pinned */
+    int max_loaded;                 /* resident models at most (hard limit; cache.h) */
+    uint64_t memory_budget;         /* bytes all workers may hold (hard limit); 0 = none */
+    int queue_depth;                /* requests waiting per model; more get 429 queue_full (0 = 64) */
+    int queue_timeout_s;            /* waiting for room this long gets 503 queue_timeout (0 = 60) */
+    bool kill_busy;                 /* watchdog's last resort (watchdog.kill_busy) */
+    struct lyra_manager_hooks hooks;
     int load_timeout_s;             /* worker ready within (models.load_timeout_s) */
     int heartbeat_timeout_s;        /* models.heartbeat_timeout_s */
     int progress_timeout_s;         /* models.progress_timeout_s */
@@ -115,8 +142,15 @@ void lyra_manager_cancel(struct lyra_job *job);
  * takes (except from the callback itself). */
 void lyra_job_release(struct lyra_job *job);
 
-/* The resolved model name of a job (valid until release). */
+/* The model that serves the job: the resolved name, or the fallback model
+ * it went to.  It may change on the supervisor thread until the job's
+ * first frame: read it in the callback or after a frame was delivered
+ * (valid until release). */
 const char *lyra_job_model(const struct lyra_job *job);
+
+/* The resolved name of the model the request named; fixed at submit, may
+ * be read at any time until release. */
+const char *lyra_job_requested_model(const struct lyra_job *job);
 
 /* Load time of the worker that serves the job when the job's submission
  * started that load, else 0 (for the "model load" span of traces).  Valid
@@ -128,6 +162,55 @@ double lyra_job_load_ms(const struct lyra_job *job);
  * circuit_open_s, rss_bytes, n_slots, n_ctx_slot, idle_s, devices}] (new
  * reference). */
 json_t *lyra_manager_status(struct lyra_manager *m);
+
+/* The watchdog's levels (sys/watchdog.h uses the same numbers). */
+enum { LYRA_MEM_LEVEL_OK = 0, LYRA_MEM_LEVEL_WARNING = 1, LYRA_MEM_LEVEL_CRITICAL = 2 };
+
+/* Cache counters for /status and /metrics. */
+struct lyra_cache_counts {
+    uint64_t hits;   /* requests served by a resident worker */
+    uint64_t misses; /* requests that needed a load */
+    uint64_t loads;  /* worker starts, admin and restore loads included */
+    uint64_t evictions[LYRA_EVICT_N];
+    uint64_t fallbacks;     /* requests served by a fallback model */
+    uint64_t gpu_fallbacks; /* loads retried with fewer GPU layers or on the CPU */
+    int resident;
+    uint64_t held_bytes, budget_bytes;
+};
+/* 0, or LYRA_EUNAVAILABLE once the manager has stopped (out is zeroed). */
+int lyra_manager_cache_counts(struct lyra_manager *m, struct lyra_cache_counts *out);
+
+/* {cache:{resident:[...], budget_bytes, held_bytes, hits, misses, hit_ratio,
+ * loads, evictions:{lru,budget,idle,watchdog,admin}, largest:[...],
+ * pinned:[...]}, queues:{model:{waiting, pending, in_flight, slots}},
+ * fallbacks:{count, gpu, last}, memory_level} (new reference). */
+json_t *lyra_manager_cache_status(struct lyra_manager *m);
+
+/* One model's residency: {state, pinned, pid, in_flight, idle_s,
+ * keep_alive_s, estimate_bytes, measured_bytes, gpu_layers, load_ms}; the
+ * state is null and pid absent when no worker runs (new reference). */
+json_t *lyra_manager_model_info(struct lyra_manager *m, const char *name);
+
+/* The watchdog's level (0 ok, 1 warning, 2 critical).  Warning: the least
+ * recently used idle unpinned model is unloaded, one per call, while it
+ * lasts.  Critical: new loads are refused (503 memory_critical), every idle
+ * unpinned model is unloaded, and with kill_busy, when nothing idle is
+ * left, the worker of the largest unpinned busy model is killed (its
+ * requests end with 503 memory_critical).  Call it on every sample. */
+void lyra_manager_memory_level(struct lyra_manager *m, int level);
+
+/* Unloads `name` (reason admin).  An idle worker (or any, with force) is
+ * stopped and waited for up to timeout_ms: 0 once it exited.  A busy one
+ * takes no new requests (they wait for the next load), finishes what it
+ * runs and then stops: LYRA_EBUSY at once.  *was_loaded tells whether a
+ * worker ran.  LYRA_ETIMEOUT if it had not exited in time; LYRA_EPERM for
+ * a pinned model without force (unpin it first). */
+int lyra_manager_unload(struct lyra_manager *m, const char *name, bool force, int timeout_ms, bool *was_loaded);
+
+/* Pins or unpins a model at run time (over its configured `pinned`).  A
+ * pinned model is never unloaded; pinning does not load it (submit a
+ * {"type":"load"} job for that).  LYRA_ENOTFOUND for an unknown model. */
+int lyra_manager_pin(struct lyra_manager *m, const char *name, bool pinned, struct lyra_err *err);
 
 /* State of one model: "loading", "loaded", "stopping", "failed" or NULL when
  * no worker was started for it (available).  A static string. */

@@ -44,7 +44,7 @@ struct node {
 
 struct lyra_registry {
     char *dir; /* NULL when the config has none */
-    int def_parallel, def_threads, def_gpu_layers, def_ctx_size;
+    int def_parallel, def_threads, def_gpu_layers, def_ctx_size, def_keep_alive_s;
     int n_cpus;
     struct lyra_model_entry *entries; /* deep copies */
     size_t n_entries;
@@ -105,6 +105,7 @@ static void free_entry_copy(struct lyra_model_entry *e)
     free(e->path);
     free_strv(e->aliases, e->n_aliases);
     free(e->chat_template);
+    free_strv(e->fallback, e->n_fallback);
 }
 
 /* ---- nodes ------------------------------------------------------------ */
@@ -119,6 +120,7 @@ static void node_free(struct node *n)
     free(n->m.error);
     lyra_gguf_info_free((struct lyra_gguf_info *)n->m.info);
     free(n->m.settings.chat_template);
+    free_strv(n->m.settings.fallback, n->m.settings.n_fallback);
     free(n);
 }
 
@@ -156,6 +158,7 @@ static void resolve_settings(const struct lyra_registry *reg, const struct lyra_
     s->gpu_layers = e && e->gpu_layers >= 0 ? e->gpu_layers : reg->def_gpu_layers;
     s->embeddings = e ? e->embeddings : (info && info->pooling_type > 0);
     s->pinned = e ? e->pinned : false;
+    s->keep_alive_s = e && e->keep_alive_s != LYRA_KEEP_ALIVE_DEFAULT ? e->keep_alive_s : reg->def_keep_alive_s;
     s->temperature = e ? e->temperature : -1;
     s->top_p = e ? e->top_p : -1;
     s->top_k = e ? e->top_k : -1;
@@ -181,6 +184,11 @@ static struct node *node_build(const struct lyra_registry *reg, const char *name
     }
     if (e && e->chat_template && !(n->m.settings.chat_template = strdup(e->chat_template)))
         goto nomem;
+    if (e && e->n_fallback) {
+        if (!(n->m.settings.fallback = dup_strv(e->fallback, e->n_fallback)))
+            goto nomem;
+        n->m.settings.n_fallback = e->n_fallback;
+    }
 
     struct lyra_err err = {0};
     int rc;
@@ -234,6 +242,7 @@ int lyra_registry_new(const struct lyra_config *cfg, struct lyra_registry **out,
     reg->def_parallel = cfg->models.parallel;
     reg->def_threads = cfg->models.threads;
     reg->def_gpu_layers = cfg->models.gpu_layers;
+    reg->def_keep_alive_s = cfg->models.keep_alive_s;
     reg->def_ctx_size = cfg->models.ctx_size;
     /* threads 0: the CPUs the affinity mask and the cgroup quota leave us,
      * within what a worker accepts */
@@ -251,8 +260,8 @@ int lyra_registry_new(const struct lyra_config *cfg, struct lyra_registry **out,
         struct lyra_model_entry *dst = &reg->entries[i];
         *dst = *src;
         dst->name = dst->path = dst->chat_template = NULL;
-        dst->aliases = NULL;
-        dst->n_aliases = 0;
+        dst->aliases = dst->fallback = NULL;
+        dst->n_aliases = dst->n_fallback = 0;
         reg->n_entries = i + 1;
         ok = src->name && src->path && (dst->name = strdup(src->name)) && (dst->path = strdup(src->path)) &&
              (!src->chat_template || (dst->chat_template = strdup(src->chat_template)));
@@ -260,6 +269,11 @@ int lyra_registry_new(const struct lyra_config *cfg, struct lyra_registry **out,
             ok = (dst->aliases = dup_strv(src->aliases, src->n_aliases)) != NULL;
             if (ok)
                 dst->n_aliases = src->n_aliases;
+        }
+        if (ok && src->n_fallback) {
+            ok = (dst->fallback = dup_strv(src->fallback, src->n_fallback)) != NULL;
+            if (ok)
+                dst->n_fallback = src->n_fallback;
         }
         if (!ok && (!src->name || !src->path)) {
             lyra_registry_free(reg);
@@ -685,10 +699,14 @@ json_t *lyra_registry_model_to_json(const struct lyra_model *m, unsigned flags)
             json_decref(aliases);
             return NULL;
         }
+    json_t *fallback = json_array();
+    for (size_t i = 0; fallback && i < s->n_fallback; i++)
+        json_array_append_new(fallback, jstr(s->fallback[i]));
     json_t *settings = json_pack(
-        "{s:i, s:i, s:i, s:i, s:b, s:b, s:o, s:o, s:o, s:o}", "ctx_size", s->ctx_size, "parallel",
+        "{s:i, s:i, s:i, s:i, s:b, s:b, s:i, s:o, s:o, s:o, s:o, s:o}", "ctx_size", s->ctx_size, "parallel",
         s->parallel, "threads", s->threads, "gpu_layers", s->gpu_layers, "embeddings", s->embeddings,
-        "pinned", s->pinned, "temperature", jopt_real(s->temperature), "top_p", jopt_real(s->top_p), "top_k",
+        "pinned", s->pinned, "keep_alive_s", s->keep_alive_s, "fallback", fallback ? fallback : json_array(),
+        "temperature", jopt_real(s->temperature), "top_p", jopt_real(s->top_p), "top_k",
         s->top_k < 0 ? json_null() : json_integer(s->top_k), "chat_template", jstr(s->chat_template));
     json_t *o = json_pack(
         "{s:o, s:o, s:o, s:s, s:o, s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:b, s:o, s:o}", "name", jstr(m->name),

@@ -49,6 +49,9 @@ struct lyra_model_settings {
     char *chat_template; /* entry's override; NULL = use the GGUF's */
     bool embeddings;     /* entry's; for scanned models true when the GGUF declares pooling */
     bool pinned;         /* entry's; false for scanned models */
+    int keep_alive_s;    /* entry's, else models.keep_alive_s: -1 never, 0 after each request */
+    char **fallback;     /* entry's fallback models, in order (n_fallback) */
+    size_t n_fallback;
     double temperature;  /* < 0 = unset */
     double top_p;        /* < 0 = unset */
     int top_k;           /* < 0 = unset */

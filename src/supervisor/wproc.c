@@ -79,7 +79,9 @@ struct lyra_wproc {
 char **lyra_wproc_environment(char *const *environ_)
 {
     static const char *const exact[] = {"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-                                        "LD_LIBRARY_PATH", "LYRA_BACKEND_DIR"};
+                                        "LD_LIBRARY_PATH", "LYRA_BACKEND_DIR",
+                                        /* test only: fake GPU load failures (docs/gpu.md) */
+                                        "LYRA_FAKE_GPU_FAIL_LAYERS"};
     static const char *const prefixes[] = {"LC_",   "LYRA_WORKER_", "GGML_", "CUDA_", "NVIDIA_", "HIP_",
                                            "ROCR_", "HSA_",         "VK_",   "OMP_",  "GOMP_",   "KMP_",
                                            "ASAN_", "UBSAN_",       "TSAN_", "LSAN_"};

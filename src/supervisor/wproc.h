@@ -111,7 +111,7 @@ pid_t lyra_wproc_pid(const struct lyra_wproc *w);
 /* Writes the environment a worker gets: the entries of `environ_` whose
  * names are on the allow-list (PATH, HOME, locale, TMPDIR, LD_LIBRARY_PATH,
  * LYRA_BACKEND_DIR, LYRA_WORKER_*, ggml/CUDA/ROCm/Vulkan/OpenMP settings,
- * sanitizer options) into a NULL-terminated array of borrowed pointers
+ * sanitizer options, the test knob LYRA_FAKE_GPU_FAIL_LAYERS) into a NULL-terminated array of borrowed pointers
  * (caller frees the array only).  Returns NULL when out of memory. */
 char **lyra_wproc_environment(char *const *environ_);
 

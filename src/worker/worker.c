@@ -25,6 +25,8 @@
 #include "core/limits.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "models/estimate.h"
+#include "models/gguf.h"
 #include "sys/cpu.h"
 #include "ggml-backend.h"
 #include "llama.h"
@@ -58,6 +60,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: lyra worker --fd N --model PATH [options]\n"
+            "       lyra worker --probe-devices\n"
             "\n"
             "Serves one model over the socket inherited as fd N (started by `lyra serve`;\n"
             "protocol in docs/worker.md).\n"
@@ -77,10 +80,14 @@ static void usage(FILE *out)
             "  --embeddings        accept embed requests (mean pooling)\n"
             "  --kv-unified        one KV buffer shared by all slots\n"
             "  --chat-template T   chat template name or text (default: the model's)\n"
+            "  --probe-devices     print the ggml devices as one JSON line and exit\n"
+            "                      (run by the daemon at start; docs/gpu.md)\n"
             "\n"
             "environment: LYRA_BACKEND_DIR (ggml backend plug-ins), LYRA_WORKER_VERBOSE=1\n"
             "(llama.cpp's log on stderr), LYRA_WORKER_LOG_LEVEL (default info),\n"
-            "LYRA_WORKER_GRAMMAR_BUDGET_MS (per-token grammar budget, default 500).\n");
+            "LYRA_WORKER_GRAMMAR_BUDGET_MS (per-token grammar budget, default 500),\n"
+            "LYRA_FAKE_GPU_FAIL_LAYERS=N (test only: a load with --gpu-layers above N\n"
+            "or -1 fails like a GPU out of memory).\n");
 }
 
 struct opts {
@@ -342,8 +349,104 @@ static int serve(int fd, int wake_rd, struct lyra_engine *e, struct lyra_frame_w
     return status;
 }
 
+static const char *backend_dir(void)
+{
+    const char *dir = getenv("LYRA_BACKEND_DIR");
+    return dir && *dir ? dir : LYRA_BACKEND_DIR;
+}
+
+static const char *device_type_name(enum ggml_backend_dev_type t)
+{
+    switch (t) {
+    case GGML_BACKEND_DEVICE_TYPE_CPU: return "cpu";
+    case GGML_BACKEND_DEVICE_TYPE_GPU: return "gpu";
+    case GGML_BACKEND_DEVICE_TYPE_IGPU: return "igpu";
+    case GGML_BACKEND_DEVICE_TYPE_ACCEL: return "accel";
+    default: return "other";
+    }
+}
+
+/* `lyra worker --probe-devices`: loads the ggml backends exactly as a model
+ * load does and prints one line, {"type":"devices","devices":[...]}, on
+ * stdout.  It runs in its own process (sys/gpu.c) so that a GPU driver that
+ * crashes or hangs while initialising costs the daemon nothing but this
+ * child.  llama.cpp's log stays off stdout (LYRA_WORKER_VERBOSE=1 copies it
+ * to stderr).  Returns the exit status: 0, or 1 when the line cannot be
+ * built. */
+static int probe_devices(void)
+{
+    const char *verbose = getenv("LYRA_WORKER_VERBOSE");
+    lyra_llamalog_install(verbose && strcmp(verbose, "1") == 0);
+    ggml_backend_load_all_from_path(backend_dir());
+    json_t *devs = json_array();
+    size_t n = ggml_backend_dev_count();
+    for (size_t i = 0; devs && i < n; i++) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        struct ggml_backend_dev_props props = {0};
+        ggml_backend_dev_get_props(dev, &props);
+        size_t mfree = 0, mtotal = 0;
+        ggml_backend_dev_memory(dev, &mfree, &mtotal);
+        /* Driver text may be anything: jansson refuses invalid UTF-8, so an
+         * odd name must not lose the whole line. */
+        json_t *d = json_pack("{s:s?, s:s?, s:s, s:I, s:I, s:s?}", "name", props.name, "description",
+                              props.description, "type", device_type_name(props.type), "memory_total",
+                              (json_int_t)mtotal, "memory_free", (json_int_t)mfree, "device_id", props.device_id);
+        if (!d)
+            d = json_pack("{s:s, s:s, s:I, s:I}", "name", "(unprintable)", "type", device_type_name(props.type),
+                          "memory_total", (json_int_t)mtotal, "memory_free", (json_int_t)mfree);
+        if (!d || json_array_append_new(devs, d) < 0) {
+            json_decref(devs);
+            devs = NULL;
+        }
+    }
+    json_t *m = devs ? json_pack("{s:s, s:o}", "type", "devices", "devices", devs) : NULL;
+    char *line = m ? json_dumps(m, JSON_COMPACT) : NULL;
+    json_decref(m);
+    if (!line) {
+        fprintf(stderr, "lyra worker: cannot build the device list\n");
+        return 1;
+    }
+    int rc = printf("%s\n", line) < 0 || fflush(stdout) != 0 ? 1 : 0;
+    free(line);
+    return rc;
+}
+
+/* LYRA_FAKE_GPU_FAIL_LAYERS=N (test only): a load asking for more than N GPU
+ * layers (or -1, all) fails before anything is loaded, with the kind of
+ * message a real CUDA out-of-memory gives, so that the daemon's retry with
+ * fewer layers and its fallback to the CPU can be tested without a GPU.  The
+ * bytes are the estimate (models/estimate.h) of what those layers need.
+ * Returns true and writes the message when the load is to fail. */
+static bool fake_gpu_failure(const struct lyra_engine_config *cfg, char *msg, size_t len)
+{
+    const char *env = getenv("LYRA_FAKE_GPU_FAIL_LAYERS");
+    int limit;
+    if (!env || !*env || !parse_int(env, 0, INT_MAX, &limit))
+        return false;
+    if (cfg->gpu_layers >= 0 && cfg->gpu_layers <= limit)
+        return false;
+    uint64_t bytes = 0;
+    int layers = cfg->gpu_layers;
+    struct lyra_gguf_info *info = NULL;
+    struct lyra_estimate est;
+    if (lyra_gguf_read(cfg->model_path, &info, NULL) == 0 &&
+        lyra_estimate_model(info, cfg->ctx, cfg->parallel, &est, NULL) == 0) {
+        if (layers < 0 || layers > est.n_layers + 1)
+            layers = est.n_layers + 1;
+        bytes = lyra_estimate_device_bytes(&est, layers);
+        lyra_estimate_clear(&est);
+    }
+    lyra_gguf_info_free(info);
+    lyra_fmt(msg, len, "fake GPU: out of memory allocating %llu bytes for %d layers (LYRA_FAKE_GPU_FAIL_LAYERS=%d)",
+             (unsigned long long)bytes, layers, limit);
+    return true;
+}
+
 int lyra_cmd_worker(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--probe-devices") == 0)
+            return probe_devices();
     struct opts o = {
         .fd = -1,
         .heartbeat_fd = -1,
@@ -400,9 +503,7 @@ int lyra_cmd_worker(int argc, char **argv)
 
     const char *verbose = getenv("LYRA_WORKER_VERBOSE");
     lyra_llamalog_install(verbose && strcmp(verbose, "1") == 0);
-    const char *dir = getenv("LYRA_BACKEND_DIR");
-    if (!dir || !*dir)
-        dir = LYRA_BACKEND_DIR;
+    const char *dir = backend_dir();
     int64_t t0 = lyra_now_us();
     ggml_backend_load_all_from_path(dir);
     llama_backend_init();
@@ -418,6 +519,11 @@ int lyra_cmd_worker(int argc, char **argv)
         char msg[PATH_MAX + 64];
         snprintf(msg, sizeof msg, "no ggml backends found in %s (set LYRA_BACKEND_DIR)", dir);
         send_fatal(o.fd, msg);
+        goto out;
+    }
+    char fake[256];
+    if (fake_gpu_failure(&o.cfg, fake, sizeof fake)) {
+        send_fatal(o.fd, fake);
         goto out;
     }
     o.cfg.stop = &stop_flag;

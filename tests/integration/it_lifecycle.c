@@ -454,7 +454,7 @@ static void test_config_commands(void **state)
 
     const char *migrate[] = {"config", "migrate", "--home", home, NULL};
     assert_int_equal(it_run_lyra(migrate, NULL, &out), 0);
-    assert_true(output_has(out, "from schema 1 to 2"));
+    assert_true(output_has(out, "from schema 1 to 3"));
     free(out);
     char *backup = NULL, *now = NULL;
     FILE *f = fopen(bak, "r");
@@ -468,11 +468,11 @@ static void test_config_commands(void **state)
     now = calloc(1, 4096);
     assert_true(fread(now, 1, 4095, f) > 0);
     fclose(f);
-    assert_non_null(strstr(now, "schema_version: 2"));
+    assert_non_null(strstr(now, "schema_version: 3"));
     assert_non_null(strstr(now, "port: 9123"));
     free(now);
     assert_int_equal(it_run_lyra(migrate, NULL, &out), 0);
-    assert_true(output_has(out, "already at schema 2"));
+    assert_true(output_has(out, "already at schema 3"));
     free(out);
     it_rmrf(home);
 }
@@ -522,7 +522,7 @@ static void assert_migration_warning(const char *log_path, const char *config_pa
     assert_string_equal(json_string_value(json_object_get(w, "level")), "warn");
     assert_non_null(strstr(msg, config_path));
     assert_non_null(strstr(msg, "schema_version 1"));
-    assert_non_null(strstr(msg, "to 2"));
+    assert_non_null(strstr(msg, "to 3"));
     assert_non_null(strstr(msg, "run `lyra config migrate` to rewrite it"));
     json_decref(w);
 }

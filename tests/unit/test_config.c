@@ -191,7 +191,7 @@ static void test_home_argument_beats_lyra_home(void **state)
 static void test_file_in_home_is_read(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nserver:\n  port: 9001\n");
+    const char *p = write_config(f, "schema_version: 3\nserver:\n  port: 9001\n");
     assert_int_equal(load(f, NULL, 0), 0);
     assert_string_equal(f->cfg.file, p);
     assert_int_equal(f->cfg.server.port, 9001);
@@ -209,7 +209,7 @@ static void test_file_values(void **state)
 {
     struct fx *f = *state;
     const char *p = write_config(f,
-        "schema_version: 2\n"
+        "schema_version: 3\n"
         "server:\n"
         "  host: 0.0.0.0\n"
         "  port: 8443\n"
@@ -259,7 +259,7 @@ static void test_file_values(void **state)
 static void test_sizes_parse(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\n"
+    const char *p = write_config(f, "schema_version: 3\n"
                                     "server:\n  max_body_bytes: 12MB\n  max_header_bytes: 1024\n"
                                     "models:\n  memory_budget: 4GiB\n");
     assert_int_equal(load(f, p, 0), 0);
@@ -289,7 +289,7 @@ static void test_empty_and_comment_only_files_give_defaults(void **state)
 static void test_env_overrides_file(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nserver:\n  host: ::1\n  port: 9001\n");
+    const char *p = write_config(f, "schema_version: 3\nserver:\n  host: ::1\n  port: 9001\n");
     env_add(f, "LYRA_SERVER_PORT=9002");
     env_add(f, "LYRA_MODELS_MAX_LOADED=9");
     env_add(f, "LYRA_LOG_LEVEL=warn");
@@ -342,7 +342,7 @@ static void test_flag_with_bad_value_names_origin(void **state)
 static void test_unknown_key_has_position(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nserver:\n  host: 127.0.0.1\n  prot: 8000\n");
+    const char *p = write_config(f, "schema_version: 3\nserver:\n  host: 127.0.0.1\n  prot: 8000\n");
     assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
     assert_msg(f, "%s:4:3: unknown key 'prot' in section 'server'", p);
 }
@@ -350,7 +350,7 @@ static void test_unknown_key_has_position(void **state)
 static void test_unknown_section_has_position(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nsevrer:\n  port: 1\n");
+    const char *p = write_config(f, "schema_version: 3\nsevrer:\n  port: 1\n");
     assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
     assert_msg(f, "%s:2:1: unknown section 'sevrer'", p);
 }
@@ -358,7 +358,7 @@ static void test_unknown_section_has_position(void **state)
 static void test_wrong_type_has_position(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nserver:\n  port: abc\n");
+    const char *p = write_config(f, "schema_version: 3\nserver:\n  port: abc\n");
     assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
     assert_msg(f, "%s:3:9: server.port: expected an integer, got 'abc'", p);
 }
@@ -379,7 +379,7 @@ static void test_type_and_range_errors(void **state)
         {"server:\n  port: -1\n", "2:9: server.port: -1 is out of range (0..65535)"},
         {"watchdog:\n  warn_percent: 101\n", "2:17: watchdog.warn_percent: 101 is out of range (1..100)"},
         {"jobs:\n  max_concurrent: -2\n", "2:19: jobs.max_concurrent: -2 is out of range (must be at least 1)"},
-        {"models:\n  keep_alive_s: -1\n", "2:17: models.keep_alive_s: -1 is out of range (must be at least 0)"},
+        {"models:\n  keep_alive_s: -2\n", "2:17: models.keep_alive_s: -2 is out of range (must be at least -1)"},
         {"log:\n  level: loud\n", "2:10: log.level: expected one of debug|info|warn|error, got 'loud'"},
         {"log:\n  level: ~\n", "2:10: log.level: expected a string, got null"},
         {"server: 8000\n", "1:9: section 'server' must be a mapping, got a scalar"},
@@ -387,7 +387,7 @@ static void test_type_and_range_errors(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char text[256];
-        snprintf(text, sizeof text, "schema_version: 2\n%s", cases[i].yaml);
+        snprintf(text, sizeof text, "schema_version: 3\n%s", cases[i].yaml);
         const char *p = write_config(f, text);
         assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
         /* the case's line numbers count from after the schema_version line */
@@ -401,7 +401,7 @@ static void test_type_and_range_errors(void **state)
 static void test_malformed_yaml_has_position(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nserver:\n  port: 8000\n host: x\n");
+    const char *p = write_config(f, "schema_version: 3\nserver:\n  port: 8000\n host: x\n");
     assert_int_equal(load(f, p, 0), LYRA_EPARSE);
     assert_msg(f, "%s:4:2: did not find expected key (while parsing a block mapping at line 1, "
                   "column 1)", p);
@@ -453,7 +453,7 @@ static void test_env_bad_value_names_variable(void **state)
 static void test_secret_in_file_is_rejected(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nauth:\n  admin_key: hunter2\n");
+    const char *p = write_config(f, "schema_version: 3\nauth:\n  admin_key: hunter2\n");
     assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
     assert_msg(f, "%s:3:3: auth.admin_key: secrets must not be written in the config file; set "
                   "env LYRA_ADMIN_KEY or auth.admin_key_file", p);
@@ -472,7 +472,7 @@ static void test_admin_key_from_file(void **state)
     struct fx *f = *state;
     char yaml[PATH_MAX + 64];
     write_text(in_dir(f, "key"), "s3cret\n");
-    snprintf(yaml, sizeof yaml, "schema_version: 2\nauth:\n  admin_key_file: %s\n",
+    snprintf(yaml, sizeof yaml, "schema_version: 3\nauth:\n  admin_key_file: %s\n",
              in_dir(f, "key"));
     assert_int_equal(load(f, write_config(f, yaml), 0), 0);
     assert_string_equal(f->cfg.auth.admin_key, "s3cret");
@@ -545,13 +545,13 @@ static void test_v1_file_is_migrated_on_disk(void **state)
     char *now = read_text(p);
     assert_non_null(bak);
     assert_string_equal(bak, V1_FILE);
-    assert_non_null(strstr(now, "\nschema_version: 2\n"));
+    assert_non_null(strstr(now, "\nschema_version: 3\n"));
     assert_null(strstr(now, "listen"));
     assert_null(strstr(now, "max_models"));
     assert_null(strstr(now, "json:"));
     assert_null(strstr(now, "path:"));
 
-    assert_non_null(strstr(now, "# Migrated by Lyra from schema_version 1 to 2; the original is in "
+    assert_non_null(strstr(now, "# Migrated by Lyra from schema_version 1 to 3; the original is in "
                                 "lyra.yaml.v1.bak\n"));
 
     /* the rewritten file loads as v2 on its own and is not touched again */
@@ -649,12 +649,31 @@ static void test_migration_never_writes_secret(void **state)
     free(now);
 }
 
+/* Schema 2's keep_alive_s 0 meant "never"; schema 3 says -1 for that (0 is
+ * "after each request"), so the migration must turn it into -1. */
+static void test_v2_keep_alive_zero_becomes_never(void **state)
+{
+    struct fx *f = *state;
+    const char *p = write_config(f, "schema_version: 2\nmodels:\n  keep_alive_s: 0\n");
+    assert_int_equal(load(f, p, 0), 0);
+    assert_int_equal(f->cfg.file_schema_version, 2);
+    assert_int_equal(f->cfg.models.keep_alive_s, -1);
+    lyra_config_free(&f->cfg);
+    p = write_config(f, "schema_version: 2\nmodels:\n  keep_alive_s: 60\n");
+    assert_int_equal(load(f, p, 0), 0);
+    assert_int_equal(f->cfg.models.keep_alive_s, 60);
+    lyra_config_free(&f->cfg);
+    p = write_config(f, "schema_version: 3\nmodels:\n  keep_alive_s: 0\n");
+    assert_int_equal(load(f, p, 0), 0);
+    assert_int_equal(f->cfg.models.keep_alive_s, 0);
+}
+
 static void test_newer_schema_is_rejected(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 3\nserver:\n  port: 1\n");
+    const char *p = write_config(f, "schema_version: 4\nserver:\n  port: 1\n");
     assert_int_equal(load(f, p, 0), LYRA_EUNSUPPORTED);
-    assert_msg(f, "%s:1:17: schema_version 3 was written by a newer Lyra; this one reads up to 2",
+    assert_msg(f, "%s:1:17: schema_version 4 was written by a newer Lyra; this one reads up to 3",
                p);
 }
 
@@ -664,7 +683,7 @@ static void test_model_entries_are_parsed(void **state)
 {
     struct fx *f = *state;
     const char *p = write_config(f,
-        "schema_version: 2\n"
+        "schema_version: 3\n"
         "models:\n"
         "  entries:\n"
         "    - name: llama\n"
@@ -710,7 +729,7 @@ static void test_model_entries_are_parsed(void **state)
 static void test_model_entry_missing_path(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nmodels:\n  entries:\n"
+    const char *p = write_config(f, "schema_version: 3\nmodels:\n  entries:\n"
                                     "    - name: a\n      path: a.gguf\n    - name: b\n");
     assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
     assert_msg(f, "%s:6:7: models.entries[1]: missing required key 'path'", p);
@@ -719,7 +738,7 @@ static void test_model_entry_missing_path(void **state)
 static void test_model_entry_duplicate_name(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nmodels:\n  entries:\n"
+    const char *p = write_config(f, "schema_version: 3\nmodels:\n  entries:\n"
                                     "    - {name: a, path: a.gguf}\n"
                                     "    - {name: b, path: b.gguf, aliases: [a]}\n");
     assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
@@ -729,7 +748,7 @@ static void test_model_entry_duplicate_name(void **state)
 static void test_model_entry_bad_field_has_position(void **state)
 {
     struct fx *f = *state;
-    const char *p = write_config(f, "schema_version: 2\nmodels:\n  entries:\n"
+    const char *p = write_config(f, "schema_version: 3\nmodels:\n  entries:\n"
                                     "    - name: a\n      path: a.gguf\n      top_p: 1.5\n"
                                     "      contxt: 1\n");
     assert_int_equal(load(f, p, 0), LYRA_ECONFIG);
@@ -750,7 +769,7 @@ static void test_dump_load_round_trip(void **state)
 {
     struct fx *f = *state;
     const char *p = write_config(f,
-        "schema_version: 2\n"
+        "schema_version: 3\n"
         "server:\n"
         "  host: \"::1\"\n"
         "  cors_origins: [\"*\", \"http://a:1\", 'say \"hi\"', \"null\", \"tab\\there\", \"ünï\"]\n"
@@ -766,7 +785,7 @@ static void test_dump_load_round_trip(void **state)
     assert_int_equal(lyra_config_set(&f->cfg, "server.max_body_bytes", "3MiB", NULL, &f->err), 0);
     char *first = lyra_config_dump(&f->cfg);
     assert_non_null(first);
-    assert_int_equal(strncmp(dump_body(first), "schema_version: 2\n", 18), 0);
+    assert_int_equal(strncmp(dump_body(first), "schema_version: 3\n", 18), 0);
 
     const char *q = in_dir(f, "dumped.yaml");
     write_text(q, first);
@@ -868,6 +887,7 @@ int main(void)
         T(test_v1_listen_ipv6_and_json_false),
         T(test_failed_migration_leaves_original),
         T(test_migration_never_writes_secret),
+        T(test_v2_keep_alive_zero_becomes_never),
         T(test_newer_schema_is_rejected),
         T(test_model_entries_are_parsed),
         T(test_model_entry_missing_path),

@@ -1227,6 +1227,104 @@ static void test_fatal_truncated(void **state)
     unlink(path);
 }
 
+/* LYRA_FAKE_GPU_FAIL_LAYERS=1: more than 1 GPU layer (or -1, all) fails
+ * the load before anything is loaded, with an out-of-memory "fatal" that
+ * names the bytes and the layers llama.cpp would offload (tiny has 3: two
+ * blocks and the output), and exit status 1; 1 or fewer loads (on the CPU
+ * here). */
+static void test_fake_gpu_failure(void **state)
+{
+    if (!exists(tiny))
+        skip();
+    setenv("LYRA_FAKE_GPU_FAIL_LAYERS", "1", 1);
+    static const struct {
+        const char *layers, *needle;
+    } cases[] = {
+        {"2", "for 2 layers"},
+        {"-1", "for 3 layers"},
+        {"5", "for 3 layers"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *args[] = {"--threads", "1", "--gpu-layers", cases[i].layers, NULL};
+        struct worker w;
+        spawn(&w, tiny, args);
+        json_t *m = recv_msg(&w, 20000);
+        assert_non_null(m);
+        assert_string_equal(type_of(m), "fatal");
+        const char *msg = json_string_value(json_object_get(m, "message"));
+        if (!msg || !strstr(msg, "fake GPU: out of memory allocating ") || !strstr(msg, cases[i].needle))
+            fail_msg("fatal message '%s' lacks the fake GPU failure '%s'", msg ? msg : "(none)", cases[i].needle);
+        /* the bytes are the estimate's: never 0 for a real model */
+        assert_null(strstr(msg, "allocating 0 bytes"));
+        json_decref(m);
+        assert_int_equal(wait_exit(w.pid, 10000), 1);
+        close(w.fd);
+        lyra_frame_reader_free(w.rd);
+    }
+    struct worker w;
+    const char *fits[] = {"--threads", "1", "--gpu-layers", "1", NULL};
+    start(&w, fits);
+    stop_worker(&w);
+}
+
+static int unset_fake_gpu(void **state)
+{
+    unsetenv("LYRA_FAKE_GPU_FAIL_LAYERS");
+    return 0;
+}
+
+/* `lyra worker --probe-devices` prints exactly one JSON line listing at
+ * least the CPU, with memory numbers, and exits 0. */
+static void test_probe_devices(void **state)
+{
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        close(pfd[0]);
+        close(pfd[1]);
+        if (!getenv("LYRA_TEST_VERBOSE")) {
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 2);
+        }
+        execl(lyra_bin, lyra_bin, "worker", "--probe-devices", (char *)NULL);
+        _exit(127);
+    }
+    close(pfd[1]);
+    char out[65536];
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(pfd[0], out + len, sizeof out - 1 - len)) > 0)
+        len += (size_t)r;
+    close(pfd[0]);
+    out[len] = '\0';
+    assert_int_equal(wait_exit(pid, 30000), 0);
+    assert_true(len > 0 && out[len - 1] == '\n');
+    assert_ptr_equal(strchr(out, '\n'), out + len - 1); /* one line */
+    json_error_t jerr;
+    json_t *m = json_loads(out, 0, &jerr);
+    if (!m)
+        fail_msg("not JSON: %s (%s)", out, jerr.text);
+    assert_string_equal(type_of(m), "devices");
+    json_t *devs = json_object_get(m, "devices");
+    assert_true(json_array_size(devs) >= 1);
+    bool cpu = false;
+    size_t i;
+    json_t *d;
+    json_array_foreach(devs, i, d) {
+        const char *t = json_string_value(json_object_get(d, "type"));
+        assert_non_null(t);
+        assert_non_null(json_string_value(json_object_get(d, "name")));
+        assert_true(int_of(d, "memory_total") > 0);
+        assert_true(int_of(d, "memory_free") <= int_of(d, "memory_total"));
+        cpu |= strcmp(t, "cpu") == 0;
+    }
+    assert_true(cpu);
+    json_decref(m);
+}
+
 static void test_eof_exit(void **state)
 {
     struct worker w;
@@ -1349,6 +1447,8 @@ int main(void)
         cmocka_unit_test(test_fatal_missing),
         cmocka_unit_test(test_fatal_usage_error),
         cmocka_unit_test(test_fatal_truncated),
+        cmocka_unit_test_teardown(test_fake_gpu_failure, unset_fake_gpu),
+        cmocka_unit_test(test_probe_devices),
         cmocka_unit_test(test_eof_exit),
         cmocka_unit_test(test_sigterm),
         cmocka_unit_test(test_protocol_violation),
