@@ -78,8 +78,16 @@ static void print_done(const char *action, const char *name, json_t *j)
             printf(" (pid %lld)", (long long)json_integer_value(v));
         putchar('\n');
     } else if (strcmp(action, "unload") == 0) {
+        const char *state = json_string_value(json_object_get(j, "state"));
         bool was = json_is_true(json_object_get(j, "was_loaded"));
-        printf(was ? "unloaded %s\n" : "%s was not loaded\n", name);
+        /* 202 "draining": requests are running, it unloads when they end;
+         * "stopping": the worker did not exit within the daemon's bound. */
+        if (state && strcmp(state, "draining") == 0)
+            printf("%s is draining: it unloads when its running requests end (--force stops it now)\n", name);
+        else if (state && strcmp(state, "stopping") == 0)
+            printf("%s is stopping: its worker has not exited yet\n", name);
+        else
+            printf(was ? "unloaded %s\n" : "%s was not loaded\n", name);
     } else {
         const char *state = json_string_value(json_object_get(j, "state"));
         printf("%s %s", strcmp(action, "pin") == 0 ? "pinned" : "unpinned", name);
@@ -197,8 +205,9 @@ int lyra_cmd_unload(int argc, char **argv)
 {
     static const struct action a = {
         "unload",
-        "Stops the worker of model NAME and waits until its process exited; requests\n"
-        "in flight on it finish first (unless --force).\n",
+        "Stops the worker of model NAME and waits until its process exited.  With\n"
+        "requests running it takes no new ones and unloads when they end (the command\n"
+        "says so and returns); --force stops it at once.  A pinned model needs --force.\n",
     };
     return run_action(&a, argc, argv);
 }
