@@ -516,6 +516,53 @@ static void test_ctrl_c_stops_the_answer(void **state)
     assert_true(generated >= 0 && generated < 500);
 }
 
+static void test_unload_draining_then_force(void **state)
+{
+    /* A long answer on small: unload without --force leaves it running
+     * (draining), --force stops it and the client gets an error. */
+    const char *bin = getenv("LYRA_BIN") ? getenv("LYRA_BIN") : "build/lyra";
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execl(bin, bin, "run", "small", "tell me a long story", "--max-tokens", "2000", "--temperature", "1",
+              "--url", url, (char *)NULL);
+        _exit(127);
+    }
+    int waited = 0;
+    while (in_flight("small") < 1 && waited < 10000) {
+        sleep_ms(5);
+        waited += 5;
+    }
+    assert_true(in_flight("small") >= 1);
+    char *out = NULL;
+    int rc = lyra((const char *[]){"unload", "small", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "small is draining"));
+    free(out);
+    assert_int_equal(waitpid(pid, NULL, WNOHANG), 0); /* still answering */
+
+    rc = lyra((const char *[]){"unload", "small", "--force", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unloaded small"));
+    free(out);
+    int status = 0;
+    for (waited = 0; waitpid(pid, &status, WNOHANG) == 0 && waited < 5000; waited += 10)
+        sleep_ms(10);
+    if (waited >= 5000) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("lyra run went on after its model was unloaded with --force");
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1); /* the daemon's error, printed */
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_null(row(out, "small"));
+    free(out);
+}
+
 static void test_run_unknown_model(void **state)
 {
     char *out = NULL;
@@ -597,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_pin_unpin),
         cmocka_unit_test(test_control_errors),
         cmocka_unit_test(test_ctrl_c_stops_the_answer),
+        cmocka_unit_test(test_unload_draining_then_force),
         cmocka_unit_test(test_run_unknown_model),
         cmocka_unit_test(test_no_daemon),
         cmocka_unit_test(test_help),
