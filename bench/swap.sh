@@ -70,32 +70,43 @@ models=$tmp/models; mkdir -p "$models"
 for n in small small2 small3; do cp "$src_model" "$models/$n.gguf"; done
 cat "$models"/*.gguf >/dev/null  # page-cached for both servers
 
-# Each starter sets url (a $(...) would wait on the server) and runs the
-# server in its own session, so that its workers/instances die with it.
+# Starts a server in its own session (so that its workers / instances die
+# with its group) on a free port and sets url (a $(...) would wait on the
+# server).  free_port only finds a port nobody answers on; another process
+# may bind it first, so a server that exits before it is healthy is started
+# again on another port, three times at most.
+#   launch NAME LOG TIMEOUT_S CMD... (the word PORT in CMD is the port)
+launch() {
+    local name=$1 logf=$2 limit=$3 attempt port pid end; shift 3
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        setsid "${@//PORT/$port}" >>"$logf" 2>&1 &
+        pid=$!; groups+=("$pid")
+        url="http://127.0.0.1:$port"
+        end=$((SECONDS + limit))
+        while ! curl -sf -m 2 -o /dev/null "$url/health"; do
+            kill -0 "$pid" 2>/dev/null || break
+            [ $SECONDS -lt $end ] || { echo "swap: $name not healthy in $limit s" >&2; tail -20 "$logf" >&2; exit 1; }
+            sleep 0.05
+        done
+        kill -0 "$pid" 2>/dev/null && return 0
+        echo "swap: $name exited before it was up (attempt $attempt, port $port)" >&2
+    done
+    tail -20 "$logf" >&2
+    exit 1
+}
 start_lyra() { # max_loaded [threads]
-    local port; port=$(free_port)
     LYRA_MODELS_DIR=$models LYRA_MODELS_MAX_LOADED=$1 LYRA_MODELS_PARALLEL=1 LYRA_MODELS_THREADS=${2:-$threads} \
         LYRA_MODELS_CTX_SIZE=$ctx LYRA_LOG_LEVEL=warn \
-        setsid "$lyra" serve --home "$tmp/lyra-$port" --port "$port" >/dev/null 2>>"$tmp/lyra.log" &
-    groups+=($!)
-    url="http://127.0.0.1:$port"
-    wait_health "$url" 10 || { echo "swap: lyra did not come up (see below)" >&2; tail -20 "$tmp/lyra.log" >&2; exit 1; }
+        launch lyra "$tmp/lyra.log" 10 "$lyra" serve --home "$tmp/lyra-PORT" --port PORT
 }
 start_router() { # models_max [threads]
-    local port; port=$(free_port)
-    setsid "$server" --models-dir "$models" --models-max "$1" --host 127.0.0.1 --port "$port" \
-        -t "${2:-$threads}" -c "$ctx" -np 1 --no-webui >>"$tmp/peer.log" 2>&1 &
-    groups+=($!)
-    url="http://127.0.0.1:$port"
-    wait_health "$url" 60 || { echo "swap: llama-server router did not come up" >&2; tail -20 "$tmp/peer.log" >&2; exit 1; }
+    launch "llama-server router" "$tmp/peer.log" 60 "$server" --models-dir "$models" --models-max "$1" \
+        --host 127.0.0.1 --port PORT -t "${2:-$threads}" -c "$ctx" -np 1 --no-webui
 }
 start_plain() {
-    local port; port=$(free_port)
-    setsid "$server" -m "$models/small.gguf" --host 127.0.0.1 --port "$port" \
-        -t "$threads" -c "$ctx" -np 1 --no-webui >>"$tmp/peer.log" 2>&1 &
-    groups+=($!)
-    url="http://127.0.0.1:$port"
-    wait_health "$url" 120 || { echo "swap: llama-server did not come up" >&2; tail -20 "$tmp/peer.log" >&2; exit 1; }
+    launch llama-server "$tmp/peer.log" 120 "$server" -m "$models/small.gguf" --host 127.0.0.1 --port PORT \
+        -t "$threads" -c "$ctx" -np 1 --no-webui
 }
 # How many models each server holds now (a check that max 1 really evicts).
 lyra_loaded() { curl -sf -m 10 "$1/status" | jq '[.models[] | select(.state=="loaded")] | length'; }
