@@ -58,6 +58,7 @@ run: models
 bench: models
 	@bench/run.sh $(BUILD_DIR)
 	@bench/inference.sh $(BUILD_DIR)
+	@bench/swap.sh $(BUILD_DIR)
 
 format:
 	@clang-format -i src/*/*.[ch] tests/*/*.[ch] tools/*.c

@@ -10,6 +10,10 @@ int lyra_cmd_config(int argc, char **argv);
 int lyra_cmd_run(int argc, char **argv);
 int lyra_cmd_ls(int argc, char **argv);
 int lyra_cmd_ps(int argc, char **argv);
+int lyra_cmd_load(int argc, char **argv);
+int lyra_cmd_unload(int argc, char **argv);
+int lyra_cmd_pin(int argc, char **argv);
+int lyra_cmd_unpin(int argc, char **argv);
 int lyra_cmd_version(int argc, char **argv);
 int lyra_cmd_help(int argc, char **argv);
 

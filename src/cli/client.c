@@ -19,6 +19,7 @@ struct lyra_client {
     char *base;
     char *noproxy;
     long status;
+    long retry_after; /* of the last answer, -1 when it had none */
     char msg[LYRA_ERR_MSG_MAX];
     char curl_err[CURL_ERROR_SIZE];
 };
@@ -120,8 +121,10 @@ int lyra_client_new(struct lyra_client **out, const char *base_url, struct lyra_
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return lyra_err_set(err, LYRA_EINTERNAL, "cannot initialise libcurl");
     struct lyra_client *c = calloc(1, sizeof *c);
-    if (c)
+    if (c) {
+        c->retry_after = -1;
         c->curl = curl_easy_init();
+    }
     if (c && c->curl)
         c->base = strip_slashes(base_url);
     /* A proxy from the environment must not capture the local daemon;
@@ -218,6 +221,7 @@ static int prepare(struct lyra_client *c, const char *path)
 {
     curl_easy_reset(c->curl);
     c->status = 0;
+    c->retry_after = -1;
     c->msg[0] = c->curl_err[0] = '\0';
     char *url = NULL;
     if (asprintf(&url, "%s%s", c->base, path) < 0)
@@ -313,6 +317,66 @@ int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t
     if (len)
         *len = b.len;
     return 0;
+}
+
+long lyra_client_retry_after(const struct lyra_client *c)
+{
+    return c->retry_after;
+}
+
+/* Retry-After in seconds (the delta-seconds form Lyra sends), -1 when the
+ * answer has none or it is an HTTP date. */
+static long retry_after_of(CURL *h)
+{
+    struct curl_header *hdr = NULL;
+    if (curl_easy_header(h, "Retry-After", 0, CURLH_HEADER, -1, &hdr) != CURLHE_OK || !hdr->value)
+        return -1;
+    char *end = NULL;
+    long v = strtol(hdr->value, &end, 10);
+    return end != hdr->value && *end == '\0' && v >= 0 ? v : -1;
+}
+
+int lyra_client_post_json(struct lyra_client *c, const char *path, const json_t *body, long timeout_s,
+                          json_t **answer)
+{
+    *answer = NULL;
+    int rc = prepare(c, path);
+    if (rc < 0)
+        return rc;
+    char *text = body ? json_dumps(body, JSON_COMPACT) : strdup("");
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (!text || !headers) {
+        free(text);
+        curl_slist_free_all(headers);
+        return set_err(c, LYRA_ENOMEM, "out of memory");
+    }
+    struct buf b = {0};
+    CURL *h = c->curl;
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(text));
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s > 0 ? timeout_s : 120L);
+    CURLcode cr = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
+    if (c->status > 0)
+        c->retry_after = retry_after_of(h);
+    if (cr == CURLE_WRITE_ERROR)
+        rc = b.too_big ? set_err(c, LYRA_ETOOBIG, "the answer from %s%s is larger than %u MiB", c->base, path,
+                                 LYRA_CLIENT_MAX_BODY >> 20)
+                       : set_err(c, LYRA_ENOMEM, "out of memory");
+    else if (cr != CURLE_OK)
+        rc = fail_transfer(c, cr);
+    else if (c->status >= 400)
+        rc = fail_http(c, &b);
+    else if (!(*answer = b.data ? json_loadb(b.data, b.len, 0, NULL) : NULL))
+        rc = set_err(c, LYRA_EPARSE, "the answer from %s%s is not JSON", c->base, path);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    curl_slist_free_all(headers);
+    free(text);
+    buf_free(&b);
+    return rc;
 }
 
 /* --- event streams -------------------------------------------------- */

@@ -57,6 +57,18 @@ long lyra_client_status(const struct lyra_client *c);
  * (caller frees) and *len its length (len may be NULL). */
 int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t *len);
 
+/* POST `body` (borrowed; NULL sends an empty body) as JSON to base_url +
+ * path and wait at most timeout_s seconds (<= 0: 120) for the whole answer.
+ * On 2xx, *answer receives it parsed (caller decrefs); an answer that is not
+ * JSON is LYRA_EPARSE.  A daemon that does not answer in time is
+ * LYRA_ETIMEOUT. */
+int lyra_client_post_json(struct lyra_client *c, const char *path, const json_t *body, long timeout_s,
+                          json_t **answer);
+
+/* The Retry-After of the last answer in seconds (a 503 when a model cannot
+ * fit now), -1 when it had none. */
+long lyra_client_retry_after(const struct lyra_client *c);
+
 /* Called with each chunk of a stream (borrowed: valid during the call).
  * A non-zero return stops the stream. */
 typedef int (*lyra_client_chunk_fn)(json_t *chunk, void *ud);

@@ -1,6 +1,6 @@
 /* models_cmd.c — `lyra ls` (the models the daemon knows, GET /models) and
- * `lyra ps` (the models resident in worker processes, GET /status), each as
- * a table or, with --json, as the daemon's JSON. */
+ * `lyra ps` (the models resident in worker processes, GET
+ * /models?state=loaded), each as a table or, with --json, as JSON. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,28 +295,50 @@ int lyra_cmd_ls(int argc, char **argv)
 
 /* --- lyra ps -------------------------------------------------------- */
 
+/* Whether a GET /models entry is resident (a worker holds or is starting or
+ * stopping it).  The daemon filters with ?state=loaded; the CLI checks too,
+ * so that a daemon that ignores the query does not list every file. */
+static bool resident(json_t *m)
+{
+    const char *state = json_string_value(json_object_get(m, "state"));
+    return state && strcmp(state, "available") != 0 && strcmp(state, "invalid") != 0;
+}
+
 int lyra_cmd_ps(int argc, char **argv)
 {
     static const struct cmd cmd = {
         "ps",
-        "Lists the models loaded in worker processes (the \"models\" of GET /status):\n"
-        "state, worker pid, resident memory, slots, requests in flight, idle time.\n",
-        "/status",
-        "print the list as JSON instead of a table",
+        "Lists the models loaded in worker processes (GET /models?state=loaded):\n"
+        "worker pid, state, whether pinned, measured memory, requests in flight, idle time.\n",
+        "/models?state=loaded",
+        "print the loaded models' objects as a JSON list instead of a table",
     };
     json_t *j;
     char *raw;
     int status = fetch(&cmd, argc, argv, &j, &raw);
     if (status >= 0)
         return status;
-    json_t *models = json_object_get(j, "models");
-    if (raw) {
-        /* Only the resident models: the rest of /status is `curl`'s to show. */
-        free(raw);
-        json_t *list = json_is_array(models) ? json_incref(models) : json_array();
-        char *s = list ? json_dumps(list, JSON_INDENT(2)) : NULL;
-        json_decref(list);
-        json_decref(j);
+    bool as_json = raw != NULL;
+    free(raw); /* --json prints the filtered list, not the whole answer */
+    json_t *all = json_object_get(j, "models");
+    json_t *models = json_array();
+    size_t i;
+    json_t *m;
+    json_array_foreach(all, i, m) {
+        if (resident(m) && json_array_append(models, m) < 0) {
+            json_decref(models);
+            models = NULL;
+            break;
+        }
+    }
+    json_decref(j);
+    if (!models) {
+        fprintf(stderr, "lyra ps: out of memory\n");
+        return 1;
+    }
+    if (as_json) {
+        char *s = json_dumps(models, JSON_INDENT(2));
+        json_decref(models);
         if (!s) {
             fprintf(stderr, "lyra ps: out of memory\n");
             return 1;
@@ -325,34 +347,34 @@ int lyra_cmd_ps(int argc, char **argv)
     }
     if (json_array_size(models) == 0) {
         printf("no models loaded\n");
-        json_decref(j);
+        json_decref(models);
         return 0;
     }
     struct table t = {.n_cols = 8,
-                      .head = {"NAME", "STATE", "PID", "RSS", "SLOTS", "IN FLIGHT", "IDLE", "ERROR"}};
-    size_t i;
-    json_t *m;
+                      .head = {"NAME", "PID", "STATE", "PINNED", "MEMORY", "IN FLIGHT", "IDLE", "ERROR"}};
     status = 0;
     json_array_foreach(models, i, m) {
-        char pid[32] = "-", rss[32] = "-", slots[32] = "-", inflight[32] = "-", idle[32] = "-";
+        char pid[32] = "-", mem[32] = "-", inflight[32] = "-", idle[32] = "-";
         json_t *v;
         if (json_is_integer(v = json_object_get(m, "pid")))
             snprintf(pid, sizeof pid, "%lld", (long long)json_integer_value(v));
-        if (json_is_number(v = json_object_get(m, "rss_bytes")) && json_number_value(v) > 0)
-            human_bytes(json_number_value(v), rss, sizeof rss);
-        if (json_is_integer(v = json_object_get(m, "n_slots")))
-            snprintf(slots, sizeof slots, "%lld", (long long)json_integer_value(v));
+        /* What the worker was measured to use; its RSS until it was measured. */
+        if ((json_is_number(v = json_object_get(m, "measured_bytes")) && json_number_value(v) > 0) ||
+            (json_is_number(v = json_object_get(m, "rss_bytes")) && json_number_value(v) > 0))
+            human_bytes(json_number_value(v), mem, sizeof mem);
         if (json_is_integer(v = json_object_get(m, "in_flight")))
             snprintf(inflight, sizeof inflight, "%lld", (long long)json_integer_value(v));
         if (json_is_number(v = json_object_get(m, "idle_s")))
             human_seconds(json_number_value(v), idle, sizeof idle);
+        v = json_object_get(m, "pinned");
+        const char *pinned = json_is_boolean(v) ? (json_is_true(v) ? "yes" : "no") : NULL;
         /* last_error outlives a recovery: show it only while it holds. */
         const char *state = json_string_value(json_object_get(m, "state"));
         const char *error = state && strcmp(state, "failed") == 0
                                 ? json_string_value(json_object_get(m, "last_error"))
                                 : NULL;
         const char *cells[] = {
-            json_string_value(json_object_get(m, "name")), state, pid, rss, slots, inflight, idle, error,
+            json_string_value(json_object_get(m, "name")), pid, state, pinned, mem, inflight, idle, error,
         };
         if (!table_row(&t, cells)) {
             fprintf(stderr, "lyra ps: out of memory\n");
@@ -363,6 +385,6 @@ int lyra_cmd_ps(int argc, char **argv)
     if (status == 0)
         table_print(&t, 1u << 7);
     table_free(&t);
-    json_decref(j);
+    json_decref(models);
     return status;
 }

@@ -1,4 +1,5 @@
-/* it_cli.c — the client commands `lyra run`, `lyra ls` and `lyra ps`, run as
+/* it_cli.c — the client commands `lyra run`, `ls`, `ps`, `load`, `unload`,
+ * `pin` and `unpin`, run as
  * the real binary against a real daemon with the tiny model: the daemon is
  * found by --url, by LYRA_HOME's serve.json and by --home; answers are
  * compared with what the HTTP API gives for the same request (sampling
@@ -105,6 +106,29 @@ static bool row_has(const char *out, const char *name, const char *text)
     const char *end = strchr(r, '\n');
     const char *hit = strstr(r, text);
     return hit && (!end || hit < end);
+}
+
+static void sleep_ms(int ms);
+
+/* Whether `lyra ps` shows `text` on the row of `name` within 5 s.  The
+ * daemon measures its workers' memory every second, so MEMORY reads "-"
+ * until the first measurement after a load. */
+static bool ps_shows(const char *name, const char *text)
+{
+    for (int waited = 0;; waited += 100) {
+        char *out = NULL;
+        const char *args[] = {"ps", "--url", url, NULL};
+        int rc = it_run_lyra(args, NULL, &out);
+        bool shown = rc == 0 && row_has(out, name, text);
+        if (shown || waited >= 5000) {
+            if (!shown)
+                print_message("lyra ps (exit %d) after %d ms:\n%s", rc, waited, out ? out : "");
+            free(out);
+            return shown;
+        }
+        free(out);
+        sleep_ms(100);
+    }
 }
 
 /* The content of a non-streamed chat answer from the API (caller frees). */
@@ -275,8 +299,8 @@ static void test_ps(void **state)
     /* tiny answered above, so a worker holds it. */
     assert_non_null(strstr(out, "IN FLIGHT"));
     assert_true(row_has(out, "tiny", "loaded"));
-    assert_true(row_has(out, "tiny", "MB"));
     free(out);
+    assert_true(ps_shows("tiny", "MB"));
 
     rc = lyra((const char *[]){"ps", "--json", NULL}, (const char *[]){home_env, NO_URL_ENV, NULL}, &out);
     assert_int_equal(rc, 0);
@@ -285,6 +309,148 @@ static void test_ps(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(j, 0), "name")), "tiny");
     assert_true(json_integer_value(json_object_get(json_array_get(j, 0), "pid")) > 0);
     json_decref(j);
+    free(out);
+}
+
+/* The PID column of `lyra ps` for `name`, -1 when it has no row or no pid. */
+static long ps_pid(const char *name)
+{
+    char *out = NULL;
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    const char *r = row(out, name);
+    long pid = -1;
+    if (!r || sscanf(r + strlen(name), " %ld", &pid) != 1)
+        pid = -1;
+    free(out);
+    return pid;
+}
+
+static void test_load_ps_unload(void **state)
+{
+    /* Nothing else is resident here: tiny served the tests above. */
+    char *out = NULL;
+    int rc = lyra((const char *[]){"unload", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unloaded tiny"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_string_equal(out, "no models loaded\n");
+    free(out);
+
+    rc = lyra((const char *[]){"load", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    long ms = -1;
+    const char *said = strstr(out, "loaded tiny in ");
+    assert_non_null(said);
+    assert_int_equal(sscanf(said, "loaded tiny in %ld ms", &ms), 1);
+    assert_true(ms >= 0);
+    free(out);
+
+    /* ps: the worker's pid, a process that exists; the columns asked for. */
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    const char *heads[] = {"NAME", "PID", "STATE", "PINNED", "MEMORY", "IN FLIGHT", "IDLE"};
+    for (size_t i = 0; i < sizeof heads / sizeof *heads; i++)
+        assert_non_null(strstr(out, heads[i]));
+    assert_true(row_has(out, "tiny", "loaded"));
+    assert_true(row_has(out, "tiny", " no ")); /* not pinned */
+    free(out);
+    assert_true(ps_shows("tiny", "MB")); /* measured memory */
+    long pid = ps_pid("tiny");
+    assert_true(pid > 0);
+    assert_int_equal(kill((pid_t)pid, 0), 0);
+
+    /* unload waits until the worker exited: no row, and no process. */
+    rc = lyra((const char *[]){"unload", "tiny", NULL}, (const char *[]){home_env, NO_URL_ENV, NULL}, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unloaded tiny"));
+    free(out);
+    assert_int_equal(kill((pid_t)pid, 0), -1);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_string_equal(out, "no models loaded\n");
+    free(out);
+
+    /* Unloading what is not loaded is not an error, and says so. */
+    rc = lyra((const char *[]){"unload", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "tiny was not loaded"));
+    free(out);
+}
+
+static void test_pin_unpin(void **state)
+{
+    char *out = NULL;
+    /* pin loads */
+    int rc = lyra((const char *[]){"pin", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "pinned tiny"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_true(row_has(out, "tiny", "loaded"));
+    assert_true(row_has(out, "tiny", " yes "));
+    free(out);
+    assert_true(ps_pid("tiny") > 0);
+
+    rc = lyra((const char *[]){"unpin", "tiny", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unpinned tiny"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--json", "--url", url, NULL}, NULL, &out), 0);
+    json_t *j = json_loads(out, 0, NULL);
+    assert_true(json_is_array(j));
+    assert_int_equal(json_array_size(j), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(j, 0), "name")), "tiny");
+    assert_true(json_is_false(json_object_get(json_array_get(j, 0), "pinned")));
+    json_decref(j);
+    free(out);
+
+    rc = lyra((const char *[]){"unload", "tiny", "--json", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    j = json_loads(out, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "available");
+    assert_true(json_is_true(json_object_get(j, "was_loaded")));
+    json_decref(j);
+    free(out);
+}
+
+static void test_control_errors(void **state)
+{
+    char *out = NULL;
+    /* An unknown model: the daemon's message, exit 1. */
+    const char *actions[] = {"load", "unload", "pin", "unpin"};
+    for (size_t i = 0; i < 4; i++) {
+        int rc = lyra((const char *[]){actions[i], "nope", "--url", url, NULL}, NULL, &out);
+        assert_int_equal(rc, 1);
+        char want[32];
+        snprintf(want, sizeof want, "lyra %s: ", actions[i]);
+        assert_non_null(strstr(out, want));
+        assert_non_null(strstr(out, "nope"));
+        assert_non_null(strstr(out, "not found"));
+        free(out);
+    }
+    /* An invalid model file: 422, the reason. */
+    int rc = lyra((const char *[]){"load", "broken", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "lyra load: "));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_null(row(out, "broken"));
+    free(out);
+    /* Usage: exit 2, before any request. */
+    assert_int_equal(lyra((const char *[]){"load", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 2);
+    assert_non_null(strstr(out, "which model?"));
+    free(out);
+    assert_int_equal(
+        lyra((const char *[]){"load", "a", "b", "--url", "http://127.0.0.1:1", NULL}, NULL, &out), 2);
+    free(out);
+    assert_int_equal(lyra((const char *[]){"pin", "tiny", "--timeout", "0", NULL}, NULL, &out), 2);
+    assert_non_null(strstr(out, "--timeout"));
+    free(out);
+    assert_int_equal(lyra((const char *[]){"pin", "tiny", "--force", NULL}, NULL, &out), 2);
+    free(out);
+    /* No daemon: exit 1, said so. */
+    assert_int_equal(lyra((const char *[]){"load", "tiny", "--url", "http://127.0.0.1:1", NULL}, NULL, &out),
+                     1);
+    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1"));
     free(out);
 }
 
@@ -350,6 +516,53 @@ static void test_ctrl_c_stops_the_answer(void **state)
     assert_true(generated >= 0 && generated < 500);
 }
 
+static void test_unload_draining_then_force(void **state)
+{
+    /* A long answer on small: unload without --force leaves it running
+     * (draining), --force stops it and the client gets an error. */
+    const char *bin = getenv("LYRA_BIN") ? getenv("LYRA_BIN") : "build/lyra";
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execl(bin, bin, "run", "small", "tell me a long story", "--max-tokens", "2000", "--temperature", "1",
+              "--url", url, (char *)NULL);
+        _exit(127);
+    }
+    int waited = 0;
+    while (in_flight("small") < 1 && waited < 10000) {
+        sleep_ms(5);
+        waited += 5;
+    }
+    assert_true(in_flight("small") >= 1);
+    char *out = NULL;
+    int rc = lyra((const char *[]){"unload", "small", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "small is draining"));
+    free(out);
+    assert_int_equal(waitpid(pid, NULL, WNOHANG), 0); /* still answering */
+
+    rc = lyra((const char *[]){"unload", "small", "--force", "--url", url, NULL}, NULL, &out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "unloaded small"));
+    free(out);
+    int status = 0;
+    for (waited = 0; waitpid(pid, &status, WNOHANG) == 0 && waited < 5000; waited += 10)
+        sleep_ms(10);
+    if (waited >= 5000) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("lyra run went on after its model was unloaded with --force");
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1); /* the daemon's error, printed */
+    assert_int_equal(lyra((const char *[]){"ps", "--url", url, NULL}, NULL, &out), 0);
+    assert_null(row(out, "small"));
+    free(out);
+}
+
 static void test_run_unknown_model(void **state)
 {
     char *out = NULL;
@@ -400,9 +613,13 @@ static void test_help(void **state)
     assert_non_null(strstr(out, "  run "));
     assert_non_null(strstr(out, "  ls "));
     assert_non_null(strstr(out, "  ps "));
+    assert_non_null(strstr(out, "  load "));
+    assert_non_null(strstr(out, "  unload "));
+    assert_non_null(strstr(out, "  pin "));
+    assert_non_null(strstr(out, "  unpin "));
     free(out);
-    const char *cmds[] = {"run", "ls", "ps"};
-    for (size_t i = 0; i < 3; i++) {
+    const char *cmds[] = {"run", "ls", "ps", "load", "unload", "pin", "unpin"};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
         assert_int_equal(lyra((const char *[]){cmds[i], "--help", NULL}, NULL, &out), 0);
         char want[32];
         snprintf(want, sizeof want, "usage: lyra %s", cmds[i]);
@@ -423,7 +640,11 @@ int main(void)
         cmocka_unit_test(test_run_prompt_from_stdin),
         cmocka_unit_test(test_chat_keeps_the_conversation),
         cmocka_unit_test(test_ps),
+        cmocka_unit_test(test_load_ps_unload),
+        cmocka_unit_test(test_pin_unpin),
+        cmocka_unit_test(test_control_errors),
         cmocka_unit_test(test_ctrl_c_stops_the_answer),
+        cmocka_unit_test(test_unload_draining_then_force),
         cmocka_unit_test(test_run_unknown_model),
         cmocka_unit_test(test_no_daemon),
         cmocka_unit_test(test_help),
