@@ -47,9 +47,27 @@ static json_t *with_state(struct lyra_server *srv, const struct lyra_model *m, u
     return j;
 }
 
+/* The states a model can be listed in; a filter outside them is a typo
+ * that would otherwise answer an empty list as if nothing matched. */
+static bool known_state(const char *s)
+{
+    static const char *const states[] = {"loading", "loaded", "stopping", "failed", "available", "invalid"};
+    for (size_t i = 0; i < sizeof states / sizeof *states; i++)
+        if (strcmp(s, states[i]) == 0)
+            return true;
+    return false;
+}
+
 void lyra_api_models_list(struct lyra_http_req *req, void *ctx)
 {
     struct lyra_server *srv = ctx;
+    const char *want = lyra_http_query(req, "state");
+    if (want && !known_state(want)) {
+        lyra_http_send_error(req, 400, "invalid_parameter",
+                             "state must be one of loading, loaded, stopping, failed, available, invalid (got '%.*s')",
+                             (int)lyra_utf8_clip(want, 32), want);
+        return;
+    }
     refresh(srv);
     const struct lyra_model **models = NULL;
     size_t n = 0;
@@ -57,7 +75,6 @@ void lyra_api_models_list(struct lyra_http_req *req, void *ctx)
         lyra_http_send_error(req, 500, "internal", "out of memory");
         return;
     }
-    const char *want = lyra_http_query(req, "state");
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
         json_t *j = with_state(srv, models[i], 0);
@@ -162,11 +179,18 @@ void lyra_api_models_load(struct lyra_http_req *req, void *ctx)
 void lyra_api_models_unload(struct lyra_http_req *req, void *ctx)
 {
     struct lyra_server *srv = ctx;
+    /* ?force= is checked first: a typo ("yes") must not quietly mean
+     * "not forced". */
+    const char *f = lyra_http_query(req, "force");
+    bool force = f && (strcmp(f, "true") == 0 || strcmp(f, "1") == 0);
+    if (f && !force && strcmp(f, "false") != 0 && strcmp(f, "0") != 0) {
+        lyra_http_send_error(req, 400, "invalid_parameter", "force must be true, false, 1 or 0 (got '%.*s')",
+                             (int)lyra_utf8_clip(f, 32), f);
+        return;
+    }
     const struct lyra_model *m = find_or_404(srv, req);
     if (!m)
         return;
-    const char *f = lyra_http_query(req, "force");
-    bool force = f && (strcmp(f, "true") == 0 || strcmp(f, "1") == 0);
     bool was_loaded = false;
     /* An idle worker exits within milliseconds of its EOF; the bound is
      * the stop's own escalation (EOF, SIGTERM, SIGKILL). */
@@ -192,6 +216,14 @@ static void pin(struct lyra_http_req *req, struct lyra_server *srv, bool on)
     const struct lyra_model *m = find_or_404(srv, req);
     if (!m)
         return;
+    /* Pinning promises residency: for a file that cannot load, answer as
+     * /load does rather than store a pin that every start would retry. */
+    if (on && !m->valid) {
+        lyra_http_send_error(req, 422, "model_invalid", "model '%s' cannot be used: %s", m->name,
+                             m->error ? m->error : "invalid");
+        lyra_registry_unref(m);
+        return;
+    }
     struct lyra_err err = {0};
     int rc = lyra_manager_pin(srv->manager, m->name, on, &err);
     if (rc < 0)
@@ -204,6 +236,9 @@ static void pin(struct lyra_http_req *req, struct lyra_server *srv, bool on)
         json_t *body = json_pack("{s:s}", "model", m->name);
         json_object_update(body, info);
         json_decref(info);
+        /* No worker: the state is the file's, as GET /models says it. */
+        if (body && !json_string_value(json_object_get(body, "state")))
+            json_object_set_new(body, "state", json_string(m->valid ? "available" : "invalid"));
         lyra_http_send_json(req, 200, body);
     }
     lyra_registry_unref(m);
