@@ -102,6 +102,7 @@ struct model_state {
     bool failed;
     bool crashed_before;       /* the next start publishes worker.restarted */
     int pin;                   /* PIN_CONFIG (the entry's `pinned`), PIN_ON, PIN_OFF */
+    int64_t pin_reload_us;     /* a pinned model that failed is loaded again from then on */
     int gpu_layers_next;       /* GPU_AUTO, or the layers to try after a failed GPU load */
     struct lyra_job *waiting, **waiting_tail; /* waiting for room in the cache, oldest first */
     int n_waiting;
@@ -1138,6 +1139,66 @@ static const struct lyra_model *resolve(struct lyra_manager *m, const char *name
     return model;
 }
 
+/* A new job for `model` (borrowed) with msg (reference taken), held twice:
+ * by its caller and by the manager.  NULL with err set on failure. */
+static struct lyra_job *job_build(struct lyra_manager *m, const struct lyra_model *model, json_t *msg, lyra_job_fn fn,
+                                  void *ud, struct lyra_err *err)
+{
+    struct lyra_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        json_decref(msg);
+        lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+        return NULL;
+    }
+    job->m = m;
+    job->fn = fn;
+    job->ud = ud;
+    job->id = atomic_fetch_add(&m->next_id, 1) + 1;
+    lyra_fmt(job->model, sizeof job->model, "%s", model->name);
+    lyra_fmt(job->origin, sizeof job->origin, "%s", model->name);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    job->admin_load = type && strcmp(type, "load") == 0;
+    apply_default_sampling(msg, &model->settings);
+    json_object_set_new(msg, "id", json_integer((json_int_t)job->id));
+    job->text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    job->fallback = json_pack("{s:s, s:I, s:s, s:s, s:i}", "type", "error", "id", (json_int_t)job->id, "code",
+                              "internal", "message", "the request failed and its error could not be reported",
+                              "status", 500);
+    int rc = 0;
+    if (!job->text || !job->fallback)
+        rc = lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    else if ((job->len = strlen(job->text)) > LYRA_FRAME_MAX)
+        rc = lyra_err_set(err, LYRA_ETOOBIG, "the request is %zu bytes once encoded; a worker takes at most %u",
+                          job->len, LYRA_FRAME_MAX);
+    if (rc < 0) {
+        json_decref(job->fallback);
+        free(job->text);
+        free(job);
+        return NULL;
+    }
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&job->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    atomic_init(&job->refs, 2);
+    return job;
+}
+
+/* Loop thread: a job the manager starts itself (a pinned model loaded
+ * again); internal_done lets go of the caller's hold when it ends. */
+static struct lyra_job *job_new(struct lyra_manager *m, const char *name, json_t *msg, lyra_job_fn fn, void *ud)
+{
+    const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, name);
+    struct lyra_err err = {0};
+    struct lyra_job *job = model ? job_build(m, model, msg, fn, ud, &err) : NULL;
+    if (!model)
+        json_decref(msg);
+    lyra_registry_unref(model);
+    return job;
+}
+
 int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *msg, lyra_job_fn fn, void *ud,
                         struct lyra_job **out, struct lyra_err *err)
 {
@@ -1161,46 +1222,10 @@ int lyra_manager_submit(struct lyra_manager *m, const char *model_name, json_t *
         json_decref(msg);
         return rc;
     }
-    struct lyra_job *job = calloc(1, sizeof *job);
-    if (!job) {
-        lyra_registry_unref(model);
-        json_decref(msg);
-        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
-    }
-    job->m = m;
-    job->fn = fn;
-    job->ud = ud;
-    job->id = atomic_fetch_add(&m->next_id, 1) + 1;
-    lyra_fmt(job->model, sizeof job->model, "%s", model->name);
-    lyra_fmt(job->origin, sizeof job->origin, "%s", model->name);
-    const char *type = json_string_value(json_object_get(msg, "type"));
-    job->admin_load = type && strcmp(type, "load") == 0;
-    apply_default_sampling(msg, &model->settings);
-    json_object_set_new(msg, "id", json_integer((json_int_t)job->id));
-    job->text = json_dumps(msg, JSON_COMPACT);
-    json_decref(msg);
-    job->fallback = json_pack("{s:s, s:I, s:s, s:s, s:i}", "type", "error", "id", (json_int_t)job->id, "code",
-                              "internal", "message", "the request failed and its error could not be reported",
-                              "status", 500);
+    struct lyra_job *job = job_build(m, model, msg, fn, ud, err);
     lyra_registry_unref(model);
-    int rc = 0;
-    if (!job->text || !job->fallback)
-        rc = lyra_err_set(err, LYRA_ENOMEM, "out of memory");
-    else if ((job->len = strlen(job->text)) > LYRA_FRAME_MAX)
-        rc = lyra_err_set(err, LYRA_ETOOBIG, "the request is %zu bytes once encoded; a worker takes at most %u",
-                          job->len, LYRA_FRAME_MAX);
-    if (rc < 0) {
-        json_decref(job->fallback);
-        free(job->text);
-        free(job);
-        return rc;
-    }
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&job->lock, &attr);
-    pthread_mutexattr_destroy(&attr);
-    atomic_init(&job->refs, 2);
+    if (!job)
+        return err ? err->code : LYRA_ENOMEM;
     *out = job;
     if (lyra_loop_post(m->loop, task_submit, job) < 0) {
         *out = NULL;
@@ -1307,6 +1332,48 @@ static uint64_t statm_rss(pid_t pid)
     return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
+/* A job the manager makes itself (a pinned model loaded again): it lets go
+ * of the job when it ends. */
+static void internal_done(struct lyra_job *job, const json_t *frame, void *ud)
+{
+    if (!lyra_msg_is_terminal(lyra_msg_kind_of(frame)))
+        return;
+    const char *type = json_string_value(json_object_get(frame, "type"));
+    if (type && strcmp(type, "error") == 0)
+        lyra_log(LYRA_LOG_WARN, COMP, NULL, json_pack("{s:s}", "model", job->model), "pinned model %s did not load: %s",
+                 job->model, json_string_value(json_object_get(frame, "message")));
+    lyra_job_release(job);
+}
+
+static struct lyra_job *job_new(struct lyra_manager *m, const char *name, json_t *msg, lyra_job_fn fn, void *ud);
+
+/* Pinned means resident: a pinned model whose worker failed (crashed,
+ * hung, could not load) is loaded again once its circuit allows, at most
+ * once per circuit back-off (so a model that cannot load is retried, not
+ * hammered).  One that was unloaded by request stays unloaded until the
+ * next request or start. */
+static void reload_pinned(struct lyra_manager *m, int64_t now)
+{
+    if (m->mem_level >= LYRA_MEM_LEVEL_CRITICAL)
+        return;
+    for (struct model_state *ms = m->models; ms; ms = ms->next) {
+        if (ms->w || ms->waiting || !ms->failed || circuit_wait_s(ms) > 0 || now < ms->pin_reload_us)
+            continue;
+        const struct lyra_model *model = lyra_registry_lookup(m->opts.registry, ms->name);
+        bool pinned = model && model->valid && ms_pinned(ms, model);
+        lyra_registry_unref(model);
+        if (!pinned)
+            continue;
+        ms->pin_reload_us = now + (int64_t)backoff_s(m) * 1000000;
+        struct lyra_job *job = job_new(m, ms->name, json_pack("{s:s}", "type", "load"), internal_done, NULL);
+        if (!job)
+            continue;
+        lyra_log(LYRA_LOG_INFO, COMP, NULL, json_pack("{s:s}", "model", ms->name),
+                 "pinned model %s is not resident after a failure: loading it again", ms->name);
+        enqueue(m, job);
+    }
+}
+
 /* Every second: measure the workers, unload those idle past their
  * keep_alive, end waits past models.queue_timeout_s, admit. */
 static void reap_idle(void *ud)
@@ -1325,6 +1392,7 @@ static void reap_idle(void *ud)
         lyra_fmt(detail, sizeof detail, "idle for %d s (keep_alive_s)", ka);
         evict(m, w, LYRA_EVICT_IDLE, detail);
     }
+    reload_pinned(m, now);
     int64_t limit_us = (int64_t)m->opts.queue_timeout_s * 1000000;
     for (struct model_state *ms = m->models; ms; ms = ms->next) {
         for (struct lyra_job *j = ms->waiting, *next; j; j = next) {
@@ -1640,9 +1708,11 @@ static void memory_on_loop(void *ud)
                 evict(m, ws[k], LYRA_EVICT_WATCHDOG, "memory use critical");
     } else if (critical && m->opts.kill_busy && (i = lyra_cache_largest_busy(view, n)) >= 0) {
         struct mworker *w = ws[i];
-        lyra_log(LYRA_LOG_WARN, COMP, NULL, json_pack("{s:s, s:i}", "model", w->ms->name, "in_flight", w->n_inflight),
-                 "memory is critical and no idle model is left: killing the worker of %s (%d requests)", w->ms->name,
-                 w->n_inflight);
+        int waiting = queued_for(w->ms);
+        lyra_log(LYRA_LOG_WARN, COMP, NULL,
+                 json_pack("{s:s, s:i, s:i}", "model", w->ms->name, "in_flight", w->n_inflight, "waiting", waiting),
+                 "memory is critical and no idle model is left: killing the worker of %s (%d requests running, %d "
+                 "waiting)", w->ms->name, w->n_inflight, waiting);
         evict(m, w, LYRA_EVICT_WATCHDOG, "memory critical: the largest busy model was stopped (watchdog.kill_busy)");
         lyra_wproc_kill(w->proc);
     }

@@ -45,6 +45,29 @@ static void test_twelve_resident(void **state)
     stop();
 }
 
+/* Pinned means resident: a pinned model whose worker is killed is loaded
+ * again without any request for it. */
+static void test_pinned_comes_back_after_a_crash(void **state)
+{
+    const char *names[] = {"p", NULL};
+    make_home(names);
+    start("models:\n  parallel: 1\n  ctx_size: 256\n  entries:\n"
+          "    - name: p\n      path: p.gguf\n      pinned: true\n",
+          NULL);
+    assert_true(wait_state("p", "loaded", 10000));
+    int pid = pid_of("p");
+    assert_true(pid > 0);
+    uint64_t since = it_last_seq(srv.port);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    assert_true(wait_events("worker.crashed", since, "p", NULL, 1, 10000));
+    /* Back within a few reaper ticks, with no request sent. */
+    assert_true(wait_events("model.loaded", since, "p", NULL, 1, 10000));
+    assert_true(wait_state("p", "loaded", 5000));
+    int again = pid_of("p");
+    assert_true(again > 0 && again != pid);
+    stop();
+}
+
 /* 2. max_loaded 2 with a pinned model: the other two take turns, the
  * pinned one never moves, and the counters say exactly what happened. */
 /* The value of the sample line starting with `prefix` in a Prometheus
@@ -462,9 +485,13 @@ static void test_fallback(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_twelve_resident), cmocka_unit_test(test_lru_around_pinned),
-        cmocka_unit_test(test_memory_budget),   cmocka_unit_test(test_keep_alive),
-        cmocka_unit_test(test_queue),           cmocka_unit_test(test_admin),
+        cmocka_unit_test(test_twelve_resident),
+        cmocka_unit_test(test_pinned_comes_back_after_a_crash),
+        cmocka_unit_test(test_lru_around_pinned),
+        cmocka_unit_test(test_memory_budget),
+        cmocka_unit_test(test_keep_alive),
+        cmocka_unit_test(test_queue),
+        cmocka_unit_test(test_admin),
         cmocka_unit_test(test_fallback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
