@@ -1,0 +1,62 @@
+/* evsub.h — one client's view of the event stream: the events after a
+ * given seq (from the bus's memory ring, else from the database, which
+ * keeps the last events.keep of them across restarts), then live events,
+ * through a bounded queue.
+ *
+ * A slow client never slows a publisher: the bus hands each live event to
+ * the subscription's queue and returns.  When the queue is full (max_queued
+ * events), the subscription drops what it holds and, at that place in the
+ * stream, yields one synthetic event
+ *   {"seq":S,"ts":...,"type":"stream.gap","source":"events",
+ *    "data":{"resume_from":R,"dropped":N}}
+ * where R is the seq of the last event the client received (so a reconnect
+ * with ?since=R, or Last-Event-ID: R, gets everything it missed), and S is
+ * R too (a gap has no seq of its own).  The stream then goes on live.
+ *
+ * Thread-safety: lyra_evsub_new/free on any thread; next and pending may be
+ * called from one consumer thread at a time; notify runs on a publishing
+ * thread (must not block, must not call back into the subscription except
+ * lyra_evsub_pending). */
+#ifndef LYRA_EVSUB_H
+#define LYRA_EVSUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/events.h"
+
+struct lyra_store;
+struct lyra_evsub;
+
+/* `since` for a subscription that wants only live events. */
+#define LYRA_EVSUB_LIVE UINT64_MAX
+
+/* Events are waiting (called when the queue goes from empty to non-empty,
+ * and once after new() when a replay is waiting). */
+typedef void (*lyra_evsub_notify_fn)(void *ud);
+
+/* Subscribes to `patterns` (NULL or "*" = all; comma-separated; checked:
+ * LYRA_EINVAL with err for a bad pattern) after `since`.  store may be NULL
+ * (replay from the ring only).  max_queued 0 = 1024. */
+int lyra_evsub_new(struct lyra_bus *bus, struct lyra_store *store, uint64_t since, const char *patterns,
+                   size_t max_queued, lyra_evsub_notify_fn notify, void *ud, struct lyra_evsub **out,
+                   struct lyra_err *err);
+
+/* The next event as compact JSON text (caller frees) and its seq: 0, or
+ * LYRA_ENOTFOUND when none is waiting now. */
+int lyra_evsub_next(struct lyra_evsub *s, char **json, uint64_t *seq);
+
+/* True when lyra_evsub_next would return an event. */
+bool lyra_evsub_pending(struct lyra_evsub *s);
+
+/* Unsubscribes and frees; notify is not called after it returns.  NULL is
+ * a no-op. */
+void lyra_evsub_free(struct lyra_evsub *s);
+
+/* Checks a comma-separated type filter ("model.*,job.*"): letters, digits,
+ * '.', '_', '-', and '*' only as a whole last segment. */
+bool lyra_evsub_patterns_valid(const char *patterns);
+
+#endif
