@@ -46,10 +46,10 @@ struct lyra_job_ctx {
 };
 
 /* Does the work.  Returns 0 with *result (a new reference, may be NULL), or
- * a negative LYRA_E* with err set (the job fails with err's message);
- * LYRA_ECANCELED... is not an error code here: a runner that stops because
- * ctx->cancelled() said so returns LYRA_EUNAVAILABLE and the job ends
- * cancelled. */
+ * a negative LYRA_E* with err set (the job fails with err's message).  A
+ * runner that stops because ctx->cancelled() said so returns
+ * LYRA_EUNAVAILABLE: the job ends cancelled (or, at a daemon stop, stays
+ * to be resumed). */
 typedef int (*lyra_job_run_fn)(struct lyra_job_ctx *ctx, json_t **result, struct lyra_err *err, void *ud);
 
 struct lyra_job_type {
