@@ -6,7 +6,9 @@
  *   POST /events {"type":"custom.NAME","data":{...}}
  *        publishes an application event (types must start with "custom."
  *        so clients cannot forge system events; data at most
- *        events.max_payload_bytes encoded). */
+ *        events.max_payload_bytes encoded)
+ *   GET  /events/ws, GET /events
+ *        the live stream over WebSocket and SSE (api/evstream.h). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,4 +110,16 @@ void lyra_api_events_publish(struct lyra_http_req *req, void *ctx)
         }
     }
     json_decref(body);
+}
+
+void lyra_api_events_ws(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    lyra_evstream_ws(srv->evstream, req);
+}
+
+void lyra_api_events_sse(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    lyra_evstream_sse(srv->evstream, req);
 }

@@ -12,6 +12,8 @@ const struct lyra_route lyra_routes[] = {
     {"GET", "/metrics", lyra_api_metrics, "metrics.read"},
     {"GET", "/events/recent", lyra_api_events_recent, "events.read"},
     {"POST", "/events", lyra_api_events_publish, "events.publish"},
+    {"GET", "/events", lyra_api_events_sse, "events.read"},
+    {"GET", "/events/ws", lyra_api_events_ws, "events.read"},
     {"GET", "/models", lyra_api_models_list, "models.read"},
     {"GET", "/models/{name}", lyra_api_models_get, "models.read"},
     {"POST", "/models/{name}/load", lyra_api_models_load, "models.manage"},

@@ -512,9 +512,36 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
     return lyra_models_watch_new(srv->registry, &srv->models_watch, err);
 }
 
+/* A positive integer from the environment, else def: test hooks for the
+ * stream's timings (the configuration keys are the lead's to add). */
+static int env_int(const char *name, int def)
+{
+    const char *v = getenv(name);
+    char *end;
+    long n = v && *v ? strtol(v, &end, 10) : 0;
+    return v && *v && !*end && n > 0 && n < (1L << 30) ? (int)n : def;
+}
+
+/* The live stream's loop; before the HTTP server, whose handlers use it. */
+static int open_evstream(struct lyra_server *srv, struct lyra_err *err)
+{
+    struct lyra_evstream_options o = {
+        .bus = srv->bus,
+        .store = srv->store,
+        .max_queued = (size_t)env_int("LYRA_TEST_EVENTS_QUEUE", 0),
+        .ws_ping_ms = env_int("LYRA_TEST_WS_PING_MS", 30000),
+        .ws_pong_timeout_ms = env_int("LYRA_TEST_WS_PONG_TIMEOUT_MS", 30000),
+        .sse_ping_ms = env_int("LYRA_TEST_SSE_PING_MS", 15000),
+    };
+    return lyra_evstream_new(&o, &srv->evstream, err);
+}
+
 static int open_http(struct lyra_server *srv, struct lyra_err *err)
 {
     const struct lyra_config *cfg = srv->cfg;
+    int rc = open_evstream(srv, err);
+    if (rc < 0)
+        return rc;
     struct lyra_http_options opts = {
         .host = cfg->server.host,
         .port = cfg->server.port,
@@ -655,6 +682,10 @@ void lyra_server_stop(struct lyra_server *srv, int sig, const sigset_t *stop_sig
      *    connections get 503 with Connection: close. */
     lyra_http_quiesce(srv->http);
     lyra_http_set_draining(srv->http);
+    /* Event streams never finish by themselves: WebSocket clients get close
+     * 1001 and SSE streams end now, and the stream loop is joined, so that
+     * the drain below waits only for real requests. */
+    lyra_evstream_shutdown(srv->evstream, 2000);
     /* 2. Requests in flight get server.drain_timeout_s to finish. */
     bool again = false;
     int left = wait_requests(srv, srv->cfg->server.drain_timeout_s * 1000, stop_signals, &again);
@@ -694,7 +725,12 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_watchdog_free(srv->watchdog);
     srv->watchdog = NULL;
     lyra_manager_shutdown(srv->manager, false);
+    /* The stream loop before the HTTP server: its upgraded sockets and
+     * streams must be closed before libmicrohttpd stops (no-op after
+     * lyra_server_stop). */
+    lyra_evstream_shutdown(srv->evstream, 0);
     lyra_http_free(srv->http);
+    lyra_evstream_free(srv->evstream);
     lyra_hostcheck_free(srv->hostcheck);
     lyra_models_watch_free(srv->models_watch);
     lyra_manager_free(srv->manager);

@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "api/evstream.h"
 #include "api/metrics.h"
 #include "core/config.h"
 #include "core/conversations.h"
@@ -47,6 +48,7 @@ struct lyra_server {
     const struct lyra_config *cfg;   /* borrowed */
     struct lyra_store *store;
     struct lyra_bus *bus;
+    struct lyra_evstream *evstream;  /* GET /events/ws and GET /events (one loop thread) */
     struct lyra_http *http;
     struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */
     struct lyra_registry *registry;
@@ -103,6 +105,8 @@ void lyra_api_metrics(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/events.c). */
 void lyra_api_events_recent(struct lyra_http_req *req, void *ctx);
 void lyra_api_events_publish(struct lyra_http_req *req, void *ctx);
+void lyra_api_events_ws(struct lyra_http_req *req, void *ctx);
+void lyra_api_events_sse(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/models.c). */
 void lyra_api_models_list(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_get(struct lyra_http_req *req, void *ctx);

@@ -65,6 +65,7 @@ struct lyra_http {
     atomic_int in_flight;
     atomic_int suspended;        /* connections suspended right now (for a safe stop) */
     atomic_bool draining;        /* new requests get 503 and Connection: close */
+    atomic_int upgraded;         /* upgraded connections not closed yet */
     struct lyra_hupwatch *hupwatch; /* hang-ups of suspended connections */
 };
 
@@ -97,6 +98,16 @@ struct lyra_http_req {
     void *resume_ud;
     struct lyra_hup *hup;        /* while parked */
     struct lyra_http_stream *stream; /* its streamed answer, if any */
+    /* lyra_http_upgrade: set until the upgrade handler ran (under lock), so
+     * that a connection ending before it calls `upgrade_dropped` instead. */
+    lyra_http_upgraded_fn upgrade_fn;
+    void (*upgrade_dropped)(void *ud);
+    void *upgrade_ud;
+};
+
+struct lyra_http_upgraded {
+    struct lyra_http *http;
+    struct MHD_UpgradeResponseHandle *urh;
 };
 
 /* A streamed body: a byte queue between a producer thread and MHD's
@@ -427,6 +438,93 @@ void lyra_http_stream_close(struct lyra_http_stream *st)
     st->finished = true;
     stream_resume_locked(st);
     stream_release(st);
+}
+
+size_t lyra_http_stream_queued(struct lyra_http_stream *st)
+{
+    pthread_mutex_lock(&st->lock);
+    size_t n = st->gone ? 0 : st->len - st->off;
+    pthread_mutex_unlock(&st->lock);
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* Upgrade                                                            */
+
+/* libmicrohttpd's upgrade handler (an HTTP thread): con_cls is still the
+ * request, which lives until the completion callback. */
+static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
+                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    struct lyra_http_req *req = con_cls;
+    struct lyra_http *http = cls;
+    struct lyra_http_upgraded *up = calloc(1, sizeof *up);
+    pthread_mutex_lock(&req->lock);
+    lyra_http_upgraded_fn fn = req->upgrade_fn;
+    void *ud = req->upgrade_ud;
+    void (*dropped)(void *) = req->upgrade_dropped;
+    req->upgrade_fn = NULL;
+    req->upgrade_dropped = NULL;
+    pthread_mutex_unlock(&req->lock);
+    if (!up || !fn) { /* out of memory: nothing can serve the socket */
+        free(up);
+        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+        if (dropped)
+            dropped(ud);
+        return;
+    }
+    up->http = http;
+    up->urh = urh;
+    atomic_fetch_add(&http->upgraded, 1);
+    fn(sock, extra_in, extra_in_size, up, ud);
+}
+
+void lyra_http_upgrade(struct lyra_http_req *req, lyra_http_upgraded_fn upgraded, void (*dropped)(void *ud),
+                       void *ud)
+{
+    struct MHD_Response *resp = MHD_create_response_for_upgrade(on_upgraded, req->http);
+    if (!resp) {
+        lyra_http_send_error(req, 500, "internal", "out of memory");
+        if (dropped)
+            dropped(ud);
+        return;
+    }
+    req->answered = true;
+    req->status = MHD_HTTP_SWITCHING_PROTOCOLS;
+    apply_common_headers(req, resp);
+    pthread_mutex_lock(&req->lock);
+    req->upgrade_fn = upgraded;
+    req->upgrade_dropped = dropped;
+    req->upgrade_ud = ud;
+    pthread_mutex_unlock(&req->lock);
+    if (MHD_queue_response(req->conn, MHD_HTTP_SWITCHING_PROTOCOLS, resp) == MHD_YES) {
+        count_response(req, MHD_HTTP_SWITCHING_PROTOCOLS);
+    } else {
+        /* Refused (not HTTP/1.1, upgrade not allowed): the connection is
+         * closed by MHD; the owner lets go now. */
+        pthread_mutex_lock(&req->lock);
+        req->upgrade_fn = NULL;
+        req->upgrade_dropped = NULL;
+        pthread_mutex_unlock(&req->lock);
+        if (dropped)
+            dropped(ud);
+    }
+    MHD_destroy_response(resp);
+}
+
+void lyra_http_upgraded_close(struct lyra_http_upgraded *up)
+{
+    if (!up)
+        return;
+    struct lyra_http *http = up->http;
+    MHD_upgrade_action(up->urh, MHD_UPGRADE_ACTION_CLOSE);
+    free(up);
+    atomic_fetch_sub(&http->upgraded, 1);
+}
+
+int lyra_http_upgraded_count(struct lyra_http *http)
+{
+    return atomic_load(&http->upgraded);
 }
 
 /* ------------------------------------------------------------------ */
@@ -837,10 +935,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     void *dropped_ud = req->resume_ud;
     req->dropped = NULL;
     req->resume = NULL;
+    void (*up_dropped)(void *) = req->upgrade_dropped; /* the upgrade never happened */
+    void *up_ud = req->upgrade_ud;
+    bool up_pending = req->upgrade_fn != NULL;
+    req->upgrade_fn = NULL;
+    req->upgrade_dropped = NULL;
     pthread_mutex_unlock(&req->lock);
     lyra_hup_stop(h);
     if (dropped)
         dropped(dropped_ud);
+    if (up_pending && up_dropped)
+        up_dropped(up_ud);
     if (st) {
         pthread_mutex_lock(&st->lock);
         lyra_hup_stop(st->hup);
@@ -975,7 +1080,7 @@ int lyra_http_start(struct lyra_http *http, struct lyra_err *err)
      * limit plus 64 KiB was a third of the time of a /health request. */
     size_t pool = http->opts.max_header_bytes * 3 + 16 * 1024;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG | MHD_USE_TURBO;
+                     MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG | MHD_USE_TURBO;
     pthread_once(&mhd_panic_once, set_mhd_panic);
     http->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, http, MHD_OPTION_LISTEN_SOCKET, http->listen_fd,
@@ -1036,12 +1141,12 @@ void lyra_http_free(struct lyra_http *http)
          * The caller ended every parked request and stream first (producers
          * before consumers); what was resumed still needs its thread to run,
          * so wait for that, bounded. */
-        for (int i = 0; i < 500 && atomic_load(&http->suspended) > 0; i++)
+        for (int i = 0; i < 500 && atomic_load(&http->suspended) + atomic_load(&http->upgraded) > 0; i++)
             usleep(10000);
-        int left = atomic_load(&http->suspended);
+        int left = atomic_load(&http->suspended) + atomic_load(&http->upgraded);
         if (left > 0) {
             lyra_log(LYRA_LOG_ERROR, "http", NULL, json_pack("{s:i}", "suspended", left),
-                     "%d connection(s) still suspended at stop: leaving libmicrohttpd running rather than abort",
+                     "%d connection(s) still suspended or upgraded at stop: leaving libmicrohttpd running rather than abort",
                      left);
             left_running = true;
         } else {

@@ -183,5 +183,42 @@ int lyra_http_stream_write(struct lyra_http_stream *st, const void *data, size_t
 /* Thread-safe.  Ends the body after what was written, and releases the
  * caller's hold on the stream. */
 void lyra_http_stream_close(struct lyra_http_stream *st);
+/* Thread-safe.  Bytes written to the stream that the client has not taken
+ * yet (0 once it is gone): a producer that wants backpressure, rather than
+ * LYRA_ETOOBIG, stops writing above its own mark. */
+size_t lyra_http_stream_queued(struct lyra_http_stream *st);
+
+/* --- protocol upgrade (WebSocket) --------------------------------- */
+
+/* An upgraded connection: the socket belongs to its owner until
+ * lyra_http_upgraded_close(). */
+struct lyra_http_upgraded;
+
+/* Runs on an HTTP thread once the 101 response went out; must not block
+ * (hand the socket to a loop).  `extra` (extra_len bytes, valid during the
+ * call only) is what the client sent after its headers, to be treated as
+ * the first bytes read from fd.  fd must not be closed directly: the owner
+ * ends the connection with lyra_http_upgraded_close(up), exactly once. */
+typedef void (*lyra_http_upgraded_fn)(int fd, const char *extra, size_t extra_len, struct lyra_http_upgraded *up,
+                                      void *ud);
+
+/* Answers 101 Switching Protocols with the headers added so far
+ * (lyra_http_add_header: Upgrade, Connection, Sec-WebSocket-Accept ...) and
+ * hands the socket over: `upgraded(...)` runs once the response is sent.
+ * If the connection ends before that (the client left), `dropped(ud)`
+ * (may be NULL) runs instead, on an HTTP thread: exactly one of the two
+ * runs.  Upgraded connections count in lyra_http_in_flight until closed,
+ * and lyra_http_free waits (bounded) for every one of them to be closed:
+ * close them before freeing the server (libmicrohttpd must not be stopped
+ * with an upgraded connection open). */
+void lyra_http_upgrade(struct lyra_http_req *req, lyra_http_upgraded_fn upgraded, void (*dropped)(void *ud),
+                       void *ud);
+
+/* Thread-safe.  Closes an upgraded connection's socket (through
+ * libmicrohttpd) and frees `up`.  Call exactly once per upgraded run. */
+void lyra_http_upgraded_close(struct lyra_http_upgraded *up);
+
+/* Upgraded connections not closed yet. */
+int lyra_http_upgraded_count(struct lyra_http *http);
 
 #endif
