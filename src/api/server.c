@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/conversations.h"
+#include "core/evlog.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "models/estimate.h"
@@ -206,6 +207,9 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
         return rc;
 
     rc = open_bus(srv, n_unclean > 0, err);
+    if (rc < 0)
+        return rc;
+    rc = lyra_evlog_new(srv->bus, srv->store, (uint64_t)srv->cfg->events.keep, &srv->evlog, err);
     if (rc < 0)
         return rc;
     if (!(srv->chat_turns = lyra_conv_claims_new()))
@@ -753,6 +757,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_registry_free(srv->registry);
     lyra_trace_ring_free(srv->traces);
     /* The store first: its last callbacks (reservations) report to the bus. */
+    lyra_evlog_free(srv->evlog); /* its last write goes to the store */
     lyra_store_close(srv->store);
     lyra_bus_free(srv->bus);
     lyra_conv_claims_free(srv->chat_turns);

@@ -48,6 +48,7 @@ struct lyra_server {
     const struct lyra_config *cfg;   /* borrowed */
     struct lyra_store *store;
     struct lyra_bus *bus;
+    struct lyra_evlog *evlog;         /* every event also in the database, for replay across restarts */
     struct lyra_evstream *evstream;  /* GET /events/ws and GET /events (one loop thread) */
     struct lyra_http *http;
     struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */

@@ -134,7 +134,8 @@ struct lyra_config {
     } auth;
 
     struct {
-        int ring_size;             /* default 1024 events kept for replay */
+        int ring_size;             /* default 10000 events kept in memory for replay */
+        int keep;                  /* default 10000 events kept in the database (replay across restarts) */
         size_t ring_bytes;         /* default 16 MiB: the replay ring's byte budget */
         size_t max_payload_bytes;  /* default 64 KiB: largest POST /events payload */
     } events;

@@ -80,6 +80,12 @@ static const char *const migrations[] = {
     "  predicted_ms REAL,"
     "  created_ms INTEGER NOT NULL);"
     "CREATE UNIQUE INDEX messages_conversation_seq ON messages(conversation_id, seq);",
+    /* 3: the event log (core/evlog.c): the last events.keep events, for replay across restarts */
+    "CREATE TABLE events ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  ts_ms INTEGER NOT NULL,"
+    "  type TEXT NOT NULL,"
+    "  json TEXT NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof *migrations))
 

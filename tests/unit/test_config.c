@@ -164,7 +164,7 @@ static void test_defaults_without_file(void **state)
     assert_int_equal(f->cfg.watchdog.critical_percent, 95);
     assert_false(f->cfg.auth.enabled);
     assert_null(f->cfg.auth.admin_key);
-    assert_int_equal(f->cfg.events.ring_size, 1024);
+    assert_int_equal(f->cfg.events.ring_size, 10000);
     assert_int_equal(f->cfg.jobs.max_concurrent, 2);
     assert_string_equal(f->cfg.log.level, "info");
     assert_string_equal(f->cfg.log.format, "auto");
