@@ -261,10 +261,12 @@ static void ws_close(struct ws *w)
 
 static uint64_t publish(const char *type, const char *data_json)
 {
-    char body[2048];
-    snprintf(body, sizeof body, "{\"type\":\"%s\",\"data\":%s}", type, data_json ? data_json : "{}");
+    size_t cap = (data_json ? strlen(data_json) : 2) + 128;
+    char *body = malloc(cap);
+    snprintf(body, cap, "{\"type\":\"%s\",\"data\":%s}", type, data_json ? data_json : "{}");
     struct it_response r;
     assert_int_equal(it_post_json(srv.port, "/events", body, &r), 0);
+    free(body);
     assert_int_equal(r.status, 201);
     json_t *j = it_json(&r);
     uint64_t seq = (uint64_t)json_integer_value(json_object_get(j, "seq"));
@@ -548,18 +550,24 @@ static void test_sse_with_last_event_id(void **state)
 
 static void test_slow_client_gets_gap_publisher_not_blocked(void **state)
 {
+    /* A daemon of its own with the default keepalive: a stalled client
+     * cannot pong, and would be closed (rightly) before it reads. */
+    struct it_server keep = srv;
+    static const char *const env[] = {"LYRA_LOG_LEVEL=warn", "LYRA_TEST_EVENTS_QUEUE=64", NULL};
+    assert_int_equal(it_server_start(&srv, NULL, NULL, env), 0);
     uint64_t base = publish("custom.slow", "{}");
     char q[64];
     snprintf(q, sizeof q, "?since=%llu&types=custom.slow", (unsigned long long)base);
     struct ws w;
     assert_int_equal(ws_open_ex(&w, q, NULL, 4096), 101); /* a small window, and never read */
-    char pad[1100];
-    memset(pad, 'x', 1000);
-    pad[1000] = '\0';
-    char data[1200];
+    /* 2000 events of 8 KiB: 16 MiB, far more than the socket buffers, the
+     * outbound bound (256 KiB) and the queue (64 events) hold together. */
+    static char pad[8200], data[8300];
+    memset(pad, 'x', 8192);
+    pad[8192] = '\0';
     snprintf(data, sizeof data, "{\"pad\":\"%s\"}", pad);
     int64_t worst = 0;
-    for (int i = 0; i < 3000; i++) {
+    for (int i = 0; i < 2000; i++) {
         int64_t t0 = lyra_now_us();
         publish("custom.slow", data);
         int64_t dt = lyra_now_us() - t0;
@@ -589,6 +597,9 @@ static void test_slow_client_gets_gap_publisher_not_blocked(void **state)
     }
     assert_true(gap);
     ws_close(&w);
+    assert_int_equal(it_server_stop(&srv, SIGTERM), 0);
+    it_server_cleanup(&srv);
+    srv = keep;
 }
 
 /* Last: stops the daemon. */
