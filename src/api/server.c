@@ -516,26 +516,16 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
     return lyra_models_watch_new(srv->registry, &srv->models_watch, err);
 }
 
-/* A positive integer from the environment, else def: test hooks for the
- * stream's timings (the configuration keys are the lead's to add). */
-static int env_int(const char *name, int def)
-{
-    const char *v = getenv(name);
-    char *end;
-    long n = v && *v ? strtol(v, &end, 10) : 0;
-    return v && *v && !*end && n > 0 && n < (1L << 30) ? (int)n : def;
-}
-
 /* The live stream's loop; before the HTTP server, whose handlers use it. */
 static int open_evstream(struct lyra_server *srv, struct lyra_err *err)
 {
     struct lyra_evstream_options o = {
         .bus = srv->bus,
         .store = srv->store,
-        .max_queued = (size_t)env_int("LYRA_TEST_EVENTS_QUEUE", 0),
-        .ws_ping_ms = env_int("LYRA_TEST_WS_PING_MS", 30000),
-        .ws_pong_timeout_ms = env_int("LYRA_TEST_WS_PONG_TIMEOUT_MS", 30000),
-        .sse_ping_ms = env_int("LYRA_TEST_SSE_PING_MS", 15000),
+        .max_queued = (size_t)srv->cfg->events.client_queue,
+        .ws_ping_ms = srv->cfg->events.ws_ping_ms,
+        .ws_pong_timeout_ms = srv->cfg->events.ws_pong_timeout_ms,
+        .sse_ping_ms = srv->cfg->events.sse_ping_ms,
     };
     return lyra_evstream_new(&o, &srv->evstream, err);
 }

@@ -136,6 +136,10 @@ struct lyra_config {
     struct {
         int ring_size;             /* default 10000 events kept in memory for replay */
         int keep;                  /* default 10000 events kept in the database (replay across restarts) */
+        int client_queue;          /* default 1024 events queued per stream client before a stream.gap */
+        int ws_ping_ms;            /* default 30000: WebSocket ping interval */
+        int ws_pong_timeout_ms;    /* default 30000: no pong this long after a ping closes the client */
+        int sse_ping_ms;           /* default 15000: SSE keep-alive comment interval */
         size_t ring_bytes;         /* default 16 MiB: the replay ring's byte budget */
         size_t max_payload_bytes;  /* default 64 KiB: largest POST /events payload */
     } events;

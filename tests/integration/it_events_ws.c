@@ -31,9 +31,9 @@
 static struct it_server srv;
 /* Short keepalive timings and a small subscription queue, so that pings,
  * pong deadlines and gaps show within a test. */
-static const char *const daemon_env[] = {"LYRA_LOG_LEVEL=warn", "LYRA_TEST_WS_PING_MS=300",
-                                         "LYRA_TEST_WS_PONG_TIMEOUT_MS=400", "LYRA_TEST_SSE_PING_MS=300",
-                                         "LYRA_TEST_EVENTS_QUEUE=64", NULL};
+static const char *const daemon_env[] = {"LYRA_LOG_LEVEL=warn", "LYRA_EVENTS_WS_PING_MS=300",
+                                         "LYRA_EVENTS_WS_PONG_TIMEOUT_MS=400", "LYRA_EVENTS_SSE_PING_MS=300",
+                                         "LYRA_EVENTS_CLIENT_QUEUE=64", NULL};
 
 static int setup(void **state)
 {
@@ -553,7 +553,7 @@ static void test_slow_client_gets_gap_publisher_not_blocked(void **state)
     /* A daemon of its own with the default keepalive: a stalled client
      * cannot pong, and would be closed (rightly) before it reads. */
     struct it_server keep = srv;
-    static const char *const env[] = {"LYRA_LOG_LEVEL=warn", "LYRA_TEST_EVENTS_QUEUE=64", NULL};
+    static const char *const env[] = {"LYRA_LOG_LEVEL=warn", "LYRA_EVENTS_CLIENT_QUEUE=64", NULL};
     assert_int_equal(it_server_start(&srv, NULL, NULL, env), 0);
     uint64_t base = publish("custom.slow", "{}");
     char q[64];
