@@ -603,6 +603,60 @@ static void test_slow_client_gets_gap_publisher_not_blocked(void **state)
 }
 
 /* Last: stops the daemon. */
+/* What a client missed is replayed from the database after the daemon
+ * restarted — after a clean stop and after a kill -9 alike. */
+static void replay_across_restart(int sig)
+{
+    struct it_server keep = srv;
+    char home[64];
+    it_mkdtemp(home, sizeof home);
+    assert_int_equal(it_server_start(&srv, home, NULL, daemon_env), 0);
+    uint64_t base = publish("custom.restart", "{}");
+    uint64_t pub[4];
+    for (int i = 0; i < 4; i++)
+        pub[i] = publish("custom.restart", "{\"i\":1}");
+    /* The log is written behind the publishers: give it a moment before a
+     * kill -9 (a clean stop writes what is pending). */
+    if (sig == SIGKILL) {
+        struct timespec ts = {0, 300 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    it_server_stop(&srv, sig);
+    it_server_cleanup(&srv);
+    assert_int_equal(it_server_start(&srv, home, NULL, daemon_env), 0);
+    char q[96];
+    snprintf(q, sizeof q, "?since=%llu&types=custom.restart", (unsigned long long)base);
+    struct ws w;
+    ws_open(&w, q);
+    for (int i = 0; i < 4; i++) {
+        json_t *ev = ws_next_event(&w, 3000);
+        assert_non_null(ev);
+        assert_int_equal(seq_of(ev), pub[i]);
+        json_decref(ev);
+    }
+    uint64_t live = publish("custom.restart", "{}");
+    assert_true(live > pub[3]);
+    json_t *ev = ws_next_event(&w, 3000);
+    assert_non_null(ev);
+    assert_int_equal(seq_of(ev), live);
+    json_decref(ev);
+    ws_close(&w);
+    it_server_stop(&srv, SIGTERM);
+    it_server_cleanup(&srv);
+    it_rmrf(home);
+    srv = keep;
+}
+
+static void test_replay_across_clean_restart(void **state)
+{
+    replay_across_restart(SIGTERM);
+}
+
+static void test_replay_across_crash(void **state)
+{
+    replay_across_restart(SIGKILL);
+}
+
 static void test_sigterm_sends_1001(void **state)
 {
     struct ws a, b;
@@ -633,6 +687,8 @@ int main(void)
         cmocka_unit_test(test_ping_pong),
         cmocka_unit_test(test_sse_with_last_event_id),
         cmocka_unit_test(test_slow_client_gets_gap_publisher_not_blocked),
+        cmocka_unit_test(test_replay_across_clean_restart),
+        cmocka_unit_test(test_replay_across_crash),
         cmocka_unit_test(test_sigterm_sends_1001),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
