@@ -134,7 +134,11 @@ static int follow(struct lyra_client **c, const char *url_flag, const struct lyr
     for (;;) {
         char *body = NULL;
         int rc = *c ? lyra_client_get(*c, path, &body, NULL) : LYRA_EUNAVAILABLE;
-        if (rc == LYRA_EUNAVAILABLE) {
+        /* Not there, cut off without an answer, or starting / stopping (503):
+         * a daemon on its way down or up, not an answer about the job. */
+        long http = *c ? lyra_client_status(*c) : 0;
+        bool away = rc == LYRA_EUNAVAILABLE || rc == LYRA_ETIMEOUT || (rc == LYRA_EIO && (http == 0 || http == 503));
+        if (away) {
             int64_t now = lyra_now_ms();
             if (!away_since) {
                 away_since = now;
