@@ -6,7 +6,8 @@
 
 #include <stdio.h>
 
-void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs, const struct lyra_pull_options *po)
+void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs,
+                               const struct lyra_pull_options *po)
 {
     json_t *body = NULL;
     if (lyra_http_read_json(req, &body) < 0)
@@ -15,7 +16,8 @@ void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs
     int rc = lyra_pull_check_params(po, body, &err);
     if (rc < 0) {
         bool exists = rc == LYRA_EEXISTS;
-        lyra_http_send_error(req, exists ? 409 : 400, exists ? "model_exists" : "invalid_field", "%s", err.msg);
+        lyra_http_send_error(req, exists ? 409 : 400, exists ? "model_exists" : "invalid_field", "%s",
+                             err.msg);
         json_decref(body);
         return;
     }

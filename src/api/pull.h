@@ -22,6 +22,7 @@
  * model_exists (NAME.gguf is already in models.dir), 503 unavailable (no
  * scheduler, or no "pull" type registered).  jobs and po are borrowed;
  * jobs may be NULL (503). */
-void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs, const struct lyra_pull_options *po);
+void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs,
+                               const struct lyra_pull_options *po);
 
 #endif

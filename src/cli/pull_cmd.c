@@ -76,7 +76,9 @@ static void draw(struct bar *b, const char *name, json_t *progress)
     b->last_ms = now;
     b->last_done = done;
     double rate = json_is_number(jr) ? json_number_value(jr) : b->rate;
-    double eta = json_is_number(je) ? json_number_value(je) : rate > 0 && total > done ? (total - done) / rate : -1;
+    double eta = json_is_number(je)         ? json_number_value(je)
+                 : rate > 0 && total > done ? (total - done) / rate
+                                            : -1;
     if (!b->tty)
         return;
     char d[32], t[32], r[32], e[32] = "--:--";
@@ -137,7 +139,8 @@ static int follow(struct lyra_client **c, const char *url_flag, const struct lyr
         /* Not there, cut off without an answer, or starting / stopping (503):
          * a daemon on its way down or up, not an answer about the job. */
         long http = *c ? lyra_client_status(*c) : 0;
-        bool away = rc == LYRA_EUNAVAILABLE || rc == LYRA_ETIMEOUT || (rc == LYRA_EIO && (http == 0 || http == 503));
+        bool away =
+            rc == LYRA_EUNAVAILABLE || rc == LYRA_ETIMEOUT || (rc == LYRA_EIO && (http == 0 || http == 503));
         if (away) {
             int64_t now = lyra_now_ms();
             if (!away_since) {
@@ -145,8 +148,9 @@ static int follow(struct lyra_client **c, const char *url_flag, const struct lyr
                 end_bar(&b);
                 fprintf(stderr, "lyra pull: the daemon is not answering; waiting for it (job %s)\n", id);
             } else if (now - away_since > GIVE_UP_MS) {
-                fprintf(stderr, "lyra pull: no daemon for %d s; the job %s goes on when it is back "
-                                "(`lyra jobs`)\n",
+                fprintf(stderr,
+                        "lyra pull: no daemon for %d s; the job %s goes on when it is back "
+                        "(`lyra jobs`)\n",
                         GIVE_UP_MS / 1000, id);
                 return 1;
             }
@@ -179,8 +183,9 @@ static int follow(struct lyra_client **c, const char *url_flag, const struct lyr
             json_t *r = json_object_get(job, "result");
             char size[32];
             human_bytes(json_number_value(json_object_get(r, "bytes")), size, sizeof size);
-            printf("pulled %s (%s) into %s\nsha256 %s\n", json_string_value(json_object_get(r, "name")) ?: name,
-                   size, json_string_value(json_object_get(r, "path")) ?: "?",
+            printf("pulled %s (%s) into %s\nsha256 %s\n",
+                   json_string_value(json_object_get(r, "name")) ?: name, size,
+                   json_string_value(json_object_get(r, "path")) ?: "?",
                    json_string_value(json_object_get(r, "sha256")) ?: "?");
             status = 0;
         } else if (strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0) {
@@ -256,7 +261,8 @@ int lyra_cmd_pull(int argc, char **argv)
     rc = req ? lyra_client_post_json(c, "/models/pull", req, 30, &answer) : LYRA_ENOMEM;
     json_decref(req);
     if (rc < 0) {
-        fprintf(stderr, "lyra pull: %s\n", rc == LYRA_ENOMEM && !req ? "out of memory" : lyra_client_errmsg(c));
+        fprintf(stderr, "lyra pull: %s\n",
+                rc == LYRA_ENOMEM && !req ? "out of memory" : lyra_client_errmsg(c));
         lyra_client_free(c);
         return 1;
     }

@@ -132,8 +132,9 @@ static int check_params(const struct lyra_pull_options *o, const json_t *params,
     json_t *src = json_object_get(params, "source");
     if (!json_is_string(src) || json_string_length(src) == 0 ||
         strlen(json_string_value(src)) != json_string_length(src))
-        return lyra_err_set(err, LYRA_EINVAL, "'source' must be a non-empty string (URL, hf://ORG/REPO/FILE.gguf "
-                                              "or a local path)");
+        return lyra_err_set(err, LYRA_EINVAL,
+                            "'source' must be a non-empty string (URL, hf://ORG/REPO/FILE.gguf "
+                            "or a local path)");
     const char *source = json_string_value(src);
     json_t *jn = json_object_get(params, "name");
     if (jn && !json_is_null(jn)) {
@@ -170,7 +171,8 @@ static int check_params(const struct lyra_pull_options *o, const json_t *params,
         bool exists = lstat(target, &st) == 0;
         free(target);
         if (exists)
-            return lyra_err_set(err, LYRA_EEXISTS, "a model file %s.gguf is already in the models directory", name);
+            return lyra_err_set(err, LYRA_EEXISTS, "a model file %s.gguf is already in the models directory",
+                                name);
     }
     return 0;
 }
@@ -290,9 +292,9 @@ static void checkpoint(struct pull *p)
         return;
     if (fdatasync(p->fd) < 0)
         return; /* not durable: keep the older, smaller checkpoint */
-    json_t *st = json_pack("{s:s, s:I, s:s, s:s, s:s, s:s}", "path", p->part, "bytes", (json_int_t)p->written,
-                           "url", p->url, "source", p->source, "etag", p->etag, "last_modified",
-                           p->last_modified);
+    json_t *st =
+        json_pack("{s:s, s:I, s:s, s:s, s:s, s:s}", "path", p->part, "bytes", (json_int_t)p->written, "url",
+                  p->url, "source", p->source, "etag", p->etag, "last_modified", p->last_modified);
     if (!st)
         return;
     p->ctx->save_resume(p->ctx, st);
@@ -571,7 +573,8 @@ static enum outcome attempt(struct pull *p, struct lyra_err *err)
     curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, p->o->connect_timeout_s > 0 ? (long)p->o->connect_timeout_s : 30L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT,
+                     p->o->connect_timeout_s > 0 ? (long)p->o->connect_timeout_s : 30L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, (long)LOW_SPEED_BYTES);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, low_speed_time);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
@@ -643,7 +646,8 @@ static enum outcome attempt(struct pull *p, struct lyra_err *err)
                      p->url, errbuf[0] ? errbuf : curl_easy_strerror(rc), (unsigned long long)p->written);
         return FAILED;
     default:
-        lyra_err_set(err, LYRA_EIO, "download of %s failed: %s", p->url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        lyra_err_set(err, LYRA_EIO, "download of %s failed: %s", p->url,
+                     errbuf[0] ? errbuf : curl_easy_strerror(rc));
         return FAILED;
     }
 }
@@ -696,7 +700,10 @@ static int copy_local(struct pull *p, struct lyra_err *err)
 {
     int in = open(p->source, O_RDONLY | O_CLOEXEC);
     if (in < 0)
-        return lyra_err_set(err, errno == ENOENT ? LYRA_ENOTFOUND : errno == EACCES ? LYRA_EPERM : LYRA_EIO,
+        return lyra_err_set(err,
+                            errno == ENOENT   ? LYRA_ENOTFOUND
+                            : errno == EACCES ? LYRA_EPERM
+                                              : LYRA_EIO,
                             "cannot open %s: %s", p->source, strerror(errno));
     struct stat st;
     if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -800,8 +807,8 @@ static int finish(struct pull *p, const char *want_sha, json_t **result, struct 
     sha_hex(&p->sha, hex);
     if (want_sha && strcasecmp(want_sha, hex) != 0) {
         remove_partial(p);
-        return lyra_err_set(err, LYRA_EINVAL, "sha256 mismatch: expected %s, got %s; the download was removed",
-                            want_sha, hex);
+        return lyra_err_set(err, LYRA_EINVAL,
+                            "sha256 mismatch: expected %s, got %s; the download was removed", want_sha, hex);
     }
     struct lyra_gguf_info *info = NULL;
     struct lyra_err gerr = {0};

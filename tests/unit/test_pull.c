@@ -295,7 +295,8 @@ static int count_entries(const char *dir, bool skip_partial)
         return 0;
     int n = 0;
     for (struct dirent *e; (e = readdir(d));)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && !(skip_partial && !strcmp(e->d_name, ".partial")))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+            !(skip_partial && !strcmp(e->d_name, ".partial")))
             n++;
     closedir(d);
     return n;
@@ -608,7 +609,8 @@ static void test_hf_token(void **state)
     assert_pulled(f, res, "tiny");
     json_t *log = server_log(f);
     json_t *ok = json_array_get(log, 1);
-    assert_string_equal(json_string_value(json_object_get(ok, "path")), "/hf/org/repo/resolve/main/tiny.gguf");
+    assert_string_equal(json_string_value(json_object_get(ok, "path")),
+                        "/hf/org/repo/resolve/main/tiny.gguf");
     assert_string_equal(json_string_value(json_object_get(ok, "authorization")), "Bearer " TOKEN);
     /* The token is in no result nor event. */
     char *dump = json_dumps(res, 0), *evs = json_dumps(f->events, 0);
@@ -659,8 +661,12 @@ static void test_check_params(void **state)
     struct fx *f = *state;
     assert_int_equal(check("{\"source\":\"http://h/a/model.Q4.gguf?x=1\"}", NULL), 0);
     assert_int_equal(check("{\"source\":\"hf://o/r/sub/m.gguf\", \"name\":\"m\"}", NULL), 0);
-    assert_int_equal(check("{\"source\":\"/srv/m.gguf\", \"sha256\":\"" "ABCDEF0123456789abcdef0123456789"
-                           "ABCDEF0123456789abcdef0123456789" "\"}", NULL), 0);
+    assert_int_equal(check("{\"source\":\"/srv/m.gguf\", \"sha256\":\""
+                           "ABCDEF0123456789abcdef0123456789"
+                           "ABCDEF0123456789abcdef0123456789"
+                           "\"}",
+                           NULL),
+                     0);
     assert_int_equal(check("{}", NULL), LYRA_EINVAL);
     assert_int_equal(check("{\"source\":\"\"}", NULL), LYRA_EINVAL);
     assert_int_equal(check("{\"source\":3}", NULL), LYRA_EINVAL);
@@ -670,7 +676,7 @@ static void test_check_params(void **state)
     assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"name\":\"\"}", NULL), LYRA_EINVAL);
     assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"name\":\"a\\u0000b\"}", NULL), LYRA_EINVAL);
     assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"sha256\":\"abc\"}", NULL), LYRA_EINVAL);
-    assert_int_equal(check("{\"source\":\"http://h/\"}", NULL), LYRA_EINVAL);     /* no file name */
+    assert_int_equal(check("{\"source\":\"http://h/\"}", NULL), LYRA_EINVAL);      /* no file name */
     assert_int_equal(check("{\"source\":\"http://h/.gguf\"}", NULL), LYRA_EINVAL); /* name would be empty */
     assert_int_equal(check("{\"source\":\"hf://org/repo\"}", NULL), LYRA_EINVAL);
     assert_int_equal(check("{\"source\":\"hf://org/../x.gguf\"}", NULL), LYRA_EINVAL);
