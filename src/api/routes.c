@@ -16,6 +16,8 @@ const struct lyra_route lyra_routes[] = {
     {"GET", "/events/ws", lyra_api_events_ws, "events.read"},
     {"GET", "/models", lyra_api_models_list, "models.read"},
     {"GET", "/models/{name}", lyra_api_models_get, "models.read"},
+    /* POST /models/pull (api/pull.h) goes in once the job scheduler is wired into the server:
+     * {"POST", "/models/pull", lyra_api_models_pull, "models.manage"}, */
     {"POST", "/models/{name}/load", lyra_api_models_load, "models.manage"},
     {"POST", "/models/{name}/unload", lyra_api_models_unload, "models.manage"},
     {"POST", "/models/{name}/pin", lyra_api_models_pin, "models.manage"},

@@ -19,6 +19,7 @@ static const struct {
     {"pin", lyra_cmd_pin, "keep a model loaded (loads it), never evicted"},
     {"unpin", lyra_cmd_unpin, "let a pinned model be evicted again"},
     {"events", lyra_cmd_events, "print the daemon's events as they happen (one JSON line each)"},
+    {"pull", lyra_cmd_pull, "download a model into the models directory (progress bar)"},
     {"config", lyra_cmd_config, "validate, migrate or show the configuration"},
     {"version", lyra_cmd_version, "print the version"},
     {"help", lyra_cmd_help, "show help for a command"},
