@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/server.h"
 #include "core/util.h"
@@ -127,9 +128,17 @@ void lyra_api_jobs_cancel(struct lyra_http_req *req, void *ctx)
         lyra_http_send_error(req, lyra_err_http_status(rc), "internal", "%s", err.msg);
         return;
     }
-    /* A running job ends once its runner sees the cancel: the answer shows
-     * where it is now (cancelled, or still running for a moment). */
+    /* A running job ends once its runner sees the cancel (runners check
+     * every 100 ms or so): wait a little for that, so the answer usually
+     * shows the end; a runner slower than that answers "running". */
     json_t *job = lyra_jobs_get(srv->jobs, id);
+    for (int i = 0; i < 40 && job && strcmp(json_string_value(json_object_get(job, "state")) ?: "", "running") == 0;
+         i++) {
+        json_decref(job);
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+        job = lyra_jobs_get(srv->jobs, id);
+    }
     lyra_http_send_json(req, 200, job ? job : json_pack("{s:s}", "id", id));
 }
 

@@ -14,6 +14,7 @@ int lyra_cmd_load(int argc, char **argv);
 int lyra_cmd_unload(int argc, char **argv);
 int lyra_cmd_pin(int argc, char **argv);
 int lyra_cmd_unpin(int argc, char **argv);
+int lyra_cmd_jobs(int argc, char **argv);
 int lyra_cmd_version(int argc, char **argv);
 int lyra_cmd_help(int argc, char **argv);
 

@@ -18,6 +18,7 @@ static const struct {
     {"unload", lyra_cmd_unload, "stop a model's worker and wait until it exited"},
     {"pin", lyra_cmd_pin, "keep a model loaded (loads it), never evicted"},
     {"unpin", lyra_cmd_unpin, "let a pinned model be evicted again"},
+    {"jobs", lyra_cmd_jobs, "list, show or cancel background jobs (warmup, verify, unload, pull)"},
     {"config", lyra_cmd_config, "validate, migrate or show the configuration"},
     {"version", lyra_cmd_version, "print the version"},
     {"help", lyra_cmd_help, "show help for a command"},
