@@ -49,7 +49,8 @@ static void answer_submit(struct lyra_server *srv, struct lyra_http_req *req, in
 {
     if (rc < 0) {
         int status = rc == LYRA_EINVAL ? 400 : rc == LYRA_ENOTFOUND ? 400 : lyra_err_http_status(rc);
-        const char *code = rc == LYRA_EINVAL ? "invalid_parameter" : rc == LYRA_ENOTFOUND ? "unknown_job_type"
+        const char *code = rc == LYRA_EINVAL         ? "invalid_parameter"
+                           : rc == LYRA_ENOTFOUND    ? "unknown_job_type"
                            : rc == LYRA_EUNAVAILABLE ? "shutting_down"
                                                      : "internal";
         lyra_http_send_error(req, status, code, "%s", err->msg[0] ? err->msg : lyra_strerror(rc));
@@ -71,9 +72,10 @@ void lyra_api_jobs_list(struct lyra_http_req *req, void *ctx)
     const char *type = lyra_http_query(req, "type");
     const char *limit_s = lyra_http_query(req, "limit");
     if (state && !known_state(state)) {
-        lyra_http_send_error(req, 400, "invalid_parameter",
-                             "state must be one of queued, running, succeeded, failed, cancelled (got '%.*s')",
-                             (int)lyra_utf8_clip(state, 32), state);
+        lyra_http_send_error(
+            req, 400, "invalid_parameter",
+            "state must be one of queued, running, succeeded, failed, cancelled (got '%.*s')",
+            (int)lyra_utf8_clip(state, 32), state);
         return;
     }
     long limit = 100;
@@ -102,7 +104,8 @@ void lyra_api_jobs_get(struct lyra_http_req *req, void *ctx)
     const char *id = lyra_http_param(req, "id");
     json_t *job = lyra_jobs_get(srv->jobs, id);
     if (!job) {
-        lyra_http_send_error(req, 404, "job_not_found", "job '%.*s' not found", (int)lyra_utf8_clip(id, 64), id);
+        lyra_http_send_error(req, 404, "job_not_found", "job '%.*s' not found", (int)lyra_utf8_clip(id, 64),
+                             id);
         return;
     }
     lyra_http_send_json(req, 200, job);
@@ -132,7 +135,8 @@ void lyra_api_jobs_cancel(struct lyra_http_req *req, void *ctx)
      * every 100 ms or so): wait a little for that, so the answer usually
      * shows the end; a runner slower than that answers "running". */
     json_t *job = lyra_jobs_get(srv->jobs, id);
-    for (int i = 0; i < 40 && job && strcmp(json_string_value(json_object_get(job, "state")) ?: "", "running") == 0;
+    for (int i = 0;
+         i < 40 && job && strcmp(json_string_value(json_object_get(job, "state")) ?: "", "running") == 0;
          i++) {
         json_decref(job);
         struct timespec ts = {0, 50 * 1000000L};
@@ -153,7 +157,8 @@ void lyra_api_jobs_submit(struct lyra_http_req *req, void *ctx)
     const char *type = json_string_value(json_object_get(body, "type"));
     json_t *params = json_object_get(body, "params");
     if (!json_is_object(body) || !type) {
-        lyra_http_send_error(req, 400, "invalid_request", "the body must be {\"type\": \"...\", \"params\": {...}}");
+        lyra_http_send_error(req, 400, "invalid_request",
+                             "the body must be {\"type\": \"...\", \"params\": {...}}");
     } else if (!submittable(type)) {
         lyra_http_send_error(req, 400, "unknown_job_type",
                              "jobs of type '%.*s' cannot be submitted here (warmup, verify, unload)",

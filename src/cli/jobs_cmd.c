@@ -86,7 +86,8 @@ static void print_table(json_t *jobs)
         lyra_fmt(cells[i][1], 64, "%s", json_string_value(json_object_get(j, "type")) ?: "?");
         lyra_fmt(cells[i][2], 64, "%s", json_string_value(json_object_get(j, "state")) ?: "?");
         progress_text(json_object_get(j, "progress"), cells[i][3], 64);
-        human_age((double)(now - json_integer_value(json_object_get(j, "created_ms"))) / 1000.0, cells[i][4], 64);
+        human_age((double)(now - json_integer_value(json_object_get(j, "created_ms"))) / 1000.0, cells[i][4],
+                  64);
         for (int k = 0; k < NC; k++)
             if (strlen(cells[i][k]) > width[k])
                 width[k] = strlen(cells[i][k]);
@@ -107,7 +108,8 @@ static void print_job(json_t *j)
     char prog[96];
     progress_text(json_object_get(j, "progress"), prog, sizeof prog);
     printf("id:        %s\ntype:      %s\nstate:     %s\nprogress:  %s\n",
-           json_string_value(json_object_get(j, "id")) ?: "?", json_string_value(json_object_get(j, "type")) ?: "?",
+           json_string_value(json_object_get(j, "id")) ?: "?",
+           json_string_value(json_object_get(j, "type")) ?: "?",
            json_string_value(json_object_get(j, "state")) ?: "?", prog);
     static const char *const times[] = {"created_ms", "started_ms", "finished_ms"};
     static const char *const labels[] = {"created:   ", "started:   ", "finished:  "};
@@ -138,7 +140,8 @@ static void append_escaped(char *buf, size_t len, const char *value)
 {
     size_t n = strlen(buf);
     for (const unsigned char *p = (const unsigned char *)value; *p && n + 4 < len; p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("-_.~", *p))
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-_.~", *p))
             buf[n++] = (char)*p;
         else
             n += (size_t)snprintf(buf + n, len - n, "%%%02X", *p);
@@ -242,7 +245,8 @@ int lyra_cmd_jobs(int argc, char **argv)
         free(body);
     }
     if (rc < 0) {
-        fprintf(stderr, "lyra jobs: %s\n", rc == LYRA_EPARSE ? "the daemon's answer is not JSON" : lyra_client_errmsg(c));
+        fprintf(stderr, "lyra jobs: %s\n",
+                rc == LYRA_EPARSE ? "the daemon's answer is not JSON" : lyra_client_errmsg(c));
         lyra_client_free(c);
         return 1;
     }

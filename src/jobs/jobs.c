@@ -57,12 +57,12 @@ struct job {
     int64_t created_ms, started_ms, finished_ms; /* wall clock; 0 = not yet */
     uint64_t done, total;
     double rate;
-    int64_t rate_t_us;    /* last rate sample (monotonic), 0 = none */
+    int64_t rate_t_us; /* last rate sample (monotonic), 0 = none */
     uint64_t rate_done;
-    int64_t last_pub_us;  /* last job.progress (monotonic), 0 = none */
-    bool cancel_req;      /* lyra_jobs_cancel asked */
-    bool announced;       /* job.queued is out: workers may take it */
-    int runs;             /* how many times it started */
+    int64_t last_pub_us; /* last job.progress (monotonic), 0 = none */
+    bool cancel_req;     /* lyra_jobs_cancel asked */
+    bool announced;      /* job.queued is out: workers may take it */
+    int runs;            /* how many times it started */
 };
 
 struct lyra_jobs {
@@ -161,13 +161,14 @@ static int write_row(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     const struct row *r = arg;
     sqlite3_stmt *s = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "INSERT INTO jobs (id, type, state, params, done, total, rate, created_ms, started_ms,"
-                           " finished_ms, error, result, resume, runs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-                           " ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT(id) DO UPDATE SET state = ?3,"
-                           " done = ?5, total = ?6, rate = ?7, started_ms = ?9, finished_ms = ?10,"
-                           " error = ?11, result = ?12, resume = ?13, runs = ?14",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            db,
+            "INSERT INTO jobs (id, type, state, params, done, total, rate, created_ms, started_ms,"
+            " finished_ms, error, result, resume, runs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+            " ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT(id) DO UPDATE SET state = ?3,"
+            " done = ?5, total = ?6, rate = ?7, started_ms = ?9, finished_ms = ?10,"
+            " error = ?11, result = ?12, resume = ?13, runs = ?14",
+            -1, &s, NULL) != SQLITE_OK)
         return lyra_store_error(err, db, "jobs: prepare write");
     sqlite3_bind_text(s, 1, r->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, r->type, -1, SQLITE_STATIC);
@@ -213,11 +214,11 @@ static void write_async(struct lyra_jobs *j, struct row *r, const char *id)
 
 static json_t *progress_json(uint64_t done, uint64_t total, double rate)
 {
-    json_t *eta = total > done && rate > 0 ? json_real((double)(total - done) / rate)
+    json_t *eta = total > done && rate > 0     ? json_real((double)(total - done) / rate)
                   : total > 0 && done >= total ? json_real(0)
                                                : json_null();
-    return json_pack("{s:I, s:I, s:f, s:o}", "done", (json_int_t)done, "total", (json_int_t)total, "rate", rate,
-                     "eta_s", eta);
+    return json_pack("{s:I, s:I, s:f, s:o}", "done", (json_int_t)done, "total", (json_int_t)total, "rate",
+                     rate, "eta_s", eta);
 }
 
 /* The event data of a job (under the lock): {id, type, state, progress,
@@ -260,7 +261,8 @@ static json_t *parsed_json(sqlite3_stmt *s, int col)
 
 static json_t *ms_json(sqlite3_stmt *s, int col)
 {
-    return sqlite3_column_type(s, col) == SQLITE_NULL ? json_null() : json_integer(sqlite3_column_int64(s, col));
+    return sqlite3_column_type(s, col) == SQLITE_NULL ? json_null()
+                                                      : json_integer(sqlite3_column_int64(s, col));
 }
 
 #define ROW_COLUMNS                                                                                          \
@@ -275,8 +277,8 @@ static json_t *row_json(sqlite3_stmt *s, bool internal)
     json_t *o = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i}", "id", text_json(s, 0),
                           "type", text_json(s, 1), "state", text_json(s, 2), "params", parsed_json(s, 3),
                           "progress", progress_json(done, total, rate), "created_ms", ms_json(s, 7),
-                          "started_ms", ms_json(s, 8), "finished_ms", ms_json(s, 9), "error", text_json(s, 10),
-                          "result", parsed_json(s, 11), "runs", sqlite3_column_int(s, 12));
+                          "started_ms", ms_json(s, 8), "finished_ms", ms_json(s, 9), "error",
+                          text_json(s, 10), "result", parsed_json(s, 11), "runs", sqlite3_column_int(s, 12));
     if (o && internal)
         json_object_set_new(o, "resume", parsed_json(s, 13));
     return o;
@@ -293,12 +295,12 @@ static int read_rows(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct query *q = arg;
     sqlite3_stmt *s = NULL;
-    const char *sql =
-        q->unfinished ? "SELECT " ROW_COLUMNS " FROM jobs WHERE state IN ('queued', 'running')"
-                        " ORDER BY created_ms, rowid"
-        : q->id       ? "SELECT " ROW_COLUMNS " FROM jobs WHERE id = ?1"
-                      : "SELECT " ROW_COLUMNS " FROM jobs WHERE (?2 IS NULL OR state = ?2)"
-                        " AND (?3 IS NULL OR type = ?3) ORDER BY created_ms DESC, rowid DESC LIMIT ?4";
+    const char *sql = q->unfinished ? "SELECT " ROW_COLUMNS " FROM jobs WHERE state IN ('queued', 'running')"
+                                      " ORDER BY created_ms, rowid"
+                      : q->id
+                          ? "SELECT " ROW_COLUMNS " FROM jobs WHERE id = ?1"
+                          : "SELECT " ROW_COLUMNS " FROM jobs WHERE (?2 IS NULL OR state = ?2)"
+                            " AND (?3 IS NULL OR type = ?3) ORDER BY created_ms DESC, rowid DESC LIMIT ?4";
     if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
         return lyra_store_error(err, db, "jobs: prepare read");
     if (q->id)
@@ -689,7 +691,8 @@ int lyra_jobs_start(struct lyra_jobs *j, struct lyra_err *err)
     return 0;
 }
 
-int lyra_jobs_submit(struct lyra_jobs *j, const char *type, json_t *params, char id_out[40], struct lyra_err *err)
+int lyra_jobs_submit(struct lyra_jobs *j, const char *type, json_t *params, char id_out[40],
+                     struct lyra_err *err)
 {
     if (id_out)
         id_out[0] = '\0';
@@ -698,8 +701,8 @@ int lyra_jobs_submit(struct lyra_jobs *j, const char *type, json_t *params, char
     struct jtype *jt = find_type(j, type);
     if (!jt) {
         json_decref(params);
-        return lyra_err_set(err, LYRA_ENOTFOUND, "unknown job type '%.*s'", (int)lyra_utf8_clip(type ?: "", 32),
-                            type ?: "");
+        return lyra_err_set(err, LYRA_ENOTFOUND, "unknown job type '%.*s'",
+                            (int)lyra_utf8_clip(type ?: "", 32), type ?: "");
     }
     int rc;
     if (jt->t.validate && (rc = jt->t.validate(params, err, jt->t.ud)) < 0) {
@@ -727,7 +730,8 @@ int lyra_jobs_submit(struct lyra_jobs *j, const char *type, json_t *params, char
     /* Durable before it is announced: a 202 names a job that a restart
      * will know. */
     struct row *row = snapshot(jb);
-    rc = row ? lyra_store_run(j->store, write_row, row, err) : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    rc =
+        row ? lyra_store_run(j->store, write_row, row, err) : lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     row_free(row);
     if (rc < 0) {
         job_free(jb);
@@ -785,7 +789,9 @@ json_t *lyra_jobs_list(struct lyra_jobs *j, const char *state, const char *type,
 {
     struct query q = {.state = state,
                       .type = type,
-                      .limit = limit <= 0 ? LIST_DEFAULT : limit > LIST_MAX ? LIST_MAX : limit,
+                      .limit = limit <= 0         ? LIST_DEFAULT
+                               : limit > LIST_MAX ? LIST_MAX
+                                                  : limit,
                       .out = json_array()};
     if (!q.out || lyra_store_run(j->store, read_rows, &q, NULL) < 0) {
         json_decref(q.out);

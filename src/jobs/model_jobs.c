@@ -85,7 +85,8 @@ static int warm(struct lyra_job_ctx *c, const struct lyra_model_jobs_options *o,
     int64_t t0 = lyra_now_ms();
     struct wait w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
     struct lyra_job *job = NULL;
-    json_t *msg = json_pack("{s:s, s:s, s:{s:i}}", "type", "generate", "prompt", "Hello", "params", "max_tokens", 1);
+    json_t *msg =
+        json_pack("{s:s, s:s, s:{s:i}}", "type", "generate", "prompt", "Hello", "params", "max_tokens", 1);
     if (!msg)
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     int rc = lyra_manager_submit(o->manager, model, msg, on_frame, &w, &job, err);
@@ -126,14 +127,17 @@ static int warm(struct lyra_job_ctx *c, const struct lyra_model_jobs_options *o,
         json_decref(term);
         if (cancelled)
             return LYRA_EUNAVAILABLE;
-        return lyra_err_set(err, LYRA_ETIMEOUT, "model '%s' did not load and generate a token within %d s", model,
-                            o->timeout_s > 0 ? o->timeout_s : 300);
+        return lyra_err_set(err, LYRA_ETIMEOUT, "model '%s' did not load and generate a token within %d s",
+                            model, o->timeout_s > 0 ? o->timeout_s : 300);
     }
     const char *type = json_string_value(json_object_get(term, "type"));
     if (!type || strcmp(type, "done") != 0) {
         const char *code = json_string_value(json_object_get(term, "code"));
         const char *message = json_string_value(json_object_get(term, "message"));
-        rc = lyra_err_set(err, LYRA_EIO, "%s: %s", code ? code : type ? type : "error",
+        rc = lyra_err_set(err, LYRA_EIO, "%s: %s",
+                          code   ? code
+                          : type ? type
+                                 : "error",
                           message ? message : "the model failed");
         json_decref(term);
         return rc;
@@ -187,7 +191,8 @@ static int validate_unload(const json_t *params, struct lyra_err *err, void *ud)
         return rc;
     const json_t *at = json_object_get(params, "at"), *after = json_object_get(params, "after_s");
     if ((at != NULL) == (after != NULL))
-        return lyra_err_set(err, LYRA_EINVAL, "give one of params.at (ms since the epoch) and params.after_s");
+        return lyra_err_set(err, LYRA_EINVAL,
+                            "give one of params.at (ms since the epoch) and params.after_s");
     if (at && (!json_is_integer(at) || json_integer_value(at) <= 0))
         return lyra_err_set(err, LYRA_EINVAL, "params.at must be a positive integer (ms since the epoch)");
     if (after && (!json_is_number(after) || json_number_value(after) < 0 ||
@@ -233,7 +238,10 @@ static int run_unload(struct lyra_job_ctx *c, json_t **result, struct lyra_err *
     bool was_loaded = false;
     int rc = lyra_manager_unload(o->manager, model, false,
                                  o->unload_timeout_ms > 0 ? o->unload_timeout_ms : 30000, &was_loaded);
-    const char *state = rc == 0 ? "available" : rc == LYRA_EBUSY ? "draining" : rc == LYRA_ETIMEOUT ? "stopping" : NULL;
+    const char *state = rc == 0               ? "available"
+                        : rc == LYRA_EBUSY    ? "draining"
+                        : rc == LYRA_ETIMEOUT ? "stopping"
+                                              : NULL;
     if (rc == LYRA_EPERM)
         return lyra_err_set(err, LYRA_EPERM, "model '%s' is pinned: unpin it first", model);
     if (rc == LYRA_EUNAVAILABLE)
@@ -251,9 +259,21 @@ int lyra_model_jobs_register(struct lyra_jobs *j, const struct lyra_model_jobs_o
         return LYRA_EINVAL;
     int n = o->max_concurrent > 0 ? o->max_concurrent : 2;
     const struct lyra_job_type types[] = {
-        {.name = "warmup", .max_concurrent = n, .run = run_warmup, .ud = (void *)o, .validate = validate_model},
-        {.name = "verify", .max_concurrent = n, .run = run_verify, .ud = (void *)o, .validate = validate_model},
-        {.name = "unload", .max_concurrent = n, .resumable = true, .run = run_unload, .ud = (void *)o,
+        {.name = "warmup",
+         .max_concurrent = n,
+         .run = run_warmup,
+         .ud = (void *)o,
+         .validate = validate_model},
+        {.name = "verify",
+         .max_concurrent = n,
+         .run = run_verify,
+         .ud = (void *)o,
+         .validate = validate_model},
+        {.name = "unload",
+         .max_concurrent = n,
+         .resumable = true,
+         .run = run_unload,
+         .ud = (void *)o,
          .validate = validate_unload},
     };
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {

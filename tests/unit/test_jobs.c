@@ -39,7 +39,7 @@ static struct {
     int cur[2], peak[2];   /* running now / at most, per test type (A, B) */
     int cur_all, peak_all; /* all types together */
     int started;
-    json_t *events; /* job.* events seen: [{type, data}] */
+    json_t *events;      /* job.* events seen: [{type, data}] */
     json_t *seen_resume; /* the resume state the last "res" run got */
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
