@@ -4,6 +4,8 @@
  * the job's (jobs/pull.c). */
 #include "api/pull.h"
 
+#include "api/server.h"
+
 #include <stdio.h>
 
 void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs,
@@ -41,4 +43,10 @@ void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs
     snprintf(location, sizeof location, "/jobs/%s", id);
     lyra_http_add_header(req, "Location", location);
     lyra_http_send_json(req, 202, json_pack("{s:o?}", "job", job));
+}
+
+void lyra_api_models_pull(struct lyra_http_req *req, void *ctx)
+{
+    struct lyra_server *srv = ctx;
+    lyra_api_models_pull_with(req, srv->jobs, &srv->pull);
 }

@@ -2,11 +2,8 @@
  * a "pull" job (jobs/pull.h).
  *
  * Written against the job scheduler and the pull options rather than
- * struct lyra_server, whose jobs field the scheduler's wiring adds: the
- * route's handler is then
- *     void lyra_api_models_pull(struct lyra_http_req *req, void *ctx)
- *     { struct lyra_server *srv = ctx; lyra_api_models_pull_with(req, srv->jobs, &srv->pull); }
- * with {"POST", "/models/pull", lyra_api_models_pull, "models.manage"} in routes.c.
+ * struct lyra_server; the route's handler, lyra_api_models_pull (server.h),
+ * passes srv->jobs and srv->pull.
  *
  * Thread-safety: runs on any HTTP thread (the scheduler is thread-safe;
  * the options are read-only). */

@@ -530,6 +530,35 @@ static int open_evstream(struct lyra_server *srv, struct lyra_err *err)
     return lyra_evstream_new(&o, &srv->evstream, err);
 }
 
+/* Background jobs (jobs/jobs.h).  After the manager: the model job types
+ * use it, and jobs resumed from the last run may start at once. */
+static int open_jobs(struct lyra_server *srv, struct lyra_err *err)
+{
+    struct lyra_jobs_options jo = {.store = srv->store, .bus = srv->bus,
+                                   .max_concurrent = srv->cfg->jobs.max_concurrent};
+    int rc = lyra_jobs_new(&jo, &srv->jobs, err);
+    if (rc < 0)
+        return rc;
+    srv->model_jobs = (struct lyra_model_jobs_options){
+        .manager = srv->manager,
+        .timeout_s = srv->cfg->models.load_timeout_s + 60,
+        .unload_timeout_ms = srv->cfg->models.stop_timeout_s * 3000 + 1000,
+    };
+    if ((rc = lyra_model_jobs_register(srv->jobs, &srv->model_jobs)) < 0)
+        return lyra_err_set(err, rc, "jobs: cannot register the model job types");
+    /* Model downloads; the Hugging Face token is a secret: env only. */
+    const char *hf = getenv("HF_TOKEN");
+    srv->pull = (struct lyra_pull_options){
+        .models_dir = lyra_registry_dir(srv->registry),
+        .registry = srv->registry,
+        .bus = srv->bus,
+        .hf_token = hf && *hf ? hf : NULL,
+    };
+    if ((rc = lyra_pull_register(srv->jobs, &srv->pull, err)) < 0)
+        return rc;
+    return lyra_jobs_start(srv->jobs, err);
+}
+
 static int open_http(struct lyra_server *srv, struct lyra_err *err)
 {
     const struct lyra_config *cfg = srv->cfg;
@@ -605,6 +634,8 @@ int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, st
         rc = open_state(srv, err);
     if (rc == 0)
         rc = open_registry(srv, err);
+    if (rc == 0)
+        rc = open_jobs(srv, err);
     if (rc == 0)
         rc = open_http(srv, err);
     if (rc < 0) {
@@ -686,8 +717,12 @@ void lyra_server_stop(struct lyra_server *srv, int sig, const sigset_t *stop_sig
     if (left > 0)
         lyra_warn("server", "%d request(s) still running after %d s: ending them", left,
                   srv->cfg->server.drain_timeout_s);
-    /* 3. Producers before consumers: every job ends (parked requests get
-     *    503, streams an error chunk and [DONE]) and every worker stops. */
+    /* 3. Producers before consumers: background jobs first (they feed
+     *    the manager; resumable ones stay for the next start), then every
+     *    request job ends (parked requests get 503, streams an error chunk
+     *    and [DONE]) and every worker stops. */
+    lyra_jobs_free(srv->jobs);
+    srv->jobs = NULL;
     lyra_watchdog_free(srv->watchdog); /* it feeds the manager */
     srv->watchdog = NULL;
     lyra_manager_begin_shutdown(srv->manager);
@@ -716,6 +751,8 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
         return;
     /* Workers first (no-op after lyra_server_stop): nothing may feed the
      * HTTP server while it stops. */
+    lyra_jobs_free(srv->jobs); /* before the manager it feeds */
+    srv->jobs = NULL;
     lyra_watchdog_free(srv->watchdog);
     srv->watchdog = NULL;
     lyra_manager_shutdown(srv->manager, false);

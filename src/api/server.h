@@ -30,6 +30,9 @@
 #include "core/store.h"
 #include "core/trace.h"
 #include "http/http.h"
+#include "jobs/jobs.h"
+#include "jobs/model_jobs.h"
+#include "jobs/pull.h"
 #include "models/manager.h"
 #include "sys/gpu.h"
 #include "sys/memory.h"
@@ -54,6 +57,11 @@ struct lyra_server {
     struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */
     struct lyra_registry *registry;
     struct lyra_manager *manager;
+    /* Background jobs: created after the store and bus, started after the
+     * manager (its types use it), freed before the manager stops. */
+    struct lyra_jobs *jobs;
+    struct lyra_model_jobs_options model_jobs;
+    struct lyra_pull_options pull;     /* the "pull" job type's options (borrowed by it) */
     struct lyra_memsource *memsource; /* system memory (or LYRA_FAKE_MEMINFO's fake) */
     struct lyra_watchdog *watchdog;   /* NULL when watchdog.enabled is false */
     bool recovered;                   /* the previous run did not stop cleanly */
@@ -112,10 +120,18 @@ void lyra_api_events_sse(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_list(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_get(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_load(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_pull(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_unload(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_pin(struct lyra_http_req *req, void *ctx);
 void lyra_api_models_unpin(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_models(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/jobs.c). */
+void lyra_api_jobs_list(struct lyra_http_req *req, void *ctx);
+void lyra_api_jobs_get(struct lyra_http_req *req, void *ctx);
+void lyra_api_jobs_submit(struct lyra_http_req *req, void *ctx);
+void lyra_api_jobs_cancel(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_warmup(struct lyra_http_req *req, void *ctx);
+void lyra_api_models_verify(struct lyra_http_req *req, void *ctx);
 /* Handlers (api/openai.c). */
 void lyra_api_openai_chat(struct lyra_http_req *req, void *ctx);
 void lyra_api_openai_completions(struct lyra_http_req *req, void *ctx);

@@ -16,6 +16,7 @@ int lyra_cmd_pin(int argc, char **argv);
 int lyra_cmd_unpin(int argc, char **argv);
 int lyra_cmd_events(int argc, char **argv);
 int lyra_cmd_pull(int argc, char **argv);
+int lyra_cmd_jobs(int argc, char **argv);
 int lyra_cmd_version(int argc, char **argv);
 int lyra_cmd_help(int argc, char **argv);
 

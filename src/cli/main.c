@@ -20,6 +20,7 @@ static const struct {
     {"unpin", lyra_cmd_unpin, "let a pinned model be evicted again"},
     {"events", lyra_cmd_events, "print the daemon's events as they happen (one JSON line each)"},
     {"pull", lyra_cmd_pull, "download a model into the models directory (progress bar)"},
+    {"jobs", lyra_cmd_jobs, "list, show or cancel background jobs (warmup, verify, unload, pull)"},
     {"config", lyra_cmd_config, "validate, migrate or show the configuration"},
     {"version", lyra_cmd_version, "print the version"},
     {"help", lyra_cmd_help, "show help for a command"},

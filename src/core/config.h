@@ -145,7 +145,7 @@ struct lyra_config {
     } events;
 
     struct {
-        int max_concurrent;        /* default 2 */
+        int max_concurrent;        /* default 4 */
     } jobs;
 
     struct {

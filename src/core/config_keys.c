@@ -110,7 +110,7 @@ static const struct lyra_config_key config_keys[] = {
     INT(events, sse_ping_ms, "15000", 10, INT_MAX, "SSE keep-alive comment interval"),
     SIZE(events, ring_bytes, "16MiB", 4096, "byte budget of the replay ring"),
     SIZE(events, max_payload_bytes, "64KiB", 16, "largest payload POST /events accepts"),
-    INT(jobs, max_concurrent, "2", 1, INT_MAX, "background jobs run at once"),
+    INT(jobs, max_concurrent, "4", 1, INT_MAX, "background jobs run at once (each type has its own limit too)"),
     ENUM(log, level, "info", "debug|info|warn|error", "debug, info, warn or error"),
     ENUM(log, format, "auto", "json|text|auto", "json, text or auto (text on a tty)"),
     STR(log, file, NULL, 0, "log file; null = stderr"),

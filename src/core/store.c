@@ -86,6 +86,24 @@ static const char *const migrations[] = {
     "  ts_ms INTEGER NOT NULL,"
     "  type TEXT NOT NULL,"
     "  json TEXT NOT NULL);",
+    /* 4: background jobs (jobs/jobs.c); params, result and resume are JSON text */
+    "CREATE TABLE jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  type TEXT NOT NULL,"
+    "  state TEXT NOT NULL," /* queued, running, succeeded, failed, cancelled */
+    "  params TEXT NOT NULL,"
+    "  done INTEGER NOT NULL DEFAULT 0,"
+    "  total INTEGER NOT NULL DEFAULT 0,"
+    "  rate REAL NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL,"
+    "  started_ms INTEGER,"
+    "  finished_ms INTEGER,"
+    "  error TEXT,"
+    "  result TEXT,"
+    "  resume TEXT,"
+    "  runs INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX jobs_created ON jobs(created_ms);"
+    "CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('queued', 'running');",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof *migrations))
 

@@ -17,6 +17,14 @@
  * found running or queued in the database go again if their type is
  * resumable, else they fail with "interrupted by a restart".
  *
+ * Persistence: submit, get, list and cancel wait on the store (call them
+ * from HTTP handler threads or the main thread, never from the supervisor
+ * loop or the database thread); state changes made by the pool are queued
+ * writes (lyra_store_submit) queued before their event is published, so a
+ * client that reads a job after seeing its event sees that state.
+ * Progress is written with its event (at most 4 per second); get and list
+ * show the live progress of a job that runs.
+ *
  * Thread-safety: every function is thread-safe except new/free. */
 #ifndef LYRA_JOBS_H
 #define LYRA_JOBS_H
@@ -58,6 +66,10 @@ struct lyra_job_type {
     bool resumable;       /* run again after a restart (else failed "interrupted") */
     lyra_job_run_fn run;
     void *ud;
+    /* Optional: checks params at submit (LYRA_EINVAL with err: HTTP 400),
+     * so that a job that can never run is refused rather than queued to
+     * fail.  Runs on the submitter's thread; NULL accepts anything. */
+    int (*validate)(const json_t *params, struct lyra_err *err, void *ud);
 };
 
 struct lyra_jobs_options {

@@ -165,7 +165,7 @@ static void test_defaults_without_file(void **state)
     assert_false(f->cfg.auth.enabled);
     assert_null(f->cfg.auth.admin_key);
     assert_int_equal(f->cfg.events.ring_size, 10000);
-    assert_int_equal(f->cfg.jobs.max_concurrent, 2);
+    assert_int_equal(f->cfg.jobs.max_concurrent, 4);
     assert_string_equal(f->cfg.log.level, "info");
     assert_string_equal(f->cfg.log.format, "auto");
     assert_null(f->cfg.log.file);
