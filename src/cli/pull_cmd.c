@@ -59,10 +59,11 @@ struct bar {
     int64_t last_ms;
     double last_done;
     double rate; /* bytes/s, smoothed, when the job gives none */
+    int last_step; /* not a terminal: the last 10% step printed */
 };
 
-/* Draws the job's progress: one line redrawn in place on a terminal,
- * nothing otherwise (the final line tells). */
+/* Draws the job's progress: one line redrawn in place on a terminal;
+ * otherwise (a log, a pipe) one line per 10 % step, as wget does. */
 static void draw(struct bar *b, const char *name, json_t *progress)
 {
     double done = json_number_value(json_object_get(progress, "done"));
@@ -79,9 +80,17 @@ static void draw(struct bar *b, const char *name, json_t *progress)
     double eta = json_is_number(je)         ? json_number_value(je)
                  : rate > 0 && total > done ? (total - done) / rate
                                             : -1;
-    if (!b->tty)
-        return;
     char d[32], t[32], r[32], e[32] = "--:--";
+    if (!b->tty) {
+        int step = total > 0 ? (int)(10 * done / total) : 0;
+        if (total > 0 && step > b->last_step) {
+            b->last_step = step;
+            human_bytes(done, d, sizeof d);
+            human_bytes(total, t, sizeof t);
+            fprintf(stderr, "%s: %3d%%  %s / %s\n", name, step * 10, d, t);
+        }
+        return;
+    }
     human_bytes(done, d, sizeof d);
     human_bytes(total, t, sizeof t);
     human_bytes(rate, r, sizeof r);
