@@ -37,6 +37,7 @@
 #include "models/registry.h"
 
 #define CHECKPOINT_BYTES (8u << 20) /* resume state saved at least this often */
+#define CHECKPOINT_MS 1000          /* ... and at least once a second while bytes come in */
 #define LOW_SPEED_BYTES 1024        /* per second, below which a transfer stalls */
 #define MAX_ATTEMPTS_TOTAL 100      /* retries in all, progress or not */
 
@@ -256,6 +257,7 @@ struct pull {
     uint64_t written;      /* bytes in the partial, all hashed */
     uint64_t total;        /* the whole file's size; 0 unknown */
     uint64_t saved;        /* bytes at the last checkpoint */
+    int64_t saved_ms;      /* when it was taken (monotonic) */
     uint64_t resumed_from; /* bytes of an earlier run that were kept */
     char etag[256], last_modified[128];
 
@@ -290,6 +292,7 @@ static void checkpoint(struct pull *p)
 {
     if (!p->url || p->fd < 0)
         return;
+    p->saved_ms = lyra_now_ms();
     if (fdatasync(p->fd) < 0)
         return; /* not durable: keep the older, smaller checkpoint */
     json_t *st =
@@ -410,7 +413,9 @@ static bool append(struct pull *p, const void *data, size_t n)
     }
     crypto_hash_sha256_update(&p->sha, data, n);
     p->written += n;
-    if (p->written - p->saved >= CHECKPOINT_BYTES)
+    /* A crash loses at most a second of a slow download, or 8 MiB of a
+     * fast one. */
+    if (p->written - p->saved >= CHECKPOINT_BYTES || lyra_now_ms() - p->saved_ms >= CHECKPOINT_MS)
         checkpoint(p);
     return true;
 }

@@ -186,6 +186,39 @@ static void test_non_gguf_fails_and_leaves_nothing(void **state)
     it_get_json(srv.port, "/models/junk", 404);
 }
 
+/* A pull interrupted by a crash of the daemon goes on after the restart,
+ * from the bytes it had (Range), and completes. */
+static void test_pull_resumes_after_a_daemon_crash(void **state)
+{
+    const char *id0 = pull("slow/tiny.gguf", "survivor");
+    char id[64];
+    snprintf(id, sizeof id, "%s", id0);
+    char path[128];
+    snprintf(path, sizeof path, "/jobs/%s", id);
+    /* Wait until some bytes are in, then kill -9. */
+    for (int i = 0; i < 200; i++) {
+        json_t *j = it_get_json(srv.port, path, 200);
+        json_int_t done = json_integer_value(json_object_get(json_object_get(j, "progress"), "done"));
+        json_decref(j);
+        if (done > 1 << 20)
+            break;
+        usleep(20 * 1000);
+    }
+    kill(srv.pid, SIGKILL);
+    it_server_stop(&srv, SIGKILL);
+    it_server_cleanup(&srv);
+    const char *const env[] = {"LYRA_LOG_LEVEL=warn", NULL};
+    assert_int_equal(it_server_start(&srv, home, NULL, env), 0);
+    json_t *job = wait_job(id);
+    assert_string_equal(json_string_value(json_object_get(job, "state")), "succeeded");
+    json_t *res = json_object_get(job, "result");
+    assert_true(json_integer_value(json_object_get(res, "resumed_from")) > 0);
+    json_decref(job);
+    json_t *m = it_get_json(srv.port, "/models/survivor", 200);
+    assert_true(json_is_true(json_object_get(m, "valid")));
+    json_decref(m);
+}
+
 static void test_cli_pull_shows_progress(void **state)
 {
     char url[200], port[16];
@@ -208,6 +241,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pull_after_a_dropped_connection_serves_the_model),
         cmocka_unit_test(test_non_gguf_fails_and_leaves_nothing),
+        cmocka_unit_test(test_pull_resumes_after_a_daemon_crash),
         cmocka_unit_test(test_cli_pull_shows_progress),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
