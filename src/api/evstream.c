@@ -337,6 +337,12 @@ static void ws_flush(struct client *c)
         ws_finish(c);
         return;
     }
+    /* Events still waiting in the subscription that ws_fill left for want
+     * of room: the socket took everything queued, so nothing would wake us
+     * for them (their notify came when the queue was empty).  Ask for
+     * EPOLLOUT: the next writable moment fills again. */
+    if (!wr && c->sub && !wslay_event_get_close_sent(c->ctx) && lyra_evsub_pending(c->sub))
+        wr = true;
     if (wslay_event_get_close_sent(c->ctx) && !c->close_timer)
         c->close_timer = lyra_loop_timer(c->es->loop, c->es->o.close_grace_ms, ws_close_grace, c);
     /* Hang-ups are reported while reading; once wslay reads no more, a
