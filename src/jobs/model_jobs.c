@@ -57,7 +57,7 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
         w->started = true;
     if (lyra_msg_is_terminal(kind) && !w->ended) {
         w->ended = true;
-        w->terminal = json_incref((json_t *)frame);
+        w->terminal = json_deep_copy(frame); /* a copy: the frame is the supervisor thread's */
     }
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
