@@ -183,7 +183,7 @@ static void test_non_gguf_fails_and_leaves_nothing(void **state)
     struct stat st;
     assert_int_not_equal(stat(p, &st), 0);
     assert_true(partial_dir_empty());
-    it_get_json(srv.port, "/models/junk", 404);
+    json_decref(it_get_json(srv.port, "/models/junk", 404));
 }
 
 /* A pull interrupted by a crash of the daemon goes on after the restart,
