@@ -357,6 +357,14 @@ static void ws_io(int fd, uint32_t events, void *ud)
     struct client *c = ud;
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
         if (wslay_event_recv(c->ctx) != 0) {
+            /* The peer is gone, or its frame was malformed (a control
+             * frame over 125 bytes or fragmented, ...): for the latter
+             * wslay 1.1.1 fails with WSLAY_ERR_CALLBACK_FAILURE and its
+             * close frame queued.  Send what is queued (one non-blocking
+             * try; to a gone peer it fails harmlessly) so the client learns
+             * why, then end. */
+            if (wslay_event_want_write(c->ctx))
+                (void)wslay_event_send(c->ctx);
             ws_finish(c);
             return;
         }

@@ -40,6 +40,7 @@
 #define CHECKPOINT_MS 1000          /* ... and at least once a second while bytes come in */
 #define LOW_SPEED_BYTES 1024        /* per second, below which a transfer stalls */
 #define MAX_ATTEMPTS_TOTAL 100      /* retries in all, progress or not */
+#define SPACE_STEP (4u << 20)       /* a body of unknown size: the space is checked this often */
 
 /* ---- params and names -------------------------------------------------- */
 
@@ -273,6 +274,7 @@ struct pull {
     char refuse_msg[LYRA_ERR_MSG_MAX];
     bool cancelled;
     bool restart; /* the answer does not continue the partial: start again from zero */
+    uint64_t space_next; /* unknown size: check the space again when written reaches it */
 };
 
 static int restart_from_zero(struct pull *p)
@@ -518,6 +520,19 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
         p->cancelled = true;
         return 0;
     }
+    /* Without a size (no Content-Length, or more than it said) nothing was
+     * checked up front: check as the bytes come, so that an endless answer
+     * stops at the reserve instead of filling the disk. */
+    if ((p->total == 0 || p->written + n > p->total) && p->written + n > p->space_next) {
+        struct lyra_err e = {0};
+        int rc = check_space(p, SPACE_STEP, &e);
+        if (rc < 0) {
+            p->refuse_code = rc;
+            snprintf(p->refuse_msg, sizeof p->refuse_msg, "%s", e.msg);
+            return 0;
+        }
+        p->space_next = p->written + n + SPACE_STEP;
+    }
     return append(p, data, n) ? n : 0;
 }
 
@@ -542,6 +557,7 @@ static enum outcome attempt(struct pull *p, struct lyra_err *err)
     p->base = p->written;
     p->started = p->have_cl = p->have_range = p->cancelled = p->restart = false;
     p->status = 0;
+    p->space_next = 0;
     p->write_errno = p->refuse_code = 0;
     CURL *h = curl_easy_init();
     if (!h) {

@@ -427,6 +427,22 @@ static void test_unmasked_frame_closes_1002(void **state)
     ws_close(&w);
 }
 
+/* Control frames over 125 bytes or fragmented are malformed: the client is
+ * told with a close frame (wslay queues it without a status code), not just
+ * cut off. */
+static void test_malformed_control_frame_gets_a_close(void **state)
+{
+    struct ws w;
+    ws_open(&w, "?types=custom.none");
+    char big[126];
+    memset(big, 'p', sizeof big);
+    ws_send(&w, 0x9, big, sizeof big, false);
+    int code = ws_close_code(&w, 3000, NULL, 0);
+    assert_true(code == 1002 || code == 1005);
+    assert_true(ws_eof(&w, 3000));
+    ws_close(&w);
+}
+
 static void test_oversized_frame_closes_1009(void **state)
 {
     struct ws w;
@@ -686,6 +702,7 @@ int main(void)
         cmocka_unit_test(test_types_filter),
         cmocka_unit_test(test_bad_parameters_are_400_before_upgrade),
         cmocka_unit_test(test_unmasked_frame_closes_1002),
+        cmocka_unit_test(test_malformed_control_frame_gets_a_close),
         cmocka_unit_test(test_oversized_frame_closes_1009),
         cmocka_unit_test(test_ping_pong),
         cmocka_unit_test(test_sse_with_last_event_id),

@@ -102,6 +102,17 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+        if mode == "nolength":
+            # No Content-Length: the body ends when the connection does.
+            self.record(200)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            return
         status = 206 if start > 0 else 200
         self.record(status)
         self.send_response(status)

@@ -573,6 +573,33 @@ static void test_space_check_refuses(void **state)
     free(u);
 }
 
+/* An answer without a Content-Length is checked against the reserve as it
+ * comes (an endless one would otherwise fill the disk); one that fits
+ * downloads. */
+static void test_space_check_without_length(void **state)
+{
+    struct fx *f = *state;
+    char *u = url_of(f, "/nolength/tiny.gguf");
+    struct tctx t = {0};
+    json_t *res = NULL;
+    struct lyra_err err;
+    uint64_t keep = f->o.min_free_bytes;
+    f->o.min_free_bytes = 1ull << 62;
+    int rc = pull(f, &t, u, "nolen", NULL, &res, &err);
+    f->o.min_free_bytes = keep;
+    assert_int_equal(rc, LYRA_ETOOBIG);
+    assert_non_null(strstr(err.msg, "not enough disk space"));
+    assert_true(size_of(f->partdir, "nolen.gguf.part") <= 0);
+    assert_false(exists(f->models, "nolen.gguf"));
+    ctx_done(&t);
+    struct tctx t2 = {0};
+    assert_int_equal(pull(f, &t2, u, "nolen", f->tiny_sha, &res, &err), 0);
+    assert_pulled(f, res, "nolen");
+    json_decref(res);
+    ctx_done(&t2);
+    free(u);
+}
+
 static void test_local_copy(void **state)
 {
     struct fx *f = *state;
@@ -750,6 +777,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stall_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disk_full_keeps_partial, setup, teardown),
         cmocka_unit_test_setup_teardown(test_space_check_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_space_check_without_length, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_copy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hf_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_name_busy, setup, teardown),
