@@ -198,7 +198,7 @@ static struct client *client_new(struct lyra_evstream *es, enum kind kind, uint6
 static int subscribe(struct client *c)
 {
     struct lyra_err err = {0};
-    int rc = lyra_evsub_new(c->es->o.bus, c->es->o.store, c->since, c->types, c->es->o.max_queued, on_notify, c,
+    int rc = lyra_evsub_new(c->es->o.bus, c->es->o.store, c->since, c->types, c->es->o.max_queued, c->es->o.max_queued_bytes, on_notify, c,
                             &c->sub, &err);
     if (rc < 0)
         lyra_warn("events", "cannot subscribe a %s client: %s", c->kind == WS ? "WebSocket" : "SSE", err.msg);

@@ -41,6 +41,7 @@ struct lyra_evstream_options {
     struct lyra_bus *bus;     /* borrowed, outlives the evstream */
     struct lyra_store *store; /* borrowed (replay beyond the ring); NULL: ring only */
     size_t max_queued;        /* events a subscription holds (evsub); 0 = 1024 */
+    size_t max_queued_bytes;    /* event text queued per client, replay included (0 = 1 MiB) */
     size_t max_out_bytes;     /* per client, waiting for the socket; 0 = 256 KiB */
     int ws_ping_ms;           /* 0 = 30000 */
     int ws_pong_timeout_ms;   /* 0 = 30000 */

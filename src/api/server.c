@@ -523,6 +523,7 @@ static int open_evstream(struct lyra_server *srv, struct lyra_err *err)
         .bus = srv->bus,
         .store = srv->store,
         .max_queued = (size_t)srv->cfg->events.client_queue,
+        .max_queued_bytes = srv->cfg->events.client_queue_bytes,
         .ws_ping_ms = srv->cfg->events.ws_ping_ms,
         .ws_pong_timeout_ms = srv->cfg->events.ws_pong_timeout_ms,
         .sse_ping_ms = srv->cfg->events.sse_ping_ms,

@@ -137,6 +137,7 @@ struct lyra_config {
         int ring_size;             /* default 10000 events kept in memory for replay */
         int keep;                  /* default 10000 events kept in the database (replay across restarts) */
         int client_queue;          /* default 1024 events queued per stream client before a stream.gap */
+        size_t client_queue_bytes; /* default 1 MiB of event text per stream client, replay included */
         int ws_ping_ms;            /* default 30000: WebSocket ping interval */
         int ws_pong_timeout_ms;    /* default 30000: no pong this long after a ping closes the client */
         int sse_ping_ms;           /* default 15000: SSE keep-alive comment interval */

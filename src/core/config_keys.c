@@ -105,6 +105,7 @@ static const struct lyra_config_key config_keys[] = {
     INT(events, ring_size, "10000", 1, INT_MAX, "events kept in memory for replay"),
     INT(events, keep, "10000", 1, INT_MAX, "events kept in the database, for replay across restarts"),
     INT(events, client_queue, "1024", 1, INT_MAX, "events queued per stream client; beyond, it gets a stream.gap"),
+    SIZE(events, client_queue_bytes, "1MiB", 4096, "event text queued per stream client, a replay included"),
     INT(events, ws_ping_ms, "30000", 10, INT_MAX, "WebSocket ping interval"),
     INT(events, ws_pong_timeout_ms, "30000", 10, INT_MAX, "a WebSocket client silent this long after a ping is closed"),
     INT(events, sse_ping_ms, "15000", 10, INT_MAX, "SSE keep-alive comment interval"),

@@ -26,6 +26,8 @@ struct lyra_evsub {
     pthread_mutex_t lock;
     struct item *head, **tail;
     size_t n_live, max;
+    size_t bytes, max_bytes;  /* event text queued, and its bound (replay included) */
+    bool replay_full;         /* the replay hit max_bytes: the rest of it is skipped */
     uint64_t last_seq;      /* the highest seq queued (or delivered) */
     uint64_t delivered_seq; /* the seq of the last event handed out */
     bool replaying;         /* inside replay_and_subscribe: no bound */
@@ -69,6 +71,7 @@ static void drop_all(struct lyra_evsub *s)
         next = i->next;
         if (i->json)
             s->dropped++;
+        s->bytes -= i->json ? strlen(i->json) : 0;
         free(i->json);
         free(i);
     }
@@ -92,6 +95,7 @@ static bool append(struct lyra_evsub *s, uint64_t seq, char *json, bool live)
     it->next = NULL;
     if (live)
         s->n_live++;
+    s->bytes += json ? strlen(json) : 0;
     bool was_empty = !s->head;
     *s->tail = it;
     s->tail = &it->next;
@@ -107,8 +111,19 @@ static bool push(struct lyra_evsub *s, uint64_t seq, char *json, bool live)
         free(json);
         return false;
     }
+    size_t len = strlen(json);
+    if ((!live || s->replaying) && (s->replay_full || (s->head && s->bytes + len > s->max_bytes))) {
+        /* A replay larger than the byte bound: it stops here, with a gap
+         * the client resumes from (the seq of the last event it gets). */
+        bool first = !s->replay_full;
+        s->replay_full = true;
+        s->dropped++;
+        s->last_seq = seq;
+        free(json);
+        return first ? append(s, 0, NULL, false) : false;
+    }
     s->last_seq = seq;
-    if (live && !s->replaying && s->n_live >= s->max) {
+    if (live && !s->replaying && (s->n_live >= s->max || (s->head && s->bytes + len > s->max_bytes))) {
         drop_all(s);
         s->dropped++; /* this one */
         free(json);
@@ -154,8 +169,8 @@ static void on_row(uint64_t seq, const char *type, const char *json, void *ud)
 }
 
 int lyra_evsub_new(struct lyra_bus *bus, struct lyra_store *store, uint64_t since, const char *patterns,
-                   size_t max_queued, lyra_evsub_notify_fn notify, void *ud, struct lyra_evsub **out,
-                   struct lyra_err *err)
+                   size_t max_queued, size_t max_bytes, lyra_evsub_notify_fn notify, void *ud,
+                   struct lyra_evsub **out, struct lyra_err *err)
 {
     *out = NULL;
     if (patterns && strcmp(patterns, "*") == 0)
@@ -168,6 +183,7 @@ int lyra_evsub_new(struct lyra_bus *bus, struct lyra_store *store, uint64_t sinc
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     s->bus = bus;
     s->max = max_queued ? max_queued : 1024;
+    s->max_bytes = max_bytes ? max_bytes : (size_t)1 << 20;
     s->tail = &s->head;
     s->notify = notify;
     s->ud = ud;
@@ -253,6 +269,7 @@ int lyra_evsub_next(struct lyra_evsub *s, char **json, uint64_t *seq)
     }
     if (it->live)
         s->n_live--;
+    s->bytes -= strlen(it->json);
     s->delivered_seq = it->seq;
     pthread_mutex_unlock(&s->lock);
     *json = it->json;

@@ -5,13 +5,17 @@
  *
  * A slow client never slows a publisher: the bus hands each live event to
  * the subscription's queue and returns.  When the queue is full (max_queued
- * events), the subscription drops what it holds and, at that place in the
- * stream, yields one synthetic event
+ * events, or max_bytes of event text), the subscription drops what it holds
+ * and, at that place in the stream, yields one synthetic event
  *   {"seq":S,"ts":...,"type":"stream.gap","source":"events",
  *    "data":{"resume_from":R,"dropped":N}}
  * where R is the seq of the last event the client received (so a reconnect
  * with ?since=R, or Last-Event-ID: R, gets everything it missed), and S is
  * R too (a gap has no seq of its own).  The stream then goes on live.
+ * The byte bound holds for a replay too: a replay larger than max_bytes
+ * stops there with a gap, and the client resumes from it with a new
+ * subscription — so a client's memory is bounded by max_bytes whatever it
+ * asks for and however slowly it reads.
  *
  * Thread-safety: lyra_evsub_new/free on any thread; next and pending may be
  * called from one consumer thread at a time; notify runs on a publishing
@@ -39,10 +43,11 @@ typedef void (*lyra_evsub_notify_fn)(void *ud);
 
 /* Subscribes to `patterns` (NULL or "*" = all; comma-separated; checked:
  * LYRA_EINVAL with err for a bad pattern) after `since`.  store may be NULL
- * (replay from the ring only).  max_queued 0 = 1024. */
+ * (replay from the ring only).  max_queued 0 = 1024 events; max_bytes 0 =
+ * 1 MiB. */
 int lyra_evsub_new(struct lyra_bus *bus, struct lyra_store *store, uint64_t since, const char *patterns,
-                   size_t max_queued, lyra_evsub_notify_fn notify, void *ud, struct lyra_evsub **out,
-                   struct lyra_err *err);
+                   size_t max_queued, size_t max_bytes, lyra_evsub_notify_fn notify, void *ud,
+                   struct lyra_evsub **out, struct lyra_err *err);
 
 /* The next event as compact JSON text (caller frees) and its seq: 0, or
  * LYRA_ENOTFOUND when none is waiting now. */

@@ -65,7 +65,7 @@ static void test_replay_then_live_in_order(void **state)
     struct lyra_evsub *s;
     struct lyra_err err = {0};
     notified = 0;
-    assert_int_equal(lyra_evsub_new(bus, NULL, 2, NULL, 0, on_notify, NULL, &s, &err), 0);
+    assert_int_equal(lyra_evsub_new(bus, NULL, 2, NULL, 0, 0, on_notify, NULL, &s, &err), 0);
     assert_int_equal(notified, 1); /* the replay is waiting */
     char type[64];
     for (uint64_t want = 3; want <= 5; want++)
@@ -86,13 +86,13 @@ static void test_filter_and_bad_patterns(void **state)
     struct lyra_bus *bus = bus_after(0);
     struct lyra_evsub *s;
     struct lyra_err err = {0};
-    assert_int_equal(lyra_evsub_new(bus, NULL, LYRA_EVSUB_LIVE, "bad pattern!", 0, NULL, NULL, &s, &err),
+    assert_int_equal(lyra_evsub_new(bus, NULL, LYRA_EVSUB_LIVE, "bad pattern!", 0, 0, NULL, NULL, &s, &err),
                      LYRA_EINVAL);
     assert_false(lyra_evsub_patterns_valid("model.*x"));
     assert_false(lyra_evsub_patterns_valid(""));
     assert_false(lyra_evsub_patterns_valid("a,,b"));
     assert_true(lyra_evsub_patterns_valid("model.*,job.progress,*"));
-    assert_int_equal(lyra_evsub_new(bus, NULL, LYRA_EVSUB_LIVE, "job.*", 0, NULL, NULL, &s, &err), 0);
+    assert_int_equal(lyra_evsub_new(bus, NULL, LYRA_EVSUB_LIVE, "job.*", 0, 0, NULL, NULL, &s, &err), 0);
     publish_n(bus, "model.loaded", 1);
     publish_n(bus, "job.progress", 1);
     char type[64];
@@ -109,7 +109,7 @@ static void test_full_queue_becomes_a_gap_in_place(void **state)
     struct lyra_bus *bus = bus_after(0);
     struct lyra_evsub *s;
     struct lyra_err err = {0};
-    assert_int_equal(lyra_evsub_new(bus, NULL, LYRA_EVSUB_LIVE, NULL, 3, NULL, NULL, &s, &err), 0);
+    assert_int_equal(lyra_evsub_new(bus, NULL, LYRA_EVSUB_LIVE, NULL, 3, 0, NULL, NULL, &s, &err), 0);
     publish_n(bus, "a.b", 2); /* 1, 2: delivered */
     char type[64];
     assert_int_equal(next_of(s, type, sizeof type), 1);
@@ -147,6 +147,46 @@ static void count_row(uint64_t seq, const char *type, const char *json, void *ud
     ++*(int *)ud;
 }
 
+/* A replay larger than the byte bound stops with a gap; resuming from it
+ * gets the rest: every event arrives, and the queue never holds more. */
+static void test_large_replay_is_paged_by_gaps(void **state)
+{
+    (void)state;
+    struct lyra_bus *bus = bus_after(0);
+    static char pad[1100];
+    memset(pad, 'x', 1000);
+    pad[1000] = '\0';
+    for (int i = 0; i < 50; i++) /* 1..50, about 1.1 KB of text each */
+        assert_true(lyra_bus_publish(bus, "a.b", "test", json_pack("{s:s}", "pad", pad)) > 0);
+    uint64_t since = 0, got = 0, last = 0;
+    char type[64];
+    int round = 0;
+    for (; round < 20 && last < 50; round++) {
+        struct lyra_evsub *s;
+        struct lyra_err err = {0};
+        assert_int_equal(lyra_evsub_new(bus, NULL, since, NULL, 0, 8192, NULL, NULL, &s, &err), 0);
+        uint64_t n;
+        bool gap = false;
+        while ((n = next_of(s, type, sizeof type)) != 0 || type[0]) {
+            if (strcmp(type, "stream.gap") == 0) {
+                gap = true;
+                assert_int_equal(n, last); /* resume from the last one delivered */
+                break;
+            }
+            assert_int_equal(n, last + 1);
+            last = n;
+            got++;
+        }
+        assert_true(gap || last == 50);
+        since = last;
+        lyra_evsub_free(s);
+    }
+    assert_int_equal(got, 50);
+    assert_int_equal(last, 50);
+    assert_true(round >= 6); /* 8 KiB pages of ~1 KiB events: the bound held */
+    lyra_bus_free(bus);
+}
+
 static void test_log_survives_a_restart_with_retention(void **state)
 {
     (void)state;
@@ -169,7 +209,7 @@ static void test_log_survives_a_restart_with_retention(void **state)
     assert_int_equal(lyra_evlog_new(bus, st, 10, &log, &err), 0);
     publish_n(bus, "model.loaded", 1); /* 21, in the ring */
     struct lyra_evsub *s;
-    assert_int_equal(lyra_evsub_new(bus, st, 14, NULL, 0, NULL, NULL, &s, &err), 0);
+    assert_int_equal(lyra_evsub_new(bus, st, 14, NULL, 0, 0, NULL, NULL, &s, &err), 0);
     char type[64];
     for (uint64_t want = 15; want <= 21; want++)
         assert_int_equal(next_of(s, type, sizeof type), want);
@@ -178,7 +218,7 @@ static void test_log_survives_a_restart_with_retention(void **state)
     lyra_evlog_free(log); /* 21 written: the log now keeps 12..21 */
     log = NULL;
     /* A client behind the retention learns it with a gap first. */
-    assert_int_equal(lyra_evsub_new(bus, st, 5, NULL, 0, NULL, NULL, &s, &err), 0);
+    assert_int_equal(lyra_evsub_new(bus, st, 5, NULL, 0, 0, NULL, NULL, &s, &err), 0);
     assert_int_equal(next_of(s, type, sizeof type), 5);
     assert_string_equal(type, "stream.gap");
     assert_int_equal(next_of(s, type, sizeof type), 12);
@@ -201,6 +241,7 @@ int main(void)
         cmocka_unit_test(test_replay_then_live_in_order),
         cmocka_unit_test(test_filter_and_bad_patterns),
         cmocka_unit_test(test_full_queue_becomes_a_gap_in_place),
+        cmocka_unit_test(test_large_replay_is_paged_by_gaps),
         cmocka_unit_test(test_log_survives_a_restart_with_retention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
