@@ -4,6 +4,8 @@
  * the job's (jobs/pull.c). */
 #include "api/pull.h"
 
+#include <string.h>
+
 #include "api/server.h"
 
 #include <stdio.h>
@@ -15,6 +17,16 @@ void lyra_api_models_pull_with(struct lyra_http_req *req, struct lyra_jobs *jobs
     if (lyra_http_read_json(req, &body) < 0)
         return;
     struct lyra_err err = {0};
+    /* A local path makes the daemon open a file of its host: only for a
+     * caller on this host (a remote one could probe or copy any file). */
+    const char *src = json_string_value(json_object_get(body, "source"));
+    if (src && !strstr(src, "://") && !lyra_http_peer_loopback(req)) {
+        lyra_http_send_error(req, 403, "local_source_forbidden",
+                             "a local path as source is accepted only from a client on this host; use http(s):// "
+                             "or hf://");
+        json_decref(body);
+        return;
+    }
     int rc = lyra_pull_check_params(po, body, &err);
     if (rc < 0) {
         bool exists = rc == LYRA_EEXISTS;

@@ -531,6 +531,23 @@ int lyra_http_upgraded_count(struct lyra_http *http)
 /* Request accessors                                                  */
 
 const char *lyra_http_path(const struct lyra_http_req *req) { return req->path; }
+
+bool lyra_http_peer_loopback(const struct lyra_http_req *req)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa)
+        return false;
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return false;
+}
 const char *lyra_http_request_id(const struct lyra_http_req *req) { return req->request_id; }
 const char *lyra_http_route(const struct lyra_http_req *req) { return req->route ? req->route->pattern : NULL; }
 

@@ -103,6 +103,10 @@ void lyra_http_free(struct lyra_http *http);
 const char *lyra_http_path(const struct lyra_http_req *req);
 const char *lyra_http_header(const struct lyra_http_req *req, const char *name);
 const char *lyra_http_query(const struct lyra_http_req *req, const char *name);
+/* True when the client connected from a loopback address (127.0.0.0/8,
+ * ::1, or an IPv4-mapped 127.x): what an endpoint that touches the local
+ * file system checks before it trusts a path. */
+bool lyra_http_peer_loopback(const struct lyra_http_req *req);
 /* A {name} segment of the matched route pattern, NULL if none. */
 const char *lyra_http_param(const struct lyra_http_req *req, const char *name);
 const char *lyra_http_request_id(const struct lyra_http_req *req);

@@ -719,7 +719,9 @@ static int download(struct pull *p, struct lyra_err *err)
  * source may have changed). */
 static int copy_local(struct pull *p, struct lyra_err *err)
 {
-    int in = open(p->source, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang the job (it is refused below as not
+     * a regular file). */
+    int in = open(p->source, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (in < 0)
         return lyra_err_set(err,
                             errno == ENOENT   ? LYRA_ENOTFOUND
