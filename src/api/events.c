@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "api/server.h"
+#include "core/util.h"
 
 struct collect {
     json_t *list;
@@ -27,30 +28,17 @@ static void collect_event(const struct lyra_event *ev, void *ud)
         json_array_append_new(c->list, lyra_event_to_json(ev));
 }
 
-static int parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !*s)
-        return -1;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || s[0] == '-')
-        return -1;
-    *out = v;
-    return 0;
-}
-
 void lyra_api_events_recent(struct lyra_http_req *req, void *ctx)
 {
     struct lyra_server *srv = ctx;
     uint64_t since = 0, limit = 1000;
     const char *since_s = lyra_http_query(req, "since");
     const char *limit_s = lyra_http_query(req, "limit");
-    if (since_s && parse_u64(since_s, &since) < 0) {
+    if (since_s && lyra_parse_u64(since_s, &since) < 0) {
         lyra_http_send_error(req, 400, "invalid_parameter", "since must be a non-negative integer");
         return;
     }
-    if (limit_s && (parse_u64(limit_s, &limit) < 0 || limit == 0 || limit > 100000)) {
+    if (limit_s && (lyra_parse_u64(limit_s, &limit) < 0 || limit == 0 || limit > 100000)) {
         lyra_http_send_error(req, 400, "invalid_parameter", "limit must be an integer from 1 to 100000");
         return;
     }

@@ -139,19 +139,6 @@ static void on_notify(void *ud)
         (void)lyra_loop_post(c->es->loop, pump_task, c);
 }
 
-static int parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !*s || *s < '0' || *s > '9')
-        return -1;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* ?since / Last-Event-ID and ?types, checked: false after answering 400. */
 static bool read_params(struct lyra_http_req *req, bool sse, uint64_t *since, const char **types)
 {
@@ -162,7 +149,7 @@ static bool read_params(struct lyra_http_req *req, bool sse, uint64_t *since, co
         what = "since";
     }
     *since = LYRA_EVSUB_LIVE;
-    if (s && (parse_u64(s, since) < 0 || *since == LYRA_EVSUB_LIVE)) {
+    if (s && (lyra_parse_u64(s, since) < 0 || *since == LYRA_EVSUB_LIVE)) {
         lyra_http_send_error(req, 400, "invalid_parameter", "%s must be an event seq (a non-negative integer)",
                              what);
         return false;

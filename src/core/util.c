@@ -319,3 +319,16 @@ char *lyra_path_join(const char *dir, const char *name)
         snprintf(p, len, "%s%s%s", dir, slash ? "" : "/", name);
     return p;
 }
+
+int lyra_parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}

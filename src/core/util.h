@@ -55,6 +55,11 @@ int lyra_fmt(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(
 /* mkdir -p with mode 0700 for created directories. Returns 0 or -errno. */
 int lyra_mkdirs(const char *path);
 
+/* Parses a decimal unsigned 64-bit number made of digits only (no sign,
+ * space or suffix; a query parameter, a header).  0, or -1 when it is not
+ * one or overflows. */
+int lyra_parse_u64(const char *s, uint64_t *out);
+
 /* Reads a whole file into a malloc'd NUL-terminated buffer; *len gets the
  * size.  Returns NULL with errno set on failure.  Caller frees. */
 char *lyra_read_file(const char *path, size_t *len);
