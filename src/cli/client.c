@@ -570,3 +570,22 @@ int lyra_client_post_stream(struct lyra_client *c, const char *path, const json_
     buf_free(&s.whole);
     return rc;
 }
+
+int lyra_client_connect(const char *url_flag, const struct lyra_common_flags *flags, const char *cmd,
+                        struct lyra_client **out)
+{
+    *out = NULL;
+    char *url = NULL;
+    int rc = lyra_client_find_daemon(url_flag, flags, &url);
+    if (rc < 0) {
+        if (rc != LYRA_ECONFIG) /* configuration errors are printed where found */
+            fprintf(stderr, "lyra %s: %s\n", cmd, lyra_strerror(rc));
+        return rc;
+    }
+    struct lyra_err err = {0};
+    rc = lyra_client_new(out, url, &err);
+    free(url);
+    if (rc < 0)
+        fprintf(stderr, "lyra %s: %s\n", cmd, err.msg);
+    return rc;
+}

@@ -42,6 +42,12 @@ struct lyra_client;
  * lyra_cli_load_config() does, and return LYRA_ECONFIG. */
 int lyra_client_find_daemon(const char *url_flag, const struct lyra_common_flags *flags, char **out);
 
+/* Finds the daemon and opens a client on it (*out, free with
+ * lyra_client_free); on failure says why on stderr as "lyra CMD: ..." and
+ * returns a negative LYRA_E*. */
+int lyra_client_connect(const char *url_flag, const struct lyra_common_flags *flags, const char *cmd,
+                        struct lyra_client **out);
+
 /* Opens a client on `base_url` (copied).  Returns 0 or LYRA_ENOMEM /
  * LYRA_EINTERNAL with err filled.  Free with lyra_client_free(). */
 int lyra_client_new(struct lyra_client **out, const char *base_url, struct lyra_err *err);

@@ -147,21 +147,10 @@ static int run_action(const struct action *a, int argc, char **argv)
         return 2;
     }
 
-    char *url = NULL;
-    int rc = lyra_client_find_daemon(url_flag, &flags, &url);
-    if (rc < 0) {
-        if (rc != LYRA_ECONFIG) /* configuration errors are printed where found */
-            fprintf(stderr, "lyra %s: %s\n", a->name, lyra_strerror(rc));
-        return 1;
-    }
     struct lyra_client *c = NULL;
-    struct lyra_err err = {0};
-    rc = lyra_client_new(&c, url, &err);
-    free(url);
-    if (rc < 0) {
-        fprintf(stderr, "lyra %s: %s\n", a->name, err.msg);
+    if (lyra_client_connect(url_flag, &flags, a->name, &c) < 0)
         return 1;
-    }
+    int rc;
     char *path = model_path(name, a->name, force);
     json_t *answer = NULL;
     rc = path ? lyra_client_post_json(c, path, NULL, timeout_s, &answer) : LYRA_ENOMEM;

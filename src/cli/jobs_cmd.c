@@ -199,21 +199,10 @@ int lyra_cmd_jobs(int argc, char **argv)
         fprintf(stderr, "lyra jobs %s: which job? (an ID from `lyra jobs`)\n", verb);
         return 2;
     }
-    char *url = NULL;
-    int rc = lyra_client_find_daemon(url_flag, &flags, &url);
-    if (rc < 0) {
-        if (rc != LYRA_ECONFIG)
-            fprintf(stderr, "lyra jobs: %s\n", lyra_strerror(rc));
-        return 1;
-    }
     struct lyra_client *c = NULL;
-    struct lyra_err err = {0};
-    rc = lyra_client_new(&c, url, &err);
-    free(url);
-    if (rc < 0) {
-        fprintf(stderr, "lyra jobs: %s\n", err.msg);
+    if (lyra_client_connect(url_flag, &flags, "jobs", &c) < 0)
         return 1;
-    }
+    int rc;
     char path[512];
     json_t *answer = NULL;
     if (verb && strcmp(verb, "cancel") == 0) {

@@ -175,21 +175,10 @@ static int fetch(const struct cmd *cmd, int argc, char **argv, json_t **out, cha
             return 2;
         }
     }
-    char *url = NULL;
-    int rc = lyra_client_find_daemon(url_flag, &flags, &url);
-    if (rc < 0) {
-        if (rc != LYRA_ECONFIG) /* configuration errors are printed where found */
-            fprintf(stderr, "lyra %s: %s\n", cmd->name, lyra_strerror(rc));
-        return 1;
-    }
     struct lyra_client *c = NULL;
-    struct lyra_err err = {0};
-    rc = lyra_client_new(&c, url, &err);
-    free(url);
-    if (rc < 0) {
-        fprintf(stderr, "lyra %s: %s\n", cmd->name, err.msg);
+    if (lyra_client_connect(url_flag, &flags, cmd->name, &c) < 0)
         return 1;
-    }
+    int rc;
     size_t len = 0;
     rc = lyra_client_get(c, cmd->path, raw, &len);
     if (rc == 0) {

@@ -1,6 +1,8 @@
 /* wshandshake.c — see wshandshake.h. */
 #include "http/wshandshake.h"
 
+#include "core/util.h"
+
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -60,7 +62,9 @@ void lyra_ws_accept_key(const char *key, char out[29])
 {
     static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
     char buf[128];
-    int n = snprintf(buf, sizeof buf, "%.60s%s", key, guid);
+    /* The key was checked (24 base64 characters); the bound only keeps a
+     * caller that did not check inside buf, cut at a character boundary. */
+    int n = snprintf(buf, sizeof buf, "%.*s%s", (int)lyra_utf8_clip(key, 60), key, guid);
     uint8_t d[21] = {0};
     lyra_ws_sha1(buf, (size_t)n, d);
     char *o = out;
