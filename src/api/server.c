@@ -18,7 +18,6 @@
 #include "core/evlog.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "models/estimate.h"
 #include "proto/messages.h"
 #include "sys/cpu.h"
 #include "sys/proc.h"
@@ -285,39 +284,6 @@ static uint64_t hook_vram_free(bool *live, void *ud)
     return best;
 }
 
-/* A worker process's own memory beside what the estimate counts (the
- * libraries, the C runtime, thread stacks): measured on tiny, docs/gpu.md. */
-#define WORKER_BASE_BYTES ((uint64_t)32 << 20)
-
-static void hook_estimate(const struct lyra_model *model, int gpu_layers, uint64_t *host, uint64_t *device, void *ud)
-{
-    struct lyra_estimate e;
-    struct lyra_err err = {0};
-    *device = 0;
-    if (!model->info ||
-        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0) {
-        *host = model->size_bytes + ((uint64_t)64 << 20); /* what the file says, and a margin */
-        return;
-    }
-    int g = gpu_layers < 0 ? e.n_layers + 1 : gpu_layers;
-    *host = lyra_estimate_host_bytes(&e, g) + WORKER_BASE_BYTES;
-    *device = lyra_estimate_device_bytes(&e, g);
-    lyra_estimate_clear(&e);
-}
-
-static int hook_fit_layers(const struct lyra_model *model, uint64_t free_b, void *ud)
-{
-    struct lyra_server *srv = ud;
-    struct lyra_estimate e;
-    struct lyra_err err = {0};
-    if (!model->info ||
-        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0)
-        return -1; /* no estimate: llama.cpp decides */
-    int g = lyra_estimate_fit_layers(&e, free_b, srv->cfg->gpu.reserve);
-    lyra_estimate_clear(&e);
-    return g;
-}
-
 #define RESIDENCY_KEY "models.residency"
 
 /* The resident and pinned sets, stored on every change so that the next
@@ -493,8 +459,8 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
                                       .kill_busy = cfg->watchdog.kill_busy,
                                       .hooks = {.loaded = hook_loaded, .queue_wait = hook_queue_wait,
                                                 .restarted = hook_restarted, .residency = hook_residency,
-                                                .vram_free = hook_vram_free, .estimate = hook_estimate,
-                                                .fit_layers = hook_fit_layers, .ud = srv},
+                                                .vram_free = hook_vram_free, .ud = srv},
+                                      .vram_reserve = cfg->gpu.reserve,
                                       .load_timeout_s = cfg->models.load_timeout_s,
                                       .heartbeat_timeout_s = cfg->models.heartbeat_timeout_s,
                                       .progress_timeout_s = cfg->models.progress_timeout_s,

@@ -30,6 +30,7 @@
 #include "core/loop.h"
 #include "core/util.h"
 #include "models/cache.h"
+#include "models/estimate.h"
 #include "proto/frame.h"
 #include "proto/messages.h"
 #include "supervisor/wproc.h"
@@ -318,28 +319,41 @@ static uint64_t worker_bytes(const struct mworker *w)
     return w->rss > w->est_host ? w->rss : w->est_host;
 }
 
-/* Without an estimate hook: a process's own memory besides weights and KV
- * cache (libllama, ggml, compute buffers, the C runtime). */
-#define WORKER_BASE_BYTES ((uint64_t)96 << 20)
+/* A worker process's own memory beside what models/estimate.c counts (the
+ * libraries, the C runtime, thread stacks): measured on tiny, docs/gpu.md. */
+#define WORKER_BASE_BYTES ((uint64_t)32 << 20)
 
-static void estimate(struct lyra_manager *m, const struct lyra_model *model, int gpu_layers, uint64_t *host,
-                     uint64_t *device)
+/* The GGUF's estimate of what the model holds in RAM and on the GPU with
+ * gpu_layers on the GPU (-1 = all); without metadata, the file's size and
+ * a margin. */
+static void estimate(const struct lyra_model *model, int gpu_layers, uint64_t *host, uint64_t *device)
 {
-    *host = *device = 0;
-    if (m->opts.hooks.estimate) {
-        m->opts.hooks.estimate(model, gpu_layers, host, device, m->opts.hooks.ud);
+    struct lyra_estimate e;
+    struct lyra_err err = {0};
+    *device = 0;
+    if (!model->info ||
+        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0) {
+        *host = model->size_bytes + ((uint64_t)64 << 20);
         return;
     }
-    /* Built in: the file (weights) + an f16 KV cache for every slot. */
-    const struct lyra_gguf_info *in = model->info;
-    const struct lyra_model_settings *st = &model->settings;
-    uint64_t ctx = (uint64_t)(st->ctx_size > 0 ? st->ctx_size : 4096) * (uint64_t)(st->parallel > 0 ? st->parallel : 4);
-    uint64_t kv = 0;
-    if (in && in->head_count && in->block_count && in->embedding_length) {
-        uint64_t kv_heads = in->head_count_kv ? in->head_count_kv : in->head_count;
-        kv = ctx * in->block_count * (in->embedding_length / in->head_count * kv_heads) * 2 * 2;
-    }
-    *host = model->size_bytes + kv + WORKER_BASE_BYTES;
+    int g = gpu_layers < 0 ? e.n_layers + 1 : gpu_layers;
+    *host = lyra_estimate_host_bytes(&e, g) + WORKER_BASE_BYTES;
+    *device = lyra_estimate_device_bytes(&e, g);
+    lyra_estimate_clear(&e);
+}
+
+/* The most layers that fit free_b of VRAM, or -1 (no metadata: llama.cpp
+ * decides). */
+static int fit_layers(const struct lyra_manager *m, const struct lyra_model *model, uint64_t free_b)
+{
+    struct lyra_estimate e;
+    struct lyra_err err = {0};
+    if (!model->info ||
+        lyra_estimate_model(model->info, model->settings.ctx_size, model->settings.parallel, &e, &err) < 0)
+        return -1;
+    int g = lyra_estimate_fit_layers(&e, free_b, m->opts.vram_reserve);
+    lyra_estimate_clear(&e);
+    return g;
 }
 
 /* The live workers as the cache policy sees them; *n receives the count.
@@ -401,9 +415,7 @@ static int choose_gpu_layers(struct lyra_manager *m, struct model_state *ms, con
         return 0;
     for (const struct mworker *w = m->workers; !live && w; w = w->next)
         free_b = free_b > w->est_device ? free_b - w->est_device : 0;
-    if (m->opts.hooks.fit_layers)
-        return m->opts.hooks.fit_layers(model, free_b, m->opts.hooks.ud);
-    return -1; /* no estimate: let llama.cpp offload everything */
+    return fit_layers(m, model, free_b);
 }
 
 static struct mworker *worker_start(struct lyra_manager *m, struct model_state *ms, const struct lyra_model *model,
@@ -424,7 +436,7 @@ static struct mworker *worker_start(struct lyra_manager *m, struct model_state *
     snprintf(par, sizeof par, "%d", st->parallel > 0 ? st->parallel : 4);
     snprintf(thr, sizeof thr, "%d", st->threads > 0 ? st->threads : 1);
     w->gpu_layers = choose_gpu_layers(m, ms, model);
-    estimate(m, model, w->gpu_layers, &w->est_host, &w->est_device);
+    estimate(model, w->gpu_layers, &w->est_host, &w->est_device);
     snprintf(ngl, sizeof ngl, "%d", w->gpu_layers);
     const char *args[20] = {"worker", "--model", model->path, "--name", model->name, "--ctx", ctx,
                             "--parallel", par, "--threads", thr, "--gpu-layers", ngl};
@@ -966,7 +978,7 @@ static void admit(struct lyra_manager *m)
             continue;
         }
         uint64_t host, device;
-        estimate(m, model, choose_gpu_layers(m, ms, model), &host, &device);
+        estimate(model, choose_gpu_layers(m, ms, model), &host, &device);
         struct mworker **ws;
         size_t n;
         struct lyra_cache_entry *view = cache_view(m, &ws, &n);
@@ -1956,7 +1968,7 @@ static void info_on_loop(void *ud)
                        "pinned", pinned, "keep_alive_s", ka);
     if (c->out && model && !(ms && ms->w)) {
         uint64_t host, device;
-        estimate(c->m, model, ms ? choose_gpu_layers(c->m, ms, model) : 0, &host, &device);
+        estimate(model, ms ? choose_gpu_layers(c->m, ms, model) : 0, &host, &device);
         json_object_set_new(c->out, "estimate_bytes", json_integer((json_int_t)host));
     }
     lyra_registry_unref(model);

@@ -76,11 +76,6 @@ struct lyra_manager_hooks {
      * *live says whether the number is current (NVML) or from the start-up
      * probe, from which the manager then subtracts its workers' estimates. */
     uint64_t (*vram_free)(bool *live, void *ud);
-    /* Bytes a model will hold in RAM and on the GPU with gpu_layers on
-     * the GPU (-1 = all); NULL = a built-in estimate from the file size. */
-    void (*estimate)(const struct lyra_model *model, int gpu_layers, uint64_t *host, uint64_t *device, void *ud);
-    /* The most layers that fit `free` bytes of VRAM (0 = none, n_layers + 1 = all). */
-    int (*fit_layers)(const struct lyra_model *model, uint64_t free, void *ud);
     void *ud;
 };
 
@@ -93,6 +88,7 @@ struct lyra_manager_options {
     int queue_depth;                /* requests waiting per model; more get 429 queue_full (0 = 64) */
     int queue_timeout_s;            /* waiting for room this long gets 503 queue_timeout (0 = 60) */
     bool kill_busy;                 /* watchdog's last resort (watchdog.kill_busy) */
+    uint64_t vram_reserve;          /* VRAM left free on the GPU when layers are placed (gpu.reserve) */
     struct lyra_manager_hooks hooks;
     int load_timeout_s;             /* worker ready within (models.load_timeout_s) */
     int heartbeat_timeout_s;        /* models.heartbeat_timeout_s */
