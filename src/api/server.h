@@ -23,6 +23,9 @@
 
 #include "api/evstream.h"
 #include "api/metrics.h"
+#include "auth/audit.h"
+#include "auth/auth.h"
+#include "auth/ratelimit.h"
 #include "core/config.h"
 #include "core/conversations.h"
 #include "core/error.h"
@@ -55,6 +58,9 @@ struct lyra_server {
     struct lyra_evstream *evstream;  /* GET /events/ws and GET /events (one loop thread) */
     struct lyra_http *http;
     struct lyra_hostcheck *hostcheck; /* the Host guard; NULL serves any Host */
+    struct lyra_auth *auth;           /* principals, keys, roles (auth/auth.h) */
+    struct lyra_audit *audit;         /* the append-only audit log (auth/audit.h) */
+    struct lyra_ratelimit *auth_fail; /* back-off for failed authentication (auth/ratelimit.h) */
     struct lyra_registry *registry;
     struct lyra_manager *manager;
     /* Background jobs: created after the store and bus, started after the
@@ -141,6 +147,26 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx);
 void lyra_api_conversations_list(struct lyra_http_req *req, void *ctx);
 void lyra_api_conversations_get(struct lyra_http_req *req, void *ctx);
 void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx);
+
+void lyra_api_models_delete(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/permissions.c): RBAC — the caller's grants, checks, grant
+ * and revoke, users, keys, roles. */
+void lyra_api_permissions_get(struct lyra_http_req *req, void *ctx);
+void lyra_api_permissions_check(struct lyra_http_req *req, void *ctx);
+void lyra_api_permissions_grant(struct lyra_http_req *req, void *ctx);
+void lyra_api_permissions_revoke(struct lyra_http_req *req, void *ctx);
+void lyra_api_users_list(struct lyra_http_req *req, void *ctx);
+void lyra_api_users_add(struct lyra_http_req *req, void *ctx);
+void lyra_api_users_remove(struct lyra_http_req *req, void *ctx);
+void lyra_api_users_set_role(struct lyra_http_req *req, void *ctx);
+void lyra_api_keys_list(struct lyra_http_req *req, void *ctx);
+void lyra_api_keys_create(struct lyra_http_req *req, void *ctx);
+void lyra_api_keys_revoke(struct lyra_http_req *req, void *ctx);
+void lyra_api_roles_list(struct lyra_http_req *req, void *ctx);
+void lyra_api_roles_create(struct lyra_http_req *req, void *ctx);
+void lyra_api_roles_delete(struct lyra_http_req *req, void *ctx);
+/* Handlers (api/audit.c). */
+void lyra_api_audit_list(struct lyra_http_req *req, void *ctx);
 
 double lyra_server_uptime_s(const struct lyra_server *srv);
 const char *lyra_server_state_name(int state);

@@ -30,7 +30,9 @@
     X(TIMEOUT, -13, 504, "timed out")                                  \
     X(INTERNAL, -14, 500, "internal error")                            \
     X(ADDRINUSE, -15, 500, "address in use")                           \
-    X(UNAVAILABLE, -16, 503, "unavailable")
+    X(UNAVAILABLE, -16, 503, "unavailable")                            \
+    X(AUTH, -17, 401, "authentication required")                       \
+    X(CONFLICT, -18, 409, "conflict")
 
 enum lyra_errno {
 #define LYRA_X(name, value, status, text) LYRA_E##name = value,

@@ -104,6 +104,48 @@ static const char *const migrations[] = {
     "  runs INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX jobs_created ON jobs(created_ms);"
     "CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('queued', 'running');",
+    /* 5: principals, API keys (only their keyed hash) and custom roles (auth/auth.c) */
+    "CREATE TABLE principals ("
+    "  name TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL," /* user, service */
+    "  role TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE api_keys ("
+    "  id TEXT PRIMARY KEY," /* k_ + 12 hex: public */
+    "  hash BLOB NOT NULL UNIQUE," /* BLAKE2b-256 keyed with auth.secret */
+    "  prefix TEXT NOT NULL,"
+    "  principal TEXT NOT NULL,"
+    "  label TEXT,"
+    "  created_ms INTEGER NOT NULL,"
+    "  expires_ms INTEGER,"
+    "  revoked_ms INTEGER,"
+    "  last_used_ms INTEGER);"
+    "CREATE INDEX api_keys_principal ON api_keys(principal);"
+    "CREATE TABLE roles ("
+    "  name TEXT PRIMARY KEY,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE role_grants ("
+    "  role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,"
+    "  kind TEXT NOT NULL," /* permission, model */
+    "  value TEXT NOT NULL,"
+    "  PRIMARY KEY (role, kind, value));",
+    /* 6: the append-only audit log (auth/audit.c) */
+    "CREATE TABLE audit ("
+    "  id INTEGER PRIMARY KEY,"
+    "  ts_ms INTEGER NOT NULL,"
+    "  principal TEXT NOT NULL,"
+    "  key_id TEXT NOT NULL,"
+    "  action TEXT NOT NULL,"
+    "  target TEXT NOT NULL,"
+    "  result TEXT NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  client TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  detail TEXT NOT NULL);"
+    "CREATE INDEX audit_ts ON audit(ts_ms);"
+    "CREATE INDEX audit_principal ON audit(principal, id);"
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;"
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof *migrations))
 

@@ -88,6 +88,9 @@ struct lyra_http_req {
     int status;
     int64_t start_us;
     const char *origin;          /* allowed Origin to echo, or NULL */
+    bool origin_credentials;     /* the Origin is listed by name (not "*"): credentials allowed */
+    char client_addr[64];        /* the peer's address as text */
+    void *principal;             /* lyra_http_set_principal: freed with the request */
     char *extra_names[MAX_EXTRA_HEADERS];
     char *extra_values[MAX_EXTRA_HEADERS];
     int n_extra;
@@ -132,6 +135,14 @@ struct lyra_http_stream {
 /* ------------------------------------------------------------------ */
 /* Responses                                                          */
 
+static bool extra_has(const struct lyra_http_req *req, const char *name)
+{
+    for (int i = 0; i < req->n_extra; i++)
+        if (strcasecmp(req->extra_names[i], name) == 0)
+            return true;
+    return false;
+}
+
 static void apply_common_headers(struct lyra_http_req *req, struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
@@ -142,11 +153,29 @@ static void apply_common_headers(struct lyra_http_req *req, struct MHD_Response 
         snprintf(tp, sizeof tp, "00-%s-%s-01", req->trace_id, req->span_id);
         MHD_add_response_header(resp, "traceparent", tp);
     }
+    /* Every response: no MIME sniffing, no framing by other sites, no
+     * Referer leaking paths.  API answers are never cached (they carry
+     * state and may carry a principal's data); a handler that serves
+     * cacheable static files sets its own Cache-Control first. */
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    if (!MHD_get_response_header(resp, "Cache-Control") && !extra_has(req, "Cache-Control"))
+        MHD_add_response_header(resp, "Cache-Control", "no-store");
     if (req->origin) {
+        /* The allowed origin echoed, never "*": with "*" a browser refuses
+         * credentials, and an explicit origin list means the operator
+         * trusts those pages with the user's key.  Credentials only for an
+         * origin listed by name. */
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", req->origin);
-        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id");
-        MHD_add_response_header(resp, "Vary", "Origin");
+        if (req->origin_credentials)
+            MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "X-Request-Id, WWW-Authenticate, Retry-After, X-Lyra-Model");
     }
+    /* The answer depends on Origin whenever CORS is configured at all. */
+    if (req->http->opts.n_cors_origins)
+        MHD_add_response_header(resp, "Vary", "Origin");
     for (int i = 0; i < req->n_extra; i++)
         MHD_add_response_header(resp, req->extra_names[i], req->extra_values[i]);
 }
@@ -164,6 +193,8 @@ static const char *method_label(const char *method)
 /* lyra_http_requests_total, once per response queued. */
 static void count_response(struct lyra_http_req *req, int status)
 {
+    if (req->http->opts.on_response)
+        req->http->opts.on_response(req, status, req->http->ctx);
     if (!req->http->opts.requests_total)
         return;
     char code[12];
@@ -372,7 +403,7 @@ struct lyra_http_stream *lyra_http_send_stream(struct lyra_http_req *req, int st
     req->answered = true;
     req->status = status;
     MHD_add_response_header(resp, "Content-Type", content_type);
-    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     apply_common_headers(req, resp);
     st->hup = hup_start(req->http, req->conn, gone, ud);
@@ -549,6 +580,28 @@ bool lyra_http_peer_loopback(const struct lyra_http_req *req)
     return false;
 }
 const char *lyra_http_request_id(const struct lyra_http_req *req) { return req->request_id; }
+const char *lyra_http_client_addr(const struct lyra_http_req *req) { return req->client_addr; }
+const char *lyra_http_method(const struct lyra_http_req *req) { return req->method; }
+
+void lyra_http_set_principal(struct lyra_http_req *req, void *data)
+{
+    free(req->principal);
+    req->principal = data;
+}
+
+void *lyra_http_principal(const struct lyra_http_req *req) { return req->principal; }
+
+static void format_client_addr(struct lyra_http_req *req)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    req->client_addr[0] = '\0';
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->client_addr, sizeof req->client_addr);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->client_addr,
+                  sizeof req->client_addr);
+}
 const char *lyra_http_route(const struct lyra_http_req *req) { return req->route ? req->route->pattern : NULL; }
 
 const char *lyra_http_trace_id(struct lyra_http_req *req)
@@ -672,14 +725,18 @@ static const struct lyra_route *find_route(struct lyra_http *http, const char *m
 /* ------------------------------------------------------------------ */
 /* CORS                                                               */
 
-static bool origin_allowed(struct lyra_http *http, const char *origin)
+/* 0: not allowed; 1: allowed by "*"; 2: listed by name. */
+static int origin_allowed(struct lyra_http *http, const char *origin)
 {
+    int best = 0;
     for (size_t i = 0; i < http->opts.n_cors_origins; i++) {
         const char *o = http->opts.cors_origins[i];
-        if (strcmp(o, "*") == 0 || strcasecmp(o, origin) == 0)
-            return true;
+        if (strcasecmp(o, origin) == 0)
+            return 2;
+        if (strcmp(o, "*") == 0)
+            best = 1;
     }
-    return false;
+    return best;
 }
 
 /* Answers an OPTIONS request: a CORS preflight when it carries Origin and
@@ -696,11 +753,10 @@ static void answer_options(struct lyra_http_req *req, const char *allow)
                                  (int)lyra_utf8_clip(origin, 200), origin);
             return;
         }
-        const char *want_headers = lyra_http_header(req, "Access-Control-Request-Headers");
         lyra_http_add_header(req, "Access-Control-Allow-Methods", methods);
+        /* A fixed list: echoing what was asked would allow anything. */
         lyra_http_add_header(req, "Access-Control-Allow-Headers",
-                             want_headers ? want_headers
-                                          : "Authorization, Content-Type, X-Request-Id, traceparent");
+                             "Authorization, Content-Type, X-Request-Id, traceparent, Last-Event-ID");
         lyra_http_add_header(req, "Access-Control-Max-Age", "600");
     }
     lyra_http_add_header(req, "Allow", methods);
@@ -752,8 +808,12 @@ static struct lyra_http_req *begin_request(struct lyra_http *http, struct MHD_Co
     else
         lyra_random_hex(req->request_id, 16);
     const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
-    if (origin && origin_allowed(http, origin))
+    int allowed = origin ? origin_allowed(http, origin) : 0;
+    if (allowed) {
         req->origin = origin;
+        req->origin_credentials = allowed == 2;
+    }
+    format_client_addr(req);
     atomic_fetch_add(&http->in_flight, 1);
     return req;
 }
@@ -780,7 +840,7 @@ static bool screen_request(struct lyra_http_req *req)
         return true;
     }
     struct lyra_err host_err = {0};
-    if (http->opts.hostcheck &&
+    if (http->opts.hostcheck && !lyra_http_header(req, "Authorization") &&
         lyra_hostcheck_check(http->opts.hostcheck, lyra_http_header(req, "Host"), &host_err) < 0) {
         lyra_http_send_error(req, 403, "host_not_allowed", "%s", host_err.msg);
         return true;
@@ -802,6 +862,11 @@ static bool screen_request(struct lyra_http_req *req)
         return true;
     }
     match_pattern(req->route->pattern, req->path, req);
+    if (http->opts.authorize && http->opts.authorize(req, req->route, http->ctx) != 0) {
+        if (!req->answered)
+            lyra_http_send_error(req, 403, "forbidden", "permission %s required", req->route->permission);
+        return true;
+    }
     const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
     if (cl) {
         char *end;
@@ -841,13 +906,6 @@ static int append_body(struct lyra_http_req *req, const char *data, size_t len)
 static void dispatch(struct lyra_http_req *req)
 {
     struct lyra_http *http = req->http;
-    if (http->opts.authorize && req->route->permission && req->route->permission[0]) {
-        if (http->opts.authorize(req, req->route->permission, http->ctx) != 0) {
-            if (!req->answered)
-                lyra_http_send_error(req, 403, "forbidden", "permission %s required", req->route->permission);
-            return;
-        }
-    }
     req->route->handler(req, http->ctx);
     if (!req->answered && !req->resume)
         lyra_http_send_error(req, 500, "internal", "the handler for %s %s gave no response", req->method,
@@ -922,6 +980,7 @@ static void free_request(struct lyra_http_req *req)
         free(req->extra_values[i]);
     }
     free(req->body);
+    free(req->principal);
     pthread_mutex_destroy(&req->lock);
     free(req);
 }

@@ -34,10 +34,22 @@ struct lyra_http_req;
 
 typedef void (*lyra_http_handler)(struct lyra_http_req *req, void *ctx);
 
-/* Checks that the caller may use a route needing `permission` (NULL or ""
- * = public).  Returns 0 to proceed; otherwise it has answered the request
- * (401/403) itself.  Installed by the auth module; NULL allows everything. */
-typedef int (*lyra_http_authorize_fn)(struct lyra_http_req *req, const char *permission, void *ctx);
+struct lyra_route;
+
+/* Decides whether the caller may use `route` (its permission: "" =
+ * public).  Runs for every matched route (public ones included, so the
+ * auth module can attach the anonymous principal and refuse keys in the
+ * URL) once the headers are in, BEFORE the body is read: an
+ * unauthenticated client cannot make the daemon read a body.  Returns 0 to
+ * proceed; otherwise it has answered the request itself (400/401/403/429).
+ * Installed by the server; NULL allows everything. */
+typedef int (*lyra_http_authorize_fn)(struct lyra_http_req *req, const struct lyra_route *route, void *ctx);
+
+/* Runs once per request, when its response (or the head of its stream, or
+ * its 101) is queued, on the thread that queued it, with the status: the
+ * audit hook.  Request accessors are valid during the call.  Must not
+ * block.  NULL = none. */
+typedef void (*lyra_http_response_fn)(struct lyra_http_req *req, int status, void *ctx);
 
 struct lyra_route {
     const char *method;      /* "GET", "POST", "DELETE", ... */
@@ -58,10 +70,13 @@ struct lyra_http_options {
     char *const *cors_origins;     /* borrowed; "*" = any */
     size_t n_cors_origins;
     lyra_http_authorize_fn authorize;
-    /* The DNS-rebinding guard: a request whose Host header it refuses is
-     * answered 403 host_not_allowed before routing (unknown paths and
-     * OPTIONS preflights included).  Borrowed, must outlive the server;
-     * NULL serves any Host. */
+    lyra_http_response_fn on_response;
+    /* The DNS-rebinding guard: an anonymous request (no Authorization
+     * header) whose Host header it refuses is answered 403
+     * host_not_allowed before routing (unknown paths and OPTIONS preflights
+     * included).  A request that carries credentials is not checked: a
+     * rebinding page cannot know the key, and the key is checked instead.
+     * Borrowed, must outlive the server; NULL serves any Host. */
     const struct lyra_hostcheck *hostcheck;
     /* Counted once per response queued (lyra_http_send*), with labels
      * {route, method, code}: route is the matched route's pattern
@@ -107,6 +122,16 @@ const char *lyra_http_query(const struct lyra_http_req *req, const char *name);
  * ::1, or an IPv4-mapped 127.x): what an endpoint that touches the local
  * file system checks before it trusts a path. */
 bool lyra_http_peer_loopback(const struct lyra_http_req *req);
+/* The client's address as text ("127.0.0.1", "::1"; "" when unknown):
+ * what the audit log and the failed-authentication back-off key on. */
+const char *lyra_http_client_addr(const struct lyra_http_req *req);
+/* The method ("GET", ...). */
+const char *lyra_http_method(const struct lyra_http_req *req);
+/* A per-request slot for the auth module: `data` (taken; a plain block
+ * that free() releases, or NULL) replaces what was there and is freed when
+ * the request ends.  Only the request's own threads touch it. */
+void lyra_http_set_principal(struct lyra_http_req *req, void *data);
+void *lyra_http_principal(const struct lyra_http_req *req);
 /* A {name} segment of the matched route pattern, NULL if none. */
 const char *lyra_http_param(const struct lyra_http_req *req, const char *name);
 const char *lyra_http_request_id(const struct lyra_http_req *req);

@@ -418,7 +418,7 @@ static void test_upgrades_schema_1(void **state)
     struct lyra_err err = {0};
     struct lyra_store *st = lyra_store_open(old, &err);
     assert_non_null(st);
-    assert_int_equal(lyra_store_schema_version(st), 4);
+    assert_int_equal(lyra_store_schema_version(st), 6);
     uint64_t v = 0;
     assert_int_equal(lyra_store_meta_get_u64(st, "k", &v, &err), 0);
     assert_int_equal(v, 42);
