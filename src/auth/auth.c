@@ -125,6 +125,7 @@ struct key {
     int64_t revoked_ms; /* 0 = not revoked; set under the write lock */
     _Atomic int64_t last_used_ms; /* 0 = never; written under the read lock */
     _Atomic int64_t persisted_ms; /* the last last_used_ms handed to the store */
+    uint64_t seq; /* creation order (the row order in SQLite), for lists */
 };
 
 struct lyra_auth {
@@ -135,6 +136,7 @@ struct lyra_auth {
     unsigned char secret[SECRET_LEN];
     char *admin_key_path;
     char anonymous_role[LYRA_AUTH_NAME_MAX + 1]; /* "" = anonymous access off */
+    uint64_t next_seq; /* of the next key made */
 
     struct principal **principals; /* sorted by name */
     size_t n_principals;
@@ -691,7 +693,7 @@ static int job_load(sqlite3 *db, void *arg, struct lyra_err *err)
 
     if (sqlite3_prepare_v2(db,
                            "SELECT id, hash, prefix, principal, label, created_ms, expires_ms, revoked_ms, "
-                           "last_used_ms FROM api_keys",
+                           "last_used_ms FROM api_keys ORDER BY rowid",
                            -1, &s, NULL) != SQLITE_OK)
         return lyra_store_error(err, db, "auth: loading keys");
     size_t cap = 0;
@@ -731,6 +733,7 @@ static int job_load(sqlite3 *db, void *arg, struct lyra_err *err)
         k->revoked_ms = sqlite3_column_int64(s, 7);
         atomic_init(&k->last_used_ms, sqlite3_column_int64(s, 8));
         atomic_init(&k->persisted_ms, sqlite3_column_int64(s, 8));
+        k->seq = a->next_seq++;
         a->by_hash[a->n_keys++] = k;
     }
     if (rc != SQLITE_DONE)
@@ -1086,13 +1089,14 @@ static int bootstrap_add(struct lyra_auth *a, const char *text, size_t len, bool
     } else if (strcmp(p->role, "admin") != 0) {
         snprintf(p->role, sizeof p->role, "admin");
     }
+    k->seq = a->next_seq++;
     key_indexes_publish(a, &ix);
     pthread_rwlock_unlock(&a->lock);
     free(nv);
     free(ix.by_hash);
     free(ix.by_id);
-    lyra_info("auth", "bootstrap: principal admin has the %s admin key %s (%s)",
-              generated ? "generated" : "LYRA_ADMIN_KEY", k->id, k->prefix);
+    lyra_info("auth", "bootstrap: principal admin has the %s admin key %s",
+              generated ? "generated" : "LYRA_ADMIN_KEY", k->id);
     return 0;
 }
 
@@ -1501,6 +1505,7 @@ int lyra_auth_key_create(struct lyra_auth *a, const struct lyra_key_spec *spec, 
         free(ix.by_id);
         goto out;
     }
+    k->seq = a->next_seq++;
     pthread_rwlock_wrlock(&a->lock);
     key_indexes_publish(a, &ix);
     pthread_rwlock_unlock(&a->lock);
@@ -1807,12 +1812,10 @@ json_t *lyra_auth_users_json(struct lyra_auth *a)
     return arr;
 }
 
-static int cmp_key_created(const void *x, const void *y)
+static int cmp_key_seq(const void *x, const void *y)
 {
     const struct key *a = *(struct key *const *)x, *b = *(struct key *const *)y;
-    if (a->created_ms != b->created_ms)
-        return a->created_ms < b->created_ms ? -1 : 1;
-    return strcmp(a->id, b->id);
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
 }
 
 json_t *lyra_auth_keys_json(struct lyra_auth *a, const char *principal)
@@ -1832,7 +1835,7 @@ json_t *lyra_auth_keys_json(struct lyra_auth *a, const char *principal)
         if (!principal || strcmp(a->by_id[i]->principal, principal) == 0)
             v[n++] = a->by_id[i];
     if (n)
-        qsort(v, n, sizeof *v, cmp_key_created);
+        qsort(v, n, sizeof *v, cmp_key_seq);
     for (size_t i = 0; arr && i < n; i++) {
         json_t *o = key_json(v[i], now);
         if (!o || json_array_append_new(arr, o) < 0) {
