@@ -15,6 +15,7 @@
 
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -905,6 +906,61 @@ static void test_db_failure_leaves_memory(void **state)
     lyra_auth_free(a);
 }
 
+/* --- concurrency ---------------------------------------------------------------- */
+
+struct reader {
+    struct lyra_auth *a;
+    const char *key;
+    int failures;
+};
+
+static void *reader_main(void *arg)
+{
+    struct reader *r = arg;
+    for (int i = 0; i < 2000; i++) {
+        struct lyra_principal p;
+        if (auth_key(r->a, r->key, &p) != LYRA_AUTH_OK || !lyra_auth_allowed(r->a, &p, "chat", "llama-1") ||
+            lyra_auth_allowed(r->a, &p, "models.load", NULL))
+            r->failures++;
+    }
+    return NULL;
+}
+
+/* Readers authenticate and check while another thread changes the policy
+ * (new principals, keys, roles): they never see a torn state. */
+static void test_concurrent_changes(void **state)
+{
+    struct lyra_auth *a = open_auth();
+    char key[LYRA_AUTH_KEY_BUF];
+    add_user_key(a, "reader", "user", key);
+    struct reader r[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = (struct reader){a, key, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, reader_main, &r[i]), 0);
+    }
+    struct lyra_err err = {0};
+    for (int i = 0; i < 40; i++) {
+        char name[32], k[LYRA_AUTH_KEY_BUF], role[32];
+        snprintf(name, sizeof name, "u%d", i);
+        snprintf(role, sizeof role, "r%d", i);
+        const char *perms[] = {"chat"};
+        assert_int_equal(lyra_auth_role_create(a, role, perms, 1, NULL, 0, &err), 0);
+        add_user_key(a, name, role, k);
+        assert_int_equal(lyra_auth_grant(a, role, NULL, "llama-*", &err), 0);
+        if (i % 2)
+            assert_int_equal(lyra_auth_user_remove(a, name, &err), 0);
+        json_t *views = lyra_auth_keys_json(a, NULL);
+        assert_non_null(views);
+        json_decref(views);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(r[i].failures, 0);
+    }
+    lyra_auth_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -921,6 +977,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bootstrap_given, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secret_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_failure_leaves_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_changes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
