@@ -906,6 +906,44 @@ static void test_db_failure_leaves_memory(void **state)
     lyra_auth_free(a);
 }
 
+/* last_used_ms of the first key listed for principal, or -1 when null. */
+static int64_t last_used(struct lyra_auth *a, const char *principal)
+{
+    json_t *keys = lyra_auth_keys_json(a, principal);
+    json_t *v = json_object_get(json_array_get(keys, 0), "last_used_ms");
+    int64_t ms = json_is_integer(v) ? json_integer_value(v) : -1;
+    json_decref(keys);
+    return ms;
+}
+
+/* last_used_ms: in memory at once, in SQLite at most once a minute. */
+static void test_last_used(void **state)
+{
+    struct lyra_auth *a = open_auth();
+    char key[LYRA_AUTH_KEY_BUF];
+    add_user_key(a, "alice", "user", key);
+    struct lyra_principal p;
+    int64_t t0 = fake_now;
+    assert_int_equal(last_used(a, "alice"), -1);
+    assert_int_equal(auth_key(a, key, &p), LYRA_AUTH_OK); /* persisted */
+    fake_now = t0 + 30000;
+    assert_int_equal(auth_key(a, key, &p), LYRA_AUTH_OK); /* memory only */
+    assert_int_equal(last_used(a, "alice"), t0 + 30000);
+    lyra_auth_free(a);
+    reopen_store();
+    a = open_auth();
+    assert_int_equal(last_used(a, "alice"), t0);
+    fake_now = t0 + 60000;
+    assert_int_equal(auth_key(a, key, &p), LYRA_AUTH_OK); /* a minute after t0: persisted */
+    fake_now = t0 + 70000;
+    assert_int_equal(auth_key(a, key, &p), LYRA_AUTH_OK); /* memory only */
+    lyra_auth_free(a);
+    reopen_store();
+    a = open_auth();
+    assert_int_equal(last_used(a, "alice"), t0 + 60000);
+    lyra_auth_free(a);
+}
+
 /* --- concurrency ---------------------------------------------------------------- */
 
 struct reader {
@@ -977,6 +1015,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bootstrap_given, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secret_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_failure_leaves_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_last_used, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_changes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
