@@ -43,9 +43,9 @@
 /* ------------------------------------------------------------------ */
 /* Answers                                                            */
 
-/* Answers a failed auth/ call.  `conflict` is the code of an ECONFLICT
- * when its message does not say ("role still in use" → role_in_use,
- * anything about the admin → last_admin). */
+/* Answers a failed auth/ call.  `conflict` is the code of an ECONFLICT,
+ * which the call site knows: deleting a role can only conflict with its
+ * holders (role_in_use), every other change only with the last admin. */
 static void send_auth_error(struct lyra_http_req *req, int rc, const struct lyra_err *err, const char *conflict)
 {
     const char *msg = err && err->msg[0] ? err->msg : lyra_strerror(rc);
@@ -63,10 +63,6 @@ static void send_auth_error(struct lyra_http_req *req, int rc, const struct lyra
         lyra_http_send_error(req, 403, "builtin_role", "%s", msg);
         return;
     case LYRA_ECONFLICT:
-        if (strstr(msg, "in use"))
-            conflict = "role_in_use";
-        else if (strstr(msg, "admin"))
-            conflict = "last_admin";
         lyra_http_send_error(req, 409, conflict, "%s", msg);
         return;
     case LYRA_EDB:
