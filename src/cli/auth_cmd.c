@@ -200,6 +200,10 @@ static void print_new_key(const char *cmd, json_t *answer)
     }
     printf("%s\n", key);
     fflush(stdout);
+    /* POST /users {"key":true} describes the key under "key_info". */
+    json_t *info = json_object_get(answer, "key_info");
+    if (json_is_object(info))
+        answer = info;
     char exp[40];
     date_cell(json_object_get(answer, "expires_ms"), "never", exp, sizeof exp);
     fprintf(stderr,

@@ -629,6 +629,8 @@ int lyra_client_post_stream(struct lyra_client *c, const char *path, const json_
     CURLcode cr = curl_easy_perform(h);
     if (c->status == 0)
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
+    if (c->status > 0)
+        c->retry_after = retry_after_of(h);
 
     if (s.stopped || (cancel && *cancel))
         rc = 0;
