@@ -31,7 +31,7 @@
 /* --- options -------------------------------------------------------- */
 
 struct opt {
-    const char *name; /* "--role" */
+    const char *name;   /* "--role" */
     const char **value; /* an option with a value, or NULL */
     bool *flag;         /* a flag, or NULL */
 };
@@ -209,8 +209,9 @@ static void print_new_key(const char *cmd, json_t *answer)
     fprintf(stderr,
             "lyra %s: key %s for %s (expires: %s%s). It is shown this once and cannot be\n"
             "retrieved again: store it now (`lyra keys revoke %s` if it leaks).\n",
-            cmd, str(answer, "id", str(answer, "key_id", "?")), str(answer, "principal", str(answer, "name", "?")),
-            exp, strcmp(exp, "never") == 0 ? "" : " UTC", str(answer, "id", str(answer, "key_id", "ID")));
+            cmd, str(answer, "id", str(answer, "key_id", "?")),
+            str(answer, "principal", str(answer, "name", "?")), exp, strcmp(exp, "never") == 0 ? "" : " UTC",
+            str(answer, "id", str(answer, "key_id", "ID")));
 }
 
 /* --- login / logout ------------------------------------------------- */
@@ -295,7 +296,8 @@ static int read_key(const char *url, char *buf, size_t cap)
     if (failed || !lyra_credentials_key_valid(buf)) {
         explicit_bzero(buf, cap);
         fprintf(stderr, "lyra login: %s\n",
-                failed ? "cannot read the key" : "no key given (one line: 1 to 256 printable characters, no spaces)");
+                failed ? "cannot read the key"
+                       : "no key given (one line: 1 to 256 printable characters, no spaces)");
         return -1;
     }
     return 0;
@@ -499,7 +501,7 @@ static void keys_table(json_t *keys)
     json_t *j;
     json_array_foreach(keys, i, j)
     {
-        char (*row)[80] = cells[i + 1];
+        char(*row)[80] = cells[i + 1];
         lyra_fmt(row[0], 80, "%s", str(j, "id", "?"));
         lyra_fmt(row[1], 80, "%s", str(j, "prefix", "-"));
         lyra_fmt(row[2], 80, "%s", str(j, "principal", "?"));
@@ -527,10 +529,10 @@ int lyra_cmd_keys(int argc, char **argv)
     const char *pos[1] = {NULL};
     bool json = false;
     int n_pos = 0, max_pos = 0, st;
-    const struct opt create_opts[] = {{"--url", &url_flag, NULL},    {"--role", &role, NULL},
-                                      {"--name", &name, NULL},       {"--user", &user, NULL},
-                                      {"--expires", &expires, NULL}, {"--label", &label, NULL},
-                                      {NULL, NULL, NULL}};
+    const struct opt create_opts[] = {
+        {"--url", &url_flag, NULL}, {"--role", &role, NULL},       {"--name", &name, NULL},
+        {"--user", &user, NULL},    {"--expires", &expires, NULL}, {"--label", &label, NULL},
+        {NULL, NULL, NULL}};
     const struct opt list_opts[] = {
         {"--url", &url_flag, NULL}, {"--user", &user, NULL}, {"--json", NULL, &json}, {NULL, NULL, NULL}};
     const struct opt revoke_opts[] = {{"--url", &url_flag, NULL}, {NULL, NULL, NULL}};
@@ -627,7 +629,7 @@ static void users_table(json_t *users)
     json_t *j;
     json_array_foreach(users, i, j)
     {
-        char (*row)[80] = cells[i + 1];
+        char(*row)[80] = cells[i + 1];
         lyra_fmt(row[0], 80, "%s", str(j, "name", "?"));
         lyra_fmt(row[1], 80, "%s", str(j, "kind", "?"));
         lyra_fmt(row[2], 80, "%s", str(j, "role", "?"));
@@ -684,7 +686,8 @@ int lyra_cmd_users(int argc, char **argv)
         return 2;
     }
     if (opts == add_opts && !role) {
-        fprintf(stderr, "lyra users add: --role ROLE is needed (admin, operator, user, viewer or a custom role)\n");
+        fprintf(stderr,
+                "lyra users add: --role ROLE is needed (admin, operator, user, viewer or a custom role)\n");
         return 2;
     }
     struct lyra_client *c = NULL;
@@ -695,13 +698,17 @@ int lyra_cmd_users(int argc, char **argv)
     if (opts == add_opts) {
         body = json_pack("{s:s?, s:s?, s:s, s:b}", "name", pos[0], "role", role, "kind",
                          service ? "service" : "user", "key", key);
-        st = body ? call(c, cmd, "POST", "/users", body, &answer) : (fprintf(stderr, "lyra %s: a name or role "
-                                                                                    "that is not UTF-8\n", cmd), 2);
+        st = body ? call(c, cmd, "POST", "/users", body, &answer)
+                  : (fprintf(stderr,
+                             "lyra %s: a name or role "
+                             "that is not UTF-8\n",
+                             cmd),
+                     2);
         if (st == 0 && key) {
             print_new_key(cmd, answer);
         } else if (st == 0) {
-            printf("added %s %s (role %s)\n", service ? "service account" : "user", str(answer, "name", pos[0]),
-                   str(answer, "role", role));
+            printf("added %s %s (role %s)\n", service ? "service account" : "user",
+                   str(answer, "name", pos[0]), str(answer, "role", role));
         }
     } else if (opts == list_opts) {
         st = call(c, cmd, "GET", "/users", NULL, &answer);

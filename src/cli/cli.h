@@ -37,10 +37,10 @@ struct lyra_common_flags {
 };
 
 /* The usage lines of the API key flags, for every client command. */
-#define LYRA_CLI_KEY_USAGE                                                          \
-    "  --api-key-file PATH  read the API key from PATH (its first line)\n"          \
-    "  --api-key KEY        the API key (visible to `ps` while the command starts;\n" \
-    "                       default: env LYRA_API_KEY, then the key `lyra login`\n"  \
+#define LYRA_CLI_KEY_USAGE                                                                                   \
+    "  --api-key-file PATH  read the API key from PATH (its first line)\n"                                   \
+    "  --api-key KEY        the API key (visible to `ps` while the command starts;\n"                        \
+    "                       default: env LYRA_API_KEY, then the key `lyra login`\n"                          \
     "                       stored for the daemon's URL)\n"
 
 /* Parses --home --config --host --port --models-dir --api-key

@@ -341,7 +341,8 @@ static int fail_http(struct lyra_client *c, const struct buf *body)
     if (c->status == 401 && c->no_hint)
         rc = set_err(c, LYRA_EIO, "%s", text);
     else if (c->status == 401 && c->key)
-        rc = set_err(c, LYRA_EIO, "%s (the key from %s was refused): set LYRA_API_KEY, pass --api-key or run `lyra login`",
+        rc = set_err(c, LYRA_EIO,
+                     "%s (the key from %s was refused): set LYRA_API_KEY, pass --api-key or run `lyra login`",
                      text, c->key_source);
     else if (c->status == 401)
         rc = set_err(c, LYRA_EIO, "%s: set LYRA_API_KEY, pass --api-key or run `lyra login`", text);
@@ -683,8 +684,8 @@ static int key_from_file(const char *path, const char *cmd, char **key)
     return 0;
 }
 
-int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *url, const char *cmd, char **key,
-                            const char **source)
+int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *url, const char *cmd,
+                            char **key, const char **source)
 {
     *key = NULL;
     const char *src = NULL;
@@ -727,8 +728,9 @@ int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *u
         return LYRA_ENOMEM;
     }
     if (*key && !lyra_credentials_key_valid(*key)) {
-        fprintf(stderr, "lyra %s: the API key from %s is malformed (1 to %d printable characters, no spaces)\n",
-                cmd, src, LYRA_CREDENTIALS_KEY_MAX);
+        fprintf(stderr,
+                "lyra %s: the API key from %s is malformed (1 to %d printable characters, no spaces)\n", cmd,
+                src, LYRA_CREDENTIALS_KEY_MAX);
         explicit_bzero(*key, strlen(*key));
         free(*key);
         *key = NULL;

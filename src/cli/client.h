@@ -73,8 +73,8 @@ void lyra_client_free(struct lyra_client *c);
  * flags may be NULL.  A key file that cannot be read, a malformed key, both
  * flags at once, or a credentials file open to other users is printed as
  * "lyra CMD: ..." (never with the key) and returned as a negative LYRA_E*. */
-int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *url, const char *cmd, char **key,
-                            const char **source);
+int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *url, const char *cmd,
+                            char **key, const char **source);
 
 /* Sends `key` (copied; NULL: none) as the bearer token of every request;
  * `source` (static, may be NULL) names where it came from in the message

@@ -62,7 +62,8 @@ static bool is_blank(char ch)
 
 /* One line of the file, [p, p+n) without its '\n': when it is an entry,
  * the url and key words are returned through the out pointers. */
-static bool parse_line(const char *p, size_t n, const char **url, size_t *ulen, const char **key, size_t *klen)
+static bool parse_line(const char *p, size_t n, const char **url, size_t *ulen, const char **key,
+                       size_t *klen)
 {
     size_t i = 0;
     while (i < n && is_blank(p[i]))

@@ -47,7 +47,8 @@ static int parse_date(const char *text, int64_t now_ms, struct lyra_expiry *out,
         return lyra_err_set(err, LYRA_EINVAL, "--expires: %s is not a date", text);
     int64_t ms = days_from_civil(y, m, d) * 86400 * 1000;
     if (ms <= now_ms)
-        return lyra_err_set(err, LYRA_EINVAL, "--expires: %s is not in the future (the key expires at 00:00 UTC that day)",
+        return lyra_err_set(err, LYRA_EINVAL,
+                            "--expires: %s is not in the future (the key expires at 00:00 UTC that day)",
                             text);
     out->at_ms = ms;
     return 0;
@@ -68,17 +69,28 @@ int lyra_expiry_parse(const char *text, int64_t now_ms, struct lyra_expiry *out,
     }
     if (nd == 0 || nd + 1 != n) {
         if (nd == n && n > 0)
-            return lyra_err_set(err, LYRA_EINVAL, "--expires: %s needs a unit: s, m, h, d or w (\"30d\")", text);
+            return lyra_err_set(err, LYRA_EINVAL, "--expires: %s needs a unit: s, m, h, d or w (\"30d\")",
+                                text);
         return lyra_err_set(err, LYRA_EINVAL,
                             "--expires: a duration (\"90m\", \"12h\", \"30d\") or a date (YYYY-MM-DD)");
     }
     int64_t unit;
     switch (text[nd]) {
-    case 's': unit = 1; break;
-    case 'm': unit = 60; break;
-    case 'h': unit = 3600; break;
-    case 'd': unit = 86400; break;
-    case 'w': unit = 7 * 86400; break;
+    case 's':
+        unit = 1;
+        break;
+    case 'm':
+        unit = 60;
+        break;
+    case 'h':
+        unit = 3600;
+        break;
+    case 'd':
+        unit = 86400;
+        break;
+    case 'w':
+        unit = 7 * 86400;
+        break;
     default:
         return lyra_err_set(err, LYRA_EINVAL, "--expires: unknown unit '%c' (s, m, h, d or w)", text[nd]);
     }

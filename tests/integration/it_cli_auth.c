@@ -139,8 +139,8 @@ static int setup(void **state)
     assert_int_equal(it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX), 0);
     /* viewer for anonymous requests: with auth.enabled it must not matter,
      * and a daemon that let it matter would fail the first test. */
-    const char *env[] = {"LYRA_AUTH_ENABLED=true", "LYRA_ADMIN_KEY=" ADMIN_KEY, "LYRA_AUTH_ANONYMOUS_ROLE=viewer",
-                         NULL};
+    const char *env[] = {"LYRA_AUTH_ENABLED=true", "LYRA_ADMIN_KEY=" ADMIN_KEY,
+                         "LYRA_AUTH_ANONYMOUS_ROLE=viewer", NULL};
     if (it_server_start(&srv, home, NULL, env) < 0)
         return -1;
     snprintf(url, sizeof url, "http://127.0.0.1:%d", srv.port);
@@ -221,8 +221,8 @@ static void test_cli_auth(void **state)
     free(out), free(err);
 
     /* A wrong key: refused too, naming where it came from, never showing it. */
-    rc = run_all((const char *[]){"ps", NULL}, (const char *[]){"LYRA_API_KEY=lyra_not-a-real-key-000000", NULL},
-                 NULL, &out, &err);
+    rc = run_all((const char *[]){"ps", NULL},
+                 (const char *[]){"LYRA_API_KEY=lyra_not-a-real-key-000000", NULL}, NULL, &out, &err);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(err, HINT));
     assert_non_null(strstr(err, "LYRA_API_KEY"));
@@ -236,7 +236,8 @@ static void test_cli_auth(void **state)
     free(out), free(err);
 
     /* keys create --role viewer: the key alone on stdout. */
-    rc = run((const char *[]){"keys", "create", "--role", "viewer", "--label", "it viewer", "--expires", "30d", NULL},
+    rc = run((const char *[]){"keys", "create", "--role", "viewer", "--label", "it viewer", "--expires",
+                              "30d", NULL},
              admin_env, NULL, &out, &err);
     if (rc != 0)
         fail_msg("keys create: %d %s", rc, err);
@@ -260,7 +261,8 @@ static void test_cli_auth(void **state)
         fail_msg("403 without the permission: %s", err);
     free(out), free(err);
     /* keys list needs permissions.manage. */
-    rc = run_all((const char *[]){"keys", "list", NULL}, (const char *[]){viewer_env, NULL}, NULL, &out, &err);
+    rc =
+        run_all((const char *[]){"keys", "list", NULL}, (const char *[]){viewer_env, NULL}, NULL, &out, &err);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(err, "permissions.manage"));
     free(out), free(err);
@@ -344,7 +346,8 @@ static void test_cli_auth(void **state)
     free(out), free(err);
 
     /* users add/list/set-role/remove. */
-    rc = run((const char *[]){"users", "add", "bob", "--role", "user", "--key", NULL}, admin_env, NULL, &out, &err);
+    rc = run((const char *[]){"users", "add", "bob", "--role", "user", "--key", NULL}, admin_env, NULL, &out,
+             &err);
     if (rc != 0)
         fail_msg("users add: %d %s", rc, err);
     char bob[64];
@@ -352,8 +355,8 @@ static void test_cli_auth(void **state)
     assert_true(is_key(bob));
     free(out), free(err);
     assert_int_equal(http_with("GET", "/status", bob), 200);
-    rc = run_all((const char *[]){"users", "add", "ci-bot", "--role", "viewer", "--service", NULL}, admin_env, NULL,
-                 &out, &err);
+    rc = run_all((const char *[]){"users", "add", "ci-bot", "--role", "viewer", "--service", NULL}, admin_env,
+                 NULL, &out, &err);
     assert_int_equal(rc, 0);
     free(out), free(err);
     rc = run_all((const char *[]){"users", "list", NULL}, admin_env, NULL, &out, &err);

@@ -260,8 +260,9 @@ static void test_expiry_durations(void **state)
         assert_int_equal(e.in_s, ok[i].s);
         assert_int_equal(e.at_ms, 0);
     }
-    static const char *const bad[] = {"",   "30",  "0d",  "-1d", "1.5h", "30 d", "d",
-                                      "3y", "30D", "1dd", "h1",  "99999999999999999999d", "36600d0"};
+    static const char *const bad[] = {"",       "30", "0d",  "-1d", "1.5h", "30 d",
+                                      "d",      "3y", "30D", "1dd", "h1",   "99999999999999999999d",
+                                      "36600d0"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         err.msg[0] = '\0';
         assert_int_equal(lyra_expiry_parse(bad[i], NOW_MS, &e, &err), LYRA_EINVAL);
