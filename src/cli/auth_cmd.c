@@ -706,6 +706,7 @@ int lyra_cmd_users(int argc, char **argv)
                      2);
         if (st == 0 && key) {
             print_new_key(cmd, answer);
+            st = json_is_string(json_object_get(answer, "key")) ? 0 : 1;
         } else if (st == 0) {
             printf("added %s %s (role %s)\n", service ? "service account" : "user",
                    str(answer, "name", pos[0]), str(answer, "role", role));
