@@ -543,6 +543,8 @@ static int open_http(struct lyra_server *srv, struct lyra_err *err)
         .max_connections = cfg->server.max_connections,
         .cors_origins = cfg->server.cors_origins,
         .n_cors_origins = cfg->server.n_cors_origins,
+        .trusted_proxies = cfg->server.trusted_proxies,
+        .n_trusted_proxies = cfg->server.n_trusted_proxies,
         .hostcheck = srv->hostcheck,
         .requests_total = srv->m.http_requests,
     };
