@@ -130,6 +130,92 @@ static json_t *role_entry(struct lyra_auth *auth, const char *name)
 }
 
 /* ------------------------------------------------------------------ */
+/* No escalation                                                      */
+
+/* True when the caller's own model patterns cover every one of `models`
+ * (a caller with "*" covers all; otherwise each pattern must be one of
+ * the caller's, literally). */
+static bool covers_models(json_t *caller_models, json_t *models)
+{
+    size_t i, j;
+    json_t *m, *c;
+    json_array_foreach(caller_models, j, c) if (strcmp(json_string_value(c) ?: "", "*") == 0) return true;
+    json_array_foreach(models, i, m)
+    {
+        bool found = false;
+        json_array_foreach(caller_models, j, c) found |= json_equal(c, m);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+/* A manager who is not an admin may not hand out more than it holds
+ * itself: giving a role (to a new or changed principal), acting on a
+ * principal (its keys, its removal) or granting a permission or pattern
+ * needs every permission and model pattern involved.  Otherwise a custom
+ * role with permissions.manage could make itself admin.  Answers 403
+ * "escalation" and returns false when the caller falls short. */
+static bool caller_covers(struct lyra_http_req *req, struct lyra_server *srv, const char *role, const char *perm,
+                          const char *model)
+{
+    const struct lyra_principal *me = lyra_authz_principal(req);
+    if (!me)
+        return true; /* no policy installed */
+    json_t *mine = lyra_auth_principal_json(srv->auth, me);
+    json_t *r = role ? role_entry(srv->auth, role) : NULL;
+    bool ok = mine != NULL;
+    const char *missing = NULL;
+    size_t i;
+    json_t *v;
+    if (ok && r) {
+        json_array_foreach(json_object_get(r, "permissions"), i, v)
+        {
+            const char *p = json_string_value(v);
+            if (p && !lyra_auth_allowed(srv->auth, me, p, NULL)) {
+                ok = false;
+                missing = p;
+                break;
+            }
+        }
+        if (ok && !covers_models(json_object_get(mine, "models"), json_object_get(r, "models"))) {
+            ok = false;
+            missing = "its model patterns";
+        }
+    }
+    if (ok && perm && !lyra_auth_allowed(srv->auth, me, perm, NULL)) {
+        ok = false;
+        missing = perm;
+    }
+    if (ok && model) {
+        json_t *one = json_pack("[s]", model);
+        ok = covers_models(json_object_get(mine, "models"), one);
+        json_decref(one);
+        if (!ok)
+            missing = model;
+    }
+    if (!ok)
+        lyra_http_send_json(req, 403,
+                            json_pack("{s:{s:s, s:s++}}", "error", "code", "escalation", "message",
+                                      "only a caller that holds everything it hands out may do this; you lack ",
+                                      missing ? missing : "permissions", role ? " (of role)" : ""));
+    json_decref(r);
+    json_decref(mine);
+    return ok;
+}
+
+/* The role of principal `name`, copied into buf; false when there is none. */
+static bool role_of(struct lyra_server *srv, const char *name, char *buf, size_t len)
+{
+    json_t *u = user_entry(srv->auth, name);
+    const char *r = json_string_value(json_object_get(u, "role"));
+    if (r)
+        snprintf(buf, len, "%s", r);
+    json_decref(u);
+    return r != NULL;
+}
+
+/* ------------------------------------------------------------------ */
 /* Strict body checks (each answers 400 itself and returns false)     */
 
 /* Reads the body: a JSON object whose fields are all in `allowed`
@@ -495,6 +581,8 @@ static void grant_or_revoke(struct lyra_http_req *req, struct lyra_server *srv, 
         lyra_http_send_error(req, 400, "invalid_request", "give one of 'permission' and 'model' (a pattern)");
         goto out;
     }
+    if (!caller_covers(req, srv, NULL, perm, model))
+        goto out;
     struct lyra_err err = {0};
     int rc = grant ? lyra_auth_grant(srv->auth, role, perm, model, &err)
                    : lyra_auth_revoke(srv->auth, role, perm, model, &err);
@@ -575,6 +663,8 @@ void lyra_api_users_add(struct lyra_http_req *req, void *ctx)
         lyra_http_send_error(req, 400, "invalid_request", "kind must be \"user\" or \"service\"");
         goto out;
     }
+    if (!caller_covers(req, srv, role, NULL, NULL))
+        goto out;
     struct lyra_err err = {0};
     int rc = lyra_auth_user_add(srv->auth, name, kind, role, &err);
     if (rc < 0) {
@@ -624,6 +714,9 @@ void lyra_api_users_remove(struct lyra_http_req *req, void *ctx)
     const char *name = lyra_http_param(req, "name");
     if (!name || !valid_name(req, "name", name))
         return;
+    char target_role[LYRA_AUTH_NAME_MAX + 1];
+    if (role_of(srv, name, target_role, sizeof target_role) && !caller_covers(req, srv, target_role, NULL, NULL))
+        return;
     struct lyra_err err = {0};
     int rc = lyra_auth_user_remove(srv->auth, name, &err);
     if (rc < 0) {
@@ -648,6 +741,10 @@ void lyra_api_users_set_role(struct lyra_http_req *req, void *ctx)
         return;
     const char *role;
     if (!req_name(req, body, "role", &role))
+        goto out;
+    char old_role[LYRA_AUTH_NAME_MAX + 1];
+    if (!caller_covers(req, srv, role, NULL, NULL) ||
+        (role_of(srv, name, old_role, sizeof old_role) && !caller_covers(req, srv, old_role, NULL, NULL)))
         goto out;
     struct lyra_err err = {0};
     int rc = lyra_auth_user_set_role(srv->auth, name, role, &err);
@@ -715,6 +812,10 @@ void lyra_api_keys_create(struct lyra_http_req *req, void *ctx)
     if ((principal && !valid_name(req, "principal", principal)) || (role && !valid_name(req, "role", role)) ||
         (name && !valid_name(req, "name", name)))
         goto out;
+    char target_role[LYRA_AUTH_NAME_MAX + 1];
+    if (!caller_covers(req, srv, role ? role : role_of(srv, principal, target_role, sizeof target_role) ? target_role : NULL,
+                       NULL, NULL))
+        goto out;
     struct lyra_err err = {0};
     char svc[16];
     bool created = false;
@@ -766,6 +867,16 @@ void lyra_api_keys_revoke(struct lyra_http_req *req, void *ctx)
     if (!have_auth(srv, req))
         return;
     const char *id = lyra_http_param(req, "id");
+    /* Whose key: a manager may revoke only keys of principals it covers. */
+    json_t *keys = lyra_auth_keys_json(srv->auth, NULL);
+    size_t i;
+    json_t *k;
+    char owner_role[LYRA_AUTH_NAME_MAX + 1] = "";
+    json_array_foreach(keys, i, k) if (id && strcmp(json_string_value(json_object_get(k, "id")) ?: "", id) == 0)
+        role_of(srv, json_string_value(json_object_get(k, "principal")) ?: "", owner_role, sizeof owner_role);
+    json_decref(keys);
+    if (owner_role[0] && !caller_covers(req, srv, owner_role, NULL, NULL))
+        return;
     struct lyra_err err = {0};
     int rc = lyra_auth_key_revoke(srv->auth, id ? id : "", &err);
     if (rc < 0) {
@@ -825,6 +936,12 @@ void lyra_api_roles_create(struct lyra_http_req *req, void *ctx)
         models[0] = "*";
         n_models = 1;
     }
+    for (size_t i = 0; i < n_perms; i++)
+        if (!caller_covers(req, srv, NULL, perms[i], NULL))
+            goto out;
+    for (size_t i = 0; i < n_models; i++)
+        if (!caller_covers(req, srv, NULL, NULL, models[i]))
+            goto out;
     struct lyra_err err = {0};
     int rc = lyra_auth_role_create(srv->auth, name, perms, n_perms, models, n_models, &err);
     if (rc < 0) {

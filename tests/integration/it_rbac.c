@@ -696,6 +696,39 @@ static void test_roles(void **state)
     expect_error("DELETE", "/roles/readers", ADMIN_KEY, NULL, 404, "not_found");
 }
 
+/* A custom role that may manage permissions must not hand out more than
+ * it holds: not the admin role, not a permission it lacks, not a wider
+ * model pattern; not act on an admin's keys or account. */
+static void test_no_escalation(void **state)
+{
+    json_decref(call("POST", "/roles", ADMIN_KEY,
+                     "{\"name\":\"mgr\",\"permissions\":[\"permissions.manage\",\"models.read\",\"chat\"],"
+                     "\"models\":[\"llama-*\"]}",
+                     201));
+    char mgr[80];
+    make_key("{\"role\":\"mgr\",\"name\":\"mgr1\"}", mgr, sizeof mgr, NULL, 0);
+    expect_error("POST", "/users", mgr, "{\"name\":\"evil\",\"role\":\"admin\"}", 403, "escalation");
+    expect_error("POST", "/keys", mgr, "{\"role\":\"admin\"}", 403, "escalation");
+    expect_error("POST", "/users/mgr1/role", mgr, "{\"role\":\"admin\"}", 403, "escalation");
+    expect_error("POST", "/keys", mgr, "{\"principal\":\"admin\"}", 403, "escalation");
+    expect_error("DELETE", "/users/admin", mgr, NULL, 403, "escalation");
+    expect_error("POST", "/permissions/grant", mgr, "{\"role\":\"mgr\",\"permission\":\"models.load\"}", 403,
+                 "escalation");
+    expect_error("POST", "/permissions/grant", mgr, "{\"role\":\"mgr\",\"model\":\"*\"}", 403, "escalation");
+    expect_error("POST", "/roles", mgr, "{\"name\":\"wide\",\"permissions\":[\"audit.read\"]}", 403,
+                 "escalation");
+    /* viewer holds jobs.read and metrics.read, which mgr does not */
+    expect_error("POST", "/users", mgr, "{\"name\":\"v1\",\"role\":\"viewer\"}", 403, "escalation");
+    /* within its own grants it may act */
+    json_decref(call("POST", "/roles", mgr,
+                     "{\"name\":\"narrow\",\"permissions\":[\"chat\"],\"models\":[\"llama-*\"]}", 201));
+    json_decref(call("POST", "/users", mgr, "{\"name\":\"n1\",\"role\":\"narrow\"}", 201));
+    json_decref(call("DELETE", "/users/n1", mgr, NULL, 200));
+    json_decref(call("DELETE", "/roles/narrow", ADMIN_KEY, NULL, 200));
+    json_decref(call("DELETE", "/users/mgr1", ADMIN_KEY, NULL, 200));
+    json_decref(call("DELETE", "/roles/mgr", ADMIN_KEY, NULL, 200));
+}
+
 /* The bootstrap admin plus the matrix's admin service account: demote the
  * second, and then nothing may take the first's admin away. */
 static void test_last_admin(void **state)
@@ -778,6 +811,7 @@ int main(void)
         cmocka_unit_test(test_grant_revoke),
         cmocka_unit_test(test_users_and_keys),
         cmocka_unit_test(test_roles),
+        cmocka_unit_test(test_no_escalation),
         cmocka_unit_test(test_last_admin),
         cmocka_unit_test(test_audit),
     };
