@@ -7,8 +7,8 @@
  *   1. a key in the query string: 400 key_in_query (URLs end up in logs,
  *      proxies and browser histories), on every route;
  *   2. public routes ("") pass, without a principal;
- *   3. an address in back-off: 429 too_many_failures + Retry-After, the
- *      key not even looked at (when the request needs one);
+ *   3. (folded into 4) an address in back-off: a key that does not
+ *      authenticate is 429 too_many_failures + Retry-After instead of 401;
  *   4. authentication: a presented key must be good (401 otherwise, and
  *      the failure counts towards the back-off); no key = the anonymous
  *      principal when anonymous access is on, else 401 missing_key.  With
@@ -28,6 +28,7 @@
 #include <sodium.h>
 
 #include "api/server.h"
+#include "http/hostcheck.h"
 #include "core/log.h"
 #include "core/util.h"
 
@@ -167,9 +168,39 @@ int lyra_authz_authorize(struct lyra_http_req *req, const struct lyra_route *rou
         key_from_subprotocol(req, from_ws, sizeof from_ws))
         authorization = from_ws;
     const char *addr = lyra_http_client_addr(req);
-    bool needs_key = authorization || !srv->anonymous_role;
-    if (needs_key && srv->auth_fail) {
-        int64_t wait_ms = lyra_ratelimit_blocked(srv->auth_fail, addr);
+    enum lyra_auth_failure f = lyra_auth_authenticate(srv->auth, authorization, &s->p);
+    if (authorization == from_ws)
+        sodium_memzero(from_ws, sizeof from_ws);
+    /* Auth off: OpenAI and Ollama clients always send some key ("sk-...",
+     * "ollama"), as llama-server and Ollama ignore it.  A key Lyra never
+     * issued then counts as no key; a key it issued is still checked (an
+     * expired or revoked one is 401: its holder should learn that). */
+    bool fell_back = false;
+    if (srv->anonymous_role && authorization && (f == LYRA_AUTH_UNKNOWN || f == LYRA_AUTH_MALFORMED)) {
+        f = lyra_auth_authenticate(srv->auth, NULL, &s->p);
+        fell_back = true;
+        authorization = NULL;
+    }
+    /* http.c's Host guard let this request pass because it carried
+     * credentials; now that it acts as anonymous, the guard applies here
+     * (else a rebinding page would only have to send a made-up key). */
+    struct lyra_err host_err = {0};
+    if (fell_back && srv->hostcheck &&
+        lyra_hostcheck_check(srv->hostcheck, lyra_http_header(req, "Host"), &host_err) < 0) {
+        lyra_http_send_error(req, 403, "host_not_allowed", "%s", host_err.msg);
+        return -1;
+    }
+    if (f != LYRA_AUTH_OK) {
+        /* The back-off: an address that failed too often is answered 429
+         * for every key that does not authenticate.  A valid key still
+         * passes, so that another client at the same address (all of
+         * loopback, a NAT, a proxy without trusted_proxies) cannot lock
+         * its holder out; with 256-bit keys the back-off is there to bound
+         * the noise (and the audit rows) of guessing, not to make guessing
+         * possible to survive. */
+        int64_t wait_ms = authorization && srv->auth_fail ? lyra_ratelimit_blocked(srv->auth_fail, addr) : 0;
+        if (authorization && srv->auth_fail)
+            lyra_ratelimit_fail(srv->auth_fail, addr);
         if (wait_ms > 0) {
             char ra[24];
             snprintf(ra, sizeof ra, "%lld", (long long)((wait_ms + 999) / 1000));
@@ -179,30 +210,15 @@ int lyra_authz_authorize(struct lyra_http_req *req, const struct lyra_route *rou
                                  "too many failed authentications from %s: try again in %s s", addr, ra);
             return -1;
         }
-    }
-    enum lyra_auth_failure f = lyra_auth_authenticate(srv->auth, authorization, &s->p);
-    if (authorization == from_ws)
-        sodium_memzero(from_ws, sizeof from_ws);
-    /* Auth off: OpenAI and Ollama clients always send some key ("sk-...",
-     * "ollama"), as llama-server and Ollama ignore it.  A key Lyra never
-     * issued then counts as no key; a key it issued is still checked (an
-     * expired or revoked one is 401: its holder should learn that). */
-    if (srv->anonymous_role && (f == LYRA_AUTH_UNKNOWN || f == LYRA_AUTH_MALFORMED)) {
-        f = lyra_auth_authenticate(srv->auth, NULL, &s->p);
-        authorization = NULL;
-    }
-    if (f != LYRA_AUTH_OK) {
-        if (srv->auth_fail && authorization)
-            lyra_ratelimit_fail(srv->auth_fail, addr);
         s->denied_action = "auth.failed";
         snprintf(s->detail, sizeof s->detail, "%s", lyra_auth_failure_code(f));
         count_failure(srv, lyra_auth_failure_code(f));
         send_401(req, f, authorization != NULL);
         return -1;
     }
+    /* A success does not clear the address's failures: one valid key
+     * must not buy unlimited guesses at the others. */
     s->has_principal = true;
-    if (srv->auth_fail && authorization)
-        lyra_ratelimit_ok(srv->auth_fail, addr);
     if (!lyra_auth_allowed(srv->auth, &s->p, route->permission, NULL)) {
         s->denied_action = "auth.forbidden";
         snprintf(s->detail, sizeof s->detail, "lacks %s", route->permission);
@@ -256,6 +272,13 @@ void lyra_authz_on_response(struct lyra_http_req *req, int status, void *ctx)
         target = lyra_http_param(req, "permission");
     if (!target && s->denied_action)
         target = lyra_http_path(req);
+    if (s->denied_action && srv->audit_denials) {
+        char who[LYRA_AUTH_NAME_MAX + 80];
+        snprintf(who, sizeof who, "%s|%s", s->has_principal ? s->p.name : "", lyra_http_client_addr(req));
+        if (lyra_ratelimit_blocked(srv->audit_denials, who) > 0)
+            return; /* counted in lyra_auth_failures_total, not written again */
+        lyra_ratelimit_fail(srv->audit_denials, who);
+    }
     const char *result = s->denied_action ? "denied" : status < 400 ? "ok" : status < 500 ? "failed" : "error";
     struct lyra_audit_entry e = {
         .principal = s->has_principal ? s->p.name : "",

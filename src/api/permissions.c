@@ -33,6 +33,7 @@
 
 #include "api/authz.h"
 #include "api/server.h"
+#include "core/log.h"
 #include "core/util.h"
 
 /* The longest expiry a key may be given: ten years. */
@@ -723,6 +724,10 @@ void lyra_api_users_remove(struct lyra_http_req *req, void *ctx)
         send_auth_error(req, rc, &err, "last_admin");
         return;
     }
+    struct lyra_err cerr = {0};
+    if (lyra_conv_disown(srv->store, name, &cerr) < 0)
+        lyra_warn("auth", "principal %s was removed, but its conversations keep its name as owner: %s", name,
+                  cerr.msg);
     lyra_authz_audit_detail(req, "principal=%s", name);
     send_built(req, 200, json_pack("{s:s}", "removed", name));
 }

@@ -263,6 +263,14 @@ static int open_auth(struct lyra_server *srv, struct lyra_err *err)
     };
     if (!(srv->auth_fail = lyra_ratelimit_new(&ro)))
         return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    /* A client that repeats a refused request may not grow the append-only
+     * audit log as fast as it can send: past 20 denials in 10 s, the rows
+     * of one principal at one address pause (10 s, doubling to a minute);
+     * lyra_auth_failures_total still counts every one. */
+    struct lyra_ratelimit_options dro = {
+        .threshold = 20, .window_ms = 10000, .base_block_ms = 10000, .max_block_ms = 60000};
+    if (!(srv->audit_denials = lyra_ratelimit_new(&dro)))
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
     if (srv->anonymous_role)
         lyra_log(LYRA_LOG_INFO, "auth", NULL, json_pack("{s:s}", "anonymous_role", srv->anonymous_role),
                  "authentication is off: requests without a key act with role %s (auth.enabled: true requires "
@@ -794,6 +802,7 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_evstream_free(srv->evstream);
     lyra_hostcheck_free(srv->hostcheck);
     lyra_ratelimit_free(srv->auth_fail);
+    lyra_ratelimit_free(srv->audit_denials);
     lyra_models_watch_free(srv->models_watch);
     lyra_manager_free(srv->manager);
     lyra_memsource_free(srv->memsource);

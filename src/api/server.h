@@ -62,6 +62,7 @@ struct lyra_server {
     struct lyra_auth *auth;           /* principals, keys, roles (auth/auth.h) */
     struct lyra_audit *audit;         /* the append-only audit log (auth/audit.h) */
     struct lyra_ratelimit *auth_fail; /* back-off for failed authentication (auth/ratelimit.h) */
+    struct lyra_ratelimit *audit_denials; /* bounds the audit rows of repeated denials per principal and address */
     const char *anonymous_role;       /* role of requests without a key; NULL = a key is required */
     struct lyra_registry *registry;
     struct lyra_manager *manager;

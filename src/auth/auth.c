@@ -148,6 +148,7 @@ struct lyra_auth {
 
     char boot_key[LYRA_AUTH_KEY_BUF]; /* a generated admin key until taken */
     bool have_boot_key;
+    bool secret_created; /* auth.secret did not exist: no stored hash can match */
 };
 
 static int64_t now_of(const struct lyra_auth *a)
@@ -862,6 +863,7 @@ static int load_secret(struct lyra_auth *a, const char *home, struct lyra_err *e
             unlink(path);
             rc = lyra_err_set(err, LYRA_EIO, "writing %s: %s", path, strerror(e));
         } else {
+            a->secret_created = true;
             lyra_info("auth", "created the key secret %s (back it up with lyra.db)", path);
         }
         break;
@@ -1142,6 +1144,35 @@ static int bootstrap(struct lyra_auth *a, const char *given, struct lyra_err *er
     return 0;
 }
 
+/* auth.secret was missing (lost, or not restored with lyra.db) while the
+ * database holds keys: their hashes were made with the old secret and can
+ * never match again.  They are marked revoked, so that the last-admin rule
+ * and the bootstrap see what is true — no admin has a usable key — and a
+ * new admin key is made (docs/security.md, "Key storage"). */
+static int retire_orphaned_keys(struct lyra_auth *a, struct lyra_err *err)
+{
+    size_t live = 0;
+    for (size_t i = 0; i < a->n_keys; i++)
+        live += a->by_hash[i]->revoked_ms == 0;
+    if (live == 0)
+        return 0;
+    int64_t now = now_of(a);
+    struct batch b = {0};
+    BATCH(&b, "UPDATE api_keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL", I(now));
+    int rc = batch_run(a, &b, err);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < a->n_keys; i++)
+        if (!a->by_hash[i]->revoked_ms)
+            a->by_hash[i]->revoked_ms = now;
+    lyra_warn("auth",
+              "auth.secret was missing and has been created anew: the %zu key(s) in lyra.db were made with the "
+              "old secret and can never match again, so they are revoked and a new admin key is made (to keep "
+              "old keys, restore lyra.db and auth.secret together from one backup)",
+              live);
+    return 0;
+}
+
 int lyra_auth_open(const struct lyra_auth_options *opts, struct lyra_auth **out, struct lyra_err *err)
 {
     *out = NULL;
@@ -1164,6 +1195,8 @@ int lyra_auth_open(const struct lyra_auth_options *opts, struct lyra_auth **out,
     if ((rc = load_secret(a, opts->home, err)) < 0)
         goto fail;
     if ((rc = lyra_store_run(a->store, job_load, a, err)) < 0 || (rc = index_keys(a, err)) < 0)
+        goto fail;
+    if (a->secret_created && (rc = retire_orphaned_keys(a, err)) < 0)
         goto fail;
     if (opts->anonymous_role && opts->anonymous_role[0]) {
         if (!find_role(a, opts->anonymous_role)) {

@@ -510,6 +510,25 @@ int lyra_conv_delete(struct lyra_store *st, const char *conv_id, const char *own
     return lyra_store_run(st, job_delete, &d, err);
 }
 
+static int job_disown(sqlite3 *db, void *arg, struct lyra_err *err)
+{
+    sqlite3_stmt *s;
+    int rc = prepare(db, "UPDATE conversations SET owner = NULL WHERE owner = ?1", &s, err,
+                     "disowning conversations");
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(s, 1, arg, -1, SQLITE_STATIC);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = lyra_store_error(err, db, "disowning conversations");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int lyra_conv_disown(struct lyra_store *st, const char *owner, struct lyra_err *err)
+{
+    return lyra_store_run(st, job_disown, (void *)owner, err);
+}
+
 /* --- claims --------------------------------------------------------------- */
 
 struct lyra_conv_claims {

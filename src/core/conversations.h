@@ -109,6 +109,11 @@ int lyra_conv_list(struct lyra_store *st, const char *owner, size_t limit, size_
  * (or not owner's).  Waits. */
 int lyra_conv_delete(struct lyra_store *st, const char *conv_id, const char *owner, struct lyra_err *err);
 
+/* The principal `owner` is gone: its conversations lose their owner (NULL:
+ * visible with conversations.all only), so that a new principal of the
+ * same name does not inherit them.  Waits. */
+int lyra_conv_disown(struct lyra_store *st, const char *owner, struct lyra_err *err);
+
 /* Copies the first LYRA_CONV_TITLE_MAX characters of `text` into out (at
  * most out_len bytes with the NUL), never splitting a UTF-8 sequence;
  * returns the length written.  `text` is assumed to be valid UTF-8. */

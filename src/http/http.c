@@ -841,6 +841,7 @@ static bool request_id_acceptable(const char *id)
 struct header_sum {
     size_t bytes;
     int hosts;
+    int authorizations;
 };
 
 static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
@@ -848,6 +849,7 @@ static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char
     struct header_sum *sum = cls;
     sum->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
     sum->hosts += strcasecmp(key, "Host") == 0;
+    sum->authorizations += strcasecmp(key, "Authorization") == 0;
     return MHD_YES;
 }
 
@@ -898,6 +900,11 @@ static bool screen_request(struct lyra_http_req *req)
     }
     if (sum.hosts > 1) { /* RFC 9112 3.2: and the Host guard would only see the first */
         lyra_http_send_error(req, 400, "invalid_host", "the request has %d Host headers; one is allowed", sum.hosts);
+        return true;
+    }
+    if (sum.authorizations > 1) { /* which one counts would depend on who reads it: a proxy, or us */
+        lyra_http_send_error(req, 400, "invalid_authorization",
+                             "the request has %d Authorization headers; one is allowed", sum.authorizations);
         return true;
     }
     struct lyra_err host_err = {0};
