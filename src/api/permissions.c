@@ -46,7 +46,8 @@
 /* Answers a failed auth/ call.  `conflict` is the code of an ECONFLICT,
  * which the call site knows: deleting a role can only conflict with its
  * holders (role_in_use), every other change only with the last admin. */
-static void send_auth_error(struct lyra_http_req *req, int rc, const struct lyra_err *err, const char *conflict)
+static void send_auth_error(struct lyra_http_req *req, int rc, const struct lyra_err *err,
+                            const char *conflict)
 {
     const char *msg = err && err->msg[0] ? err->msg : lyra_strerror(rc);
     switch (rc) {
@@ -69,8 +70,8 @@ static void send_auth_error(struct lyra_http_req *req, int rc, const struct lyra
         lyra_http_send_error(req, 500, "storage_failed", "%s", msg);
         return;
     default:
-        lyra_http_send_error(req, lyra_err_http_status(rc) >= 500 ? lyra_err_http_status(rc) : 500, "internal",
-                             "%s", msg);
+        lyra_http_send_error(req, lyra_err_http_status(rc) >= 500 ? lyra_err_http_status(rc) : 500,
+                             "internal", "%s", msg);
     }
 }
 
@@ -103,7 +104,8 @@ static json_t *find_named(json_t *list, const char *name)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(list, i, v) {
+    json_array_foreach(list, i, v)
+    {
         const char *n = json_string_value(json_object_get(v, "name"));
         if (n && strcmp(n, name) == 0)
             return json_incref(v);
@@ -147,7 +149,8 @@ static bool read_body(struct lyra_http_req *req, const char *const *allowed, jso
     size_t used = 0, n_unknown = 0;
     const char *key;
     json_t *v;
-    json_object_foreach(body, key, v) {
+    json_object_foreach(body, key, v)
+    {
         bool known = false;
         for (size_t i = 0; allowed[i] && !known; i++)
             known = strcmp(key, allowed[i]) == 0;
@@ -256,9 +259,11 @@ static bool string_array(struct lyra_http_req *req, json_t *body, const char *na
     }
     size_t i;
     json_t *item;
-    json_array_foreach(v, i, item) {
+    json_array_foreach(v, i, item)
+    {
         if (!json_is_string(item)) {
-            lyra_http_send_error(req, 400, "invalid_request", "field '%s': item %zu is not a string", name, i);
+            lyra_http_send_error(req, 400, "invalid_request", "field '%s': item %zu is not a string", name,
+                                 i);
             return false;
         }
         items[(*n)++] = json_string_value(item);
@@ -321,7 +326,8 @@ static bool parse_rfc3339(const char *s, int64_t *ms_out)
     }
     if (*p || Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 59)
         return false;
-    struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D, .tm_hour = h, .tm_min = m, .tm_sec = sec};
+    struct tm tm = {
+        .tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D, .tm_hour = h, .tm_min = m, .tm_sec = sec};
     time_t t = timegm(&tm);
     /* timegm normalises 31 April into 1 May: a changed day is a bad date. */
     if (t == (time_t)-1 || tm.tm_mday != D || tm.tm_mon != M - 1)
@@ -372,9 +378,10 @@ static bool key_expiry(struct lyra_http_req *req, json_t *body, int64_t *expires
                  secs <= MAX_LIFETIME_S;
         }
         if (!ok) {
-            lyra_http_send_error(req, 400, "invalid_request",
-                                 "expires_in must be seconds (an integer from 1) or a duration such as \"30d\", "
-                                 "\"12h\", \"90m\", \"3600s\", at most 10 years");
+            lyra_http_send_error(
+                req, 400, "invalid_request",
+                "expires_in must be seconds (an integer from 1) or a duration such as \"30d\", "
+                "\"12h\", \"90m\", \"3600s\", at most 10 years");
             return false;
         }
         *expires_ms = now + secs * 1000;
@@ -389,9 +396,10 @@ static bool key_expiry(struct lyra_http_req *req, json_t *body, int64_t *expires
             ok = json_is_string(at) && parse_rfc3339(json_string_value(at), &ms) && ms <= MAX_EPOCH_MS;
         }
         if (!ok) {
-            lyra_http_send_error(req, 400, "invalid_request",
-                                 "expires_at must be an RFC 3339 time (\"2027-01-31T12:00:00Z\") or milliseconds "
-                                 "since the epoch");
+            lyra_http_send_error(
+                req, 400, "invalid_request",
+                "expires_at must be an RFC 3339 time (\"2027-01-31T12:00:00Z\") or milliseconds "
+                "since the epoch");
             return false;
         }
         if (ms <= now) {
@@ -427,7 +435,8 @@ void lyra_api_permissions_get(struct lyra_http_req *req, void *ctx)
     json_t *perms = json_array();
     for (size_t i = 0; perms && i < lyra_auth_n_permissions; i++)
         if (json_array_append_new(perms, json_pack("{s:s, s:s}", "name", lyra_auth_permissions[i].name,
-                                                   "description", lyra_auth_permissions[i].description)) < 0) {
+                                                   "description", lyra_auth_permissions[i].description)) <
+            0) {
             json_decref(perms);
             perms = NULL;
         }
@@ -583,8 +592,8 @@ void lyra_api_users_add(struct lyra_http_req *req, void *ctx)
     }
     json_t *user = user_entry(srv->auth, name);
     if (!user)
-        user = json_pack("{s:s, s:s, s:s}", "name", name, "kind", kind == LYRA_PRINCIPAL_SERVICE ? "service" : "user",
-                         "role", role);
+        user = json_pack("{s:s, s:s, s:s}", "name", name, "kind",
+                         kind == LYRA_PRINCIPAL_SERVICE ? "service" : "user", "role", role);
     if (with_key) {
         const char *kid = json_string_value(json_object_get(info, "id"));
         lyra_authz_audit_detail(req, "principal=%s kind=%s role=%s key_id=%s", name,
@@ -678,7 +687,8 @@ void lyra_api_keys_list(struct lyra_http_req *req, void *ctx)
 
 void lyra_api_keys_create(struct lyra_http_req *req, void *ctx)
 {
-    static const char *const fields[] = {"principal", "role", "name", "label", "expires_in", "expires_at", NULL};
+    static const char *const fields[] = {"principal",  "role",       "name", "label",
+                                         "expires_in", "expires_at", NULL};
     struct lyra_server *srv = ctx;
     if (!have_auth(srv, req))
         return;
@@ -692,12 +702,14 @@ void lyra_api_keys_create(struct lyra_http_req *req, void *ctx)
         !key_expiry(req, body, &expires_ms))
         goto out;
     if (!principal == !role) {
-        lyra_http_send_error(req, 400, "invalid_request",
-                             "give 'principal' (an existing one) or 'role' (a new service account), not both");
+        lyra_http_send_error(
+            req, 400, "invalid_request",
+            "give 'principal' (an existing one) or 'role' (a new service account), not both");
         goto out;
     }
     if (principal && name) {
-        lyra_http_send_error(req, 400, "invalid_request", "'name' names a new service account: only with 'role'");
+        lyra_http_send_error(req, 400, "invalid_request",
+                             "'name' names a new service account: only with 'role'");
         goto out;
     }
     if ((principal && !valid_name(req, "principal", principal)) || (role && !valid_name(req, "role", role)) ||
@@ -805,7 +817,8 @@ void lyra_api_roles_create(struct lyra_http_req *req, void *ctx)
         !string_array(req, body, "models", models, &n_models, &has_models))
         goto out;
     if (!has_perms) {
-        lyra_http_send_error(req, 400, "invalid_request", "field 'permissions' (an array of strings) is required");
+        lyra_http_send_error(req, 400, "invalid_request",
+                             "field 'permissions' (an array of strings) is required");
         goto out;
     }
     if (!has_models) {
