@@ -44,9 +44,9 @@ static int request(const char *method, const char *path, const char *key, const 
                    struct it_response *r)
 {
     char headers[512];
-    int n = snprintf(headers, sizeof headers, "%s%s%s%s%s%s%s", key ? "Authorization: Bearer " : "", key ? key : "",
-                     key ? "\r\n" : "", rid ? "X-Request-Id: " : "", rid ? rid : "", rid ? "\r\n" : "",
-                     body ? "Content-Type: application/json\r\n" : "");
+    int n = snprintf(headers, sizeof headers, "%s%s%s%s%s%s%s", key ? "Authorization: Bearer " : "",
+                     key ? key : "", key ? "\r\n" : "", rid ? "X-Request-Id: " : "", rid ? rid : "",
+                     rid ? "\r\n" : "", body ? "Content-Type: application/json\r\n" : "");
     assert_true(n >= 0 && n < (int)sizeof headers);
     return it_http(srv.port, method, path, headers, body, r);
 }
@@ -72,8 +72,9 @@ static int setup(void **state)
     snprintf(models, sizeof models, "%s/models", home);
     if (lyra_mkdirs(models) < 0 || it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX) < 0)
         return -1;
-    const char *env[] = {"LYRA_AUTH_ENABLED=true", "LYRA_ADMIN_KEY=" ADMIN_KEY, "LYRA_AUTH_MAX_FAILURES=3",
-                         "LYRA_AUTH_FAILURE_WINDOW_S=60", "LYRA_AUTH_MAX_BLOCK_S=4", NULL};
+    const char *env[] = {"LYRA_AUTH_ENABLED=true",   "LYRA_ADMIN_KEY=" ADMIN_KEY,
+                         "LYRA_AUTH_MAX_FAILURES=3", "LYRA_AUTH_FAILURE_WINDOW_S=60",
+                         "LYRA_AUTH_MAX_BLOCK_S=4",  NULL};
     if (it_server_start(&srv, home, NULL, env) != 0) {
         char *log = lyra_read_file(srv.log_path, NULL);
         fprintf(stderr, "lyra serve did not start:\n%s\n", log ? log : "");
@@ -107,7 +108,8 @@ static json_t *audit_row(const char *rid)
     json_t *found = NULL;
     size_t i;
     json_t *row;
-    json_array_foreach(json_object_get(j, "entries"), i, row) {
+    json_array_foreach(json_object_get(j, "entries"), i, row)
+    {
         const char *id = json_string_value(json_object_get(row, "request_id"));
         if (id && strcmp(id, rid) == 0) {
             if (found)
@@ -143,8 +145,8 @@ static json_t *expect_row(const char *rid, const char *principal, const char *ac
     if (strcmp(field(row, "result"), result))
         fail_msg("%s: result '%s', wanted '%s': %s", rid, field(row, "result"), result, text);
     if (json_integer_value(json_object_get(row, "status")) != status)
-        fail_msg("%s: status %lld, wanted %d: %s", rid, (long long)json_integer_value(json_object_get(row, "status")),
-                 status, text);
+        fail_msg("%s: status %lld, wanted %d: %s", rid,
+                 (long long)json_integer_value(json_object_get(row, "status")), status, text);
     if (strcmp(field(row, "client"), "127.0.0.1"))
         fail_msg("%s: client '%s', wanted 127.0.0.1: %s", rid, field(row, "client"), text);
     if (detail_has && !strstr(field(row, "detail"), detail_has))
@@ -169,7 +171,8 @@ static json_t *event_for(const char *key, const char *type, const char *rid)
     json_t *found = NULL;
     size_t i;
     json_t *ev;
-    json_array_foreach(json_object_get(j, "events"), i, ev) {
+    json_array_foreach(json_object_get(j, "events"), i, ev)
+    {
         const char *id = json_string_value(json_object_get(json_object_get(ev, "data"), "request_id"));
         if (id && strcmp(id, rid) == 0)
             found = json_incref(ev);
@@ -185,7 +188,8 @@ static void expect_event(const char *type, const char *rid, json_t *row)
         fail_msg("no %s event for request %s", type, rid);
     json_t *data = json_object_get(ev, "data");
     /* The event is the row. */
-    const char *keys[] = {"id", "principal", "key_id", "action", "target", "result", "status", "client", "detail"};
+    const char *keys[] = {"id",     "principal", "key_id", "action", "target",
+                          "result", "status",    "client", "detail"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         if (!json_equal(json_object_get(data, keys[i]), json_object_get(row, keys[i])))
             fail_msg("%s event for %s: %s differs from the row", type, rid, keys[i]);
@@ -204,21 +208,23 @@ static void test_admin_actions(void **state)
     (void)state;
     json_decref(call("POST", "/models/tiny/load", op_key, "it-audit-load", "{}", 200));
     json_decref(call("POST", "/models/tiny/pin", op_key, "it-audit-pin", "{}", 200));
-    json_t *k = call("POST", "/keys", ADMIN_KEY, "it-audit-key-create", "{\"role\":\"user\",\"label\":\"audited\"}", 201);
+    json_t *k = call("POST", "/keys", ADMIN_KEY, "it-audit-key-create",
+                     "{\"role\":\"user\",\"label\":\"audited\"}", 201);
     char kid[64], kpath[96], user_key[80];
     snprintf(kid, sizeof kid, "%s", json_string_value(json_object_get(k, "id")));
     snprintf(user_key, sizeof user_key, "%s", json_string_value(json_object_get(k, "key")));
     json_decref(k);
     snprintf(kpath, sizeof kpath, "/keys/%s", kid);
     json_decref(call("DELETE", kpath, ADMIN_KEY, "it-audit-key-revoke", NULL, 200));
-    json_decref(call("POST", "/roles", ADMIN_KEY, "it-audit-role", "{\"name\":\"auditors\",\"permissions\":[\"status.read\"]}",
-                     201));
+    json_decref(call("POST", "/roles", ADMIN_KEY, "it-audit-role",
+                     "{\"name\":\"auditors\",\"permissions\":[\"status.read\"]}", 201));
     json_decref(call("POST", "/permissions/grant", ADMIN_KEY, "it-audit-grant",
                      "{\"role\":\"auditors\",\"permission\":\"audit.read\"}", 200));
     /* Not recorded: reads, chat, a failed body past the check is. */
     json_decref(call("GET", "/status", op_key, "it-audit-read", NULL, 200));
-    json_decref(call("POST", "/v1/chat/completions", op_key, "it-audit-chat",
-                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2}", 200));
+    json_decref(call(
+        "POST", "/v1/chat/completions", op_key, "it-audit-chat",
+        "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2}", 200));
     json_decref(call("POST", "/models/nope/load", op_key, "it-audit-load-404", "{}", 404));
 
     json_t *row = expect_row("it-audit-load", op_name, "POST /models/{name}/load", "tiny", "ok", 200, NULL);
@@ -234,7 +240,8 @@ static void test_admin_actions(void **state)
     row = expect_row("it-audit-grant", "admin", "POST /permissions/grant", NULL, "ok", 200, "audit.read");
     assert_non_null(strstr(field(row, "detail"), "auditors"));
     json_decref(row);
-    json_decref(expect_row("it-audit-load-404", op_name, "POST /models/{name}/load", "nope", "failed", 404, NULL));
+    json_decref(
+        expect_row("it-audit-load-404", op_name, "POST /models/{name}/load", "nope", "failed", 404, NULL));
     json_t *none = audit_row("it-audit-read");
     assert_null(none);
     none = audit_row("it-audit-chat");
@@ -270,7 +277,8 @@ static void test_failures(void **state)
     /* A success in between: the back-off count starts again (test_backoff). */
     json_decref(call("GET", "/status", viewer_key, NULL, NULL, 200));
 
-    json_t *row = expect_row("it-audit-badkey", "", "auth.failed", "/status", "denied", 401, "invalid_key (GET /status)");
+    json_t *row = expect_row("it-audit-badkey", "", "auth.failed", "/status", "denied", 401,
+                             "invalid_key (GET /status)");
     expect_event("auth.denied", "it-audit-badkey", row);
     json_decref(row);
     json_decref(expect_row("it-audit-nokey", "", "auth.failed", "/status", "denied", 401, "missing_key"));
@@ -279,7 +287,8 @@ static void test_failures(void **state)
     assert_true(strlen(field(row, "key_id")) > 0);
     expect_event("auth.denied", "it-audit-forbidden", row);
     json_decref(row);
-    json_decref(expect_row("it-audit-forbidden-read", viewer_name, "auth.forbidden", NULL, "denied", 403, "audit.read"));
+    json_decref(expect_row("it-audit-forbidden-read", viewer_name, "auth.forbidden", NULL, "denied", 403,
+                           "audit.read"));
     row = expect_row("it-audit-model-forbidden", others_name, "auth.forbidden", "tiny", "denied", 403,
                      "model tiny (POST /v1/chat/completions)");
     expect_event("auth.denied", "it-audit-model-forbidden", row);
@@ -319,12 +328,16 @@ static void test_filters(void **state)
     assert_true(next > 0);
     snprintf(q, sizeof q, "/audit?limit=3&before_id=%lld", (long long)next);
     json_t *p2 = call("GET", q, op_key, NULL, NULL, 200);
-    json_int_t last1 = json_integer_value(json_object_get(json_array_get(json_object_get(p1, "entries"), 2), "id"));
-    json_int_t first2 = json_integer_value(json_object_get(json_array_get(json_object_get(p2, "entries"), 0), "id"));
+    json_int_t last1 =
+        json_integer_value(json_object_get(json_array_get(json_object_get(p1, "entries"), 2), "id"));
+    json_int_t first2 =
+        json_integer_value(json_object_get(json_array_get(json_object_get(p2, "entries"), 0), "id"));
     assert_true(first2 < last1);
     json_decref(p1);
     json_decref(p2);
-    const char *bad[][2] = {{"limit=0", "limit"}, {"limit=1001", "limit"}, {"since=yesterday", "since"},
+    const char *bad[][2] = {{"limit=0", "limit"},
+                            {"limit=1001", "limit"},
+                            {"since=yesterday", "since"},
                             {"before_id=-3", "before_id"}};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(q, sizeof q, "/audit?%s", bad[i][0]);

@@ -68,12 +68,13 @@ static void add_secret(const char *label, const char *s)
 
 /* --- requests -------------------------------------------------------- */
 
-static int request_h(const char *method, const char *path, const char *key, const char *extra, const char *body,
-                     struct it_response *r)
+static int request_h(const char *method, const char *path, const char *key, const char *extra,
+                     const char *body, struct it_response *r)
 {
     char headers[1024];
-    int n = snprintf(headers, sizeof headers, "%s%s%s%s%s", key ? "Authorization: Bearer " : "", key ? key : "",
-                     key ? "\r\n" : "", body ? "Content-Type: application/json\r\n" : "", extra ? extra : "");
+    int n =
+        snprintf(headers, sizeof headers, "%s%s%s%s%s", key ? "Authorization: Bearer " : "", key ? key : "",
+                 key ? "\r\n" : "", body ? "Content-Type: application/json\r\n" : "", extra ? extra : "");
     assert_true(n >= 0 && n < (int)sizeof headers);
     return it_http(srv.port, method, path, headers, body, r);
 }
@@ -175,8 +176,9 @@ static int leaks_in(const char *where, const char *data, size_t len)
         if (p) {
             size_t off = (size_t)(p - data);
             size_t from = off > 120 ? off - 120 : 0;
-            print_error("LEAK: %s (%s) occurs %zu time(s) in %s, e.g. ...%.*s...\n", secret_label[i], secrets[i], n,
-                        where, (int)(off + 40 - from < len - from ? off + 40 - from : len - from), data + from);
+            print_error("LEAK: %s (%s) occurs %zu time(s) in %s, e.g. ...%.*s...\n", secret_label[i],
+                        secrets[i], n, where,
+                        (int)(off + 40 - from < len - from ? off + 40 - from : len - from), data + from);
             leaks++;
         }
     }
@@ -292,7 +294,8 @@ static const char *pull_and_wait(const char *key, const char *file, const char *
     char body[512], path[128];
     snprintf(body, sizeof body, "{\"source\":\"hf://itorg/itrepo/%s\",\"name\":\"%s\"}", file, name);
     json_t *j = call("POST", "/models/pull", key, body, 202);
-    snprintf(path, sizeof path, "/jobs/%s", json_string_value(json_object_get(json_object_get(j, "job"), "id")));
+    snprintf(path, sizeof path, "/jobs/%s",
+             json_string_value(json_object_get(json_object_get(j, "job"), "id")));
     json_decref(j);
     static char state[32];
     for (int i = 0; i < 400; i++) {
@@ -336,11 +339,12 @@ static json_t *get_kept(const char *path, const char *key, char **all)
 static int ws_handshake_status(const char *protocols)
 {
     char req[1024];
-    int n = snprintf(req, sizeof req,
-                     "GET /events/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                     "Sec-WebSocket-Protocol: %s\r\n\r\n",
-                     protocols);
+    int n =
+        snprintf(req, sizeof req,
+                 "GET /events/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                 "Sec-WebSocket-Protocol: %s\r\n\r\n",
+                 protocols);
     int fd = it_connect(srv.port);
     assert_true(fd >= 0);
     assert_int_equal(write(fd, req, (size_t)n), n);
@@ -376,8 +380,13 @@ static void test_no_key_nor_token_written(void **state)
 
     char endpoint[128];
     snprintf(endpoint, sizeof endpoint, "LYRA_HF_ENDPOINT=http://127.0.0.1:%d/hf", pull_port);
-    const char *env[] = {"LYRA_AUTH_ENABLED=true", "LYRA_ADMIN_KEY=" ADMIN_KEY, "HF_TOKEN=" HF_SECRET, endpoint,
-                         "LYRA_LOG_LEVEL=debug", "LYRA_AUTH_MAX_FAILURES=1000", NULL};
+    const char *env[] = {"LYRA_AUTH_ENABLED=true",
+                         "LYRA_ADMIN_KEY=" ADMIN_KEY,
+                         "HF_TOKEN=" HF_SECRET,
+                         endpoint,
+                         "LYRA_LOG_LEVEL=debug",
+                         "LYRA_AUTH_MAX_FAILURES=1000",
+                         NULL};
     if (it_server_start(&srv, home, NULL, env) != 0) {
         char *log = lyra_read_file(srv.log_path, NULL);
         fail_msg("lyra serve did not start:\n%s", log ? log : "");
@@ -388,15 +397,16 @@ static void test_no_key_nor_token_written(void **state)
     char op[80], user[80], viewer[80], expiring[80], revoked[80], revoked_id[64];
     make_key("{\"role\":\"operator\",\"label\":\"it_secrets operator\"}", op, sizeof op, NULL, 0);
     add_secret("operator key", op);
-    json_t *ua = call("POST", "/users", ADMIN_KEY, "{\"name\":\"itsecrets-alice\",\"role\":\"user\",\"key\":true}", 201);
+    json_t *ua = call("POST", "/users", ADMIN_KEY,
+                      "{\"name\":\"itsecrets-alice\",\"role\":\"user\",\"key\":true}", 201);
     snprintf(user, sizeof user, "%s", json_string_value(json_object_get(ua, "key")));
     json_decref(ua);
     add_secret("user key", user);
     make_key("{\"role\":\"viewer\"}", viewer, sizeof viewer, NULL, 0);
     add_secret("viewer key", viewer);
     /* Used at once, while it is good (3 s: a loaded machine is slow). */
-    json_t *ek = call("POST", "/keys", ADMIN_KEY, "{\"principal\":\"itsecrets-alice\",\"label\":\"expires\",\"expires_in\":3}",
-                      201);
+    json_t *ek = call("POST", "/keys", ADMIN_KEY,
+                      "{\"principal\":\"itsecrets-alice\",\"label\":\"expires\",\"expires_in\":3}", 201);
     snprintf(expiring, sizeof expiring, "%s", json_string_value(json_object_get(ek, "key")));
     int64_t expires_ms = json_integer_value(json_object_get(ek, "expires_ms"));
     json_decref(ek);
@@ -408,9 +418,10 @@ static void test_no_key_nor_token_written(void **state)
 
     /* Good use. */
     char *answers = calloc(1, 1);
-    json_decref(call("POST", "/v1/chat/completions", user,
-                     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":4}",
-                     200));
+    json_decref(
+        call("POST", "/v1/chat/completions", user,
+             "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":4}",
+             200));
     json_decref(call("POST", "/chat", user, "{\"model\":\"tiny\",\"message\":\"hello again\"}", 200));
     json_decref(call("GET", "/conversations", user, NULL, 200));
     json_decref(call("GET", "/status", revoked, NULL, 200));
@@ -578,7 +589,8 @@ static void test_generated_key_shown_once(void **state)
 
     /* It works, and using it writes it nowhere. */
     json_t *j = call("GET", "/permissions", key, NULL, 200);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "caller"), "principal")), "admin");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "caller"), "principal")),
+                        "admin");
     json_decref(j);
     char op[80];
     json_t *k = call("POST", "/keys", key, "{\"role\":\"operator\",\"label\":\"case2\"}", 201);
