@@ -38,6 +38,7 @@ struct authz_slot {
     bool has_principal;
     const char *denied_action; /* "auth.failed", "auth.forbidden": static */
     char detail[200];
+    char model[160]; /* the model a handler's check refused ("" = none): the row's target */
 };
 
 static struct authz_slot *slot_of(const struct lyra_http_req *req) { return lyra_http_principal(req); }
@@ -211,7 +212,8 @@ int lyra_authz_authorize(struct lyra_http_req *req, const struct lyra_route *rou
             return -1;
         }
         s->denied_action = "auth.failed";
-        snprintf(s->detail, sizeof s->detail, "%s", lyra_auth_failure_code(f));
+        /* The route tried, as the target holds only the path. */
+        snprintf(s->detail, sizeof s->detail, "%s (%s %s)", lyra_auth_failure_code(f), route->method, route->pattern);
         count_failure(srv, lyra_auth_failure_code(f));
         send_401(req, f, authorization != NULL);
         return -1;
@@ -221,7 +223,9 @@ int lyra_authz_authorize(struct lyra_http_req *req, const struct lyra_route *rou
     s->has_principal = true;
     if (!lyra_auth_allowed(srv->auth, &s->p, route->permission, NULL)) {
         s->denied_action = "auth.forbidden";
-        snprintf(s->detail, sizeof s->detail, "lacks %s", route->permission);
+        /* The route too: "lacks models.load" alone does not say whether it
+         * was a load, an unload or a warm-up. */
+        snprintf(s->detail, sizeof s->detail, "lacks %s (%s %s)", route->permission, route->method, route->pattern);
         count_failure(srv, "forbidden");
         send_403(req, &s->p, route->permission, NULL);
         return -1;
@@ -270,6 +274,8 @@ void lyra_authz_on_response(struct lyra_http_req *req, int status, void *ctx)
         target = lyra_http_param(req, "id");
     if (!target)
         target = lyra_http_param(req, "permission");
+    if (!target && s->model[0])
+        target = s->model;
     if (!target && s->denied_action)
         target = lyra_http_path(req);
     if (s->denied_action && srv->audit_denials) {
@@ -316,10 +322,15 @@ bool lyra_authz_check(struct lyra_http_req *req, struct lyra_server *srv, const 
     count_failure(srv, has_perm && model ? "model_forbidden" : "forbidden");
     if (s) {
         s->denied_action = "auth.forbidden";
+        const char *route = lyra_http_route(req);
+        if (model)
+            snprintf(s->model, sizeof s->model, "%.*s", (int)lyra_utf8_clip(model, sizeof s->model - 1), model);
         if (has_perm && model)
-            snprintf(s->detail, sizeof s->detail, "model %.*s", (int)lyra_utf8_clip(model, 128), model);
+            snprintf(s->detail, sizeof s->detail, "model %.*s (%s %s)", (int)lyra_utf8_clip(model, 128), model,
+                     lyra_http_method(req), route ? route : "");
         else
-            snprintf(s->detail, sizeof s->detail, "lacks %s", permission);
+            snprintf(s->detail, sizeof s->detail, "lacks %s (%s %s)", permission, lyra_http_method(req),
+                     route ? route : "");
     }
     if (msg_len) {
         const char *who = p ? p->name : "anonymous";
