@@ -11,6 +11,8 @@ declare -A tool_package=(
     [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq [clang-14]=clang-14 [flock]=util-linux
     # ctest integration.it_metrics lints GET /metrics with promtool
     [promtool]=prometheus
+    # the dashboard's browser tests (tests/ui/, puppeteer-core drives it)
+    [chromium]=chromium
 )
 packages=(
     ca-certificates

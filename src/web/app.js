@@ -98,6 +98,7 @@ async function start() {
   renderHeader();
   startEvents();
   route();
+  performance.mark('lyra-ready');
 }
 
 async function boot() {
