@@ -13,6 +13,8 @@ declare -A tool_package=(
     [promtool]=prometheus
     # the dashboard's browser tests (tests/ui/, puppeteer-core drives it)
     [chromium]=chromium
+    # the small copies of its screenshots in docs/ui/ (docs/ui.md)
+    [pngquant]=pngquant
 )
 packages=(
     ca-certificates

@@ -24,7 +24,10 @@ export default function models(main) {
     if (name.value.trim()) body.name = name.value.trim();
     try {
       const j = await post('/models/pull', body);
-      pulls.set(j.job.id, j.job);
+      // The job's events may have come before this answer (a pull that
+      // fails at once): they are newer than the queued job answered here.
+      const seen = pulls.get(j.job.id);
+      pulls.set(j.job.id, seen ? { ...j.job, ...seen, params: j.job.params } : j.job);
       source.value = ''; name.value = '';
       msg.textContent = 'Pull queued: ' + j.job.id;
       renderPulls();
