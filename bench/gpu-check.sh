@@ -6,6 +6,8 @@
 # memory estimate (models/estimate.h) against the GPU memory a loaded worker
 # really takes.  Writes everything to $OUT (or /tmp/gpu); the lines starting
 # with FAIL say what did not hold.
+# Benchmark daemons listen on loopback and act as admin without a key (they load and publish).
+export LYRA_AUTH_ANONYMOUS_ROLE=${LYRA_AUTH_ANONYMOUS_ROLE:-admin}
 set -uo pipefail
 out=${OUT:-/tmp/gpu}; mkdir -p "$out"
 export LD_LIBRARY_PATH=$PWD/.gpu/lib LYRA_BACKEND_DIR=$PWD/.gpu/lib

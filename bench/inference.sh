@@ -3,6 +3,8 @@
 # source, same model file (build/models/small.gguf), same threads, greedy,
 # same prompt, in one run.  Median of RUNS (default 5).  Prints a table.
 #   bench/inference.sh [BUILD_DIR]
+# Benchmark daemons listen on loopback and act as admin without a key (they load and publish).
+export LYRA_AUTH_ANONYMOUS_ROLE=${LYRA_AUTH_ANONYMOUS_ROLE:-admin}
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}

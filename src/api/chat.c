@@ -355,6 +355,7 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx)
         .msg = json_pack("{s:s, s:o, s:o}", "type", "generate", "messages", history, "params", params),
         .stream = json_is_true(stream),
         .id_prefix = "chat-",
+        .permission = "chat",
         .fmt = &chat_format,
         .ud = c,
     };

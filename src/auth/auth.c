@@ -1137,7 +1137,7 @@ static int bootstrap(struct lyra_auth *a, const char *given, struct lyra_err *er
     memcpy(a->boot_key, text, GEN_KEY_LEN + 1);
     a->have_boot_key = true;
     sodium_memzero(text, sizeof text);
-    lyra_warn("auth", "bootstrap: no admin had a usable key; a new admin key was written to %s (shown once)",
+    lyra_info("auth", "bootstrap: no admin had a usable key; a new admin key was written to %s (shown once)",
               a->admin_key_path);
     return 0;
 }

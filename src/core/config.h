@@ -129,6 +129,10 @@ struct lyra_config {
 
     struct {
         bool enabled;              /* default false: no key required on loopback */
+        char *anonymous_role;      /* default "user": what a request without a key may do while auth is off */
+        int max_failures;          /* default 10 failed authentications per address before a block */
+        int failure_window_s;      /* default 60 */
+        int max_block_s;           /* default 300: blocks double from 1 s up to this */
         char *admin_key;           /* secret: env LYRA_ADMIN_KEY or admin_key_file only */
         char *admin_key_file;
     } auth;
