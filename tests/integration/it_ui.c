@@ -34,6 +34,7 @@ static struct it_server srv;
 static pid_t pull_pid = -1;
 static int pull_port;
 static bool auth_on;
+static const char *chat_model = "tiny";
 
 static const char *tests_dir(const char *sub)
 {
@@ -78,6 +79,10 @@ static int setup(void **state)
         it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX) ||
         it_install_model(serve_dir, "tiny.gguf", "tiny.gguf", SIZE_MAX) || start_pull_server())
         return -1;
+    /* The chat runs on the small model when there is one: the tiny one,
+     * warm, answers in a few milliseconds, a stream the page may see in
+     * one or two reads. */
+    chat_model = it_install_model(models, "small.gguf", "small.gguf", SIZE_MAX) == 0 ? "small" : "tiny";
     /* Authentication on, as in production.  A daemon from before RBAC
      * refuses auth.enabled: then the dashboard is tested anonymously, as
      * long as the daemon shows it has no RBAC (GET /permissions 501). */
@@ -186,8 +191,8 @@ static void test_browser(void **state)
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
              "cd '%s' && LYRA_URL=http://127.0.0.1:%d LYRA_ADMIN_KEY='%s' LYRA_UI_MODE=%s "
-             "LYRA_PULL_URL=http://127.0.0.1:%d/slow/tiny.gguf LYRA_PID=%d node ui.test.mjs",
-             ui, srv.port, auth_on ? ADMIN_KEY : "", full ? "full" : "smoke", pull_port, (int)srv.pid);
+             "LYRA_PULL_URL=http://127.0.0.1:%d/slow/tiny.gguf LYRA_PID=%d LYRA_CHAT_MODEL=%s node ui.test.mjs",
+             ui, srv.port, auth_on ? ADMIN_KEY : "", full ? "full" : "smoke", pull_port, (int)srv.pid, chat_model);
     int rc = system(cmd);
     assert_true(WIFEXITED(rc));
     assert_int_equal(WEXITSTATUS(rc), 0);
