@@ -8,6 +8,9 @@
 #   make fuzz [FUZZ_SECONDS=60]  libFuzzer harnesses (clang) in build-fuzz/, each for FUZZ_SECONDS
 #   make run                   serve the generated demo model on 127.0.0.1:8000
 #   make bench                 benchmarks side by side with llama-server
+#   make install [PREFIX=/usr/local] [DESTDIR=]
+#                              bin/lyra, lib/lyra/ (llama.cpp, backends), share/lyra/
+#                              (unit, nginx template), docs, bash completion
 
 SANITIZE ?=
 CUDA ?= 0
@@ -17,8 +20,10 @@ MODELS_DIR := build/models
 VOCAB_DIR := deps/llama/share/vocab
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 60
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all deps packages build models node-deps ui-deps test test-ui fuzz run bench clean format
+.PHONY: all deps packages build models node-deps ui-deps test test-ui fuzz run bench install clean format
 
 all: build
 
@@ -74,6 +79,10 @@ bench: models
 	@bench/run.sh $(BUILD_DIR)
 	@bench/inference.sh $(BUILD_DIR)
 	@bench/swap.sh $(BUILD_DIR)
+
+# DESTDIR is read by cmake --install from the environment.
+install: build
+	@DESTDIR=$(DESTDIR) cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 format:
 	@clang-format -i src/*/*.[ch] tests/*/*.[ch] tools/*.c

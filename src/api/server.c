@@ -600,6 +600,8 @@ static int open_http(struct lyra_server *srv, struct lyra_err *err)
         .max_connections = cfg->server.max_connections,
         .cors_origins = cfg->server.cors_origins,
         .n_cors_origins = cfg->server.n_cors_origins,
+        .trusted_proxies = cfg->server.trusted_proxies,
+        .n_trusted_proxies = cfg->server.n_trusted_proxies,
         .hostcheck = srv->hostcheck,
         .authorize = lyra_authz_authorize,
         .on_response = lyra_authz_on_response,

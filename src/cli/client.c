@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 #include <unistd.h>
 
@@ -684,6 +685,36 @@ static int key_from_file(const char *path, const char *cmd, char **key)
     return 0;
 }
 
+/* The local operator's key: the daemon's own LYRA_HOME holds admin.key
+ * (written 0600 when it made its first admin), and a user who can read it
+ * owns that daemon anyway.  Used only for the URL that home's serve.json
+ * names (this machine's daemon), and only when the file is a regular file
+ * of this user that nobody else can read.  Nothing found is not an error. */
+static int key_from_home(const struct lyra_common_flags *flags, const char *url, char **key, char **path_out)
+{
+    struct lyra_config cfg;
+    if (!flags || lyra_cli_load_config(&cfg, flags, 0) != 0)
+        return 0;
+    char *local = url_from_state_file(cfg.home);
+    char *stripped = local ? strip_slashes(local) : NULL;
+    char *path = NULL;
+    struct stat st;
+    int rc = 0;
+    if (stripped && strcmp(stripped, url) == 0 && asprintf(&path, "%s/admin.key", cfg.home) >= 0 &&
+        lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 077)) {
+        rc = key_from_file(path, "", key);
+        if (rc == 0) {
+            *path_out = path;
+            path = NULL;
+        }
+    }
+    free(path);
+    free(stripped);
+    free(local);
+    lyra_config_free(&cfg);
+    return rc;
+}
+
 int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *url, const char *cmd,
                             char **key, const char **source)
 {
@@ -718,8 +749,17 @@ int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *u
         free(dir);
         if (rc < 0)
             return rc;
-        if (!*key)
+        if (!*key) {
             src = NULL;
+            static char home_src[300];
+            char *path = NULL;
+            key_from_home(flags, url, key, &path);
+            if (*key) {
+                snprintf(home_src, sizeof home_src, "%s (this machine's daemon)", path);
+                src = home_src;
+            }
+            free(path);
+        }
     }
     if (rc < 0)
         return rc;

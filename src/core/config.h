@@ -74,6 +74,8 @@ struct lyra_config {
         size_t n_cors_origins;
         char **allowed_hosts;      /* Host names accepted besides loopback ones (DNS-rebinding guard) */
         size_t n_allowed_hosts;
+        char **trusted_proxies;    /* addresses/CIDRs whose X-Forwarded-For is believed; default none */
+        size_t n_trusted_proxies;
         bool allow_remote_without_auth; /* default false: a non-loopback host with auth off is refused */
         int threads;               /* HTTP worker threads; 0 = lyra_cpu_usable() */
         size_t max_body_bytes;     /* default 8 MiB */

@@ -54,6 +54,8 @@ static const struct lyra_config_key config_keys[] = {
     INT(server, port, "8000", 0, 65535, "TCP port; 0 picks a free port (see serve.json)"),
     LIST(server, cors_origins, "origins allowed by CORS; \"*\" allows any"),
     LIST(server, allowed_hosts, "Host header names accepted besides loopback (public names of this server)"),
+    LIST(server, trusted_proxies,
+         "reverse proxies (addresses or CIDR blocks) whose X-Forwarded-For names the client"),
     BOOL(server, allow_remote_without_auth, "false", "serve a non-loopback address with auth off (unsafe)"),
     INT(server, threads, "0", 0, 4096, "HTTP worker threads; 0 = the CPUs this process may use"),
     SIZE(server, max_body_bytes, "8MiB", 1, "largest request body accepted"),
