@@ -23,7 +23,7 @@ FUZZ_SECONDS ?= 60
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all deps packages build models node-deps test fuzz run bench install clean format
+.PHONY: all deps packages build models node-deps ui-deps test test-ui fuzz run bench install clean format
 
 all: build
 
@@ -49,8 +49,23 @@ models: build
 node-deps:
 	@[ -f tests/node/node_modules/openai/package.json ] || npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
-test: models node-deps
+# puppeteer-core for the dashboard's browser tests (tests/ui/, pinned by its
+# package-lock.json): installed again whenever the lock file changes (the
+# copy in node_modules/ is the stamp of what was installed).
+UI_LOCK := tests/ui/package-lock.json
+UI_STAMP := tests/ui/node_modules/.package-lock.stamp
+ui-deps:
+	@cmp -s $(UI_LOCK) $(UI_STAMP) 2>/dev/null || { npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error && cp $(UI_LOCK) $(UI_STAMP); }
+
+test: models node-deps ui-deps
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j 2
+
+# The dashboard in Debian's chromium, every check (sign-in, live events,
+# streamed chat, a pull to 100 %, viewer and revoked keys, 360 px, idle CPU),
+# with a screenshot per view in build/ui-screenshots/ (docs/ui.md).
+test-ui: build models ui-deps
+	@cd $(BUILD_DIR) && LYRA_UI_FULL=1 LYRA_UI_SCREENSHOTS=$(CURDIR)/build/ui-screenshots \
+		LYRA_UI_RESULTS=$(CURDIR)/build/ui-screenshots/results.json ctest --output-on-failure -R '^integration.it_ui$$'
 
 # Builds build-fuzz/ with clang and runs every harness of tests/fuzz/ for
 # FUZZ_SECONDS (docs/fuzzing.md); fails on the first crash or leak.

@@ -11,6 +11,10 @@ declare -A tool_package=(
     [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq [clang-14]=clang-14 [flock]=util-linux
     # ctest integration.it_metrics lints GET /metrics with promtool
     [promtool]=prometheus
+    # the dashboard's browser tests (tests/ui/, puppeteer-core drives it)
+    [chromium]=chromium
+    # the small copies of its screenshots in docs/ui/ (docs/ui.md)
+    [pngquant]=pngquant
     # ctest integration.it_nginx (deploy/nginx/lyra.conf in front of Lyra);
     # systemd-analyze (it_systemd) comes with systemd
     [nginx]=nginx-light [systemd-analyze]=systemd [shellcheck]=shellcheck

@@ -8,6 +8,7 @@
  * Handlers that act on one model also check the caller's model patterns.
  * Adding an endpoint touches this table and the file of its resource. */
 #include "api/server.h"
+#include "api/ui.h"
 
 const struct lyra_route lyra_routes[] = {
     {"GET", "/", lyra_api_root, "self"},
@@ -58,5 +59,10 @@ const struct lyra_route lyra_routes[] = {
     {"POST", "/roles", lyra_api_roles_create, "permissions.manage"},
     {"DELETE", "/roles/{name}", lyra_api_roles_delete, "permissions.manage"},
     {"GET", "/audit", lyra_api_audit_list, "audit.read"},
+    /* The web dashboard (api/ui.c): public, the page holds no data and every
+     * call it makes sends the user's key. */
+    {"GET", "/ui", lyra_api_ui_index, ""},
+    {"GET", "/ui/", lyra_api_ui_index, ""},
+    {"GET", "/ui/{file}", lyra_api_ui_file, ""},
 };
 const size_t lyra_n_routes = sizeof lyra_routes / sizeof *lyra_routes;
