@@ -38,6 +38,9 @@ struct lyra_infer {
     size_t len, cap;
     bool text_lost;              /* out of memory while collecting the text */
     json_t *terminal;            /* done / error / embedding frame (a copy) */
+    /* The logprob entries of the token frames that came before the answer
+     * (all of them when not streaming; NULL: none). */
+    json_t *logprobs, *prompt_logprobs;
     char model[128];
     char id[64];
     char request_id[130];
@@ -58,6 +61,8 @@ static void infer_unref_locked(struct lyra_infer *in)
         return;
     lyra_job_release(in->job);
     json_decref(in->terminal);
+    json_decref(in->logprobs);
+    json_decref(in->prompt_logprobs);
     if (in->fmt->free_ud)
         in->fmt->free_ud(in->ud);
     free(in->text);
@@ -92,6 +97,8 @@ static void result_of(struct lyra_infer *in, struct lyra_infer_result *r)
     r->text = in->text ? in->text : "";
     r->id = in->id;
     r->created = in->created;
+    r->logprobs = in->logprobs;
+    r->prompt_logprobs = in->prompt_logprobs;
     if (in->terminal) {
         r->finish_reason = json_string_value(json_object_get(in->terminal, "finish_reason"));
         r->usage = json_object_get(in->terminal, "usage");
@@ -289,6 +296,15 @@ static void wake_http(struct lyra_infer *in)
     }
 }
 
+/* Appends the entries of add (borrowed) to *all (created on first use).
+ * Returns false when out of memory. */
+static bool keep_entries(json_t **all, json_t *add)
+{
+    if (!*all && !(*all = json_array()))
+        return false;
+    return json_array_extend(*all, add) == 0;
+}
+
 /* Job side (supervisor thread). */
 static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
 {
@@ -310,13 +326,21 @@ static void on_frame(struct lyra_job *job, const json_t *frame, void *ud)
         if (!in->first_token_us)
             in->first_token_us = lyra_now_us();
         const char *text = json_string_value(json_object_get(frame, "text"));
-        if (text && *text) {
+        json_t *lp = json_object_get(frame, "logprobs"), *plp = json_object_get(frame, "prompt_logprobs");
+        if (!in->st) { /* kept for the one answer, or the stream's first delta */
+            if (lp && !keep_entries(&in->logprobs, lp))
+                in->text_lost = true;
+            if (plp && !keep_entries(&in->prompt_logprobs, plp))
+                in->text_lost = true;
+        }
+        if (text && *text)
             append_text(in, text);
-            if (in->st && !in->gone) {
-                struct lyra_infer_result r;
-                result_of(in, &r);
-                stream_write_json(in, in->fmt->delta(&r, text, in->ud), false);
-            }
+        if (((text && *text) || lp || plp) && in->st && !in->gone) {
+            struct lyra_infer_result r;
+            result_of(in, &r);
+            r.logprobs = lp;
+            r.prompt_logprobs = plp;
+            stream_write_json(in, in->fmt->delta(&r, text ? text : "", in->ud), false);
         }
     } else if (terminal) {
         in->terminal = keep_terminal(frame);
@@ -429,8 +453,12 @@ static void on_resume(struct lyra_http_req *req, void *ud)
         char *buf = NULL;
         size_t len = 0;
         encode_into(in, in->fmt->opening(&r, in->ud), &buf, &len);
-        if (in->len > 0)
-            encode_into(in, in->fmt->delta(&r, in->text, in->ud), &buf, &len);
+        if (in->len > 0 || in->logprobs || in->prompt_logprobs)
+            encode_into(in, in->fmt->delta(&r, in->text ? in->text : "", in->ud), &buf, &len);
+        json_decref(in->logprobs); /* sent; the stream's deltas carry the rest */
+        json_decref(in->prompt_logprobs);
+        in->logprobs = in->prompt_logprobs = NULL;
+        r.logprobs = r.prompt_logprobs = NULL;
         if (type) {
             if (in->fmt->finished)
                 in->fmt->finished(&r, NULL, in->ud);

@@ -36,6 +36,11 @@ struct lyra_infer_result {
     json_t *usage;                 /* worker's usage (borrowed) */
     json_t *timings;               /* worker's timings + load_ms, total_ms (borrowed) */
     json_t *embedding;             /* embedding frame (borrowed), for embed jobs */
+    /* Logprob entries as the worker sends them (docs/worker.md, "token"):
+     * in `full`, all of the request's (non-stream); in `delta`, the frame's
+     * (a delta may then come with empty text); NULL when none. */
+    const json_t *logprobs;        /* of generated tokens */
+    const json_t *prompt_logprobs; /* of the prompt's tokens (prompt_logprobs asked) */
     const char *id;                /* response id ("chatcmpl-…") */
     long created;                  /* unix time */
 };

@@ -13,13 +13,119 @@
 #include "api/infer.h"
 #include "api/requests.h"
 #include "api/server.h"
+#include "core/util.h"
 
 enum kind { CHAT, COMPLETION };
 
 struct oai {
     enum kind kind;
     bool include_usage;
+    int logprobs;      /* top entries asked for, -1 = none */
+    bool echo;         /* completions: the prompt comes first in the text */
+    char *prompt;      /* echo: the prompt (owned) */
+    size_t offset;     /* stream: text_offset of the next generated token */
+    size_t prompt_off; /* stream: text_offset of the next prompt token */
 };
+
+static void oai_free(void *ud)
+{
+    struct oai *o = ud;
+    if (o)
+        free(o->prompt);
+    free(o);
+}
+
+/* --- logprobs --------------------------------------------------------- */
+
+/* A worker entry's token (its "h": hex of the bytes) as OpenAI's `token`
+ * string (invalid UTF-8 becomes U+FFFD; `bytes` has the exact bytes) and,
+ * if bytes is not NULL, the `bytes` array; *len gets the byte count. */
+static json_t *entry_token(const json_t *hex, json_t **bytes, size_t *len)
+{
+    const char *h = json_string_value(hex);
+    size_t n = h ? strlen(h) / 2 : 0;
+    char *buf = malloc(n + 1);
+    json_t *arr = bytes ? json_array() : NULL;
+    if (!buf || (bytes && !arr)) {
+        free(buf);
+        json_decref(arr);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = h[2 * i + k];
+            v = v * 16 + (unsigned)(c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : 0);
+        }
+        buf[i] = (char)v;
+        if (arr)
+            json_array_append_new(arr, json_integer(v));
+    }
+    buf[n] = '\0';
+    *len = n;
+    json_t *s = lyra_utf8_valid(buf, n) ? json_stringn(buf, n) : json_string(lyra_utf8_scrub(buf));
+    free(buf);
+    if (bytes)
+        *bytes = arr;
+    return s;
+}
+
+static json_t *lp_of(const json_t *v)
+{
+    return json_is_number(v) ? json_real(json_number_value(v)) : json_null();
+}
+
+/* Chat: the entries as choices[].logprobs.content[] items. */
+static json_t *chat_logprobs(const json_t *entries)
+{
+    json_t *content = json_array();
+    size_t i, k;
+    const json_t *e, *t;
+    json_array_foreach(entries, i, e) {
+        json_t *bytes, *top = json_array();
+        size_t len;
+        json_t *tok = entry_token(json_object_get(e, "h"), &bytes, &len);
+        json_array_foreach(json_object_get(e, "top"), k, t) {
+            json_t *tb;
+            json_t *ts = entry_token(json_array_get(t, 0), &tb, &len);
+            json_array_append_new(top, json_pack("{s:o, s:o, s:o}", "token", ts, "logprob",
+                                                 lp_of(json_array_get(t, 1)), "bytes", tb));
+        }
+        json_array_append_new(content, json_pack("{s:o, s:o, s:o, s:o}", "token", tok, "logprob",
+                                                 lp_of(json_object_get(e, "lp")), "bytes", bytes, "top_logprobs", top));
+    }
+    return json_pack("{s:o, s:n}", "content", content, "refusal");
+}
+
+/* Completions: appends the entries to the four parallel arrays of
+ * choices[].logprobs, text offsets counted from *offset. */
+static void completion_logprobs(const json_t *entries, json_t *lp, size_t *offset)
+{
+    size_t i, k, len;
+    const json_t *e, *t;
+    json_array_foreach(entries, i, e) {
+        json_t *tok = entry_token(json_object_get(e, "h"), NULL, &len);
+        json_t *v = lp_of(json_object_get(e, "lp"));
+        json_t *top = json_is_null(v) ? json_null() : json_object();
+        json_array_foreach(json_object_get(e, "top"), k, t) {
+            size_t tl;
+            json_t *ts = entry_token(json_array_get(t, 0), NULL, &tl);
+            if (ts && json_is_object(top))
+                json_object_set_new(top, json_string_value(ts), lp_of(json_array_get(t, 1)));
+            json_decref(ts);
+        }
+        json_array_append_new(json_object_get(lp, "tokens"), tok ? tok : json_string(""));
+        json_array_append_new(json_object_get(lp, "token_logprobs"), v);
+        json_array_append_new(json_object_get(lp, "top_logprobs"), top);
+        json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)*offset));
+        *offset += len;
+    }
+}
+
+static json_t *completion_lp_new(void)
+{
+    return json_pack("{s:[], s:[], s:[], s:[]}", "tokens", "token_logprobs", "top_logprobs", "text_offset");
+}
 
 static void send_oai_error(struct lyra_http_req *req, int status, const char *code, const char *param, const char *msg)
 {
@@ -44,10 +150,10 @@ static const char *finish_of(const struct lyra_infer_result *r)
     return r->finish_reason && strcmp(r->finish_reason, "length") == 0 ? "length" : "stop";
 }
 
-static json_t *choice(struct oai *o, const struct lyra_infer_result *r, json_t *content_or_delta, const char *finish,
-                      bool stream)
+/* One choice; logprobs (taken) may be NULL (null). */
+static json_t *choice(struct oai *o, json_t *content_or_delta, json_t *logprobs, const char *finish, bool stream)
 {
-    json_t *c = json_pack("{s:i, s:n}", "index", 0, "logprobs");
+    json_t *c = json_pack("{s:i, s:o}", "index", 0, "logprobs", logprobs ? logprobs : json_null());
     if (o->kind == CHAT)
         json_object_set_new(c, stream ? "delta" : "message", content_or_delta);
     else
@@ -67,9 +173,26 @@ static json_t *fmt_full(const struct lyra_infer_result *r, void *ud)
 {
     struct oai *o = ud;
     json_t *e = envelope(o, r, false);
-    json_t *content = o->kind == CHAT ? json_pack("{s:s, s:s}", "role", "assistant", "content", r->text)
-                                      : json_string(r->text);
-    json_object_set_new(e, "choices", json_pack("[o]", choice(o, r, content, finish_of(r), false)));
+    json_t *content, *lp = NULL;
+    if (o->kind == CHAT) {
+        content = json_pack("{s:s, s:s}", "role", "assistant", "content", r->text);
+        if (o->logprobs >= 0)
+            lp = chat_logprobs(r->logprobs);
+    } else {
+        char *text = NULL;
+        if (o->echo && asprintf(&text, "%s%s", o->prompt ? o->prompt : "", r->text) < 0)
+            text = NULL;
+        content = json_string(o->echo ? (text ? text : "") : r->text);
+        free(text);
+        if (o->logprobs >= 0 && (lp = completion_lp_new())) {
+            size_t off = 0;
+            if (o->echo)
+                completion_logprobs(r->prompt_logprobs, lp, &off);
+            off = o->echo && o->prompt ? strlen(o->prompt) : 0;
+            completion_logprobs(r->logprobs, lp, &off);
+        }
+    }
+    json_object_set_new(e, "choices", json_pack("[o]", choice(o, content, lp, finish_of(r), false)));
     json_object_set_new(e, "usage", usage_of(r));
     if (r->timings)
         json_object_set(e, "timings", r->timings);
@@ -80,8 +203,9 @@ static json_t *fmt_opening(const struct lyra_infer_result *r, void *ud)
 {
     struct oai *o = ud;
     json_t *e = envelope(o, r, true);
-    json_t *d = o->kind == CHAT ? json_pack("{s:s, s:s}", "role", "assistant", "content", "") : json_string("");
-    json_object_set_new(e, "choices", json_pack("[o]", choice(o, r, d, NULL, true)));
+    json_t *d = o->kind == CHAT ? json_pack("{s:s, s:s}", "role", "assistant", "content", "")
+                                : json_string(o->echo && o->prompt ? o->prompt : "");
+    json_object_set_new(e, "choices", json_pack("[o]", choice(o, d, NULL, NULL, true)));
     return e;
 }
 
@@ -90,7 +214,16 @@ static json_t *fmt_delta(const struct lyra_infer_result *r, const char *text, vo
     struct oai *o = ud;
     json_t *e = envelope(o, r, true);
     json_t *d = o->kind == CHAT ? json_pack("{s:s}", "content", text) : json_string(text);
-    json_object_set_new(e, "choices", json_pack("[o]", choice(o, r, d, NULL, true)));
+    json_t *lp = NULL;
+    if (o->logprobs >= 0 && (r->logprobs || r->prompt_logprobs)) {
+        if (o->kind == CHAT) {
+            lp = chat_logprobs(r->logprobs);
+        } else if ((lp = completion_lp_new())) {
+            completion_logprobs(r->prompt_logprobs, lp, &o->prompt_off);
+            completion_logprobs(r->logprobs, lp, &o->offset);
+        }
+    }
+    json_object_set_new(e, "choices", json_pack("[o]", choice(o, d, lp, NULL, true)));
     return e;
 }
 
@@ -100,7 +233,7 @@ static json_t *fmt_closing(const struct lyra_infer_result *r, void *ud)
     json_t *chunks = json_array();
     json_t *e = envelope(o, r, true);
     json_t *d = o->kind == CHAT ? json_object() : json_string("");
-    json_object_set_new(e, "choices", json_pack("[o]", choice(o, r, d, finish_of(r), true)));
+    json_object_set_new(e, "choices", json_pack("[o]", choice(o, d, NULL, finish_of(r), true)));
     if (r->timings)
         json_object_set(e, "timings", r->timings);
     json_array_append_new(chunks, e);
@@ -120,7 +253,7 @@ static const struct lyra_infer_format oai_format = {
     .delta = fmt_delta,
     .closing = fmt_closing,
     .error = lyra_openai_error,
-    .free_ud = free,
+    .free_ud = oai_free,
 };
 
 /* --- handlers ------------------------------------------------------- */
@@ -163,6 +296,15 @@ static void start(struct lyra_server *srv, struct lyra_http_req *req, struct lyr
     }
     o->kind = kind;
     o->include_usage = r->include_usage;
+    o->logprobs = r->logprobs;
+    o->echo = r->echo;
+    if (r->echo && r->prompt && !(o->prompt = strdup(r->prompt))) {
+        send_oai_error(req, 500, "internal", NULL, "out of memory");
+        free(model);
+        oai_free(o);
+        return;
+    }
+    o->offset = o->echo && o->prompt ? strlen(o->prompt) : 0;
     struct lyra_infer_options opts = {.model = model,
                                       .msg = r->msg,
                                       .stream = r->stream,

@@ -403,6 +403,24 @@ static int chat_messages(struct parser *ps, const json_t *messages, json_t **out
 
 /* ---- OpenAI endpoints ---------------------------------------------------- */
 
+/* An integer field from 0 to max (absent or null: *out = -1).  Above the
+ * maximum is invalid_value naming the field; `why_max` says where the limit
+ * comes from. */
+static int opt_count(struct parser *ps, const json_t *body, const char *key, int max, const char *why_max, int *out)
+{
+    const json_t *v = get(body, key);
+    *out = -1;
+    if (!v)
+        return 0;
+    if (!json_is_integer(v))
+        return refuse(ps, "invalid_type", key, "must be an integer");
+    json_int_t n = json_integer_value(v);
+    if (n < 0 || n > max)
+        return refuse(ps, "invalid_value", key, "must be from 0 to %d%s, got %" JSON_INTEGER_FORMAT, max, why_max, n);
+    *out = (int)n;
+    return 0;
+}
+
 /* Refuses a present field whose value asks for a feature Lyra lacks. */
 static int unsupported_if(struct parser *ps, bool cond, const char *param, const char *why)
 {
@@ -414,16 +432,22 @@ int lyra_requests_openai_chat(const json_t *body, struct lyra_request *out, stru
     struct parser ps = {.err = err};
     *out = (struct lyra_request){0};
     json_t *msgs = NULL, *params = NULL;
+    out->logprobs = -1;
     int rc = openai_common(&ps, body, out);
     if (rc == 0) {
-        const json_t *tools = get(body, "tools"), *logprobs = get(body, "logprobs");
+        const json_t *tools = get(body, "tools");
+        bool logprobs;
+        int top;
         if (tools && !json_is_array(tools))
             rc = refuse(&ps, "invalid_type", "tools", "must be an array");
-        else if (logprobs && !json_is_boolean(logprobs))
-            rc = refuse(&ps, "invalid_type", "logprobs", "must be true or false");
-        else if ((rc = unsupported_if(&ps, tools && json_array_size(tools) > 0, "tools",
-                                      "tool calling is not supported")) == 0)
-            rc = unsupported_if(&ps, json_is_true(logprobs), "logprobs", "logprobs are not supported");
+        else if ((rc = opt_bool(&ps, body, "logprobs", "logprobs", &logprobs)) == 0 &&
+                 (rc = opt_count(&ps, body, "top_logprobs", LYRA_REQUESTS_MAX_TOP_LOGPROBS, "", &top)) == 0 &&
+                 (rc = unsupported_if(&ps, tools && json_array_size(tools) > 0, "tools",
+                                      "tool calling is not supported")) == 0) {
+            if (top > 0 && !logprobs)
+                rc = refuse(&ps, "invalid_value", "top_logprobs", "needs logprobs: true");
+            out->logprobs = logprobs ? (top > 0 ? top : 0) : -1;
+        }
     }
     if (rc == 0)
         rc = chat_messages(&ps, get(body, "messages"), &msgs);
@@ -432,7 +456,7 @@ int lyra_requests_openai_chat(const json_t *body, struct lyra_request *out, stru
     if (rc == 0) {
         out->msg = json_pack("{s:s, s:o, s:o}", "type", "generate", "messages", msgs, "params", params);
         msgs = params = NULL; /* taken by json_pack, even when it fails */
-        if (!out->msg)
+        if (!out->msg || (out->logprobs >= 0 && !put(out->msg, "logprobs", json_integer(out->logprobs))))
             rc = nomem(&ps);
     }
     json_decref(msgs);
@@ -473,38 +497,51 @@ int lyra_requests_openai_completions(const json_t *body, struct lyra_request *ou
     struct parser ps = {.err = err};
     *out = (struct lyra_request){0};
     const json_t *prompt = NULL;
-    json_t *params = NULL;
+    json_t *params = NULL, *scored = NULL;
+    bool score_only = false;
+    out->logprobs = -1;
     int rc = openai_common(&ps, body, out);
     if (rc == 0) {
-        bool echo;
-        const json_t *suffix = get(body, "suffix"), *best_of = get(body, "best_of"),
-                     *logprobs = get(body, "logprobs");
-        if ((rc = opt_bool(&ps, body, "echo", "echo", &echo)) == 0 &&
-            (rc = unsupported_if(&ps, echo, "echo", "echo is not supported")) == 0) {
+        const json_t *suffix = get(body, "suffix"), *best_of = get(body, "best_of");
+        if ((rc = opt_bool(&ps, body, "echo", "echo", &out->echo)) == 0) {
             if (suffix && !json_is_string(suffix))
                 rc = refuse(&ps, "invalid_type", "suffix", "must be a string");
             else if (best_of && !json_is_integer(best_of))
                 rc = refuse(&ps, "invalid_type", "best_of", "must be an integer");
-            else if (logprobs && !json_is_integer(logprobs))
-                rc = refuse(&ps, "invalid_type", "logprobs", "must be an integer");
-            else if ((rc = unsupported_if(&ps, suffix && json_string_length(suffix) > 0, "suffix",
-                                          "suffix (fill-in-the-middle) is not supported")) == 0 &&
-                     (rc = unsupported_if(&ps, best_of && json_integer_value(best_of) != 1, "best_of",
-                                          "only best_of = 1 is supported")) == 0)
-                rc = unsupported_if(&ps, logprobs && json_integer_value(logprobs) != 0, "logprobs",
-                                    "logprobs are not supported");
+            else if ((rc = opt_count(&ps, body, "logprobs", LYRA_REQUESTS_MAX_TOP_LOGPROBS,
+                                     " (OpenAI allows 5; Lyra, like llama-server, up to 20)", &out->logprobs)) == 0 &&
+                     (rc = unsupported_if(&ps, suffix && json_string_length(suffix) > 0, "suffix",
+                                          "suffix (fill-in-the-middle) is not supported")) == 0)
+                rc = unsupported_if(&ps, best_of && json_integer_value(best_of) != 1, "best_of",
+                                    "only best_of = 1 is supported");
         }
     }
     if (rc == 0)
         rc = completion_prompt(&ps, body, &prompt);
+    if (rc == 0 && out->echo) {
+        /* max_tokens 0 with echo: score the prompt, generate nothing */
+        const json_t *mt = get(body, "max_completion_tokens");
+        const char *key = mt ? "max_completion_tokens" : "max_tokens";
+        mt = mt ? mt : get(body, "max_tokens");
+        if (json_is_integer(mt) && json_integer_value(mt) == 0) {
+            score_only = true;
+            if (!(scored = json_copy((json_t *)body)) || json_object_del(scored, key) < 0)
+                rc = nomem(&ps);
+        }
+    }
     if (rc == 0)
-        rc = openai_params(&ps, body, &params);
+        rc = openai_params(&ps, scored ? scored : body, &params);
     if (rc == 0) {
         out->msg = json_pack("{s:s, s:O, s:o}", "type", "generate", "prompt", prompt, "params", params);
         params = NULL;
-        if (!out->msg)
+        if (!out->msg || (out->logprobs >= 0 && !put(out->msg, "logprobs", json_integer(out->logprobs))) ||
+            (out->logprobs >= 0 && out->echo && !put(out->msg, "prompt_logprobs", json_true())) ||
+            (score_only && !put(out->msg, "score_only", json_true())))
             rc = nomem(&ps);
+        else
+            out->prompt = json_string_value(prompt);
     }
+    json_decref(scored);
     json_decref(params);
     if (rc < 0)
         lyra_requests_clear(out);

@@ -38,6 +38,11 @@
 #define LYRA_REQUESTS_MAX_MODEL 256
 #define LYRA_REQUESTS_MAX_CONV_ID 64
 
+/* Most top logprobs per token (chat top_logprobs, completions logprobs):
+ * OpenAI's chat limit; its completions limit is 5, llama-server has none.
+ * The same as worker/logprobs.h's LYRA_MAX_TOP_LOGPROBS. */
+#define LYRA_REQUESTS_MAX_TOP_LOGPROBS 20
+
 /* Why a body was refused. */
 struct lyra_request_error {
     int status;          /* HTTP status: 400, or 500 when out of memory */
@@ -63,6 +68,13 @@ struct lyra_request {
     const char *conversation_id; /* /chat: NULL = start a new conversation */
     bool stream;
     bool include_usage; /* OpenAI: stream_options.include_usage */
+    /* OpenAI: the top entries per token asked for (chat: top_logprobs with
+     * logprobs true; completions: logprobs), -1 = no logprobs.  The worker
+     * message then has "logprobs": N (and, for completions with echo,
+     * "prompt_logprobs": true). */
+    int logprobs;
+    bool echo;          /* completions: echo the prompt (max_tokens 0 scores it only) */
+    const char *prompt; /* completions: the prompt text (borrowed from the body) */
 };
 
 /* Each parser reads `body` (borrowed; any JSON value, the parser checks that

@@ -7,7 +7,7 @@
 
 #include "core/util.h"
 
-enum ftype { F_INT, F_UINT, F_STR, F_OBJ, F_ARR, F_BOOL };
+enum ftype { F_INT, F_UINT, F_STR, F_OBJ, F_ARR, F_BOOL, F_OPT_ARR /* absent or an array */ };
 
 struct field {
     const char *name;
@@ -29,7 +29,8 @@ static const struct schema schemas[] = {
     {"fatal", LYRA_MSG_FATAL, false, false, {{"message", F_STR}}},
     {"heartbeat", LYRA_MSG_HEARTBEAT, false, false, {{"steps", F_UINT}, {"busy", F_BOOL}}},
     {"started", LYRA_MSG_STARTED, true, false, {{"slot", F_UINT}}},
-    {"token", LYRA_MSG_TOKEN, true, false, {{"text", F_STR}, {"n", F_UINT}}},
+    {"token", LYRA_MSG_TOKEN, true, false,
+     {{"text", F_STR}, {"n", F_UINT}, {"logprobs", F_OPT_ARR}, {"prompt_logprobs", F_OPT_ARR}}},
     {"done", LYRA_MSG_DONE, true, true, {{"finish_reason", F_STR}, {"usage", F_OBJ}}},
     {"error", LYRA_MSG_ERROR, true, true, {{"code", F_STR}, {"message", F_STR}, {"status", F_UINT}}},
     {"embedding", LYRA_MSG_EMBEDDING, true, true, {{"data", F_ARR}}},
@@ -54,6 +55,7 @@ static bool field_ok(const json_t *v, enum ftype t)
     case F_OBJ: return json_is_object(v);
     case F_ARR: return json_is_array(v);
     case F_BOOL: return json_is_boolean(v);
+    case F_OPT_ARR: return !v || json_is_array(v);
     }
     return false;
 }
@@ -61,6 +63,7 @@ static bool field_ok(const json_t *v, enum ftype t)
 static const char *const type_words[] = {
     [F_INT] = "an integer", [F_UINT] = "a non-negative integer", [F_STR] = "a string",
     [F_OBJ] = "an object",  [F_ARR] = "an array",                [F_BOOL] = "true or false",
+    [F_OPT_ARR] = "an array",
 };
 
 int lyra_msg_check_worker(const json_t *frame, enum lyra_msg_kind *kind, uint64_t *id, struct lyra_err *err)

@@ -25,7 +25,7 @@ enum lyra_msg_kind {
     LYRA_MSG_HEARTBEAT, /* on the heartbeat channel: {steps, busy} */
     /* worker → daemon, about request `id` */
     LYRA_MSG_STARTED,   /* admitted to a slot */
-    LYRA_MSG_TOKEN,     /* {text, n} */
+    LYRA_MSG_TOKEN,     /* {text, n, logprobs?, prompt_logprobs?} */
     LYRA_MSG_DONE,      /* terminal: {finish_reason, usage} */
     LYRA_MSG_ERROR,     /* terminal: {code, message, status} */
     LYRA_MSG_EMBEDDING, /* terminal: {data} */

@@ -30,6 +30,7 @@
 #include "llama.h"
 #include "proto/messages.h"
 #include "worker/llamalog.h"
+#include "worker/logprobs.h"
 #include "worker/sampling.h"
 #include "worker/template.h"
 
@@ -52,7 +53,9 @@ struct request {
     int n_inputs;
     struct lyra_sampling_params params;
     struct lyra_sampler *sampler;
-    int n_predict;       /* tokens to generate at most */
+    int n_predict;       /* tokens to generate at most; 0: only score the prompt */
+    int n_probs;         /* "logprobs": top entries per token, -1 = no logprobs */
+    bool prompt_probs;   /* "prompt_logprobs": also the prompt's tokens (no prefix reuse) */
     int64_t t_arrival_us;
     bool quiet;          /* "stream": false — text is sent once, before "done" */
     char *acc;           /* quiet: text released so far */
@@ -77,6 +80,8 @@ struct slot {
     int64_t t_admit_us, t_prompt_us, t_last_us;
     struct lyra_stream *stream;
     llama_token_data *cand; /* n_vocab scratch for sampling */
+    struct lyra_logprob *pend; /* logprobs of the tokens not yet reported (n_probs >= 0) */
+    int n_pend, cap_pend;
 };
 
 struct lyra_engine {
@@ -103,6 +108,7 @@ struct lyra_engine {
     char *piece;
     int piece_cap;
     int max_piece;  /* bytes of the longest token's text */
+    char *lp_piece; /* max_piece + 1 bytes of scratch for logprobs (allocated on first use) */
     int grammar_budget_ms;
 };
 
@@ -186,26 +192,101 @@ static double per_second(int n, double ms)
 
 /* Sends a token frame with text[0..len) and the tokens not yet reported.
  * Returns false when out of memory (the caller fails the request). */
+static bool reserve_out(struct lyra_engine *e, size_t need)
+{
+    if (need <= e->out_cap)
+        return true;
+    size_t cap = e->out_cap ? e->out_cap : 1024;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(e->out, cap);
+    if (!p)
+        return false;
+    e->out = p;
+    e->out_cap = cap;
+    return true;
+}
+
+static int lp_piece(int32_t tok, bool own, char *buf, int cap, void *ud)
+{
+    struct lyra_engine *e = ud;
+    return llama_token_to_piece(e->vocab, tok, buf, cap, 0, !own);
+}
+
+/* Appends ,"<key>":[entries...] to e->out at w (room reserved by the
+ * caller); returns the new length. */
+static size_t put_logprobs(struct lyra_engine *e, size_t w, const char *key, const struct lyra_logprob *lp, int n)
+{
+    w += (size_t)snprintf(e->out + w, e->out_cap - w, ",\"%s\":[", key);
+    for (int i = 0; i < n; i++) {
+        if (i)
+            e->out[w++] = ',';
+        w += lyra_logprob_write(e->out + w, e->out_cap - w, &lp[i], lp_piece, e, e->lp_piece, e->max_piece + 1);
+    }
+    e->out[w++] = ']';
+    return w;
+}
+
+static size_t logprobs_room(const struct lyra_engine *e, const struct request *r, int n)
+{
+    return 32 + (size_t)n * (lyra_logprob_max_json(r->n_probs, e->max_piece) + 1);
+}
+
 static bool emit_token(struct lyra_engine *e, struct slot *s, const char *text, size_t len)
 {
     if (e->sink_rc)
         return true;
-    size_t need = 96 + 6 * len;
-    if (need > e->out_cap) {
-        size_t cap = e->out_cap ? e->out_cap : 1024;
-        while (cap < need)
-            cap *= 2;
-        char *p = realloc(e->out, cap);
-        if (!p)
-            return false;
-        e->out = p;
-        e->out_cap = cap;
-    }
+    size_t need = 96 + 6 * len + (s->n_pend ? logprobs_room(e, s->req, s->n_pend) : 0);
+    if (!reserve_out(e, need))
+        return false;
     int n = snprintf(e->out, e->out_cap, "{\"type\":\"token\",\"id\":%" JSON_INTEGER_FORMAT ",\"text\":\"",
                      s->req->id);
     size_t w = (size_t)n + lyra_msg_escape(e->out + n, 6 * len, text, len);
-    w += (size_t)snprintf(e->out + w, e->out_cap - w, "\",\"n\":%d}", s->n_unreported);
+    w += (size_t)snprintf(e->out + w, e->out_cap - w, "\",\"n\":%d", s->n_unreported);
+    if (s->n_pend > 0)
+        w = put_logprobs(e, w, "logprobs", s->pend, s->n_pend);
+    e->out[w++] = '}';
     s->n_unreported = 0;
+    s->n_pend = 0;
+    int rc = e->sink.send_raw(e->sink.ud, e->out, w);
+    if (rc < 0)
+        e->sink_rc = rc;
+    return true;
+}
+
+/* Makes room for n more pending logprob entries in s (allocates only as
+ * the request's need grows, so a request asking for none never does). */
+static bool pend_reserve(struct lyra_engine *e, struct slot *s, int n)
+{
+    if (!e->lp_piece && !(e->lp_piece = malloc((size_t)e->max_piece + 1)))
+        return false;
+    if (s->n_pend + n <= s->cap_pend)
+        return true;
+    int cap = s->cap_pend ? s->cap_pend : 16;
+    while (cap < s->n_pend + n)
+        cap *= 2;
+    struct lyra_logprob *p = realloc(s->pend, sizeof *p * (size_t)cap);
+    if (!p)
+        return false;
+    s->pend = p;
+    s->cap_pend = cap;
+    return true;
+}
+
+/* Sends the prompt logprobs collected in s->pend as a token frame without
+ * text: {"type":"token","id":…,"text":"","n":0,"prompt_logprobs":[…]}. */
+static bool emit_prompt_logprobs(struct lyra_engine *e, struct slot *s)
+{
+    if (e->sink_rc || s->n_pend == 0)
+        return true;
+    if (!reserve_out(e, 96 + logprobs_room(e, s->req, s->n_pend)))
+        return false;
+    size_t w = (size_t)snprintf(e->out, e->out_cap,
+                                "{\"type\":\"token\",\"id\":%" JSON_INTEGER_FORMAT ",\"text\":\"\",\"n\":0",
+                                s->req->id);
+    w = put_logprobs(e, w, "prompt_logprobs", s->pend, s->n_pend);
+    e->out[w++] = '}';
+    s->n_pend = 0;
     int rc = e->sink.send_raw(e->sink.ud, e->out, w);
     if (rc < 0)
         e->sink_rc = rc;
@@ -332,6 +413,30 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
     }
     r->id = id;
     r->quiet = json_is_false(json_object_get(msg, "stream"));
+    r->n_probs = -1;
+    const json_t *lp = json_object_get(msg, "logprobs"), *plp = json_object_get(msg, "prompt_logprobs"),
+                 *score = json_object_get(msg, "score_only");
+    if (lp && !json_is_null(lp) &&
+        (!json_is_integer(lp) || json_integer_value(lp) < 0 || json_integer_value(lp) > LYRA_MAX_TOP_LOGPROBS)) {
+        reply_error(e, idv, "invalid_request", 400, "logprobs: must be an integer from 0 to %d",
+                    LYRA_MAX_TOP_LOGPROBS);
+        free(r);
+        return;
+    }
+    if ((plp && !json_is_boolean(plp)) || (score && !json_is_boolean(score))) {
+        reply_error(e, idv, "invalid_request", 400, "%s: must be true or false",
+                    plp && !json_is_boolean(plp) ? "prompt_logprobs" : "score_only");
+        free(r);
+        return;
+    }
+    if (json_is_integer(lp))
+        r->n_probs = (int)json_integer_value(lp);
+    r->prompt_probs = json_is_true(plp);
+    if (r->prompt_probs && r->n_probs < 0) {
+        reply_error(e, idv, "invalid_request", 400, "prompt_logprobs: needs logprobs");
+        free(r);
+        return;
+    }
     struct lyra_err err = {0};
     const json_t *params = json_object_get(msg, "params");
     if (params && !json_is_object(params) && !json_is_null(params)) {
@@ -391,6 +496,8 @@ static void handle_generate(struct lyra_engine *e, const json_t *msg, const json
         r->tokens = fit;
     int room = e->n_ctx_slot - n;
     r->n_predict = p->max_tokens == -1 || p->max_tokens > room ? room : p->max_tokens;
+    if (json_is_true(score))
+        r->n_predict = 0;
     lyra_llamalog_mark();
     int rc = lyra_sampler_new(e->vocab, p, e->eog, e->n_eog, e->n_ctx_slot, &r->sampler, &err);
     if (rc < 0) {
@@ -776,6 +883,8 @@ static void start(struct lyra_engine *e, struct slot *s, struct request *r, int 
     /* Keep the shared prefix but always evaluate the last prompt token, so
      * that there are logits to sample the first token from. */
     int keep = lcp < r->n_tokens - 1 ? lcp : r->n_tokens - 1;
+    if (r->prompt_probs)
+        keep = 0; /* every prompt token's logits are needed, and cached ones have none */
     if (keep < s->n_cache && !llama_memory_seq_rm(e->mem, s->id, keep, -1)) {
         /* partial removal is not possible for every memory type */
         llama_memory_seq_rm(e->mem, s->id, -1, -1);
@@ -786,6 +895,7 @@ static void start(struct lyra_engine *e, struct slot *s, struct request *r, int 
     s->n_cache = s->n_fed = s->n_reused = keep;
     s->has_next = false;
     s->n_decoded = s->n_unreported = 0;
+    s->n_pend = 0;
     s->t_admit_us = lyra_now_us();
     s->t_prompt_us = 0;
     lyra_stream_reset(s->stream);
@@ -817,9 +927,35 @@ static void admit(struct lyra_engine *e)
 
 /* Records the slot's batch tokens as evaluated, then, if its logits are
  * ready (row idx of the last decode), samples and streams one token. */
-static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
+/* The logprobs of the prompt tokens that follow this chunk's rows (row0 is
+ * the batch row of the slot's first token in the chunk), and of the first
+ * prompt token when the chunk starts the prompt, sent as one frame. */
+static bool prompt_logprobs(struct lyra_engine *e, struct slot *s, int row0)
 {
     struct request *r = s->req;
+    if (!pend_reserve(e, s, s->b_len + 1))
+        return false;
+    if (s->n_fed == 0)
+        lyra_logprob_none(r->tokens[0], &s->pend[s->n_pend++]);
+    for (int k = 0; k < s->b_len; k++) {
+        int t = s->n_fed + k + 1; /* the token row k predicts */
+        if (t >= r->n_tokens)
+            break; /* the last prompt token's row samples: reported with the generated token */
+        const float *logits = llama_get_logits_ith(e->ctx, row0 + k);
+        if (!logits)
+            return false;
+        lyra_logprob_compute(logits, e->n_vocab, r->tokens[t], r->n_probs, &s->pend[s->n_pend++]);
+    }
+    return emit_prompt_logprobs(e, s);
+}
+
+static void after_decode(struct lyra_engine *e, struct slot *s, int row0, int idx)
+{
+    struct request *r = s->req;
+    if (s->state == SLOT_PROMPT && r->prompt_probs && !prompt_logprobs(e, s, row0)) {
+        fail_oom(e, s);
+        return;
+    }
     if (s->state == SLOT_PROMPT) {
         memcpy(s->cache + s->n_cache, r->tokens + s->n_fed, sizeof *s->cache * (size_t)s->b_len);
         s->n_fed += s->b_len;
@@ -833,6 +969,10 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
     if (s->state == SLOT_PROMPT) {
         s->state = SLOT_GENERATING;
         s->t_prompt_us = lyra_now_us();
+        if (r->n_predict == 0) { /* scoring only */
+            finish(e, s, "length");
+            return;
+        }
     }
     llama_token tok = lyra_sampler_sample(r->sampler, e->ctx, idx, s->cand, e->n_vocab, e->grammar_budget_ms);
     if (tok == -2) { /* the grammar costs too much per token: end this request, not the others' */
@@ -852,6 +992,14 @@ static void after_decode(struct lyra_engine *e, struct slot *s, int idx)
     if (!r->params.ignore_eos && llama_vocab_is_eog(e->vocab, tok)) {
         finish(e, s, "stop");
         return;
+    }
+    if (r->n_probs >= 0) { /* of the raw logits, as OpenAI and llama-server (logprobs.h) */
+        const float *logits = llama_get_logits_ith(e->ctx, idx);
+        if (!logits || !pend_reserve(e, s, 1)) {
+            fail_oom(e, s);
+            return;
+        }
+        lyra_logprob_compute(logits, e->n_vocab, tok, r->n_probs, &s->pend[s->n_pend++]);
     }
     int n = llama_token_to_piece(e->vocab, tok, e->piece, e->piece_cap, 0, false);
     if (n < 0) {
@@ -923,7 +1071,7 @@ static void recover(struct lyra_engine *e, int rc)
             llama_memory_seq_rm(e->mem, s->id, s->n_cache, -1);
             fail_slot(e, s, rc2);
         } else {
-            after_decode(e, s, s->i_batch < 0 ? -1 : s->i_batch - s->b_off);
+            after_decode(e, s, 0, s->i_batch < 0 ? -1 : s->i_batch - s->b_off);
         }
     }
 }
@@ -954,7 +1102,8 @@ int lyra_engine_step(struct lyra_engine *e)
             int left = s->req->n_tokens - s->n_fed;
             int n = left < budget ? left : budget;
             for (int k = 0; k < n; k++)
-                batch_add(b, s->req->tokens[s->n_fed + k], s->n_cache + k, s->id, k == left - 1);
+                batch_add(b, s->req->tokens[s->n_fed + k], s->n_cache + k, s->id,
+                          k == left - 1 || s->req->prompt_probs);
             s->b_len = n;
             budget -= n;
             if (n == left)
@@ -974,7 +1123,7 @@ int lyra_engine_step(struct lyra_engine *e)
         for (int i = 0; i < e->n_slots; i++) {
             struct slot *s = &e->slots[i];
             if (s->b_len > 0)
-                after_decode(e, s, s->i_batch);
+                after_decode(e, s, s->b_off, s->i_batch);
         }
     }
     b->n_tokens = 0;
@@ -1192,6 +1341,7 @@ void lyra_engine_free(struct lyra_engine *e)
             request_free(e->slots[i].req);
             free(e->slots[i].cache);
             free(e->slots[i].cand);
+            free(e->slots[i].pend);
             lyra_stream_free(e->slots[i].stream);
         }
     }
@@ -1205,6 +1355,7 @@ void lyra_engine_free(struct lyra_engine *e)
     free(e->eog);
     free(e->out);
     free(e->piece);
+    free(e->lp_piece);
     free(e->tmpl);
     free(e->name);
     free(e->path);

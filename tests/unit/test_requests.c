@@ -181,8 +181,48 @@ static void test_openai_chat_refusals(void **state)
             "invalid_value");
     refused(CHAT, "{" MSGS ",\"tools\":[{\"type\":\"function\"}]}", "tools", "unsupported_value");
     refused(CHAT, "{" MSGS ",\"tools\":{}}", "tools", "invalid_type");
-    refused(CHAT, "{" MSGS ",\"logprobs\":true}", "logprobs", "unsupported_value");
     refused(CHAT, "{" MSGS ",\"logprobs\":1}", "logprobs", "invalid_type");
+    refused(CHAT, "{" MSGS ",\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs", "invalid_value");
+    refused(CHAT, "{" MSGS ",\"logprobs\":true,\"top_logprobs\":-1}", "top_logprobs", "invalid_value");
+    refused(CHAT, "{" MSGS ",\"logprobs\":true,\"top_logprobs\":\"3\"}", "top_logprobs", "invalid_type");
+    refused(CHAT, "{" MSGS ",\"top_logprobs\":3}", "top_logprobs", "invalid_value");
+}
+
+/* logprobs become the worker message's "logprobs" (top entries),
+ * echo with logprobs "prompt_logprobs", echo with max_tokens 0 "score_only". */
+static void test_openai_logprobs(void **state)
+{
+    json_t *body;
+    struct lyra_request r;
+    accepted(CHAT, "{" MSGS ",\"logprobs\":true,\"top_logprobs\":20}", &body, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.msg, "logprobs")), 20);
+    lyra_requests_clear(&r);
+    json_decref(body);
+    accepted(CHAT, "{" MSGS ",\"logprobs\":true}", &body, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.msg, "logprobs")), 0);
+    lyra_requests_clear(&r);
+    json_decref(body);
+    accepted(CHAT, "{" MSGS ",\"logprobs\":false,\"top_logprobs\":0}", &body, &r);
+    assert_null(json_object_get(r.msg, "logprobs"));
+    assert_int_equal(r.logprobs, -1);
+    lyra_requests_clear(&r);
+    json_decref(body);
+    accepted(COMPL, "{\"prompt\":\"a b\",\"logprobs\":3,\"echo\":true,\"max_tokens\":0}", &body, &r);
+    assert_int_equal(json_integer_value(json_object_get(r.msg, "logprobs")), 3);
+    assert_true(json_is_true(json_object_get(r.msg, "prompt_logprobs")));
+    assert_true(json_is_true(json_object_get(r.msg, "score_only")));
+    assert_null(json_object_get(json_object_get(r.msg, "params"), "max_tokens"));
+    worker_accepts(json_object_get(r.msg, "params"));
+    assert_true(r.echo);
+    assert_string_equal(r.prompt, "a b");
+    lyra_requests_clear(&r);
+    json_decref(body);
+    accepted(COMPL, "{\"prompt\":\"a\",\"echo\":true,\"max_tokens\":4}", &body, &r);
+    assert_null(json_object_get(r.msg, "logprobs"));
+    assert_null(json_object_get(r.msg, "prompt_logprobs"));
+    assert_null(json_object_get(r.msg, "score_only"));
+    lyra_requests_clear(&r);
+    json_decref(body);
 }
 
 static void test_openai_completions_refusals(void **state)
@@ -194,11 +234,12 @@ static void test_openai_completions_refusals(void **state)
     refused(COMPL, "{\"prompt\":[\"a\",\"b\"]}", "prompt", "unsupported_value");
     refused(COMPL, "{\"prompt\":[]}", "prompt", "unsupported_value");
     refused(COMPL, "{\"prompt\":[{}]}", "prompt[0]", "invalid_type");
-    refused(COMPL, "{\"prompt\":\"a\",\"echo\":true}", "echo", "unsupported_value");
+    refused(COMPL, "{\"prompt\":\"a\",\"max_tokens\":0}", "max_tokens", "invalid_value");
     refused(COMPL, "{\"prompt\":\"a\",\"echo\":\"no\"}", "echo", "invalid_type");
     refused(COMPL, "{\"prompt\":\"a\",\"suffix\":\"end\"}", "suffix", "unsupported_value");
     refused(COMPL, "{\"prompt\":\"a\",\"best_of\":3}", "best_of", "unsupported_value");
-    refused(COMPL, "{\"prompt\":\"a\",\"logprobs\":2}", "logprobs", "unsupported_value");
+    refused(COMPL, "{\"prompt\":\"a\",\"logprobs\":21}", "logprobs", "invalid_value");
+    refused(COMPL, "{\"prompt\":\"a\",\"logprobs\":true}", "logprobs", "invalid_type");
     refused(COMPL, "{\"prompt\":\"a\",\"n\":3}", "n", "unsupported_value");
     refused(COMPL, "{\"prompt\":\"a\",\"top_p\":-1}", "top_p", "invalid_value");
     refused(COMPL, "{\"prompt\":\"a\",\"max_completion_tokens\":0}", "max_completion_tokens",
@@ -452,6 +493,7 @@ int main(void)
         cmocka_unit_test(test_role_reproduction),
         cmocka_unit_test(test_openai_chat_refusals),
         cmocka_unit_test(test_openai_completions_refusals),
+        cmocka_unit_test(test_openai_logprobs),
         cmocka_unit_test(test_openai_embeddings_refusals),
         cmocka_unit_test(test_chat_refusals),
         cmocka_unit_test(test_error_text_is_valid_utf8),
