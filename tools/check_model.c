@@ -4,13 +4,24 @@
  * measure decode speed.
  *
  *   check_model MODEL.gguf [-n TOKENS] [-p PROMPT] [-t THREADS] [-b BACKEND_DIR] [-v]
+ *   check_model MODEL.gguf --perplexity FILE [-t THREADS] [-b BACKEND_DIR]
  *
  * Prints n_params, n_vocab, the chat template check, the generated text and tokens/s of the
  * generation phase (prompt evaluation excluded). Exits non-zero on any failure.
+ *
+ * --perplexity FILE: llama.cpp's own evaluation of a text, the reference Lyra's API is checked
+ * against (tests/integration/it_correctness.c): the file is tokenized as Lyra tokenizes a
+ * prompt (BOS added, special tokens parsed), decoded as one sequence in one batch with logits
+ * for every position, and the mean negative log-likelihood of tokens 1..n-1 (each given the
+ * ones before it; log-softmax of the raw logits, in double) is printed as
+ * "mean_nll X" with the token count and the perplexity exp(X). The text must fit the model's
+ * training context.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,12 +77,106 @@ static int check_template(const struct llama_model *model)
     return 0;
 }
 
+/* The --perplexity mode (see the top). */
+static int perplexity(struct llama_model *model, const char *path, int n_threads)
+{
+    const struct llama_vocab *vocab = llama_model_get_vocab(model);
+    const int n_vocab = llama_vocab_n_tokens(vocab);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return 1;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0, n;
+    char chunk[65536];
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (len + n + 1 > cap) {
+            cap = (len + n + 1) * 2;
+            char *p = realloc(text, cap);
+            if (!p) {
+                fclose(f);
+                free(text);
+                return 1;
+            }
+            text = p;
+        }
+        memcpy(text + len, chunk, n);
+        len += n;
+    }
+    fclose(f);
+    if (!text) {
+        fprintf(stderr, "check_model: %s is empty\n", path);
+        return 1;
+    }
+    text[len] = '\0';
+    int n_tok = -llama_tokenize(vocab, text, (int32_t)len, NULL, 0, true, true);
+    llama_token *toks = malloc(sizeof *toks * (size_t)(n_tok > 0 ? n_tok : 1));
+    int rc = 1;
+    struct llama_context *ctx = NULL;
+    struct llama_batch batch = {0};
+    if (!toks || n_tok < 2 || llama_tokenize(vocab, text, (int32_t)len, toks, n_tok, true, true) != n_tok) {
+        fprintf(stderr, "check_model: cannot tokenize %s (%d tokens)\n", path, n_tok);
+        goto out;
+    }
+    if (n_tok > llama_model_n_ctx_train(model)) {
+        fprintf(stderr, "check_model: %s has %d tokens, more than the model's context (%d)\n", path, n_tok,
+                llama_model_n_ctx_train(model));
+        goto out;
+    }
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)n_tok;
+    cp.n_batch = cp.n_ubatch = (uint32_t)n_tok;
+    cp.n_threads = cp.n_threads_batch = n_threads;
+    ctx = llama_init_from_model(model, cp);
+    batch = llama_batch_init(n_tok, 0, 1);
+    if (!ctx || !batch.token) {
+        fprintf(stderr, "check_model: cannot create a context of %d tokens\n", n_tok);
+        goto out;
+    }
+    for (int i = 0; i < n_tok; i++) {
+        batch.token[i] = toks[i];
+        batch.pos[i] = i;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = 0;
+        batch.logits[i] = true;
+    }
+    batch.n_tokens = n_tok;
+    if (llama_decode(ctx, batch) != 0) {
+        fprintf(stderr, "check_model: decode failed\n");
+        goto out;
+    }
+    double nll = 0;
+    for (int i = 0; i + 1 < n_tok; i++) {
+        const float *l = llama_get_logits_ith(ctx, i);
+        double max = l[0], sum = 0;
+        for (int v = 1; v < n_vocab; v++)
+            max = l[v] > max ? l[v] : max;
+        for (int v = 0; v < n_vocab; v++)
+            sum += exp((double)l[v] - max);
+        nll -= (double)l[toks[i + 1]] - max - log(sum);
+    }
+    nll /= (double)(n_tok - 1);
+    printf("tokens %d\nscored %d\nmean_nll %.6f\nperplexity %.4f\n", n_tok, n_tok - 1, nll, exp(nll));
+    rc = 0;
+out:
+    if (batch.token)
+        llama_batch_free(batch);
+    llama_free(ctx);
+    free(toks);
+    free(text);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    const char *ppl_file = NULL;
+    static const struct option longopts[] = {{"perplexity", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
     const char *prompt = "Once upon a time", *backends = "deps/llama/lib";
     int n_gen = 64, n_threads = 2, n_gpu_layers = -2, c; /* -2: llama.cpp's default */
-    while ((c = getopt(argc, argv, "n:p:t:b:g:v")) != -1) {
+    while ((c = getopt_long(argc, argv, "n:p:t:b:g:vP:", longopts, NULL)) != -1) {
         switch (c) {
+        case 'P': ppl_file = optarg; break;
         case 'n': n_gen = atoi(optarg); break;
         case 'p': prompt = optarg; break;
         case 't': n_threads = atoi(optarg); break;
@@ -114,6 +219,10 @@ int main(int argc, char **argv)
     int rc = 1;
     struct llama_context *ctx = NULL;
     llama_token *toks = NULL;
+    if (ppl_file) {
+        rc = perplexity(model, ppl_file, n_threads);
+        goto out;
+    }
     if (check_template(model))
         goto out;
 
@@ -168,6 +277,6 @@ out:
 
 usage:
     fprintf(stderr, "usage: %s MODEL.gguf [-n TOKENS] [-p PROMPT] [-t THREADS] [-b BACKEND_DIR] [-g GPU_LAYERS] "
-                    "[-v]\n", argv[0]);
+                    "[-v] [--perplexity FILE]\n", argv[0]);
     return 2;
 }
