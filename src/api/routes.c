@@ -7,6 +7,7 @@
  *           an unknown permission name is held by admin alone).
  * Handlers that act on one model also check the caller's model patterns.
  * Adding an endpoint touches this table and the file of its resource. */
+#include "api/ollama.h"
 #include "api/server.h"
 
 const struct lyra_route lyra_routes[] = {
@@ -58,5 +59,16 @@ const struct lyra_route lyra_routes[] = {
     {"POST", "/roles", lyra_api_roles_create, "permissions.manage"},
     {"DELETE", "/roles/{name}", lyra_api_roles_delete, "permissions.manage"},
     {"GET", "/audit", lyra_api_audit_list, "audit.read"},
+    /* Ollama-compatible API (api/ollama.c; HEAD / is GET / above) */
+    {"POST", "/api/chat", lyra_api_ollama_chat, "chat"},
+    {"POST", "/api/generate", lyra_api_ollama_generate, "chat"},
+    {"POST", "/api/embed", lyra_api_ollama_embed, "chat"},
+    {"POST", "/api/embeddings", lyra_api_ollama_embeddings, "chat"},
+    {"GET", "/api/tags", lyra_api_ollama_tags, "models.read"},
+    {"GET", "/api/ps", lyra_api_ollama_ps, "models.read"},
+    {"POST", "/api/show", lyra_api_ollama_show, "models.read"},
+    {"POST", "/api/pull", lyra_api_ollama_pull, "models.pull"},
+    {"DELETE", "/api/delete", lyra_api_ollama_delete, "models.delete"},
+    {"GET", "/api/version", lyra_api_ollama_version, "self"},
 };
 const size_t lyra_n_routes = sizeof lyra_routes / sizeof *lyra_routes;
