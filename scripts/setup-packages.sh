@@ -11,6 +11,8 @@ declare -A tool_package=(
     [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq [clang-14]=clang-14 [flock]=util-linux
     # ctest integration.it_metrics lints GET /metrics with promtool
     [promtool]=prometheus
+    # it_pull and it_ollama_node download from tests/tools/pull_server.py
+    [python3]=python3
 )
 packages=(
     ca-certificates
