@@ -1209,7 +1209,11 @@ void lyra_api_ollama_pull(struct lyra_http_req *req, void *ctx)
         return;
     }
     json_t *params = json_pack("{s:s}", "source", src);
-    json_decref(body);
+    const char *base = strrchr(src, '/');
+    char name[LYRA_PULL_NAME_MAX + 1];
+    lyra_fmt(name, sizeof name, "%s", base ? base + 1 : src);
+    bool progress_lines = !s || json_is_null(s) || json_is_true(s);
+    json_decref(body); /* src and s are gone from here */
     struct lyra_err err = {0};
     int rc = params ? lyra_pull_check_params(&srv->pull, params, &err) : nomem(&err);
     bool exists = rc == LYRA_EEXISTS;
@@ -1227,9 +1231,8 @@ void lyra_api_ollama_pull(struct lyra_http_req *req, void *ctx)
     pthread_mutex_init(&f->lock, NULL);
     f->refs = 1;
     f->srv = srv;
-    f->progress_lines = !s || json_is_null(s) || json_is_true(s);
-    const char *base = strrchr(src, '/');
-    lyra_fmt(f->name, sizeof f->name, "%s", base ? base + 1 : src);
+    f->progress_lines = progress_lines;
+    lyra_fmt(f->name, sizeof f->name, "%s", name);
     const char *first = f->progress_lines ? "{\"status\":\"pulling manifest\"}\n" : " ";
     f->st = lyra_http_send_stream(req, 200, f->progress_lines ? "application/x-ndjson" : "application/json", first,
                                   strlen(first), NULL, NULL);

@@ -100,7 +100,9 @@ static void test_options(void **state)
         json_decref(p);
     }
     p = json_object();
-    assert_int_equal(lyra_ollama_options(json_string("x"), p, &err), LYRA_EINVAL);
+    json_t *s = json_string("x");
+    assert_int_equal(lyra_ollama_options(s, p, &err), LYRA_EINVAL);
+    json_decref(s);
     json_decref(p);
 }
 
