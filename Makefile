@@ -8,6 +8,9 @@
 #   make fuzz [FUZZ_SECONDS=60]  libFuzzer harnesses (clang) in build-fuzz/, each for FUZZ_SECONDS
 #   make run                   serve the generated demo model on 127.0.0.1:8000
 #   make bench                 benchmarks side by side with llama-server
+#   make install [PREFIX=/usr/local] [DESTDIR=]
+#                              bin/lyra, lib/lyra/ (llama.cpp, backends), share/lyra/
+#                              (unit, nginx template), docs, bash completion
 
 SANITIZE ?=
 CUDA ?= 0
@@ -17,8 +20,10 @@ MODELS_DIR := build/models
 VOCAB_DIR := deps/llama/share/vocab
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 60
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all deps packages build models node-deps test fuzz run bench clean format
+.PHONY: all deps packages build models node-deps ui-deps test test-ui fuzz run bench install clean format
 
 all: build
 
@@ -47,8 +52,23 @@ node-deps: $(NODE_STAMP)
 $(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
 	@npm ci --prefix tests/node --no-audit --no-fund --loglevel=error && touch $@
 
-test: models node-deps
+# puppeteer-core for the dashboard's browser tests (tests/ui/, pinned by its
+# package-lock.json): installed again whenever the lock file changes (the
+# copy in node_modules/ is the stamp of what was installed).
+UI_LOCK := tests/ui/package-lock.json
+UI_STAMP := tests/ui/node_modules/.package-lock.stamp
+ui-deps:
+	@cmp -s $(UI_LOCK) $(UI_STAMP) 2>/dev/null || { npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error && cp $(UI_LOCK) $(UI_STAMP); }
+
+test: models node-deps ui-deps
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j 2
+
+# The dashboard in Debian's chromium, every check (sign-in, live events,
+# streamed chat, a pull to 100 %, viewer and revoked keys, 360 px, idle CPU),
+# with a screenshot per view in build/ui-screenshots/ (docs/ui.md).
+test-ui: build models ui-deps
+	@cd $(BUILD_DIR) && LYRA_UI_FULL=1 LYRA_UI_SCREENSHOTS=$(CURDIR)/build/ui-screenshots \
+		LYRA_UI_RESULTS=$(CURDIR)/build/ui-screenshots/results.json ctest --output-on-failure -R '^integration.it_ui$$'
 
 # Builds build-fuzz/ with clang and runs every harness of tests/fuzz/ for
 # FUZZ_SECONDS (docs/fuzzing.md); fails on the first crash or leak.
@@ -62,6 +82,10 @@ bench: models
 	@bench/run.sh $(BUILD_DIR)
 	@bench/inference.sh $(BUILD_DIR)
 	@bench/swap.sh $(BUILD_DIR)
+
+# DESTDIR is read by cmake --install from the environment.
+install: build
+	@DESTDIR=$(DESTDIR) cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 format:
 	@clang-format -i src/*/*.[ch] tests/*/*.[ch] tools/*.c

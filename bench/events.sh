@@ -4,6 +4,8 @@
 #  (b) 1,000 concurrent WebSocket clients held: daemon RSS and threads before/after
 #  (c) reconnect with since after missing 1,000 events: upgrade → last missed event
 # Usage: bench/events.sh [build dir]   (needs a built lyra; builds the client)
+# Benchmark daemons listen on loopback and act as admin without a key (they load and publish).
+export LYRA_AUTH_ANONYMOUS_ROLE=${LYRA_AUTH_ANONYMOUS_ROLE:-admin}
 set -euo pipefail
 B=${1:-build}
 cc -O2 -o "$B/events_client" bench/events_client.c

@@ -3,6 +3,8 @@
 # source, same model file (build/models/small.gguf), same threads, greedy,
 # same prompt, in one run.  Median of RUNS (default 5).  Prints a table.
 #   bench/inference.sh [BUILD_DIR]
+# Benchmark daemons listen on loopback and act as admin without a key (they load and publish).
+export LYRA_AUTH_ANONYMOUS_ROLE=${LYRA_AUTH_ANONYMOUS_ROLE:-admin}
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}
@@ -26,7 +28,7 @@ prompt="The quick brown fox jumps over the lazy dog. Tell me a long story about 
 # Both set globals (lurl/lyra_pid, purl): a $(...) would wait on the server.
 start_lyra() { # parallel
     local port; port=$(free_port); local home=$tmp/lyra-$port
-    mkdir -p "$home/models"; ln -sf "$root/$model" "$home/models/bench.gguf"
+    mkdir -p "$home/models"; ln -f "$root/$model" "$home/models/bench.gguf" 2>/dev/null || cp "$root/$model" "$home/models/bench.gguf"
     LYRA_MODELS_PARALLEL=$1 LYRA_MODELS_THREADS=$threads LYRA_MODELS_CTX_SIZE=4096 LYRA_LOG_LEVEL=warn \
         "$lyra" serve --home "$home" --port "$port" >/dev/null 2>>"$tmp/lyra.log" &
     lyra_pid=$!; pids+=($lyra_pid)
@@ -127,7 +129,7 @@ log "cold first request ms: ${cold[*]}"
 
 # --- daemon RSS with 4 models loaded (workers excluded) -------------------
 port=$(free_port); home=$tmp/rss; mkdir -p "$home/models"
-for n in a b c d; do ln -sf "$root/build/models/tiny.gguf" "$home/models/$n.gguf"; done
+for n in a b c d; do cp "$root/build/models/tiny.gguf" "$home/models/$n.gguf"; done
 LYRA_MODELS_MAX_LOADED=4 LYRA_LOG_LEVEL=warn "$lyra" serve --home "$home" --port "$port" >/dev/null 2>>"$tmp/lyra.log" &
 rpid=$!; pids+=($rpid); wait_health "http://127.0.0.1:$port" 10
 for n in a b c d; do

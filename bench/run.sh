@@ -8,6 +8,8 @@
 #   RUNS=5 DURATION=10 bench/run.sh
 #   BASELINE=/path/to/older/lyra bench/run.sh   also runs /health on that
 #       binary in the same rounds (a change against the code before it)
+# Benchmark daemons listen on loopback and act as admin without a key (they load and publish).
+export LYRA_AUTH_ANONYMOUS_ROLE=${LYRA_AUTH_ANONYMOUS_ROLE:-admin}
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}

@@ -21,6 +21,8 @@
 #    Lyra (max_loaded 1) against plain llama-server -m.  Median of REQS.
 # Same threads (THREADS, default the cores), context (4096) and one slot
 # (parallel 1 / -np 1) for both; the copies are page-cached.
+# Benchmark daemons listen on loopback and act as admin without a key (they load and publish).
+export LYRA_AUTH_ANONYMOUS_ROLE=${LYRA_AUTH_ANONYMOUS_ROLE:-admin}
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}

@@ -11,6 +11,13 @@ declare -A tool_package=(
     [npm]=npm [wrk]=wrk [curl]=curl [ps]=procps [jq]=jq [clang-14]=clang-14 [flock]=util-linux
     # ctest integration.it_metrics lints GET /metrics with promtool
     [promtool]=prometheus
+    # the dashboard's browser tests (tests/ui/, puppeteer-core drives it)
+    [chromium]=chromium
+    # the small copies of its screenshots in docs/ui/ (docs/ui.md)
+    [pngquant]=pngquant
+    # ctest integration.it_nginx (deploy/nginx/lyra.conf in front of Lyra);
+    # systemd-analyze (it_systemd) comes with systemd
+    [nginx]=nginx-light [systemd-analyze]=systemd [shellcheck]=shellcheck
     # it_pull and it_ollama_node download from tests/tools/pull_server.py
     [python3]=python3
 )
@@ -18,11 +25,16 @@ packages=(
     ca-certificates
     libmicrohttpd-dev libwslay-dev libjansson-dev libsqlite3-dev libyaml-dev
     libsodium-dev libcurl4-openssl-dev libcmocka-dev
+    # sd_notify for `lyra serve` under systemd (src/sys/sdnotify.c)
+    libsystemd-dev
     # `make fuzz` and ctest fuzz.smoke: clang-14 (above) with libFuzzer and
     # the sanitizer runtimes, and llvm-symbolizer for readable reports.
     libclang-rt-14-dev llvm-14
 )
 missing=()
+# nginx and systemd-analyze live in /usr/sbin and /usr/bin; a non-root
+# PATH may lack sbin.
+PATH="$PATH:/usr/sbin:/sbin"
 for tool in "${!tool_package[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_package[$tool]}")
 done
@@ -39,13 +51,15 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 # Debian's prometheus package (for promtool) would start a Prometheus server
-# listening on :9090 from its postinst.  Nothing of it may run: while it is
+# listening on :9090 from its postinst, nginx one on :80.  Nothing of it may run: while it is
 # installed, invoke-rc.d and deb-systemd-invoke are told "no" by a
 # policy-rc.d (exit 101; one already there, as in most containers, is kept),
 # recommends (prometheus-node-exporter, another listener) are left out, and
 # the service is disabled afterwards so a reboot does not start it either.
 server_package=false
-[[ " ${missing[*]} " == *" prometheus "* ]] && server_package=true
+services=()
+[[ " ${missing[*]} " == *" prometheus "* ]] && server_package=true && services+=(prometheus)
+[[ " ${missing[*]} " == *" nginx-light "* ]] && server_package=true && services+=(nginx)
 if $server_package && [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\n# scripts/setup-packages.sh: no services start while it installs\nexit 101\n' |
         ${SUDO:-} tee /usr/sbin/policy-rc.d >/dev/null
@@ -54,12 +68,12 @@ if $server_package && [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 ${SUDO:-} apt-get update -q >/dev/null
 ${SUDO:-} apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-if $server_package; then
+for svc in "${services[@]}"; do
     if [ -d /run/systemd/system ]; then
-        ${SUDO:-} systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        ${SUDO:-} systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
     else
-        ${SUDO:-} update-rc.d prometheus disable >/dev/null 2>&1 || true
+        ${SUDO:-} update-rc.d "$svc" disable >/dev/null 2>&1 || true
         # the init script itself: invoke-rc.d would ask the policy, which says no
-        [ -x /etc/init.d/prometheus ] && ${SUDO:-} /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        [ -x "/etc/init.d/$svc" ] && ${SUDO:-} "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
     fi
-fi
+done

@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "auth/auth.h"
 #include "http/http.h"
@@ -36,6 +37,12 @@ bool lyra_authz_may(struct lyra_http_req *req, struct lyra_server *srv, const ch
  * "permission":...}} and false is returned. */
 bool lyra_authz_require(struct lyra_http_req *req, struct lyra_server *srv, const char *permission,
                         const char *model);
+
+/* As lyra_authz_may, but a refusal is recorded for the audit log and
+ * described in msg (msg_len bytes, may be 0): for handlers that answer in
+ * their own error shape (the OpenAI endpoints: 403 model_forbidden). */
+bool lyra_authz_check(struct lyra_http_req *req, struct lyra_server *srv, const char *permission, const char *model,
+                      char *msg, size_t msg_len);
 
 /* Adds a short detail (copied, clipped) to this request's audit row:
  * what was granted, the key id created ... never a secret. */

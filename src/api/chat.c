@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/authz.h"
 #include "api/infer.h"
 #include "api/requests.h"
 #include "api/server.h"
@@ -56,7 +57,20 @@ struct chat {
     bool claimed; /* conv_id is claimed in srv->chat_turns */
     char *user_text;
     char request_id[130];
+    char owner[LYRA_AUTH_NAME_MAX + 1]; /* the caller: a new conversation is theirs ("" = nobody's) */
+    bool see_all;                       /* the caller holds conversations.all */
 };
+
+/* The owner filter for the caller's conversation reads and deletes: NULL
+ * (every conversation) with conversations.all, else the caller's name, so
+ * someone else's conversation answers 404 as if it did not exist. */
+static const char *owner_filter(struct lyra_http_req *req, struct lyra_server *srv)
+{
+    if (lyra_authz_may(req, srv, "conversations.all", NULL))
+        return NULL;
+    const struct lyra_principal *p = lyra_authz_principal(req);
+    return p ? p->name : ""; /* no principal: matches no owner */
+}
 
 /* Ends the turn's hold on its conversation (once). */
 static void release(struct chat *c)
@@ -180,6 +194,7 @@ static void chat_finished(const struct lyra_infer_result *r, json_t *body, void 
         .conv_id = c->conv_id,
         .create = c->create,
         .user_text = c->user_text,
+        .owner = c->owner[0] ? c->owner : NULL,
         .reply = {.content = r->text,
                   .model = r->model,
                   .prompt_tokens = int_of(r->usage, "prompt_tokens"),
@@ -267,7 +282,8 @@ static bool begin_turn(struct lyra_http_req *req, struct chat *c, const char *co
     struct lyra_err err = {0};
     if (c->create)
         *messages = json_array();
-    else if ((rc = lyra_conv_history(st, c->conv_id, conv_model, messages, &err)) < 0) {
+    else if ((rc = lyra_conv_history(st, c->conv_id, c->see_all ? NULL : c->owner, conv_model, messages, &err)) <
+             0) {
         if (rc == LYRA_ENOTFOUND)
             lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", c->conv_id);
         else
@@ -312,6 +328,11 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx)
         goto out;
     }
     c->srv = srv;
+    {
+        const struct lyra_principal *p = lyra_authz_principal(req);
+        snprintf(c->owner, sizeof c->owner, "%s", p ? p->name : "");
+        c->see_all = owner_filter(req, srv) == NULL;
+    }
     snprintf(c->request_id, sizeof c->request_id, "%s", lyra_http_request_id(req));
     char *conv_model = NULL;
     if (!begin_turn(req, c, conv_id, &history, &conv_model))
@@ -334,6 +355,7 @@ void lyra_api_chat(struct lyra_http_req *req, void *ctx)
         .msg = json_pack("{s:s, s:o, s:o}", "type", "generate", "messages", history, "params", params),
         .stream = json_is_true(stream),
         .id_prefix = "chat-",
+        .permission = "chat",
         .fmt = &chat_format,
         .ud = c,
     };
@@ -382,7 +404,7 @@ void lyra_api_conversations_list(struct lyra_http_req *req, void *ctx)
     json_t *list;
     int64_t total = 0;
     struct lyra_err err = {0};
-    int rc = lyra_conv_list(srv->store, limit, offset, &list, &total, &err);
+    int rc = lyra_conv_list(srv->store, owner_filter(req, srv), limit, offset, &list, &total, &err);
     if (rc < 0) {
         lyra_http_send_error(req, 500, error_code(rc), "%s", err.msg);
         return;
@@ -396,7 +418,7 @@ void lyra_api_conversations_get(struct lyra_http_req *req, void *ctx)
     const char *id = lyra_http_param(req, "id");
     json_t *conv;
     struct lyra_err err = {0};
-    int rc = lyra_conv_get(srv->store, id, &conv, &err);
+    int rc = lyra_conv_get(srv->store, id, owner_filter(req, srv), &conv, &err);
     if (rc == LYRA_ENOTFOUND)
         lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", id);
     else if (rc < 0)
@@ -410,7 +432,7 @@ void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx)
     struct lyra_server *srv = ctx;
     const char *id = lyra_http_param(req, "id");
     struct lyra_err err = {0};
-    int rc = lyra_conv_delete(srv->store, id, &err);
+    int rc = lyra_conv_delete(srv->store, id, owner_filter(req, srv), &err);
     if (rc == LYRA_ENOTFOUND)
         lyra_http_send_error(req, 404, "conversation_not_found", "conversation %s not found", id);
     else if (rc < 0)

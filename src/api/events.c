@@ -13,17 +13,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/authz.h"
 #include "api/server.h"
 #include "core/util.h"
 
 struct collect {
     json_t *list;
     size_t limit;
+    struct lyra_server *srv;
+    const struct lyra_principal *who; /* NULL: no policy installed */
 };
 
 static void collect_event(const struct lyra_event *ev, void *ud)
 {
     struct collect *c = ud;
+    if (c->who && lyra_authz_event_visible(c->srv, c->who, ev->type, ev->data) != LYRA_AUTHZ_SHOW)
+        return;
     if (json_array_size(c->list) < c->limit)
         json_array_append_new(c->list, lyra_event_to_json(ev));
 }
@@ -42,7 +47,7 @@ void lyra_api_events_recent(struct lyra_http_req *req, void *ctx)
         lyra_http_send_error(req, 400, "invalid_parameter", "limit must be an integer from 1 to 100000");
         return;
     }
-    struct collect c = {json_array(), (size_t)limit};
+    struct collect c = {json_array(), (size_t)limit, srv, lyra_authz_principal(req)};
     uint64_t first = 0;
     lyra_bus_replay(srv->bus, since, lyra_http_query(req, "types"), collect_event, &c, &first);
     lyra_http_send_json(req, 200,
@@ -103,11 +108,11 @@ void lyra_api_events_publish(struct lyra_http_req *req, void *ctx)
 void lyra_api_events_ws(struct lyra_http_req *req, void *ctx)
 {
     struct lyra_server *srv = ctx;
-    lyra_evstream_ws(srv->evstream, req);
+    lyra_evstream_ws(srv->evstream, req, lyra_authz_principal(req));
 }
 
 void lyra_api_events_sse(struct lyra_http_req *req, void *ctx)
 {
     struct lyra_server *srv = ctx;
-    lyra_evstream_sse(srv->evstream, req);
+    lyra_evstream_sse(srv->evstream, req, lyra_authz_principal(req));
 }

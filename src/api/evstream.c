@@ -44,6 +44,7 @@ struct client {
     atomic_bool pump_posted;
     bool attached, dead;
     bool gone_early; /* SSE: the client left before the attach ran */
+    bool revoked;    /* ended by revalidate_tick */
     struct lyra_timer *timer;   /* WS: ping / pong deadline; SSE: ping */
     struct lyra_timer *retry;   /* SSE: buffer full, look again */
     /* WS */
@@ -58,6 +59,7 @@ struct client {
     uint32_t watched;
     /* SSE */
     struct lyra_http_stream *st;
+    unsigned char *who; /* o.who_size bytes: the policy's view of this client */
 };
 
 struct lyra_evstream {
@@ -67,6 +69,7 @@ struct lyra_evstream {
     bool accepting;
     bool shut;
     struct client *clients; /* loop thread only */
+    struct lyra_timer *revalidate; /* loop thread only */
     atomic_int n_ws, n_sse;
     atomic_uint_fast64_t ws_total, sse_total;
 };
@@ -97,6 +100,7 @@ static void client_free_task(void *ud)
     struct client *c = ud;
     free(c->types);
     free(c->extra);
+    free(c->who);
     free(c);
 }
 
@@ -164,7 +168,8 @@ static bool read_params(struct lyra_http_req *req, bool sse, uint64_t *since, co
     return true;
 }
 
-static struct client *client_new(struct lyra_evstream *es, enum kind kind, uint64_t since, const char *types)
+static struct client *client_new(struct lyra_evstream *es, enum kind kind, uint64_t since, const char *types,
+                                 const void *who)
 {
     struct client *c = calloc(1, sizeof *c);
     if (!c)
@@ -173,11 +178,21 @@ static struct client *client_new(struct lyra_evstream *es, enum kind kind, uint6
     c->kind = kind;
     c->since = since;
     c->fd = -1;
-    if (types && !(c->types = strdup(types))) {
+    if ((types && !(c->types = strdup(types))) || (es->o.who_size && !(c->who = calloc(1, es->o.who_size)))) {
+        free(c->types);
         free(c);
         return NULL;
     }
+    if (es->o.who_size && who)
+        memcpy(c->who, who, es->o.who_size);
     return c;
+}
+
+/* evsub filter (publishing thread): the policy decides. */
+static bool client_sees(const char *type, const json_t *data, void *ud)
+{
+    struct client *c = ud;
+    return c->es->o.visible(c->es->o.policy_ud, c->who, type, data);
 }
 
 /* Loop thread: the client's subscription.  Failing is unexpected (the
@@ -185,8 +200,9 @@ static struct client *client_new(struct lyra_evstream *es, enum kind kind, uint6
 static int subscribe(struct client *c)
 {
     struct lyra_err err = {0};
-    int rc = lyra_evsub_new(c->es->o.bus, c->es->o.store, c->since, c->types, c->es->o.max_queued, c->es->o.max_queued_bytes, on_notify, c,
-                            &c->sub, &err);
+    const struct lyra_evstream_options *o = &c->es->o;
+    int rc = lyra_evsub_new_filtered(o->bus, o->store, c->since, c->types, o->max_queued, o->max_queued_bytes,
+                                     on_notify, c, o->visible ? client_sees : NULL, c, &c->sub, &err);
     if (rc < 0)
         lyra_warn("events", "cannot subscribe a %s client: %s", c->kind == WS ? "WebSocket" : "SSE", err.msg);
     return rc;
@@ -422,12 +438,14 @@ struct ws_pending {
     struct lyra_evstream *es;
     uint64_t since;
     char *types;
+    unsigned char *who;
 };
 
 static void ws_dropped(void *ud)
 {
     struct ws_pending *p = ud;
     free(p->types);
+    free(p->who);
     free(p);
 }
 
@@ -436,7 +454,7 @@ static void ws_upgraded(int fd, const char *extra, size_t extra_len, struct lyra
 {
     struct ws_pending *p = ud;
     struct lyra_evstream *es = p->es;
-    struct client *c = accepting(es) ? client_new(es, WS, p->since, p->types) : NULL;
+    struct client *c = accepting(es) ? client_new(es, WS, p->since, p->types, p->who) : NULL;
     ws_dropped(p);
     if (c && extra_len && !(c->extra = malloc(extra_len))) {
         client_free_task(c);
@@ -460,7 +478,24 @@ static void ws_upgraded(int fd, const char *extra, size_t extra_len, struct lyra
     }
 }
 
-void lyra_evstream_ws(struct lyra_evstream *es, struct lyra_http_req *req)
+/* True when the comma-separated Sec-WebSocket-Protocol list offers `name`. */
+static bool offers_protocol(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; p && *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ' && *e != '\t')
+            e++;
+        if ((size_t)(e - p) == n && strncmp(p, name, n) == 0)
+            return true;
+        p = e;
+    }
+    return false;
+}
+
+void lyra_evstream_ws(struct lyra_evstream *es, struct lyra_http_req *req, const void *who)
 {
     uint64_t since;
     const char *types;
@@ -485,13 +520,20 @@ void lyra_evstream_ws(struct lyra_evstream *es, struct lyra_http_req *req)
         return;
     }
     struct ws_pending *p = calloc(1, sizeof *p);
-    if (!p || (types && !(p->types = strdup(types)))) {
+    if (!p || (types && !(p->types = strdup(types))) ||
+        (es->o.who_size && !(p->who = calloc(1, es->o.who_size)))) {
+        if (p)
+            free(p->types);
         free(p);
         lyra_http_send_error(req, 500, "internal", "out of memory");
         return;
     }
     p->es = es;
     p->since = since;
+    if (es->o.who_size && who)
+        memcpy(p->who, who, es->o.who_size);
+    if (offers_protocol(lyra_http_header(req, "Sec-WebSocket-Protocol"), "lyra-events"))
+        lyra_http_add_header(req, "Sec-WebSocket-Protocol", "lyra-events");
     char accept[29];
     lyra_ws_accept_key(lyra_http_header(req, "Sec-WebSocket-Key"), accept);
     lyra_http_add_header(req, "Upgrade", "websocket");
@@ -609,7 +651,7 @@ static void sse_attach_task(void *ud)
     sse_pump(c);
 }
 
-void lyra_evstream_sse(struct lyra_evstream *es, struct lyra_http_req *req)
+void lyra_evstream_sse(struct lyra_evstream *es, struct lyra_http_req *req, const void *who)
 {
     uint64_t since;
     const char *types;
@@ -620,7 +662,7 @@ void lyra_evstream_sse(struct lyra_evstream *es, struct lyra_http_req *req)
         lyra_http_send_error(req, 503, "shutting_down", "the server is shutting down");
         return;
     }
-    struct client *c = client_new(es, SSE, since, types);
+    struct client *c = client_new(es, SSE, since, types, who);
     if (!c) {
         lyra_http_send_error(req, 500, "internal", "out of memory");
         return;
@@ -656,6 +698,37 @@ static void pump_task(void *ud)
     }
 }
 
+/* Loop thread, every revalidate_ms: a client whose key was revoked, or
+ * expired, since it connected is ended (the policy says why it may no
+ * longer read; its next request would get 401). */
+static void revalidate_tick(void *ud)
+{
+    struct lyra_evstream *es = ud;
+    es->revalidate = NULL;
+    for (struct client *c = es->clients, *n; c; c = n) {
+        n = c->next;
+        if (c->dead || c->revoked || !c->attached || es->o.still_valid(es->o.policy_ud, c->who))
+            continue;
+        c->revoked = true;
+        if (c->kind == WS) {
+            ws_close(c, 1008, "the API key was revoked or has expired");
+        } else {
+            static const char ev[] = "event: auth.revoked\ndata: {\"message\":\"the API key was revoked or has "
+                                     "expired\"}\n\n";
+            (void)lyra_http_stream_write(c->st, ev, sizeof ev - 1);
+            sse_finish(c);
+        }
+    }
+    if (!es->shut && accepting(es))
+        es->revalidate = lyra_loop_timer(es->loop, es->o.revalidate_ms, revalidate_tick, es);
+}
+
+static void revalidate_start(void *ud)
+{
+    struct lyra_evstream *es = ud;
+    es->revalidate = lyra_loop_timer(es->loop, es->o.revalidate_ms, revalidate_tick, es);
+}
+
 int lyra_evstream_new(const struct lyra_evstream_options *opts, struct lyra_evstream **out, struct lyra_err *err)
 {
     *out = NULL;
@@ -673,6 +746,8 @@ int lyra_evstream_new(const struct lyra_evstream_options *opts, struct lyra_evst
         es->o.sse_ping_ms = 15000;
     if (es->o.close_grace_ms <= 0)
         es->o.close_grace_ms = 1000;
+    if (es->o.revalidate_ms <= 0)
+        es->o.revalidate_ms = 1000;
     pthread_mutex_init(&es->lock, NULL);
     es->accepting = true;
     int rc = lyra_loop_new("lyra-events", &es->loop, err);
@@ -681,6 +756,8 @@ int lyra_evstream_new(const struct lyra_evstream_options *opts, struct lyra_evst
         free(es);
         return rc;
     }
+    if (es->o.still_valid)
+        (void)lyra_loop_call(es->loop, revalidate_start, es);
     *out = es;
     return 0;
 }
@@ -688,6 +765,8 @@ int lyra_evstream_new(const struct lyra_evstream_options *opts, struct lyra_evst
 static void close_all_task(void *ud)
 {
     struct lyra_evstream *es = ud;
+    lyra_loop_timer_cancel(es->loop, es->revalidate);
+    es->revalidate = NULL;
     for (struct client *c = es->clients, *n; c; c = n) {
         n = c->next;
         if (c->kind == WS)

@@ -24,6 +24,8 @@
 #ifndef LYRA_EVSTREAM_H
 #define LYRA_EVSTREAM_H
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +49,19 @@ struct lyra_evstream_options {
     int ws_pong_timeout_ms;   /* 0 = 30000 */
     int sse_ping_ms;          /* 0 = 15000 */
     int close_grace_ms;       /* wait for the client's close frame; 0 = 1000 */
+    /* Who may see what.  Each client carries a copy of the `who` its
+     * handler was given (who_size bytes: the caller's principal).
+     * visible(policy_ud, who, type, data) decides per event (publishing
+     * thread, under the bus lock: must not block); still_valid(policy_ud,
+     * who) is asked every revalidate_ms on the loop thread, and a client
+     * for which it is false is ended (WebSocket close 1008, SSE an
+     * "auth.revoked" event, then the end).  NULL = every client sees
+     * everything, for ever. */
+    bool (*visible)(void *policy_ud, const void *who, const char *type, const json_t *data);
+    bool (*still_valid)(void *policy_ud, const void *who);
+    void *policy_ud;
+    size_t who_size;
+    int revalidate_ms;        /* 0 = 1000 */
 };
 
 /* Creates the stream server and starts its loop thread ("lyra-events").
@@ -57,8 +72,13 @@ int lyra_evstream_new(const struct lyra_evstream_options *opts, struct lyra_evst
  * parameters, Last-Event-ID header).  A bad since or types is 400 before
  * any upgrade; a request that is not a WebSocket handshake 400 (426 for a
  * wrong Sec-WebSocket-Version); after shutdown 503. */
-void lyra_evstream_ws(struct lyra_evstream *es, struct lyra_http_req *req);
-void lyra_evstream_sse(struct lyra_evstream *es, struct lyra_http_req *req);
+/* `who` (who_size bytes, copied; may be NULL when who_size is 0) is what
+ * the policy callbacks get for this client.  A WebSocket client that
+ * offers the subprotocol "lyra-events" (Sec-WebSocket-Protocol) gets it
+ * selected; any other offered protocol (the "lyra.bearer.<key>" a browser
+ * uses to send its key) is never echoed. */
+void lyra_evstream_ws(struct lyra_evstream *es, struct lyra_http_req *req, const void *who);
+void lyra_evstream_sse(struct lyra_evstream *es, struct lyra_http_req *req, const void *who);
 
 /* Ends every stream: WebSocket clients get close 1001 "server shutting
  * down" (up to timeout_ms for their close frames, then their sockets are

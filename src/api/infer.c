@@ -9,6 +9,8 @@
  * in->lock, then the HTTP layer's stream, request and hang-up locks. */
 #include "api/infer.h"
 
+#include "api/authz.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -473,6 +475,14 @@ static int submit_status(int rc, const char **code)
 
 void lyra_infer_start(struct lyra_server *srv, struct lyra_http_req *req, const struct lyra_infer_options *opts)
 {
+    char denied[400];
+    if (opts->permission && !lyra_authz_check(req, srv, opts->permission, opts->model, denied, sizeof denied)) {
+        json_decref(opts->msg);
+        lyra_http_send_json(req, 403, opts->fmt->error("model_forbidden", denied, 403, opts->ud));
+        if (opts->fmt->free_ud)
+            opts->fmt->free_ud(opts->ud);
+        return;
+    }
     struct lyra_infer *in = calloc(1, sizeof *in);
     if (!in) {
         json_decref(opts->msg);

@@ -63,6 +63,9 @@ struct lyra_infer_options {
     json_t *msg;             /* worker message without id (reference taken) */
     bool stream;
     const char *id_prefix;   /* "chatcmpl-", "cmpl-", "chat-" */
+    /* Checked against the caller's grants for `model` before anything
+     * starts (403 model_forbidden in fmt->error's shape); NULL = none. */
+    const char *permission;
     const struct lyra_infer_format *fmt;
     void *ud;
 };

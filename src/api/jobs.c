@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/authz.h"
 #include "api/server.h"
 #include "core/util.h"
 
@@ -165,6 +166,9 @@ void lyra_api_jobs_submit(struct lyra_http_req *req, void *ctx)
                              (int)lyra_utf8_clip(type, 32), type);
     } else if (params && !json_is_object(params)) {
         lyra_http_send_error(req, 400, "invalid_parameter", "params must be an object");
+    } else if (!lyra_authz_require(req, srv, "models.load",
+                                   json_string_value(json_object_get(params, "model")) ?: "")) {
+        /* every submittable type acts on a model: the caller needs models.load for it */
     } else {
         char id[40];
         struct lyra_err err = {0};
@@ -188,6 +192,10 @@ static void model_job(struct lyra_http_req *req, struct lyra_server *srv, const 
     if (!m) {
         lyra_http_send_error(req, 404, "model_not_found", "model '%.*s' not found in %s or the configuration",
                              (int)lyra_utf8_clip(name, 128), name, lyra_registry_dir(srv->registry));
+        return;
+    }
+    if (!lyra_authz_require(req, srv, "models.load", m->name)) {
+        lyra_registry_unref(m);
         return;
     }
     char id[40];

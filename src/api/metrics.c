@@ -51,6 +51,10 @@ int lyra_server_metrics_init(struct lyra_metrics *reg, struct lyra_server_metric
          "HTTP responses sent, by route pattern (\"unmatched\" when no route matched), method and status "
          "code.",
          http_labels, NULL, 0},
+        {&out->auth_failures, C, "lyra_auth_failures_total",
+         "Requests refused by authentication or authorization, by reason (missing_key, malformed_key, "
+         "invalid_key, expired_key, revoked_key, forbidden, model_forbidden, blocked).",
+         reason, NULL, 0},
         {&out->request_duration, H, "lyra_request_duration_seconds",
          "Time from an inference request's start to its last frame (queue, load, prompt, generation).",
          route_model, duration_buckets, N(duration_buckets)},

@@ -25,6 +25,7 @@
 struct lyra_server_metrics {
     /* HTTP layer (http/http.c): one per response queued. */
     struct lyra_metric *http_requests; /* counter {route, method, code} */
+    struct lyra_metric *auth_failures; /* counter {reason}: 401/403/429 of the RBAC checks */
     /* Inference (api/infer.c): once per request, at its terminal frame. */
     struct lyra_metric *request_duration;  /* histogram {route, model}, seconds */
     struct lyra_metric *ttft;              /* histogram {model}, seconds */

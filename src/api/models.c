@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "api/infer.h"
+#include "api/authz.h"
 #include "api/server.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -78,6 +79,8 @@ void lyra_api_models_list(struct lyra_http_req *req, void *ctx)
     }
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
+        if (!lyra_authz_may(req, srv, "models.read", models[i]->name))
+            continue;
         json_t *j = with_state(srv, models[i], 0);
         if (want && j && strcmp(json_string_value(json_object_get(j, "state")) ?: "", want) != 0) {
             json_decref(j);
@@ -101,7 +104,8 @@ void lyra_api_models_get(struct lyra_http_req *req, void *ctx)
                              name, lyra_registry_dir(srv->registry));
         return;
     }
-    lyra_http_send_json(req, 200, with_state(srv, m, LYRA_REGISTRY_JSON_GGUF));
+    if (lyra_authz_require(req, srv, "models.read", m->name))
+        lyra_http_send_json(req, 200, with_state(srv, m, LYRA_REGISTRY_JSON_GGUF));
     lyra_registry_unref(m);
 }
 
@@ -119,7 +123,7 @@ void lyra_api_openai_models(struct lyra_http_req *req, void *ctx)
     }
     json_t *data = json_array();
     for (size_t i = 0; i < n; i++) {
-        if (!models[i]->valid)
+        if (!models[i]->valid || !lyra_authz_may(req, srv, "models.read", models[i]->name))
             continue;
         json_array_append_new(
             data, json_pack("{s:s, s:s, s:I, s:s}", "id", models[i]->name, "object", "model", "created",
@@ -150,8 +154,11 @@ static json_t *error_body(const char *code, const char *message, int status, voi
 
 static const struct lyra_infer_format load_format = {.full = load_full, .error = error_body};
 
-/* The named model as the registry knows it, or an answered 404. */
-static const struct lyra_model *find_or_404(struct lyra_server *srv, struct lyra_http_req *req)
+/* The named model as the registry knows it, when the caller may act on
+ * it with `permission` (its role's model patterns); otherwise NULL with an
+ * answered 404 or 403. */
+static const struct lyra_model *find_allowed(struct lyra_server *srv, struct lyra_http_req *req,
+                                             const char *permission)
 {
     refresh(srv);
     const char *name = lyra_http_param(req, "name");
@@ -159,6 +166,10 @@ static const struct lyra_model *find_or_404(struct lyra_server *srv, struct lyra
     if (!m)
         lyra_http_send_error(req, 404, "model_not_found", "model '%.*s' not found in %s or the configuration",
                              (int)lyra_utf8_clip(name, 128), name, lyra_registry_dir(srv->registry));
+    else if (!lyra_authz_require(req, srv, permission, m->name)) {
+        lyra_registry_unref(m);
+        m = NULL;
+    }
     return m;
 }
 
@@ -178,7 +189,7 @@ static void start_load(struct lyra_server *srv, struct lyra_http_req *req, const
 void lyra_api_models_load(struct lyra_http_req *req, void *ctx)
 {
     struct lyra_server *srv = ctx;
-    const struct lyra_model *m = find_or_404(srv, req);
+    const struct lyra_model *m = find_allowed(srv, req, "models.load");
     if (m)
         start_load(srv, req, m);
     lyra_registry_unref(m);
@@ -196,7 +207,7 @@ void lyra_api_models_unload(struct lyra_http_req *req, void *ctx)
                              (int)lyra_utf8_clip(f, 32), f);
         return;
     }
-    const struct lyra_model *m = find_or_404(srv, req);
+    const struct lyra_model *m = find_allowed(srv, req, "models.load");
     if (!m)
         return;
     bool was_loaded = false;
@@ -224,7 +235,7 @@ void lyra_api_models_unload(struct lyra_http_req *req, void *ctx)
 
 static void pin(struct lyra_http_req *req, struct lyra_server *srv, bool on)
 {
-    const struct lyra_model *m = find_or_404(srv, req);
+    const struct lyra_model *m = find_allowed(srv, req, "models.pin");
     if (!m)
         return;
     /* Pinning promises residency: for a file that cannot load, answer as

@@ -36,6 +36,7 @@
 
 #include <sodium.h>
 
+#include "api/authz.h"
 #include "api/infer.h"
 #include "api/pull.h"
 #include "api/requests.h"
@@ -562,6 +563,7 @@ static void start(struct lyra_http_req *req, struct oreq *o, json_t *msg, bool s
         .msg = msg,
         .stream = stream,
         .id_prefix = "ollama-",
+        .permission = "chat",
         .fmt = fmt,
         .ud = o,
     };
@@ -691,6 +693,12 @@ static void generate_like(struct lyra_http_req *req, struct lyra_server *srv, en
                 json_array_append_new(messages, json_pack("{s:s, s:s}", "role", "user", "content", p));
         }
     }
+    /* Unloading is models.load's (POST /models/{name}/unload): keep_alive 0
+     * may not let a caller with chat alone evict a model others use. */
+    if (o->keep_alive == 0 && !lyra_authz_may(req, srv, "models.load", o->name)) {
+        send_err(req, 403, "keep_alive 0 unloads the model, which needs permission models.load");
+        goto out;
+    }
     if (o->load_only && o->keep_alive == 0) {
         unload_now(req, o);
         goto out;
@@ -736,6 +744,10 @@ static void embed_like(struct lyra_http_req *req, struct lyra_server *srv, enum 
     bool stream;
     if (!o || !common_fields(req, body, o, &stream, NULL))
         goto out;
+    if (o->keep_alive == 0 && !lyra_authz_may(req, srv, "models.load", o->name)) {
+        send_err(req, 403, "keep_alive 0 unloads the model, which needs permission models.load");
+        goto out;
+    }
     struct lyra_err err = {0};
     json_t *params = json_object(); /* checked for their types, not used by an embedding */
     int rc = params ? lyra_ollama_options(json_object_get(body, "options"), params, &err) : nomem(&err);
@@ -853,7 +865,7 @@ void lyra_api_ollama_tags(struct lyra_http_req *req, void *ctx)
     }
     json_t *list = json_array();
     for (size_t i = 0; list && i < n; i++)
-        if (models[i]->valid)
+        if (models[i]->valid && lyra_authz_may(req, srv, "models.read", models[i]->name))
             json_array_append_new(list, model_json(models[i]));
     lyra_registry_list_free(models, n);
     lyra_http_send_json(req, list ? 200 : 500, list ? json_pack("{s:o}", "models", list) : error_json("out of memory"));
@@ -873,7 +885,9 @@ void lyra_api_ollama_ps(struct lyra_http_req *req, void *ctx)
         /* Ollama lists the runners that serve: a model stopping or failed is gone. */
         if (!name || !state || (strcmp(state, "loaded") != 0 && strcmp(state, "loading") != 0))
             continue;
-        const struct lyra_model *m = lyra_registry_lookup(srv->registry, name);
+        const struct lyra_model *m = lyra_authz_may(req, srv, "models.read", name)
+                                         ? lyra_registry_lookup(srv->registry, name)
+                                         : NULL;
         if (!m)
             continue;
         json_t *e = model_json(m);
@@ -914,6 +928,10 @@ void lyra_api_ollama_show(struct lyra_http_req *req, void *ctx)
     const struct lyra_model *m = lyra_registry_lookup(srv->registry, name);
     if (!m) {
         send_not_found(req, name);
+        return;
+    }
+    if (!lyra_authz_require(req, srv, "models.read", m->name)) {
+        lyra_registry_unref(m);
         return;
     }
     if (!m->valid) {
@@ -997,6 +1015,10 @@ void lyra_api_ollama_delete(struct lyra_http_req *req, void *ctx)
         send_not_found(req, name);
         return;
     }
+    if (!lyra_authz_require(req, srv, "models.delete", m->name)) {
+        lyra_registry_unref(m);
+        return;
+    }
     char *dir = realpath(lyra_registry_dir(srv->registry), NULL);
     char *path = m->path ? strdup(m->path) : NULL;
     char *parent = NULL;
@@ -1041,6 +1063,7 @@ void lyra_api_ollama_delete(struct lyra_http_req *req, void *ctx)
         goto out;
     }
     lyra_registry_refresh(srv->registry, NULL, NULL);
+    lyra_bus_publish(srv->bus, "model.deleted", "models", json_pack("{s:s}", "model", m->name));
     lyra_log(LYRA_LOG_INFO, "ollama", lyra_http_request_id(req), json_pack("{s:s}", "model", m->name),
              "deleted model %s (%s)", m->name, path);
     lyra_http_send(req, 200, "application/json", NULL, 0);

@@ -167,6 +167,7 @@ static void start(struct lyra_server *srv, struct lyra_http_req *req, struct lyr
                                       .msg = r->msg,
                                       .stream = r->stream,
                                       .id_prefix = kind == CHAT ? "chatcmpl-" : "cmpl-",
+                                      .permission = "chat",
                                       .fmt = &oai_format,
                                       .ud = o};
     r->msg = NULL; /* taken by the bridge */
@@ -231,7 +232,8 @@ void lyra_api_openai_embeddings(struct lyra_http_req *req, void *ctx)
     char *model = model_of(ctx, req, &r);
     if (model) {
         struct lyra_infer_options opts = {
-            .model = model, .msg = r.msg, .stream = false, .id_prefix = "emb-", .fmt = &emb_format};
+            .model = model, .msg = r.msg, .stream = false, .id_prefix = "emb-", .permission = "chat",
+            .fmt = &emb_format};
         r.msg = NULL; /* taken by the bridge */
         lyra_infer_start(ctx, req, &opts);
         free(model);

@@ -9,6 +9,7 @@
  * Adding an endpoint touches this table and the file of its resource. */
 #include "api/ollama.h"
 #include "api/server.h"
+#include "api/ui.h"
 
 const struct lyra_route lyra_routes[] = {
     {"GET", "/", lyra_api_root, "self"},
@@ -59,6 +60,11 @@ const struct lyra_route lyra_routes[] = {
     {"POST", "/roles", lyra_api_roles_create, "permissions.manage"},
     {"DELETE", "/roles/{name}", lyra_api_roles_delete, "permissions.manage"},
     {"GET", "/audit", lyra_api_audit_list, "audit.read"},
+    /* The web dashboard (api/ui.c): public, the page holds no data and every
+     * call it makes sends the user's key. */
+    {"GET", "/ui", lyra_api_ui_index, ""},
+    {"GET", "/ui/", lyra_api_ui_index, ""},
+    {"GET", "/ui/{file}", lyra_api_ui_file, ""},
     /* Ollama-compatible API (api/ollama.c; HEAD / is GET / above) */
     {"POST", "/api/chat", lyra_api_ollama_chat, "chat"},
     {"POST", "/api/generate", lyra_api_ollama_generate, "chat"},

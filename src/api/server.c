@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
+#include "api/authz.h"
 #include "core/conversations.h"
 #include "core/evlog.h"
 #include "core/log.h"
@@ -40,46 +43,41 @@ static bool is_wildcard(const char *host)
            (inet_pton(AF_INET6, h, a) == 1 && memcmp(a, zero, 16) == 0);
 }
 
-/* What the daemon refuses to expose while it has no authentication
- * (docs/configuration.md, "Security"), decided before anything is opened:
- *  - auth.enabled fails closed until authentication exists (the RBAC
- *    issue): the configuration asks for it, so serving without it is wrong;
- *  - a non-loopback listen address is refused unless
+/* What the daemon exposes, decided before anything is opened
+ * (docs/security.md, "Modes"):
+ *  - auth.enabled: every route but the health probes needs a key;
+ *  - auth off on a loopback address: requests without a key act with
+ *    auth.anonymous_role;
+ *  - auth off on a non-loopback address: refused, unless
  *    server.allow_remote_without_auth says the exposure is wanted;
- *  - the Host guard (http/hostcheck.h): on loopback, loopback names plus
- *    server.allowed_hosts; on a non-loopback address (overridden) any Host,
- *    unless server.allowed_hosts is set, which then applies with the listen
- *    address added (so clients using the address itself still pass).
- * RBAC hook: when auth is implemented, this is the one place that decides
- * whether an authenticated daemon relaxes the Host guard (srv->hostcheck
- * NULL serves any Host) and lifts the non-loopback refusal. */
+ *  - the Host guard (http/hostcheck.h), for anonymous requests: on
+ *    loopback, loopback names plus server.allowed_hosts; on a non-loopback
+ *    address any Host, unless server.allowed_hosts is set, which then
+ *    applies with the listen address added (so clients using the address
+ *    itself still pass). */
 static int open_guard(struct lyra_server *srv, struct lyra_err *err)
 {
     const struct lyra_config *cfg = srv->cfg;
     const char *host = cfg->server.host;
-    if (cfg->auth.enabled)
-        return lyra_err_set(err, LYRA_EUNSUPPORTED,
-                            "auth.enabled is true, but authentication is not implemented yet in this "
-                            "version of Lyra, and the daemon will not run unauthenticated while the "
-                            "configuration asks for auth; set auth.enabled: false (env "
-                            "LYRA_AUTH_ENABLED=false) and keep server.host on loopback");
+    srv->anonymous_role = cfg->auth.enabled ? NULL : cfg->auth.anonymous_role;
+    if (srv->anonymous_role && !srv->anonymous_role[0])
+        srv->anonymous_role = NULL;
     bool loopback = lyra_hostcheck_addr_is_loopback(host);
-    if (!loopback && !cfg->server.allow_remote_without_auth)
+    if (!loopback && !cfg->auth.enabled && !cfg->server.allow_remote_without_auth)
         return lyra_err_set(err, LYRA_EPERM,
                             "refusing to listen on %.*s with authentication off: it is not a loopback "
                             "address, so anyone who can reach this machine could use the API and drive "
-                            "the models; listen on 127.0.0.1 or ::1, or accept that with "
-                            "server.allow_remote_without_auth: true (env "
-                            "LYRA_SERVER_ALLOW_REMOTE_WITHOUT_AUTH=true) until auth exists",
+                            "the models; turn authentication on (auth.enabled: true, env "
+                            "LYRA_AUTH_ENABLED=true), listen on 127.0.0.1 or ::1, or accept the risk with "
+                            "server.allow_remote_without_auth: true (env LYRA_SERVER_ALLOW_REMOTE_WITHOUT_AUTH=true)",
                             (int)lyra_utf8_clip(host, 64), host);
-    if (!loopback)
+    if (!loopback && !cfg->auth.enabled)
         lyra_log(LYRA_LOG_WARN, "server", NULL,
                  json_pack("{s:o, s:b, s:i}", "host", lyra_log_string(host), "auth", 0, "allowed_hosts",
                            (int)cfg->server.n_allowed_hosts),
                  "listening on non-loopback address %.*s WITHOUT authentication "
-                 "(server.allow_remote_without_auth): anyone who can reach it can use the API and "
-                 "drive the models%s",
-                 (int)lyra_utf8_clip(host, 64), host,
+                 "(server.allow_remote_without_auth): anyone who can reach it acts with role %s%s",
+                 (int)lyra_utf8_clip(host, 64), host, srv->anonymous_role ? srv->anonymous_role : "(none)",
                  cfg->server.n_allowed_hosts ? "" : "; any Host header is served");
     if (!loopback && cfg->server.n_allowed_hosts == 0)
         return 0;
@@ -227,6 +225,56 @@ static int open_state(struct lyra_server *srv, struct lyra_err *err)
                                    started, "previous_pid", prev.pid, "previous_version", prev.version,
                                    "unclean_sessions", n_unclean));
     }
+    return 0;
+}
+
+/* Principals, keys and roles (auth/auth.h), the audit log and the
+ * failed-authentication back-off.  After the store and the bus.  A key
+ * generated for the first admin is printed here, once, on stderr (not
+ * through the log: logs never carry secrets). */
+static int open_auth(struct lyra_server *srv, struct lyra_err *err)
+{
+    const struct lyra_config *cfg = srv->cfg;
+    struct lyra_auth_options ao = {
+        .store = srv->store,
+        .home = cfg->home,
+        .bootstrap_key = cfg->auth.admin_key,
+        .anonymous_role = srv->anonymous_role,
+    };
+    int rc = lyra_auth_open(&ao, &srv->auth, err);
+    if (rc < 0)
+        return rc;
+    char key[LYRA_AUTH_KEY_BUF];
+    const char *path = NULL;
+    if (lyra_auth_bootstrap_key(srv->auth, key, &path) == 0) {
+        fprintf(stderr,
+                "\nlyra: created the first admin, principal \"admin\", with this API key (shown once; also "
+                "saved in %s, mode 0600):\n\n    %s\n\n",
+                path ? path : "LYRA_HOME/admin.key", key);
+        fflush(stderr);
+        sodium_memzero(key, sizeof key);
+    }
+    if (!(srv->audit = lyra_audit_new(srv->store, srv->bus)))
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    struct lyra_ratelimit_options ro = {
+        .threshold = cfg->auth.max_failures,
+        .window_ms = (int64_t)cfg->auth.failure_window_s * 1000,
+        .max_block_ms = (int64_t)cfg->auth.max_block_s * 1000,
+    };
+    if (!(srv->auth_fail = lyra_ratelimit_new(&ro)))
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    /* A client that repeats a refused request may not grow the append-only
+     * audit log as fast as it can send: past 20 denials in 10 s, the rows
+     * of one principal at one address pause (10 s, doubling to a minute);
+     * lyra_auth_failures_total still counts every one. */
+    struct lyra_ratelimit_options dro = {
+        .threshold = 20, .window_ms = 10000, .base_block_ms = 10000, .max_block_ms = 60000};
+    if (!(srv->audit_denials = lyra_ratelimit_new(&dro)))
+        return lyra_err_set(err, LYRA_ENOMEM, "out of memory");
+    if (srv->anonymous_role)
+        lyra_log(LYRA_LOG_INFO, "auth", NULL, json_pack("{s:s}", "anonymous_role", srv->anonymous_role),
+                 "authentication is off: requests without a key act with role %s (auth.enabled: true requires "
+                 "a key)", srv->anonymous_role);
     return 0;
 }
 
@@ -482,6 +530,19 @@ static int open_registry(struct lyra_server *srv, struct lyra_err *err)
     return lyra_models_watch_new(srv->registry, &srv->models_watch, err);
 }
 
+/* The event stream's policy: a client sees what its principal may. */
+static bool stream_visible(void *ud, const void *who, const char *type, const json_t *data)
+{
+    return lyra_authz_event_visible(ud, who, type, data) == LYRA_AUTHZ_SHOW;
+}
+
+static bool stream_still_valid(void *ud, const void *who)
+{
+    struct lyra_server *srv = ud;
+    const struct lyra_principal *p = who;
+    return p->name[0] && lyra_auth_still_valid(srv->auth, p);
+}
+
 /* The live stream's loop; before the HTTP server, whose handlers use it. */
 static int open_evstream(struct lyra_server *srv, struct lyra_err *err)
 {
@@ -493,6 +554,10 @@ static int open_evstream(struct lyra_server *srv, struct lyra_err *err)
         .ws_ping_ms = srv->cfg->events.ws_ping_ms,
         .ws_pong_timeout_ms = srv->cfg->events.ws_pong_timeout_ms,
         .sse_ping_ms = srv->cfg->events.sse_ping_ms,
+        .visible = stream_visible,
+        .still_valid = stream_still_valid,
+        .policy_ud = srv,
+        .who_size = sizeof(struct lyra_principal),
     };
     return lyra_evstream_new(&o, &srv->evstream, err);
 }
@@ -543,7 +608,11 @@ static int open_http(struct lyra_server *srv, struct lyra_err *err)
         .max_connections = cfg->server.max_connections,
         .cors_origins = cfg->server.cors_origins,
         .n_cors_origins = cfg->server.n_cors_origins,
+        .trusted_proxies = cfg->server.trusted_proxies,
+        .n_trusted_proxies = cfg->server.n_trusted_proxies,
         .hostcheck = srv->hostcheck,
+        .authorize = lyra_authz_authorize,
+        .on_response = lyra_authz_on_response,
         .requests_total = srv->m.http_requests,
     };
     srv->http = lyra_http_new(&opts, lyra_routes, lyra_n_routes, srv, err);
@@ -599,6 +668,8 @@ int lyra_server_open(struct lyra_server **out, const struct lyra_config *cfg, st
         rc = prepare_home(srv, err);
     if (rc == 0)
         rc = open_state(srv, err);
+    if (rc == 0)
+        rc = open_auth(srv, err);
     if (rc == 0)
         rc = open_registry(srv, err);
     if (rc == 0)
@@ -730,6 +801,8 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_http_free(srv->http);
     lyra_evstream_free(srv->evstream);
     lyra_hostcheck_free(srv->hostcheck);
+    lyra_ratelimit_free(srv->auth_fail);
+    lyra_ratelimit_free(srv->audit_denials);
     lyra_models_watch_free(srv->models_watch);
     lyra_manager_free(srv->manager);
     lyra_memsource_free(srv->memsource);
@@ -752,6 +825,8 @@ void lyra_server_close(struct lyra_server *srv, bool clean)
     lyra_trace_ring_free(srv->traces);
     /* The store first: its last callbacks (reservations) report to the bus. */
     lyra_evlog_free(srv->evlog); /* its last write goes to the store */
+    lyra_audit_free(srv->audit);  /* its last rows too */
+    lyra_auth_free(srv->auth);
     lyra_store_close(srv->store);
     lyra_bus_free(srv->bus);
     lyra_conv_claims_free(srv->chat_turns);

@@ -2,11 +2,12 @@
  * modules (store, event bus, HTTP server) and hands each what it uses.
  * Handlers receive the server as their ctx.
  *
- * Start-up order: the exposure checks (auth asked for but not implemented,
- * or a non-loopback address without auth: refused; the Host guard built),
+ * Start-up order: the exposure checks (a non-loopback address without auth:
+ * refused; the Host guard built),
  * home directory (created private, checked writable, locked against a
  * second daemon), database (created private, migrated; an unclean previous
  * session is detected), event bus (seq continues after the stored mark),
+ * auth (principals and keys, the first admin's key, the audit log),
  * HTTP listener (bound, so a port in use fails here), then serving.  Any
  * failure is reported through err and everything opened so far is closed.
  *
@@ -61,6 +62,8 @@ struct lyra_server {
     struct lyra_auth *auth;           /* principals, keys, roles (auth/auth.h) */
     struct lyra_audit *audit;         /* the append-only audit log (auth/audit.h) */
     struct lyra_ratelimit *auth_fail; /* back-off for failed authentication (auth/ratelimit.h) */
+    struct lyra_ratelimit *audit_denials; /* bounds the audit rows of repeated denials per principal and address */
+    const char *anonymous_role;       /* role of requests without a key; NULL = a key is required */
     struct lyra_registry *registry;
     struct lyra_manager *manager;
     /* Background jobs: created after the store and bus, started after the

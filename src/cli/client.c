@@ -11,13 +11,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 #include <unistd.h>
+
+#include "cli/credentials.h"
+#include "core/util.h"
 
 struct lyra_client {
     CURL *curl;
     char *base;
     char *noproxy;
+    char *key;              /* the bearer token, wiped at free; NULL: none */
+    const char *key_source; /* where it came from ("LYRA_API_KEY"), static */
+    bool no_hint;           /* a 401 does not say how to give a key */
     long status;
     long retry_after; /* of the last answer, -1 when it had none */
     char msg[LYRA_ERR_MSG_MAX];
@@ -110,8 +117,16 @@ static int set_err(struct lyra_client *c, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+    lyra_vfmt(c->msg, sizeof c->msg, fmt, ap);
     va_end(ap);
+    /* The key is never shown, whatever a daemon or a proxy sent back. */
+    size_t kl = c->key ? strlen(c->key) : 0;
+    for (char *k; kl > 0 && (k = strstr(c->msg, c->key));) {
+        static const char mask[] = "[key]";
+        size_t ml = sizeof mask - 1 < kl ? sizeof mask - 1 : kl;
+        memcpy(k, mask, ml);
+        memmove(k + ml, k + kl, strlen(k + kl) + 1);
+    }
     return code;
 }
 
@@ -152,10 +167,39 @@ void lyra_client_free(struct lyra_client *c)
         return;
     if (c->curl)
         curl_easy_cleanup(c->curl);
+    if (c->key)
+        explicit_bzero(c->key, strlen(c->key));
+    free(c->key);
     free(c->base);
     free(c->noproxy);
     free(c);
     curl_global_cleanup();
+}
+
+int lyra_client_set_key(struct lyra_client *c, const char *key, const char *source)
+{
+    if (key && !lyra_credentials_key_valid(key))
+        return set_err(c, LYRA_EINVAL, "the API key from %s is malformed (printable characters, no spaces)",
+                       source ? source : "the caller");
+    char *copy = key ? strdup(key) : NULL;
+    if (key && !copy)
+        return set_err(c, LYRA_ENOMEM, "out of memory");
+    if (c->key)
+        explicit_bzero(c->key, strlen(c->key));
+    free(c->key);
+    c->key = copy;
+    c->key_source = key ? (source ? source : "the caller") : NULL;
+    return 0;
+}
+
+void lyra_client_set_hint(struct lyra_client *c, bool hint)
+{
+    c->no_hint = !hint;
+}
+
+bool lyra_client_has_key(const struct lyra_client *c)
+{
+    return c->key != NULL;
 }
 
 const char *lyra_client_url(const struct lyra_client *c)
@@ -234,6 +278,12 @@ static int prepare(struct lyra_client *c, const char *path)
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->curl_err);
+    if (c->key) {
+        /* "Authorization: Bearer KEY" on the first request (one method, no
+         * negotiation); libcurl does not hand it on to another host. */
+        curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
+        curl_easy_setopt(h, CURLOPT_XOAUTH2_BEARER, c->key);
+    }
     return 0;
 }
 
@@ -275,14 +325,53 @@ static const char *error_message(json_t *j)
     return NULL;
 }
 
+/* The message for a 4xx/5xx answer: the daemon's own, plus what to do for
+ * the answers of authentication (401: where keys come from; 403: the
+ * permission that is missing; 429: when to try again). */
 static int fail_http(struct lyra_client *c, const struct buf *body)
 {
     json_t *j = body->data ? json_loadb(body->data, body->len, 0, NULL) : NULL;
     const char *msg = error_message(j);
-    int rc = msg && *msg ? set_err(c, LYRA_EIO, "%s", msg)
-                         : set_err(c, LYRA_EIO, "the daemon at %s answered HTTP %ld", c->base, c->status);
+    char text[LYRA_ERR_MSG_MAX];
+    if (msg && *msg)
+        lyra_fmt(text, sizeof text, "%s", msg);
+    else
+        lyra_fmt(text, sizeof text, "the daemon at %s answered HTTP %ld", c->base, c->status);
+    const char *perm = json_string_value(json_object_get(json_object_get(j, "error"), "permission"));
+    int rc;
+    if (c->status == 401 && c->no_hint)
+        rc = set_err(c, LYRA_EIO, "%s", text);
+    else if (c->status == 401 && c->key)
+        rc = set_err(c, LYRA_EIO,
+                     "%s (the key from %s was refused): set LYRA_API_KEY, pass --api-key or run `lyra login`",
+                     text, c->key_source);
+    else if (c->status == 401)
+        rc = set_err(c, LYRA_EIO, "%s: set LYRA_API_KEY, pass --api-key or run `lyra login`", text);
+    else if (c->status == 403 && perm && *perm && !strstr(text, perm))
+        rc = set_err(c, LYRA_EIO, "%s (needs permission %s)", text, perm);
+    else if (c->status == 429 && c->retry_after >= 0)
+        rc = set_err(c, LYRA_EIO, "%s (retry after %ld s)", text, c->retry_after);
+    else
+        rc = set_err(c, LYRA_EIO, "%s", text);
     json_decref(j);
     return rc;
+}
+
+long lyra_client_retry_after(const struct lyra_client *c)
+{
+    return c->retry_after;
+}
+
+/* Retry-After in seconds (the delta-seconds form Lyra sends), -1 when the
+ * answer has none or it is an HTTP date. */
+static long retry_after_of(CURL *h)
+{
+    struct curl_header *hdr = NULL;
+    if (curl_easy_header(h, "Retry-After", 0, CURLH_HEADER, -1, &hdr) != CURLHE_OK || !hdr->value)
+        return -1;
+    char *end = NULL;
+    long v = strtol(hdr->value, &end, 10);
+    return end != hdr->value && *end == '\0' && v >= 0 ? v : -1;
 }
 
 int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t *len)
@@ -299,6 +388,8 @@ int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t
     curl_easy_setopt(c->curl, CURLOPT_TIMEOUT, 120L);
     CURLcode cr = curl_easy_perform(c->curl);
     curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &c->status);
+    if (c->status > 0)
+        c->retry_after = retry_after_of(c->curl);
     if (cr == CURLE_WRITE_ERROR)
         rc = b.too_big ? set_err(c, LYRA_ETOOBIG, "the answer from %s%s is larger than %u MiB", c->base, path,
                                  LYRA_CLIENT_MAX_BODY >> 20)
@@ -319,30 +410,20 @@ int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t
     return 0;
 }
 
-long lyra_client_retry_after(const struct lyra_client *c)
-{
-    return c->retry_after;
-}
-
-/* Retry-After in seconds (the delta-seconds form Lyra sends), -1 when the
- * answer has none or it is an HTTP date. */
-static long retry_after_of(CURL *h)
-{
-    struct curl_header *hdr = NULL;
-    if (curl_easy_header(h, "Retry-After", 0, CURLH_HEADER, -1, &hdr) != CURLHE_OK || !hdr->value)
-        return -1;
-    char *end = NULL;
-    long v = strtol(hdr->value, &end, 10);
-    return end != hdr->value && *end == '\0' && v >= 0 ? v : -1;
-}
-
 int lyra_client_post_json(struct lyra_client *c, const char *path, const json_t *body, long timeout_s,
                           json_t **answer)
+{
+    return lyra_client_request_json(c, "POST", path, body, timeout_s, answer);
+}
+
+int lyra_client_request_json(struct lyra_client *c, const char *method, const char *path, const json_t *body,
+                             long timeout_s, json_t **answer)
 {
     *answer = NULL;
     int rc = prepare(c, path);
     if (rc < 0)
         return rc;
+    bool post = strcmp(method, "POST") == 0;
     char *text = body ? json_dumps(body, JSON_COMPACT) : strdup("");
     struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (!text || !headers) {
@@ -352,9 +433,13 @@ int lyra_client_post_json(struct lyra_client *c, const char *path, const json_t 
     }
     struct buf b = {0};
     CURL *h = c->curl;
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(text));
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    if (post || body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(text));
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    }
+    if (!post)
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s > 0 ? timeout_s : 120L);
@@ -546,6 +631,8 @@ int lyra_client_post_stream(struct lyra_client *c, const char *path, const json_
     CURLcode cr = curl_easy_perform(h);
     if (c->status == 0)
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
+    if (c->status > 0)
+        c->retry_after = retry_after_of(h);
 
     if (s.stopped || (cancel && *cancel))
         rc = 0;
@@ -571,21 +658,154 @@ int lyra_client_post_stream(struct lyra_client *c, const char *path, const json_
     return rc;
 }
 
+/* --- the API key ---------------------------------------------------- */
+
+/* The first line of `path` as a key (surrounding whitespace dropped). */
+static int key_from_file(const char *path, const char *cmd, char **key)
+{
+    size_t len = 0;
+    char *text = lyra_read_file(path, &len);
+    if (!text) {
+        fprintf(stderr, "lyra %s: cannot read the API key file %s: %s\n", cmd, path, strerror(errno));
+        return LYRA_EIO;
+    }
+    size_t a = strspn(text, " \t\r\n"), b = a;
+    while (b < len && text[b] != '\n' && text[b] != '\r')
+        b++;
+    while (b > a && (text[b - 1] == ' ' || text[b - 1] == '\t'))
+        b--;
+    char *k = strndup(text + a, b - a);
+    explicit_bzero(text, len);
+    free(text);
+    if (!k) {
+        fprintf(stderr, "lyra %s: out of memory\n", cmd);
+        return LYRA_ENOMEM;
+    }
+    *key = k;
+    return 0;
+}
+
+/* The local operator's key: the daemon's own LYRA_HOME holds admin.key
+ * (written 0600 when it made its first admin), and a user who can read it
+ * owns that daemon anyway.  Used only for the URL that home's serve.json
+ * names (this machine's daemon), and only when the file is a regular file
+ * of this user that nobody else can read.  Nothing found is not an error. */
+static int key_from_home(const struct lyra_common_flags *flags, const char *url, char **key, char **path_out)
+{
+    struct lyra_config cfg;
+    if (!flags || lyra_cli_load_config(&cfg, flags, 0) != 0)
+        return 0;
+    char *local = url_from_state_file(cfg.home);
+    char *stripped = local ? strip_slashes(local) : NULL;
+    char *path = NULL;
+    struct stat st;
+    int rc = 0;
+    if (stripped && strcmp(stripped, url) == 0 && asprintf(&path, "%s/admin.key", cfg.home) >= 0 &&
+        lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 077)) {
+        rc = key_from_file(path, "", key);
+        if (rc == 0) {
+            *path_out = path;
+            path = NULL;
+        }
+    }
+    free(path);
+    free(stripped);
+    free(local);
+    lyra_config_free(&cfg);
+    return rc;
+}
+
+int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *url, const char *cmd,
+                            char **key, const char **source)
+{
+    *key = NULL;
+    const char *src = NULL;
+    int rc = 0;
+    const char *env = getenv("LYRA_API_KEY");
+    if (flags && flags->api_key && flags->api_key_file) {
+        fprintf(stderr, "lyra %s: --api-key and --api-key-file: one of them\n", cmd);
+        return LYRA_EINVAL;
+    }
+    if (flags && flags->api_key) {
+        src = "--api-key";
+        *key = strdup(flags->api_key);
+    } else if (flags && flags->api_key_file) {
+        src = "--api-key-file";
+        rc = key_from_file(flags->api_key_file, cmd, key);
+    } else if (env && *env) {
+        src = "LYRA_API_KEY";
+        *key = strdup(env);
+    } else {
+        char *dir = NULL;
+        struct lyra_err err = {0};
+        if (lyra_credentials_dir(&dir) == 0) {
+            src = "the credentials file (`lyra login`)";
+            rc = lyra_credentials_lookup(dir, url, key, &err);
+            if (rc == LYRA_ENOTFOUND)
+                rc = 0, src = NULL; /* no key known: the request goes without one */
+            else if (rc < 0)
+                fprintf(stderr, "lyra %s: %s\n", cmd, err.msg);
+        }
+        free(dir);
+        if (rc < 0)
+            return rc;
+        if (!*key) {
+            src = NULL;
+            static char home_src[300];
+            char *path = NULL;
+            key_from_home(flags, url, key, &path);
+            if (*key) {
+                snprintf(home_src, sizeof home_src, "%s (this machine's daemon)", path);
+                src = home_src;
+            }
+            free(path);
+        }
+    }
+    if (rc < 0)
+        return rc;
+    if (src && !*key) {
+        fprintf(stderr, "lyra %s: out of memory\n", cmd);
+        return LYRA_ENOMEM;
+    }
+    if (*key && !lyra_credentials_key_valid(*key)) {
+        fprintf(stderr,
+                "lyra %s: the API key from %s is malformed (1 to %d printable characters, no spaces)\n", cmd,
+                src, LYRA_CREDENTIALS_KEY_MAX);
+        explicit_bzero(*key, strlen(*key));
+        free(*key);
+        *key = NULL;
+        return LYRA_EINVAL;
+    }
+    if (source)
+        *source = src;
+    return 0;
+}
+
 int lyra_client_connect(const char *url_flag, const struct lyra_common_flags *flags, const char *cmd,
                         struct lyra_client **out)
 {
     *out = NULL;
-    char *url = NULL;
+    char *url = NULL, *key = NULL;
+    const char *source = NULL;
     int rc = lyra_client_find_daemon(url_flag, flags, &url);
     if (rc < 0) {
         if (rc != LYRA_ECONFIG) /* configuration errors are printed where found */
             fprintf(stderr, "lyra %s: %s\n", cmd, lyra_strerror(rc));
         return rc;
     }
+    rc = lyra_client_resolve_key(flags, url, cmd, &key, &source);
     struct lyra_err err = {0};
-    rc = lyra_client_new(out, url, &err);
-    free(url);
-    if (rc < 0)
+    if (rc == 0 && (rc = lyra_client_new(out, url, &err)) < 0)
         fprintf(stderr, "lyra %s: %s\n", cmd, err.msg);
+    if (rc == 0 && key && (rc = lyra_client_set_key(*out, key, source)) < 0)
+        fprintf(stderr, "lyra %s: %s\n", cmd, lyra_client_errmsg(*out));
+    if (rc < 0) {
+        lyra_client_free(*out);
+        *out = NULL;
+    }
+    if (key)
+        explicit_bzero(key, strlen(key));
+    free(key);
+    free(url);
     return rc;
 }

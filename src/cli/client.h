@@ -10,10 +10,19 @@
  *                      daemon at URL: is `lyra serve` running?")
  *   LYRA_EIO           the daemon answered 4xx/5xx: the message is the
  *                      daemon's own (error.message of Lyra's and OpenAI's
- *                      error shapes); lyra_client_status() has the status
+ *                      error shapes); lyra_client_status() has the status.
+ *                      A 401 adds where keys come from ("set LYRA_API_KEY,
+ *                      pass --api-key or run `lyra login`", and which key
+ *                      was refused), a 403 the permission that is missing,
+ *                      a 429 its Retry-After
  *   LYRA_EPARSE        the answer is not the JSON that was expected
  *   LYRA_ETOOBIG       the answer is larger than LYRA_CLIENT_MAX_BODY
  *   LYRA_ENOMEM        out of memory
+ *
+ * API keys: with a key set (lyra_client_set_key; lyra_client_connect finds
+ * one), every request carries `Authorization: Bearer KEY`.  The key is
+ * never part of a message: a message that would contain it (a daemon
+ * echoing it) has it replaced by "[key]", and the copy is wiped at free.
  *
  * Thread-safety: a client is used by one thread at a time.  curl's global
  * initialisation happens in lyra_client_new(), which must not race with
@@ -23,6 +32,7 @@
 
 #include <jansson.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cli/cli.h"
@@ -43,8 +53,9 @@ struct lyra_client;
 int lyra_client_find_daemon(const char *url_flag, const struct lyra_common_flags *flags, char **out);
 
 /* Finds the daemon and opens a client on it (*out, free with
- * lyra_client_free); on failure says why on stderr as "lyra CMD: ..." and
- * returns a negative LYRA_E*. */
+ * lyra_client_free) with the API key lyra_client_resolve_key finds for its
+ * URL; on failure says why on stderr as "lyra CMD: ..." and returns a
+ * negative LYRA_E*. */
 int lyra_client_connect(const char *url_flag, const struct lyra_common_flags *flags, const char *cmd,
                         struct lyra_client **out);
 
@@ -52,6 +63,27 @@ int lyra_client_connect(const char *url_flag, const struct lyra_common_flags *fl
  * LYRA_EINTERNAL with err filled.  Free with lyra_client_free(). */
 int lyra_client_new(struct lyra_client **out, const char *base_url, struct lyra_err *err);
 void lyra_client_free(struct lyra_client *c);
+
+/* The API key for the daemon at `url`, first found of: flags->api_key
+ * (--api-key), flags->api_key_file (--api-key-file: its first line), env
+ * LYRA_API_KEY, the entry for url in the credentials file of `lyra login`
+ * (cli/credentials.h).  *key receives a malloc'd copy (caller wipes and
+ * frees) or NULL when no key is known (the request then goes without one);
+ * *source (may be NULL) a static name of where it came from, for messages.
+ * flags may be NULL.  A key file that cannot be read, a malformed key, both
+ * flags at once, or a credentials file open to other users is printed as
+ * "lyra CMD: ..." (never with the key) and returned as a negative LYRA_E*. */
+int lyra_client_resolve_key(const struct lyra_common_flags *flags, const char *url, const char *cmd,
+                            char **key, const char **source);
+
+/* Sends `key` (copied; NULL: none) as the bearer token of every request;
+ * `source` (static, may be NULL) names where it came from in the message
+ * of a 401.  0, LYRA_EINVAL (not lyra_credentials_key_valid), LYRA_ENOMEM. */
+int lyra_client_set_key(struct lyra_client *c, const char *key, const char *source);
+bool lyra_client_has_key(const struct lyra_client *c);
+/* Whether a 401's message says how to give a key (default true; `lyra
+ * login`, which is giving one, turns it off). */
+void lyra_client_set_hint(struct lyra_client *c, bool hint);
 
 /* Borrowed strings, valid until the next call on the client or its free. */
 const char *lyra_client_url(const struct lyra_client *c);
@@ -71,8 +103,15 @@ int lyra_client_get(struct lyra_client *c, const char *path, char **body, size_t
 int lyra_client_post_json(struct lyra_client *c, const char *path, const json_t *body, long timeout_s,
                           json_t **answer);
 
+/* METHOD ("GET", "POST", "DELETE") base_url + path with `body` (borrowed,
+ * may be NULL: POST sends an empty body, the others none) as JSON, as
+ * lyra_client_post_json does otherwise. */
+int lyra_client_request_json(struct lyra_client *c, const char *method, const char *path, const json_t *body,
+                             long timeout_s, json_t **answer);
+
 /* The Retry-After of the last answer in seconds (a 503 when a model cannot
- * fit now), -1 when it had none. */
+ * fit now, a 429 after too many failed authentications), -1 when it had
+ * none. */
 long lyra_client_retry_after(const struct lyra_client *c);
 
 /* Called with each chunk of a stream (borrowed: valid during the call).

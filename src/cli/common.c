@@ -17,6 +17,8 @@ int lyra_cli_common_flags(int argc, char **argv, struct lyra_common_flags *flags
         {"--host", offsetof(struct lyra_common_flags, host)},
         {"--port", offsetof(struct lyra_common_flags, port)},
         {"--models-dir", offsetof(struct lyra_common_flags, models_dir)},
+        {"--api-key-file", offsetof(struct lyra_common_flags, api_key_file)},
+        {"--api-key", offsetof(struct lyra_common_flags, api_key)},
     };
     int out = 1;
     for (int i = 1; i < argc; i++) {
@@ -33,6 +35,17 @@ int lyra_cli_common_flags(int argc, char **argv, struct lyra_common_flags *flags
                     return -1;
                 }
                 value = argv[++i];
+            }
+            if (known[k].offset == offsetof(struct lyra_common_flags, api_key)) {
+                size_t len = strlen(value);
+                if (len == 0 || len >= sizeof flags->api_key_buf) {
+                    fprintf(stderr, "lyra: --api-key needs a key of 1 to %zu characters\n",
+                            sizeof flags->api_key_buf - 1);
+                    return -1;
+                }
+                memcpy(flags->api_key_buf, value, len + 1);
+                memset((char *)value, 'x', len); /* argv is writable; /proc/PID/cmdline shows it */
+                value = flags->api_key_buf;
             }
             *(const char **)((char *)flags + known[k].offset) = value;
             matched = true;

@@ -37,6 +37,7 @@ static void usage(const struct action *a, FILE *out)
             a->name, strcmp(a->name, "unload") == 0 ? " [--force]" : "", a->summary, DEFAULT_TIMEOUT_S);
     if (strcmp(a->name, "unload") == 0)
         fprintf(out, "  --force      stop the worker at once, failing the requests in flight\n");
+    fputs(LYRA_CLI_KEY_USAGE, out);
 }
 
 /* "/models/NAME/ACTION" with NAME percent-encoded (all but RFC 3986's

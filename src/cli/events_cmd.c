@@ -84,6 +84,7 @@ static void usage(FILE *f)
                "  --since SEQ       first replay every event after SEQ, then go on live\n"
                "  --types PATTERNS  only these types: model.*,job.*,system.startup\n"
                "Reconnects (without loss) when the daemon restarts; Ctrl-C ends it.\n");
+    fputs(LYRA_CLI_KEY_USAGE, f);
 }
 
 int lyra_cmd_events(int argc, char **argv)
@@ -127,6 +128,12 @@ int lyra_cmd_events(int argc, char **argv)
             fprintf(stderr, "lyra events: %s\n", lyra_strerror(rc));
         return 1;
     }
+    char *key = NULL;
+    const char *key_source = NULL;
+    if (lyra_client_resolve_key(&flags, base, "events", &key, &key_source) < 0) {
+        free(base);
+        return 1;
+    }
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -136,6 +143,7 @@ int lyra_cmd_events(int argc, char **argv)
     if (!h || !t) {
         fprintf(stderr, "lyra events: out of memory\n");
         free(base);
+        free(key);
         return 1;
     }
     if (since) {
@@ -162,6 +170,10 @@ int lyra_cmd_events(int argc, char **argv)
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        if (key) {
+            curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
+            curl_easy_setopt(h, CURLOPT_XOAUTH2_BEARER, key);
+        }
         t->len = 0;
         CURLcode cc = curl_easy_perform(h);
         curl_slist_free_all(hl);
@@ -174,6 +186,9 @@ int lyra_cmd_events(int argc, char **argv)
         } else if (code >= 400) {
             t->line[t->len] = '\0';
             fprintf(stderr, "lyra events: the daemon answered %ld: %s\n", code, t->line);
+            if (code == 401)
+                fprintf(stderr, "lyra events: %s%s%sset LYRA_API_KEY, pass --api-key or run `lyra login`\n",
+                        key ? "the key from " : "", key ? key_source : "", key ? " was refused: " : "");
             status = 1;
             break;
         } else if (!t->opened) {
@@ -194,5 +209,8 @@ int lyra_cmd_events(int argc, char **argv)
     free(t->data);
     free(t);
     free(base);
+    if (key)
+        explicit_bzero(key, strlen(key));
+    free(key);
     return status;
 }

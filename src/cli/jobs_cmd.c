@@ -27,6 +27,7 @@ static void usage(FILE *out)
                  "  --json      print the daemon's JSON instead of a table\n"
                  "  --url URL   the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
                  "              then the configured host and port)\n");
+    fputs(LYRA_CLI_KEY_USAGE, out);
 }
 
 /* 42 -> "42s", 125 -> "2m", 7300 -> "2h", 200000 -> "2d". */

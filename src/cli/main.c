@@ -21,6 +21,10 @@ static const struct {
     {"events", lyra_cmd_events, "print the daemon's events as they happen (one JSON line each)"},
     {"pull", lyra_cmd_pull, "download a model into the models directory (progress bar)"},
     {"jobs", lyra_cmd_jobs, "list, show or cancel background jobs (warmup, verify, unload, pull)"},
+    {"login", lyra_cmd_login, "store an API key for the daemon (read from stdin or a silent prompt)"},
+    {"logout", lyra_cmd_logout, "forget the API key stored for the daemon"},
+    {"keys", lyra_cmd_keys, "create, list or revoke API keys (admin)"},
+    {"users", lyra_cmd_users, "add, list, remove users and service accounts, set their role (admin)"},
     {"config", lyra_cmd_config, "validate, migrate or show the configuration"},
     {"version", lyra_cmd_version, "print the version"},
     {"help", lyra_cmd_help, "show help for a command"},
@@ -45,7 +49,9 @@ int lyra_cmd_help(int argc, char **argv)
            LYRA_VERSION);
     for (size_t i = 0; i < N_COMMANDS; i++)
         printf("  %-8s %s\n", commands[i].name, commands[i].summary);
-    printf("\n`lyra <command> --help` shows a command's options.\n");
+    printf("\n`lyra <command> --help` shows a command's options.  The client commands send\n"
+           "the API key of --api-key-file PATH or --api-key KEY, else of env LYRA_API_KEY,\n"
+           "else the one `lyra login` stored for the daemon's URL.\n");
     return 0;
 }
 

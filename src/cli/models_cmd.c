@@ -141,6 +141,7 @@ static void usage(const struct cmd *cmd, FILE *out)
             "  --url URL   the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
             "              then the configured host and port, 127.0.0.1:8000)\n",
             cmd->name, cmd->summary, cmd->json);
+    fputs(LYRA_CLI_KEY_USAGE, out);
 }
 
 /* Parses the options and GETs cmd->path.  Returns -1 with *out (caller

@@ -36,6 +36,7 @@ static void usage(FILE *out)
                  "  --url URL    the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
                  "               then the configured host and port, 127.0.0.1:8000)\n"
                  "Interrupting the command leaves the pull running in the daemon.\n");
+    fputs(LYRA_CLI_KEY_USAGE, out);
 }
 
 static void sleep_ms(int ms)
@@ -120,17 +121,29 @@ static void end_bar(struct bar *b)
 static int connect_daemon(const char *url_flag, const struct lyra_common_flags *flags, struct lyra_client **c,
                           bool quiet)
 {
-    char *url = NULL;
+    char *url = NULL, *key = NULL;
+    const char *source = NULL;
     int rc = lyra_client_find_daemon(url_flag, flags, &url);
     if (rc < 0)
         return rc;
     struct lyra_err err = {0};
     lyra_client_free(*c);
     *c = NULL;
-    rc = lyra_client_new(c, url, &err);
-    free(url);
-    if (rc < 0 && !quiet)
+    /* A key problem (an unreadable key file) is printed even when quiet:
+     * it does not go away by waiting. */
+    rc = lyra_client_resolve_key(flags, url, "pull", &key, &source);
+    if (rc == 0 && (rc = lyra_client_new(c, url, &err)) < 0 && !quiet)
         fprintf(stderr, "lyra pull: %s\n", err.msg);
+    if (rc == 0 && key && (rc = lyra_client_set_key(*c, key, source)) < 0)
+        fprintf(stderr, "lyra pull: %s\n", lyra_client_errmsg(*c));
+    if (rc < 0) {
+        lyra_client_free(*c);
+        *c = NULL;
+    }
+    if (key)
+        explicit_bzero(key, strlen(key));
+    free(key);
+    free(url);
     return rc;
 }
 

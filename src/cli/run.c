@@ -40,6 +40,7 @@ static void usage(FILE *out)
                  "  --url URL         the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
                  "                    then the configured host and port, 127.0.0.1:8000)\n"
                  "  --home DIR, --config FILE, --host ADDR, --port N   as for `lyra serve`\n");
+    fputs(LYRA_CLI_KEY_USAGE, out);
 }
 
 struct run_opts {
@@ -336,9 +337,8 @@ int lyra_cmd_run(int argc, char **argv)
     char **words = calloc((size_t)argc + 1, sizeof *words);
     struct run_opts o = {.params = json_object()};
     json_t *messages = json_array();
-    char *prompt = NULL, *url = NULL;
+    char *prompt = NULL;
     struct lyra_client *c = NULL;
-    struct lyra_err err = {0};
     struct lyra_common_flags flags = {0};
     const char *model = NULL;
     int n_words = 0, status = 1;
@@ -367,16 +367,8 @@ int lyra_cmd_run(int argc, char **argv)
         fprintf(stderr, "lyra run: out of memory\n");
         goto out;
     }
-    int rc = lyra_client_find_daemon(o.url, &flags, &url);
-    if (rc < 0) {
-        if (rc != LYRA_ECONFIG) /* configuration errors are printed where found */
-            fprintf(stderr, "lyra run: %s\n", lyra_strerror(rc));
+    if (lyra_client_connect(o.url, &flags, "run", &c) < 0)
         goto out;
-    }
-    if (lyra_client_new(&c, url, &err) < 0) {
-        fprintf(stderr, "lyra run: %s\n", err.msg);
-        goto out;
-    }
     struct sigaction sa = {.sa_handler = on_sigint}; /* no SA_RESTART: a read at the prompt returns */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
@@ -386,7 +378,6 @@ out:
     lyra_client_free(c);
     json_decref(messages);
     json_decref(o.params);
-    free(url);
     free(prompt);
     free(words);
     free(args);

@@ -1,6 +1,9 @@
 /* serve.c — `lyra serve`: load the configuration, open the server, serve
- * until SIGINT/SIGTERM, drain, exit 0. */
+ * until SIGINT/SIGTERM, drain, exit 0.  Under systemd (Type=notify) it
+ * also tells systemd when it serves, pings its watchdog while /health
+ * answers, and says when it stops (sys/sdnotify.h). */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -8,6 +11,30 @@
 #include "api/server.h"
 #include "cli/cli.h"
 #include "core/log.h"
+#include "sys/sdnotify.h"
+
+/* The notifier's view of the daemon (sys/sdnotify.h hooks). */
+static enum lyra_sdnotify_state sd_state(void *ud)
+{
+    struct lyra_server *srv = ud;
+    switch (atomic_load(&srv->state)) {
+    case LYRA_SERVER_READY:
+        return LYRA_SDNOTIFY_SERVING;
+    case LYRA_SERVER_DRAINING:
+        return LYRA_SDNOTIFY_STOPPING;
+    default:
+        return LYRA_SDNOTIFY_STARTING;
+    }
+}
+
+/* The HTTP loop answers /health (any HTTP answer proves the loop runs; a
+ * Host guard that refuses the probe's Host still answered). */
+static bool sd_alive(void *ud, char *why, size_t why_len)
+{
+    struct lyra_server *srv = ud;
+    return lyra_sdnotify_probe_http(srv->cfg->server.host, lyra_http_port(srv->http), "/health", 5000, NULL, why,
+                                    why_len);
+}
 
 static void usage(FILE *out)
 {
@@ -68,6 +95,7 @@ int lyra_cmd_serve(int argc, char **argv)
                   "is unchanged): run `lyra config migrate` to rewrite it", cfg.file,
                   cfg.file_schema_version, cfg.schema_version);
 
+    lyra_sdnotify_send("STATUS=starting");
     struct lyra_server *srv = NULL;
     if (lyra_server_open(&srv, &cfg, &err) < 0) {
         lyra_error("server", "cannot start: %s", err.msg);
@@ -75,7 +103,15 @@ int lyra_cmd_serve(int argc, char **argv)
         lyra_config_free(&cfg);
         return 1;
     }
+    /* READY=1 comes from the notifier once /health answers; it runs until
+     * lyra_server_run has drained (STOPPING=1 as the drain begins). */
+    struct lyra_sdnotify *sd = NULL;
+    char ready_status[300];
+    snprintf(ready_status, sizeof ready_status, "serving on %s:%d", cfg.server.host, lyra_http_port(srv->http));
+    if (lyra_sdnotify_start(&sd, &(struct lyra_sdnotify_hooks){sd_state, sd_alive, srv}, ready_status, 0, &err) < 0)
+        lyra_warn("server", "%s", err.msg);
     int rc = lyra_server_run(srv, &stop);
+    lyra_sdnotify_stop(sd);
     lyra_server_close(srv, true);
     lyra_info("server", "stopped");
     lyra_log_close();

@@ -74,6 +74,8 @@ struct lyra_config {
         size_t n_cors_origins;
         char **allowed_hosts;      /* Host names accepted besides loopback ones (DNS-rebinding guard) */
         size_t n_allowed_hosts;
+        char **trusted_proxies;    /* addresses/CIDRs whose X-Forwarded-For is believed; default none */
+        size_t n_trusted_proxies;
         bool allow_remote_without_auth; /* default false: a non-loopback host with auth off is refused */
         int threads;               /* HTTP worker threads; 0 = lyra_cpu_usable() */
         size_t max_body_bytes;     /* default 8 MiB */
@@ -129,6 +131,10 @@ struct lyra_config {
 
     struct {
         bool enabled;              /* default false: no key required on loopback */
+        char *anonymous_role;      /* default "user": what a request without a key may do while auth is off */
+        int max_failures;          /* default 10 failed authentications per address before a block */
+        int failure_window_s;      /* default 60 */
+        int max_block_s;           /* default 300: blocks double from 1 s up to this */
         char *admin_key;           /* secret: env LYRA_ADMIN_KEY or admin_key_file only */
         char *admin_key_file;
     } auth;

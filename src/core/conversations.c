@@ -126,8 +126,8 @@ static int tx_save_turn(sqlite3 *db, void *arg, struct lyra_err *err)
     int rc;
     if (t->create) {
         rc = prepare(db,
-                     "INSERT INTO conversations (id, created_ms, updated_ms, title, model)"
-                     " VALUES (?1, ?2, ?2, ?3, ?4)",
+                     "INSERT INTO conversations (id, created_ms, updated_ms, title, model, owner)"
+                     " VALUES (?1, ?2, ?2, ?3, ?4, ?5)",
                      &s, err, "creating the conversation");
         if (rc < 0)
             return rc;
@@ -135,6 +135,7 @@ static int tx_save_turn(sqlite3 *db, void *arg, struct lyra_err *err)
         sqlite3_bind_int64(s, 2, now);
         sqlite3_bind_text(s, 3, title, -1, SQLITE_STATIC);
         bind_text_or_null(s, 4, t->reply.model);
+        bind_text_or_null(s, 5, t->owner);
         rc = sqlite3_step(s) == SQLITE_DONE ? 0 : lyra_store_error(err, db, "creating the conversation");
         sqlite3_finalize(s);
     } else {
@@ -213,7 +214,7 @@ static const char *copy_into(char **p, const char *s)
 int lyra_conv_save_turn_async(struct lyra_store *st, const struct lyra_conv_turn *t, lyra_conv_saved_fn done,
                               void *ud)
 {
-    const char *strs[] = {t->conv_id, t->user_text, t->reply.content, t->reply.model};
+    const char *strs[] = {t->conv_id, t->user_text, t->reply.content, t->reply.model, t->owner};
     size_t total = 0;
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++)
         total += strs[i] ? strlen(strs[i]) + 1 : 0;
@@ -228,6 +229,7 @@ int lyra_conv_save_turn_async(struct lyra_store *st, const struct lyra_conv_turn
     c->turn.user_text = copy_into(&p, t->user_text);
     c->turn.reply.content = copy_into(&p, t->reply.content);
     c->turn.reply.model = copy_into(&p, t->reply.model);
+    c->turn.owner = copy_into(&p, t->owner);
     int rc = lyra_store_submit(st, job_save_turn, save_turn_done, c);
     if (rc < 0)
         free(c);
@@ -236,8 +238,12 @@ int lyra_conv_save_turn_async(struct lyra_store *st, const struct lyra_conv_turn
 
 /* --- reading -------------------------------------------------------------- */
 
+/* "the owner is ?N" unless the filter ?N is NULL (every conversation). */
+#define OWNER_IS(n) " (?" #n " IS NULL OR owner IS ?" #n ")"
+
 struct history {
     const char *conv_id;
+    const char *owner;
     char *model;
     json_t *messages;
 };
@@ -247,10 +253,12 @@ static int tx_history(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct history *h = arg;
     sqlite3_stmt *s;
-    int rc = prepare(db, "SELECT model FROM conversations WHERE id = ?", &s, err, "reading a conversation");
+    int rc = prepare(db, "SELECT model FROM conversations WHERE id = ?1 AND" OWNER_IS(2), &s, err,
+                     "reading a conversation");
     if (rc < 0)
         return rc;
     sqlite3_bind_text(s, 1, h->conv_id, -1, SQLITE_STATIC);
+    bind_text_or_null(s, 2, h->owner);
     int step = sqlite3_step(s);
     if (step == SQLITE_ROW) {
         const unsigned char *t = sqlite3_column_text(s, 0);
@@ -297,10 +305,10 @@ static int job_history(sqlite3 *db, void *arg, struct lyra_err *err)
     return rc;
 }
 
-int lyra_conv_history(struct lyra_store *st, const char *conv_id, char **model_out, json_t **messages_out,
-                      struct lyra_err *err)
+int lyra_conv_history(struct lyra_store *st, const char *conv_id, const char *owner, char **model_out,
+                      json_t **messages_out, struct lyra_err *err)
 {
-    struct history h = {.conv_id = conv_id};
+    struct history h = {.conv_id = conv_id, .owner = owner};
     int rc = lyra_store_run(st, job_history, &h, err);
     if (rc < 0) {
         free(h.model);
@@ -316,15 +324,15 @@ int lyra_conv_history(struct lyra_store *st, const char *conv_id, char **model_o
 /* The summary columns, in the order of SUMMARY_SQL. */
 #define SUMMARY_SQL                                                                                          \
     "SELECT c.id, c.title, c.model, c.created_ms, c.updated_ms,"                                             \
-    " (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) FROM conversations c "
+    " (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.owner FROM conversations c "
 
 /* A conversation summary from a SUMMARY_SQL row (new reference). */
 static json_t *summary_json(sqlite3_stmt *s)
 {
-    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:I}", "id", text_json(s, 0), "title", text_json(s, 1),
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:I, s:o}", "id", text_json(s, 0), "title", text_json(s, 1),
                      "model", text_json(s, 2), "created", ts_json(sqlite3_column_int64(s, 3)), "updated",
                      ts_json(sqlite3_column_int64(s, 4)), "message_count",
-                     (json_int_t)sqlite3_column_int64(s, 5));
+                     (json_int_t)sqlite3_column_int64(s, 5), "owner", text_json(s, 6));
 }
 
 /* A message from a row of the messages query in job_get (new reference, NULL on allocation failure). */
@@ -354,6 +362,7 @@ static json_t *message_json(sqlite3_stmt *s)
 
 struct get {
     const char *conv_id;
+    const char *owner;
     json_t *out;
 };
 
@@ -362,10 +371,11 @@ static int job_get(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct get *g = arg;
     sqlite3_stmt *s;
-    int rc = prepare(db, SUMMARY_SQL "WHERE c.id = ?", &s, err, "reading a conversation");
+    int rc = prepare(db, SUMMARY_SQL "WHERE c.id = ?1 AND" OWNER_IS(2), &s, err, "reading a conversation");
     if (rc < 0)
         return rc;
     sqlite3_bind_text(s, 1, g->conv_id, -1, SQLITE_STATIC);
+    bind_text_or_null(s, 2, g->owner);
     int step = sqlite3_step(s);
     json_t *conv = step == SQLITE_ROW ? summary_json(s) : NULL;
     sqlite3_finalize(s);
@@ -402,15 +412,17 @@ static int job_get(sqlite3 *db, void *arg, struct lyra_err *err)
     return rc;
 }
 
-int lyra_conv_get(struct lyra_store *st, const char *conv_id, json_t **out, struct lyra_err *err)
+int lyra_conv_get(struct lyra_store *st, const char *conv_id, const char *owner, json_t **out,
+                  struct lyra_err *err)
 {
-    struct get g = {conv_id, NULL};
+    struct get g = {conv_id, owner, NULL};
     int rc = lyra_store_run(st, job_get, &g, err);
     *out = g.out;
     return rc;
 }
 
 struct list {
+    const char *owner;
     size_t limit, offset;
     json_t *out;
     int64_t total;
@@ -421,9 +433,11 @@ static int job_list(sqlite3 *db, void *arg, struct lyra_err *err)
 {
     struct list *l = arg;
     sqlite3_stmt *s;
-    int rc = prepare(db, "SELECT COUNT(*) FROM conversations", &s, err, "counting conversations");
+    int rc = prepare(db, "SELECT COUNT(*) FROM conversations WHERE" OWNER_IS(1), &s, err,
+                     "counting conversations");
     if (rc < 0)
         return rc;
+    bind_text_or_null(s, 1, l->owner);
     rc = sqlite3_step(s) == SQLITE_ROW ? 0 : lyra_store_error(err, db, "counting conversations");
     l->total = rc == 0 ? sqlite3_column_int64(s, 0) : 0;
     sqlite3_finalize(s);
@@ -431,12 +445,13 @@ static int job_list(sqlite3 *db, void *arg, struct lyra_err *err)
         return rc;
 
     /* rowid breaks ties between conversations touched in the same ms. */
-    rc = prepare(db, SUMMARY_SQL "ORDER BY c.updated_ms DESC, c.rowid DESC LIMIT ? OFFSET ?", &s, err,
-                 "listing conversations");
+    rc = prepare(db, SUMMARY_SQL "WHERE" OWNER_IS(3) " ORDER BY c.updated_ms DESC, c.rowid DESC LIMIT ?1 OFFSET ?2",
+                 &s, err, "listing conversations");
     if (rc < 0)
         return rc;
     sqlite3_bind_int64(s, 1, l->limit > INT64_MAX ? INT64_MAX : (int64_t)l->limit);
     sqlite3_bind_int64(s, 2, l->offset > INT64_MAX ? INT64_MAX : (int64_t)l->offset);
+    bind_text_or_null(s, 3, l->owner);
     json_t *list = json_array();
     int step;
     while ((step = sqlite3_step(s)) == SQLITE_ROW)
@@ -451,26 +466,33 @@ static int job_list(sqlite3 *db, void *arg, struct lyra_err *err)
     return rc;
 }
 
-int lyra_conv_list(struct lyra_store *st, size_t limit, size_t offset, json_t **list_out, int64_t *total,
-                   struct lyra_err *err)
+int lyra_conv_list(struct lyra_store *st, const char *owner, size_t limit, size_t offset, json_t **list_out,
+                   int64_t *total, struct lyra_err *err)
 {
-    struct list l = {limit, offset, NULL, 0};
+    struct list l = {owner, limit, offset, NULL, 0};
     int rc = lyra_store_run(st, job_list, &l, err);
     *list_out = l.out;
     *total = l.total;
     return rc;
 }
 
-/* Job: deletes conversation arg; LYRA_ENOTFOUND when it does not exist. */
+struct del {
+    const char *conv_id, *owner;
+};
+
+/* Job: deletes conversation d->conv_id (of d->owner); LYRA_ENOTFOUND when it
+ * does not exist or is someone else's. */
 static int job_delete(sqlite3 *db, void *arg, struct lyra_err *err)
 {
-    const char *conv_id = arg;
+    const struct del *d = arg;
+    const char *conv_id = d->conv_id;
     sqlite3_stmt *s;
-    int rc = prepare(db, "DELETE FROM conversations WHERE id = ? RETURNING id", &s, err,
+    int rc = prepare(db, "DELETE FROM conversations WHERE id = ?1 AND" OWNER_IS(2) " RETURNING id", &s, err,
                      "deleting a conversation");
     if (rc < 0)
         return rc;
     sqlite3_bind_text(s, 1, conv_id, -1, SQLITE_STATIC);
+    bind_text_or_null(s, 2, d->owner);
     int step = sqlite3_step(s);
     if (step == SQLITE_ROW)
         rc = sqlite3_step(s) == SQLITE_DONE ? 0 : lyra_store_error(err, db, "deleting a conversation");
@@ -482,9 +504,29 @@ static int job_delete(sqlite3 *db, void *arg, struct lyra_err *err)
     return rc;
 }
 
-int lyra_conv_delete(struct lyra_store *st, const char *conv_id, struct lyra_err *err)
+int lyra_conv_delete(struct lyra_store *st, const char *conv_id, const char *owner, struct lyra_err *err)
 {
-    return lyra_store_run(st, job_delete, (void *)conv_id, err);
+    struct del d = {conv_id, owner};
+    return lyra_store_run(st, job_delete, &d, err);
+}
+
+static int job_disown(sqlite3 *db, void *arg, struct lyra_err *err)
+{
+    sqlite3_stmt *s;
+    int rc = prepare(db, "UPDATE conversations SET owner = NULL WHERE owner = ?1", &s, err,
+                     "disowning conversations");
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(s, 1, arg, -1, SQLITE_STATIC);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = lyra_store_error(err, db, "disowning conversations");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int lyra_conv_disown(struct lyra_store *st, const char *owner, struct lyra_err *err)
+{
+    return lyra_store_run(st, job_disown, (void *)owner, err);
 }
 
 /* --- claims --------------------------------------------------------------- */

@@ -7,6 +7,13 @@
  * turn that produced them.  The tables come from store migration 2;
  * deleting a conversation deletes its messages (ON DELETE CASCADE).
  *
+ * Ownership (migration 7): a conversation has the owner its first turn
+ * gave it (a principal's name) or none (rows from before owners existed).
+ * Every read and delete takes an owner filter: NULL sees every
+ * conversation; a name sees only that principal's, and any other
+ * conversation is LYRA_ENOTFOUND exactly as if it did not exist (an API
+ * must not reveal that someone else's conversation exists).
+ *
  * A turn is written whole or not at all: lyra_conv_save_turn() stores the
  * user message and the reply (and, for a conversation's first turn, the
  * conversation itself) in one transaction, so a turn that fails, is
@@ -50,6 +57,8 @@ struct lyra_conv_turn {
     bool create;                    /* a new conversation: inserted by the same transaction */
     const char *user_text;          /* the user's message; titles a conversation that has none */
     struct lyra_conv_message reply; /* the assistant's answer; reply.model becomes the conversation's */
+    const char *owner;              /* with create: the principal it belongs to (NULL: nobody's, visible
+                                       only to an unfiltered read) */
 };
 
 /* Stores the turn in one transaction: the conversation (when `create`), the
@@ -75,28 +84,35 @@ int lyra_conv_save_turn_async(struct lyra_store *st, const struct lyra_conv_turn
  * finished) and *messages_out its messages in order as [{"role","content"}],
  * the shape a worker's "messages" takes (new reference).  LYRA_ENOTFOUND
  * when the conversation does not exist.  Waits. */
-int lyra_conv_history(struct lyra_store *st, const char *conv_id, char **model_out, json_t **messages_out,
-                      struct lyra_err *err);
+int lyra_conv_history(struct lyra_store *st, const char *conv_id, const char *owner, char **model_out,
+                      json_t **messages_out, struct lyra_err *err);
 
 /* One conversation with its messages (*out: new reference):
- *   {"id","title","model","created","updated","message_count",
+ *   {"id","title","model","created","updated","message_count","owner",
  *    "messages":[{"seq","role","content","created", and for messages that
  *                 have them "model","usage":{prompt_tokens,completion_tokens,
  *                 cached_tokens},"timings":{prompt_ms,predicted_ms}}]}
- * Times are RFC 3339 strings; title and model may be null.
+ * Times are RFC 3339 strings; title, model and owner may be null.
  * LYRA_ENOTFOUND when it does not exist.  Waits. */
-int lyra_conv_get(struct lyra_store *st, const char *conv_id, json_t **out, struct lyra_err *err);
+int lyra_conv_get(struct lyra_store *st, const char *conv_id, const char *owner, json_t **out,
+                  struct lyra_err *err);
 
 /* A page of conversations, most recently updated first, without messages
  * (*list_out: new reference to an array of {"id","title","model","created",
- * "updated","message_count"}); *total gets the number of conversations.
+ * "updated","message_count","owner"}); *total gets the number of conversations
+ * the owner filter lets through.
  * Waits. */
-int lyra_conv_list(struct lyra_store *st, size_t limit, size_t offset, json_t **list_out, int64_t *total,
-                   struct lyra_err *err);
+int lyra_conv_list(struct lyra_store *st, const char *owner, size_t limit, size_t offset, json_t **list_out,
+                   int64_t *total, struct lyra_err *err);
 
-/* Deletes a conversation and its messages.  LYRA_ENOTFOUND when missing.
- * Waits. */
-int lyra_conv_delete(struct lyra_store *st, const char *conv_id, struct lyra_err *err);
+/* Deletes a conversation and its messages.  LYRA_ENOTFOUND when missing
+ * (or not owner's).  Waits. */
+int lyra_conv_delete(struct lyra_store *st, const char *conv_id, const char *owner, struct lyra_err *err);
+
+/* The principal `owner` is gone: its conversations lose their owner (NULL:
+ * visible with conversations.all only), so that a new principal of the
+ * same name does not inherit them.  Waits. */
+int lyra_conv_disown(struct lyra_store *st, const char *owner, struct lyra_err *err);
 
 /* Copies the first LYRA_CONV_TITLE_MAX characters of `text` into out (at
  * most out_len bytes with the NUL), never splitting a UTF-8 sequence;

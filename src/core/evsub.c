@@ -35,6 +35,8 @@ struct lyra_evsub {
     bool closed;
     lyra_evsub_notify_fn notify;
     void *ud;
+    lyra_evsub_filter_fn filter; /* NULL: everything */
+    void *filter_ud;
 };
 
 bool lyra_evsub_patterns_valid(const char *p)
@@ -136,6 +138,8 @@ static bool push(struct lyra_evsub *s, uint64_t seq, char *json, bool live)
 static void on_event(const struct lyra_event *ev, void *ud)
 {
     struct lyra_evsub *s = ud;
+    if (s->filter && !s->filter(ev->type, ev->data, s->filter_ud))
+        return;
     json_t *j = lyra_event_to_json(ev);
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
@@ -160,6 +164,13 @@ static void on_event(const struct lyra_event *ev, void *ud)
 static void on_row(uint64_t seq, const char *type, const char *json, void *ud)
 {
     struct lyra_evsub *s = ud;
+    if (s->filter) {
+        json_t *row = json_loads(json, 0, NULL);
+        bool show = row && s->filter(type, json_object_get(row, "data"), s->filter_ud);
+        json_decref(row);
+        if (!show)
+            return;
+    }
     char *copy = strdup(json);
     if (!copy)
         return;
@@ -171,6 +182,15 @@ static void on_row(uint64_t seq, const char *type, const char *json, void *ud)
 int lyra_evsub_new(struct lyra_bus *bus, struct lyra_store *store, uint64_t since, const char *patterns,
                    size_t max_queued, size_t max_bytes, lyra_evsub_notify_fn notify, void *ud,
                    struct lyra_evsub **out, struct lyra_err *err)
+{
+    return lyra_evsub_new_filtered(bus, store, since, patterns, max_queued, max_bytes, notify, ud, NULL, NULL, out,
+                                   err);
+}
+
+int lyra_evsub_new_filtered(struct lyra_bus *bus, struct lyra_store *store, uint64_t since, const char *patterns,
+                            size_t max_queued, size_t max_bytes, lyra_evsub_notify_fn notify, void *ud,
+                            lyra_evsub_filter_fn filter, void *filter_ud, struct lyra_evsub **out,
+                            struct lyra_err *err)
 {
     *out = NULL;
     if (patterns && strcmp(patterns, "*") == 0)
@@ -187,6 +207,8 @@ int lyra_evsub_new(struct lyra_bus *bus, struct lyra_store *store, uint64_t sinc
     s->tail = &s->head;
     s->notify = notify;
     s->ud = ud;
+    s->filter = filter;
+    s->filter_ud = filter_ud;
     pthread_mutex_init(&s->lock, NULL);
     const char *pat = patterns ? patterns : "*";
     if (since == LYRA_EVSUB_LIVE) {

@@ -24,6 +24,7 @@
 #ifndef LYRA_EVSUB_H
 #define LYRA_EVSUB_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,6 +49,18 @@ typedef void (*lyra_evsub_notify_fn)(void *ud);
 int lyra_evsub_new(struct lyra_bus *bus, struct lyra_store *store, uint64_t since, const char *patterns,
                    size_t max_queued, size_t max_bytes, lyra_evsub_notify_fn notify, void *ud,
                    struct lyra_evsub **out, struct lyra_err *err);
+
+/* Decides whether the subscriber sees an event: its type and its data
+ * (the payload; NULL when it has none).  Runs on the publishing thread
+ * under the bus lock (it must not block or publish), and on the
+ * subscribing thread for replayed events. */
+typedef bool (*lyra_evsub_filter_fn)(const char *type, const json_t *data, void *ud);
+
+/* As lyra_evsub_new, with a filter (NULL = every event) and its ud. */
+int lyra_evsub_new_filtered(struct lyra_bus *bus, struct lyra_store *store, uint64_t since, const char *patterns,
+                            size_t max_queued, size_t max_bytes, lyra_evsub_notify_fn notify, void *ud,
+                            lyra_evsub_filter_fn filter, void *filter_ud, struct lyra_evsub **out,
+                            struct lyra_err *err);
 
 /* The next event as compact JSON text (caller frees) and its seq: 0, or
  * LYRA_ENOTFOUND when none is waiting now. */

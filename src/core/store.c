@@ -146,6 +146,10 @@ static const char *const migrations[] = {
     "CREATE INDEX audit_principal ON audit(principal, id);"
     "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;"
     "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    /* 7: who owns a conversation (the principal that created it; NULL for rows from before
+     * issue 9: visible only with conversations.all) */
+    ("ALTER TABLE conversations ADD COLUMN owner TEXT;"
+     "CREATE INDEX conversations_owner ON conversations(owner, updated_ms);"),
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof *migrations))
 

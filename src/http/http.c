@@ -12,6 +12,7 @@
 #include "http/http.h"
 
 #include "http/hupwatch.h"
+#include "http/proxies.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -67,6 +68,7 @@ struct lyra_http {
     atomic_bool draining;        /* new requests get 503 and Connection: close */
     atomic_int upgraded;         /* upgraded connections not closed yet */
     struct lyra_hupwatch *hupwatch; /* hang-ups of suspended connections */
+    struct lyra_proxies *proxies;   /* server.trusted_proxies; NULL when none */
 };
 
 struct lyra_http_req {
@@ -89,7 +91,8 @@ struct lyra_http_req {
     int64_t start_us;
     const char *origin;          /* allowed Origin to echo, or NULL */
     bool origin_credentials;     /* the Origin is listed by name (not "*"): credentials allowed */
-    char client_addr[64];        /* the peer's address as text */
+    char client_addr[64];        /* the client's address as text (the peer, or X-Forwarded-For's) */
+    bool client_forwarded;       /* client_addr came from a trusted proxy's X-Forwarded-For */
     void *principal;             /* lyra_http_set_principal: freed with the request */
     char *extra_names[MAX_EXTRA_HEADERS];
     char *extra_values[MAX_EXTRA_HEADERS];
@@ -573,8 +576,21 @@ int lyra_http_upgraded_count(struct lyra_http *http)
 
 const char *lyra_http_path(const struct lyra_http_req *req) { return req->path; }
 
+static bool text_loopback(const char *addr)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, addr, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, addr, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
+}
+
 bool lyra_http_peer_loopback(const struct lyra_http_req *req)
 {
+    if (req->client_forwarded)
+        return text_loopback(req->client_addr);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *sa = ci ? ci->client_addr : NULL;
     if (!sa)
@@ -601,16 +617,61 @@ void lyra_http_set_principal(struct lyra_http_req *req, void *data)
 
 void *lyra_http_principal(const struct lyra_http_req *req) { return req->principal; }
 
+/* Every X-Forwarded-For header of the request, joined with ", " in the
+ * order received (a client may send its own; the proxy appends to the
+ * last or adds one). */
+struct xff_join {
+    char buf[2048];
+    size_t len;
+};
+
+static enum MHD_Result join_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct xff_join *j = cls;
+    if (!key || strcasecmp(key, "X-Forwarded-For") != 0 || !value)
+        return MHD_YES;
+    size_t vlen = strlen(value), need = vlen + (j->len ? 2 : 0);
+    if (j->len + need >= sizeof j->buf) {
+        /* Too long to hold: keep the right-most whole hops, which the walk
+         * reads first (the trusted hops are on the right); a hop cut in
+         * two could read as another address, so the cut one goes. */
+        j->len = 0;
+        if (vlen >= sizeof j->buf) {
+            value += vlen - (sizeof j->buf - 1);
+            const char *comma = strchr(value, ',');
+            value = comma ? comma + 1 : value + strlen(value);
+            vlen = strlen(value);
+        }
+    }
+    if (j->len)
+        memcpy(j->buf + j->len, ", ", 2), j->len += 2;
+    memcpy(j->buf + j->len, value, vlen);
+    j->len += vlen;
+    j->buf[j->len] = '\0';
+    return MHD_YES;
+}
+
 static void format_client_addr(struct lyra_http_req *req)
 {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *sa = ci ? ci->client_addr : NULL;
     req->client_addr[0] = '\0';
+    req->client_forwarded = false;
     if (sa && sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->client_addr, sizeof req->client_addr);
     else if (sa && sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->client_addr,
                   sizeof req->client_addr);
+    if (!req->http->proxies || !lyra_proxies_trusts(req->http->proxies, req->client_addr))
+        return;
+    struct xff_join j = {.len = 0};
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, join_xff, &j);
+    if (j.len == 0)
+        return;
+    char peer[sizeof req->client_addr];
+    memcpy(peer, req->client_addr, sizeof peer);
+    req->client_forwarded = lyra_proxies_client(req->http->proxies, peer, j.buf, req->client_addr,
+                                                sizeof req->client_addr);
 }
 const char *lyra_http_route(const struct lyra_http_req *req) { return req->route ? req->route->pattern : NULL; }
 
@@ -790,6 +851,7 @@ static bool request_id_acceptable(const char *id)
 struct header_sum {
     size_t bytes;
     int hosts;
+    int authorizations;
 };
 
 static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
@@ -797,6 +859,7 @@ static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char
     struct header_sum *sum = cls;
     sum->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
     sum->hosts += strcasecmp(key, "Host") == 0;
+    sum->authorizations += strcasecmp(key, "Authorization") == 0;
     return MHD_YES;
 }
 
@@ -847,6 +910,11 @@ static bool screen_request(struct lyra_http_req *req)
     }
     if (sum.hosts > 1) { /* RFC 9112 3.2: and the Host guard would only see the first */
         lyra_http_send_error(req, 400, "invalid_host", "the request has %d Host headers; one is allowed", sum.hosts);
+        return true;
+    }
+    if (sum.authorizations > 1) { /* which one counts would depend on who reads it: a proxy, or us */
+        lyra_http_send_error(req, 400, "invalid_authorization",
+                             "the request has %d Authorization headers; one is allowed", sum.authorizations);
         return true;
     }
     struct lyra_err host_err = {0};
@@ -1041,8 +1109,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (lyra_log_enabled(LYRA_LOG_DEBUG) || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         enum lyra_log_level lvl = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? LYRA_LOG_DEBUG : LYRA_LOG_INFO;
         lyra_log(lvl, "http", req->request_id,
-                 json_pack("{s:o, s:o, s:i, s:I, s:b}", "method", lyra_log_string(req->method), "path",
-                           lyra_log_string(req->path), "status",
+                 json_pack("{s:o, s:o, s:s, s:i, s:I, s:b}", "method", lyra_log_string(req->method), "path",
+                           lyra_log_string(req->path), "client", req->client_addr, "status",
                            req->status, "duration_us", (json_int_t)(lyra_now_us() - req->start_us),
                            "completed", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK),
                  "%s", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request ended early");
@@ -1148,6 +1216,14 @@ struct lyra_http *lyra_http_new(const struct lyra_http_options *opts, const stru
         lyra_http_free(http);
         return NULL;
     }
+    if (opts->n_trusted_proxies > 0 &&
+        lyra_proxies_new(&http->proxies, opts->trusted_proxies, opts->n_trusted_proxies, err) < 0) {
+        lyra_http_free(http);
+        return NULL;
+    }
+    /* The list is borrowed for this call only. */
+    http->opts.trusted_proxies = NULL;
+    http->opts.n_trusted_proxies = 0;
     http->listen_fd = open_listener(opts->host, opts->port, &http->port, err);
     if (http->listen_fd < 0) {
         lyra_http_free(http);
@@ -1243,5 +1319,6 @@ void lyra_http_free(struct lyra_http *http)
     if (http->listen_fd >= 0 && !http->mhd_owns_listener && !left_running)
         close(http->listen_fd);
     lyra_hupwatch_free(http->hupwatch);
+    lyra_proxies_free(http->proxies);
     free(http);
 }

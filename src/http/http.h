@@ -69,6 +69,11 @@ struct lyra_http_options {
     int max_connections;
     char *const *cors_origins;     /* borrowed; "*" = any */
     size_t n_cors_origins;
+    /* server.trusted_proxies: addresses or CIDR blocks (http/proxies.h)
+     * whose X-Forwarded-For is believed; a bad entry fails lyra_http_new.
+     * Borrowed during lyra_http_new only.  None: the peer is the client. */
+    char *const *trusted_proxies;
+    size_t n_trusted_proxies;
     lyra_http_authorize_fn authorize;
     lyra_http_response_fn on_response;
     /* The DNS-rebinding guard: an anonymous request (no Authorization
@@ -120,10 +125,14 @@ const char *lyra_http_header(const struct lyra_http_req *req, const char *name);
 const char *lyra_http_query(const struct lyra_http_req *req, const char *name);
 /* True when the client connected from a loopback address (127.0.0.0/8,
  * ::1, or an IPv4-mapped 127.x): what an endpoint that touches the local
- * file system checks before it trusts a path. */
+ * file system checks before it trusts a path.  Through a trusted proxy it
+ * is the forwarded client that counts (a remote client behind a local
+ * nginx is not local). */
 bool lyra_http_peer_loopback(const struct lyra_http_req *req);
 /* The client's address as text ("127.0.0.1", "::1"; "" when unknown):
- * what the audit log and the failed-authentication back-off key on. */
+ * what the audit log and the failed-authentication back-off key on.  When
+ * the peer is one of the trusted proxies, the client X-Forwarded-For names
+ * (http/proxies.h: the right-most untrusted hop); otherwise the peer. */
 const char *lyra_http_client_addr(const struct lyra_http_req *req);
 /* The method ("GET", ...). */
 const char *lyra_http_method(const struct lyra_http_req *req);

@@ -796,6 +796,11 @@ static void remove_partial(struct pull *p)
 /* The rename into models.dir, never over an existing file. */
 static int place(struct pull *p, struct lyra_err *err)
 {
+    /* check_params allowed no '/' and no leading '.' in the name, so the
+     * target is a plain file directly in models.dir; RENAME_NOREPLACE (or
+     * link) refuses anything already there, a symlink included. */
+    if (strchr(p->name, '/') || p->name[0] == '.')
+        return lyra_err_set(err, LYRA_EINVAL, "model name '%s' is not a plain file name", p->name);
     if (renameat2(AT_FDCWD, p->part, AT_FDCWD, p->target, RENAME_NOREPLACE) == 0)
         return 0;
     if (errno == EINVAL || errno == ENOSYS) {
@@ -897,9 +902,26 @@ int lyra_pull_run(struct lyra_job_ctx *ctx, json_t **result, struct lyra_err *er
                           strerror(-mk));
         goto out;
     }
-    p.fd = open(p.part, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* The partial directory and file are ours alone: a symlink at either
+     * (planted to aim the download at a file outside models.dir) is
+     * refused, never followed.  A fresh partial is created exclusively; an
+     * existing one (a resume, or a pull running now) is reopened without
+     * following a link and must be a regular file. */
+    struct stat pst;
+    if (lstat(p.partdir, &pst) < 0 || !S_ISDIR(pst.st_mode)) {
+        rc = lyra_err_set(err, LYRA_EIO, "%s is not a directory (a symlink is refused)", p.partdir);
+        goto out;
+    }
+    p.fd = open(p.part, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (p.fd < 0 && errno == EEXIST)
+        p.fd = open(p.part, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (p.fd < 0) {
-        rc = lyra_err_set(err, LYRA_EIO, "cannot open %s: %s", p.part, strerror(errno));
+        rc = lyra_err_set(err, LYRA_EIO, "cannot open %s: %s", p.part,
+                          errno == ELOOP ? "it is a symlink (refused)" : strerror(errno));
+        goto out;
+    }
+    if (fstat(p.fd, &pst) < 0 || !S_ISREG(pst.st_mode)) {
+        rc = lyra_err_set(err, LYRA_EIO, "%s is not a regular file", p.part);
         goto out;
     }
     if (flock(p.fd, LOCK_EX | LOCK_NB) < 0) {

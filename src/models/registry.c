@@ -14,6 +14,7 @@
  * duplicates among its entries). */
 #include "models/registry.h"
 
+#include "core/log.h"
 #include "core/util.h"
 
 #include <dirent.h>
@@ -55,6 +56,10 @@ struct lyra_registry {
     pthread_rwlock_t lock;        /* guards models / n_models */
     struct node **models;         /* sorted by name */
     size_t n_models;
+    /* Symlinks already warned about for pointing out of dir ("link\ttarget"),
+     * so each is logged once, not at every refresh (under refresh_lock). */
+    char **escapes;
+    size_t n_escapes;
 };
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -300,6 +305,7 @@ void lyra_registry_free(struct lyra_registry *reg)
         free_entry_copy(&reg->entries[i]);
     free(reg->entries);
     free(reg->dir);
+    free_strv(reg->escapes, reg->n_escapes);
     pthread_rwlock_destroy(&reg->lock);
     pthread_mutex_destroy(&reg->refresh_lock);
     free(reg);
@@ -372,7 +378,39 @@ static bool entry_claims(const struct lyra_registry *reg, const char *name)
 
 /* Adds every *.gguf in reg->dir to c.  Returns 0 (also when the directory
  * does not exist), LYRA_ENOMEM, or an error for an unreadable directory. */
-static int scan_dir(const struct lyra_registry *reg, struct cands *c, struct lyra_err *err)
+/* True when the symlink `path` resolves to a file outside reg->dir: such
+ * a model is not listed (a link must not let models.dir serve, or a delete
+ * reach, a file elsewhere), with a warning once per link and target.  A
+ * dangling link is not an escape (it is listed as invalid). */
+static bool link_escapes(struct lyra_registry *reg, const char *path)
+{
+    char dir_real[PATH_MAX], target[PATH_MAX];
+    if (!realpath(path, target) || !realpath(reg->dir, dir_real))
+        return false;
+    size_t n = strlen(dir_real);
+    if (strncmp(target, dir_real, n) == 0 && (target[n] == '/' || (n == 1 && dir_real[0] == '/')))
+        return false;
+    char *key = NULL;
+    if (asprintf(&key, "%s\t%s", path, target) < 0)
+        return true;
+    for (size_t i = 0; i < reg->n_escapes; i++)
+        if (strcmp(reg->escapes[i], key) == 0) {
+            free(key);
+            return true;
+        }
+    lyra_log(LYRA_LOG_WARN, "models", NULL, NULL,
+             "%s is a symlink to %s, outside the models directory %s: not listed", path, target, reg->dir);
+    char **v = reg->n_escapes < 1024 ? realloc(reg->escapes, (reg->n_escapes + 1) * sizeof *v) : NULL;
+    if (v) {
+        reg->escapes = v;
+        reg->escapes[reg->n_escapes++] = key;
+    } else {
+        free(key);
+    }
+    return true;
+}
+
+static int scan_dir(struct lyra_registry *reg, struct cands *c, struct lyra_err *err)
 {
     if (!reg->dir)
         return 0;
@@ -411,9 +449,11 @@ static int scan_dir(const struct lyra_registry *reg, struct cands *c, struct lyr
         }
         /* Directories are not scanned; other non-regular files (fifos,
          * devices) are skipped because opening them could block or worse.
-         * A dangling symlink is kept: it is listed as invalid. */
-        struct stat st;
-        bool skip = entry_claims(reg, name) || (stat(path, &st) == 0 && !S_ISREG(st.st_mode));
+         * A dangling symlink is kept: it is listed as invalid.  A symlink
+         * to a file outside the directory is not listed at all. */
+        struct stat st, lst;
+        bool skip = entry_claims(reg, name) || (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) ||
+                    (lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode) && link_escapes(reg, path));
         if (!skip && cands_add(c, name, path, NULL) != 0) {
             free(name);
             free(path);

@@ -349,10 +349,31 @@ static int serve(int fd, int wake_rd, struct lyra_engine *e, struct lyra_frame_w
     return status;
 }
 
+/* Where the ggml backends (libggml-cpu.so, libggml-cuda.so) are: env
+ * LYRA_BACKEND_DIR; else, for an installed binary (`make install`:
+ * PREFIX/bin/lyra and PREFIX/lib/lyra/, wherever PREFIX or DESTDIR put
+ * them), the lib/lyra beside its bin; else the build's pinned deps. */
 static const char *backend_dir(void)
 {
     const char *dir = getenv("LYRA_BACKEND_DIR");
-    return dir && *dir ? dir : LYRA_BACKEND_DIR;
+    if (dir && *dir)
+        return dir;
+    static char installed[PATH_MAX]; /* the worker's main thread only */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            char probe[PATH_MAX + 32];
+            snprintf(probe, sizeof probe, "%s/../lib/lyra/libggml-base.so.0", exe);
+            if (access(probe, R_OK) == 0 &&
+                snprintf(installed, sizeof installed, "%s/../lib/lyra", exe) < (int)sizeof installed)
+                return installed;
+        }
+    }
+    return LYRA_BACKEND_DIR;
 }
 
 static const char *device_type_name(enum ggml_backend_dev_type t)

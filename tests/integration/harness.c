@@ -106,9 +106,16 @@ static char **make_env(const char *const *extra)
     bool threads_given = getenv("LYRA_MODELS_THREADS") != NULL;
     for (size_t j = 0; j < m; j++)
         threads_given |= strncmp(extra[j], "LYRA_MODELS_THREADS=", 20) == 0;
-    env = realloc(env, (n + m + 2) * sizeof *env);
+    /* The tests of everything but RBAC act as admin without a key (the
+     * default anonymous role is user); a test of auth says otherwise. */
+    bool role_given = getenv("LYRA_AUTH_ANONYMOUS_ROLE") != NULL;
+    for (size_t j = 0; j < m; j++)
+        role_given |= strncmp(extra[j], "LYRA_AUTH_ANONYMOUS_ROLE=", 25) == 0;
+    env = realloc(env, (n + m + 3) * sizeof *env);
     if (!threads_given)
         env[k++] = (char *)"LYRA_MODELS_THREADS=1";
+    if (!role_given)
+        env[k++] = (char *)"LYRA_AUTH_ANONYMOUS_ROLE=admin";
     env[k] = NULL;
     return env;
 }

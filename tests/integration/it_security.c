@@ -1,9 +1,9 @@
 /* it_security.c — what the real daemon exposes while it has no
  * authentication: the Host guard against DNS rebinding (403 before routing,
  * loopback names and server.allowed_hosts served), the refusal to listen on
- * a non-loopback address without server.allow_remote_without_auth, the
- * refusal to start when auth.enabled asks for what is not implemented, and
- * the private modes of what it writes into LYRA_HOME. */
+ * a non-loopback address without auth or server.allow_remote_without_auth,
+ * auth.enabled on every interface, the anonymous role, and the private
+ * modes of what it writes into LYRA_HOME (keys included). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -67,6 +67,17 @@ static int status_for_host(int port, const char *path, const char *host)
     }
     it_response_free(&r);
     return status;
+}
+
+/* The error code of a JSON error answer ("" when none), kept in a static
+ * buffer. */
+static const char *error_code(const struct it_response *r)
+{
+    static char code[64];
+    json_t *j = it_json(r);
+    snprintf(code, sizeof code, "%s", it_error_code(j) ? it_error_code(j) : "");
+    json_decref(j);
+    return code;
 }
 
 static bool file_has(const char *path, const char *needle)
@@ -227,15 +238,87 @@ static void test_remote_address_with_override(void **state)
     it_server_cleanup(&srv);
 }
 
-static void test_auth_enabled_fails_closed(void **state)
+#define ADMIN_KEY "it-security-admin-key-0123456789abcdef"
+
+/* With auth.enabled the daemon may listen on every interface; every route
+ * but the health probes wants a key, and a request that carries a good key
+ * is not subject to the Host guard (a rebinding page cannot know it). */
+static void test_auth_enabled_remote(void **state)
 {
-    const char *env[] = {"LYRA_AUTH_ENABLED=true", "LYRA_ADMIN_KEY=not-used-yet-0123456789", NULL};
-    if (it_server_start(&srv, NULL, NULL, env) == 0)
-        fail_msg("lyra serve started with auth.enabled but no authentication");
-    assert_int_equal(srv.exit_status, 1);
-    assert_true(file_has(srv.log_path, "auth.enabled"));
-    assert_true(file_has(srv.log_path, "not implemented yet"));
-    assert_true(file_has(srv.log_path, "will not run unauthenticated"));
+    const char *args[] = {"--host", "0.0.0.0", NULL};
+    const char *env[] = {"LYRA_AUTH_ENABLED=true", "LYRA_ADMIN_KEY=" ADMIN_KEY, NULL};
+    assert_int_equal(it_server_start(&srv, NULL, args, env), 0);
+    assert_false(file_has(srv.log_path, "WITHOUT authentication"));
+    struct it_response r;
+    char buf[256];
+    assert_int_equal(it_http(srv.port, "GET", "/status", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 401);
+    assert_non_null(it_header(&r, "WWW-Authenticate", buf, sizeof buf));
+    assert_string_equal(error_code(&r), "missing_key");
+    it_response_free(&r);
+    assert_int_equal(it_http(srv.port, "GET", "/status", "Authorization: Bearer " ADMIN_KEY "\r\n", NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    assert_int_equal(it_http(srv.port, "GET", "/status", "Authorization: Bearer " ADMIN_KEY "x\r\n", NULL, &r), 0);
+    assert_int_equal(r.status, 401);
+    assert_string_equal(error_code(&r), "invalid_key");
+    assert_non_null(strstr(it_header(&r, "WWW-Authenticate", buf, sizeof buf), "invalid_token"));
+    it_response_free(&r);
+    assert_int_equal(it_http(srv.port, "GET", "/health", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    /* A key in the URL is refused, whatever the route. */
+    assert_int_equal(it_http(srv.port, "GET", "/status?api_key=" ADMIN_KEY, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(error_code(&r), "key_in_query");
+    it_response_free(&r);
+    assert_int_equal(it_server_stop(&srv, SIGTERM), 0);
+    it_server_cleanup(&srv);
+}
+
+/* Auth off on loopback: a request without a key acts with the anonymous
+ * role (user by default: chat yes, loading models no); a bad key is 401
+ * even so, and the Host guard holds for anonymous requests only. */
+static void test_anonymous_role(void **state)
+{
+    const char *env[] = {"LYRA_AUTH_ANONYMOUS_ROLE=user", "LYRA_ADMIN_KEY=" ADMIN_KEY, NULL};
+    assert_int_equal(it_server_start(&srv, NULL, NULL, env), 0);
+    struct it_response r;
+    assert_int_equal(it_http(srv.port, "GET", "/models", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    assert_int_equal(it_http(srv.port, "POST", "/models/none/load", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 403);
+    assert_string_equal(error_code(&r), "forbidden");
+    json_t *body = it_json(&r);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(body, "error"), "permission")),
+                        "models.load");
+    json_decref(body);
+    it_response_free(&r);
+    /* A key Lyra never issued counts as none (OpenAI clients always send
+     * one): anonymous, so still no loading. */
+    assert_int_equal(it_http(srv.port, "POST", "/models/none/load", "Authorization: Bearer sk-no-key-required\r\n",
+                             NULL, &r),
+                     0);
+    assert_int_equal(r.status, 403);
+    it_response_free(&r);
+    assert_int_equal(it_http(srv.port, "GET", "/models", "Authorization: Bearer sk-no-key-required\r\n", NULL, &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    /* the admin key does what the anonymous role may not (404: no such model) */
+    assert_int_equal(it_http(srv.port, "POST", "/models/none/load", "Authorization: Bearer " ADMIN_KEY "\r\n", NULL,
+                             &r),
+                     0);
+    assert_int_equal(r.status, 404);
+    it_response_free(&r);
+    expect_host(srv.port, "evil.example", 403);
+    assert_int_equal(request_with_host(srv.port, "GET", "/status", "HTTP/1.1", "Host: evil.example\r\n",
+                                       "Authorization: Bearer " ADMIN_KEY "\r\n", &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    assert_int_equal(it_server_stop(&srv, SIGTERM), 0);
     it_server_cleanup(&srv);
 }
 
@@ -275,7 +358,8 @@ static void test_files_are_private(void **state)
     it_response_free(&r);
 
     assert_int_equal(mode_of(home, NULL), 0700);
-    const char *files[] = {"lyra.db", "lyra.db-wal", "lyra.db-shm", "serve.json", "lyra.lock"};
+    const char *files[] = {"lyra.db", "lyra.db-wal", "lyra.db-shm", "serve.json", "lyra.lock", "auth.secret",
+                           "admin.key"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         unsigned m = mode_of(home, files[i]);
         if (m != 0600)
@@ -292,7 +376,8 @@ int main(void)
         cmocka_unit_test_teardown(test_allowed_hosts, teardown),
         cmocka_unit_test_teardown(test_remote_address_refused_without_auth, teardown),
         cmocka_unit_test_teardown(test_remote_address_with_override, teardown),
-        cmocka_unit_test_teardown(test_auth_enabled_fails_closed, teardown),
+        cmocka_unit_test_teardown(test_auth_enabled_remote, teardown),
+        cmocka_unit_test_teardown(test_anonymous_role, teardown),
         cmocka_unit_test_teardown(test_files_are_private, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

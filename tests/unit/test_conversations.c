@@ -114,7 +114,7 @@ static void test_turns_and_history(void **state)
     lyra_uuid4(id);
     char *model = (char *)"x";
     json_t *hist = (json_t *)1;
-    assert_int_equal(lyra_conv_history(st, id, &model, &hist, &err), LYRA_ENOTFOUND);
+    assert_int_equal(lyra_conv_history(st, id, NULL, &model, &hist, &err), LYRA_ENOTFOUND);
     assert_null(model);
     assert_null(hist);
 
@@ -122,7 +122,7 @@ static void test_turns_and_history(void **state)
     assert_int_equal(save(st, id, true, "hello there", &err), 0);
     assert_int_equal(save(st, id, false, "and again", &err), 0);
 
-    assert_int_equal(lyra_conv_history(st, id, &model, &hist, &err), 0);
+    assert_int_equal(lyra_conv_history(st, id, NULL, &model, &hist, &err), 0);
     assert_string_equal(model, "tiny");
     free(model);
     assert_int_equal(json_array_size(hist), 4);
@@ -137,7 +137,7 @@ static void test_turns_and_history(void **state)
     json_decref(hist);
 
     json_t *conv;
-    assert_int_equal(lyra_conv_get(st, id, &conv, &err), 0);
+    assert_int_equal(lyra_conv_get(st, id, NULL, &conv, &err), 0);
     assert_string_equal(str(conv, "id"), id);
     assert_string_equal(str(conv, "title"), "hello there"); /* the first turn's; kept */
     assert_string_equal(str(conv, "model"), "tiny");
@@ -168,7 +168,7 @@ static void test_turns_and_history(void **state)
                                          .prompt_ms = -1,
                                          .predicted_ms = -1}};
     assert_int_equal(lyra_conv_save_turn(st, &t, &err), 0);
-    assert_int_equal(lyra_conv_get(st, id, &conv, &err), 0);
+    assert_int_equal(lyra_conv_get(st, id, NULL, &conv, &err), 0);
     assert_string_equal(str(conv, "model"), "tiny");
     assert_null(json_object_get(json_array_get(json_object_get(conv, "messages"), 5), "usage"));
     json_decref(conv);
@@ -184,9 +184,9 @@ static void test_missing_conversation(void **state)
     assert_non_null(strstr(err.msg, nope));
     assert_int_equal(count_rows(st, "SELECT COUNT(*) FROM messages"), 0);
     json_t *j = NULL;
-    assert_int_equal(lyra_conv_get(st, nope, &j, &err), LYRA_ENOTFOUND);
+    assert_int_equal(lyra_conv_get(st, nope, NULL, &j, &err), LYRA_ENOTFOUND);
     assert_null(j);
-    assert_int_equal(lyra_conv_delete(st, nope, &err), LYRA_ENOTFOUND);
+    assert_int_equal(lyra_conv_delete(st, nope, NULL, &err), LYRA_ENOTFOUND);
 }
 
 static void test_failed_turn_stores_nothing(void **state)
@@ -231,10 +231,10 @@ static void test_failed_turn_stores_nothing(void **state)
     assert_int_equal(count_rows(st, "SELECT COUNT(*) FROM messages WHERE content = 'never stored'"), 0);
     assert_int_equal(count_rows(st, "SELECT COUNT(*) FROM conversations"), 1);
     json_t *j = NULL;
-    assert_int_equal(lyra_conv_get(st, fresh, &j, &err), LYRA_ENOTFOUND);
+    assert_int_equal(lyra_conv_get(st, fresh, NULL, &j, &err), LYRA_ENOTFOUND);
     /* Not left inside a transaction: the next turn commits, numbered on. */
     assert_int_equal(save(st, id, false, "second", &err), 0);
-    assert_int_equal(lyra_conv_get(st, id, &j, &err), 0);
+    assert_int_equal(lyra_conv_get(st, id, NULL, &j, &err), 0);
     json_t *msgs = json_object_get(j, "messages");
     assert_int_equal(json_array_size(msgs), 4);
     assert_string_equal(str(json_array_get(msgs, 2), "content"), "second");
@@ -270,7 +270,7 @@ static void test_async_turn_seen_by_later_reads(void **state)
     memset(reply, 'Z', strlen(reply));
     free(text);
     json_t *conv;
-    assert_int_equal(lyra_conv_get(st, id, &conv, &err), 0);
+    assert_int_equal(lyra_conv_get(st, id, NULL, &conv, &err), 0);
     assert_int_equal(s.calls, 1);
     assert_int_equal(s.rc, 0);
     json_t *msgs = json_object_get(conv, "messages");
@@ -286,7 +286,7 @@ static void test_async_turn_seen_by_later_reads(void **state)
     assert_int_equal(lyra_conv_save_turn_async(st, &t, on_saved, &s), 0);
     int64_t total = 0;
     json_t *list;
-    assert_int_equal(lyra_conv_list(st, 10, 0, &list, &total, &err), 0);
+    assert_int_equal(lyra_conv_list(st, NULL, 10, 0, &list, &total, &err), 0);
     json_decref(list);
     assert_int_equal(s.calls, 2);
     assert_int_equal(s.rc, LYRA_ENOTFOUND);
@@ -308,7 +308,7 @@ static void test_list_and_delete(void **state)
 
     json_t *list;
     int64_t total = 0;
-    assert_int_equal(lyra_conv_list(st, 100, 0, &list, &total, &err), 0);
+    assert_int_equal(lyra_conv_list(st, NULL, 100, 0, &list, &total, &err), 0);
     assert_int_equal(total, 5);
     assert_int_equal(json_array_size(list), 5);
     assert_string_equal(str(json_array_get(list, 0), "id"), ids[1]);
@@ -320,24 +320,87 @@ static void test_list_and_delete(void **state)
     json_decref(list);
 
     /* Paging: limit and offset, total unchanged. */
-    assert_int_equal(lyra_conv_list(st, 2, 1, &list, &total, &err), 0);
+    assert_int_equal(lyra_conv_list(st, NULL, 2, 1, &list, &total, &err), 0);
     assert_int_equal(total, 5);
     assert_int_equal(json_array_size(list), 2);
     assert_string_equal(str(json_array_get(list, 0), "id"), ids[4]);
     assert_string_equal(str(json_array_get(list, 1), "id"), ids[3]);
     json_decref(list);
-    assert_int_equal(lyra_conv_list(st, 10, 5, &list, &total, &err), 0);
+    assert_int_equal(lyra_conv_list(st, NULL, 10, 5, &list, &total, &err), 0);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
 
     /* Deleting takes the messages with it; a second delete is not found. */
     assert_int_equal(count_rows(st, "SELECT COUNT(*) FROM messages"), 32);
-    assert_int_equal(lyra_conv_delete(st, ids[4], &err), 0);
+    assert_int_equal(lyra_conv_delete(st, ids[4], NULL, &err), 0);
     assert_int_equal(count_rows(st, "SELECT COUNT(*) FROM messages"), 22);
-    assert_int_equal(lyra_conv_delete(st, ids[4], &err), LYRA_ENOTFOUND);
-    assert_int_equal(lyra_conv_list(st, 100, 0, &list, &total, &err), 0);
+    assert_int_equal(lyra_conv_delete(st, ids[4], NULL, &err), LYRA_ENOTFOUND);
+    assert_int_equal(lyra_conv_list(st, NULL, 100, 0, &list, &total, &err), 0);
     assert_int_equal(total, 4);
     json_decref(list);
+}
+
+/* Owners: a conversation is its creator's; a filter for another owner
+ * (or for anyone, on a conversation from before owners) sees nothing —
+ * not found, exactly as a missing one — while NULL sees all. */
+static void test_owners(void **state)
+{
+    struct lyra_store *st = *state;
+    struct lyra_err err = {0};
+    char alice[37], bob[37], legacy[37], reply[256];
+    lyra_uuid4(alice);
+    lyra_uuid4(bob);
+    lyra_uuid4(legacy);
+    struct lyra_conv_turn t = turn(alice, true, "hi from alice", reply, sizeof reply);
+    t.owner = "alice";
+    assert_int_equal(lyra_conv_save_turn(st, &t, &err), 0);
+    t = turn(bob, true, "hi from bob", reply, sizeof reply);
+    t.owner = "bob";
+    assert_int_equal(lyra_conv_save_turn_async(st, &t, NULL, NULL), 0); /* the copy keeps the owner */
+    assert_int_equal(save(st, legacy, true, "from before owners", &err), 0); /* owner NULL */
+    /* A later turn of alice's conversation keeps her as the owner. */
+    assert_int_equal(save(st, alice, false, "again", &err), 0);
+
+    json_t *list, *j;
+    int64_t total;
+    assert_int_equal(lyra_conv_list(st, "alice", 10, 0, &list, &total, &err), 0);
+    assert_int_equal(total, 1);
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "id")), alice);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "owner")), "alice");
+    json_decref(list);
+    assert_int_equal(lyra_conv_list(st, "carol", 10, 0, &list, &total, &err), 0);
+    assert_int_equal(total, 0);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    assert_int_equal(lyra_conv_list(st, NULL, 10, 0, &list, &total, &err), 0);
+    assert_int_equal(total, 3);
+    json_decref(list);
+
+    /* get / history / delete of someone else's: not found, and untouched. */
+    assert_int_equal(lyra_conv_get(st, bob, "alice", &j, &err), LYRA_ENOTFOUND);
+    assert_null(j);
+    assert_int_equal(lyra_conv_get(st, legacy, "alice", &j, &err), LYRA_ENOTFOUND);
+    char *model = NULL;
+    json_t *hist = NULL;
+    assert_int_equal(lyra_conv_history(st, bob, "alice", &model, &hist, &err), LYRA_ENOTFOUND);
+    assert_null(hist);
+    assert_int_equal(lyra_conv_delete(st, bob, "alice", &err), LYRA_ENOTFOUND);
+    assert_int_equal(lyra_conv_delete(st, legacy, "alice", &err), LYRA_ENOTFOUND);
+    assert_int_equal(lyra_conv_get(st, bob, "bob", &j, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(j, "message_count")), 2);
+    json_decref(j);
+    assert_int_equal(lyra_conv_history(st, alice, "alice", &model, &hist, &err), 0);
+    assert_int_equal(json_array_size(hist), 4);
+    free(model);
+    json_decref(hist);
+    /* NULL (conversations.all) reaches every one, the legacy one included. */
+    assert_int_equal(lyra_conv_get(st, legacy, NULL, &j, &err), 0);
+    assert_true(json_is_null(json_object_get(j, "owner")));
+    json_decref(j);
+    assert_int_equal(lyra_conv_delete(st, bob, "bob", &err), 0);
+    assert_int_equal(lyra_conv_delete(st, legacy, NULL, &err), 0);
+    assert_int_equal(count_rows(st, "SELECT COUNT(*) FROM conversations"), 1);
 }
 
 static void test_title_cut_at_utf8_boundary(void **state)
@@ -418,7 +481,7 @@ static void test_upgrades_schema_1(void **state)
     struct lyra_err err = {0};
     struct lyra_store *st = lyra_store_open(old, &err);
     assert_non_null(st);
-    assert_int_equal(lyra_store_schema_version(st), 6);
+    assert_int_equal(lyra_store_schema_version(st), 7);
     uint64_t v = 0;
     assert_int_equal(lyra_store_meta_get_u64(st, "k", &v, &err), 0);
     assert_int_equal(v, 42);
@@ -436,6 +499,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_turn_stores_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_turn_seen_by_later_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owners, setup, teardown),
         cmocka_unit_test(test_title_cut_at_utf8_boundary),
         cmocka_unit_test(test_claims),
         cmocka_unit_test_setup_teardown(test_upgrades_schema_1, setup, teardown),

@@ -726,6 +726,70 @@ static void test_check_params(void **state)
     assert_int_equal(check("{\"source\":\"http://h/x.gguf\", \"name\":\"other\"}", &f->o), 0);
 }
 
+/* Destinations that would leave models.dir are refused, and a symlink at
+ * the destination, at the partial file or at the partial directory is
+ * never followed: the file it points to is untouched. */
+static void test_no_escape(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"name\":\"../x\"}", &f->o), LYRA_EINVAL);
+    assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"name\":\"..\"}", &f->o), LYRA_EINVAL);
+    assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"name\":\"/abs\"}", &f->o), LYRA_EINVAL);
+    assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"name\":\"a/b\"}", &f->o), LYRA_EINVAL);
+    assert_int_equal(check("{\"source\":\"http://h/m.gguf\", \"name\":\"x\\u0000/../y\"}", &f->o),
+                     LYRA_EINVAL);
+    assert_int_equal(check("{\"source\":\"http://h/../../.x.gguf\"}", &f->o), LYRA_EINVAL);
+
+    /* A file outside models.dir that the symlinks point at. */
+    char outside[200], link[200];
+    snprintf(outside, sizeof outside, "%s/outside.bin", f->root);
+    assert_int_equal(lyra_write_file_atomic(outside, "precious", 8, 0644), 0);
+
+    /* The destination is a symlink (even a dangling one): 409, untouched. */
+    snprintf(link, sizeof link, "%s/evil.gguf", f->models);
+    assert_int_equal(symlink(outside, link), 0);
+    char *u = url_of(f, "/normal/tiny.gguf");
+    struct tctx t = {0};
+    json_t *res = NULL;
+    struct lyra_err err;
+    assert_int_equal(pull(f, &t, u, "evil", NULL, &res, &err), LYRA_EEXISTS);
+    ctx_done(&t);
+    snprintf(link, sizeof link, "%s/dangling.gguf", f->models);
+    assert_int_equal(symlink("/nonexistent/lyra-x", link), 0);
+    assert_int_equal(pull(f, &t, u, "dangling", NULL, &res, &err), LYRA_EEXISTS);
+    ctx_done(&t);
+
+    /* The partial file is a symlink: refused, not written through. */
+    assert_int_equal(mkdir(f->partdir, 0700), 0);
+    snprintf(link, sizeof link, "%s/viapart.gguf.part", f->partdir);
+    assert_int_equal(symlink(outside, link), 0);
+    assert_int_equal(pull(f, &t, u, "viapart", NULL, &res, &err), LYRA_EIO);
+    assert_non_null(strstr(err.msg, "symlink"));
+    assert_false(exists(f->models, "viapart.gguf"));
+    ctx_done(&t);
+
+    /* The partial directory is a symlink out of models.dir: refused. */
+    char elsewhere[200];
+    snprintf(elsewhere, sizeof elsewhere, "%s/elsewhere", f->root);
+    assert_int_equal(mkdir(elsewhere, 0700), 0);
+    snprintf(link, sizeof link, "%s.moved", f->partdir);
+    assert_int_equal(rename(f->partdir, link), 0);
+    assert_int_equal(symlink(elsewhere, f->partdir), 0);
+    assert_int_equal(pull(f, &t, u, "viadir", NULL, &res, &err), LYRA_EIO);
+    assert_int_equal(count_entries(elsewhere, false), 0);
+    assert_false(exists(f->models, "viadir.gguf"));
+    ctx_done(&t);
+    free(u);
+
+    size_t len = 0;
+    char *text = lyra_read_file(outside, &len);
+    assert_non_null(text);
+    assert_int_equal(len, 8);
+    assert_memory_equal(text, "precious", 8);
+    free(text);
+    assert_null(res);
+}
+
 static void test_names_and_urls(void **state)
 {
     char n[LYRA_PULL_NAME_MAX + 1];
@@ -782,6 +846,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hf_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_name_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_params, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_escape, setup, teardown),
         cmocka_unit_test(test_names_and_urls),
         cmocka_unit_test_setup_teardown(test_register, setup, teardown),
     };

@@ -23,6 +23,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/limits.h"
+#include "core/util.h"
 #include "models/registry.h"
 
 /* ---- fixture ----------------------------------------------------------- */
@@ -130,7 +131,8 @@ static const char *real_tiny(void)
  *   models/alpha.gguf          valid (ctx 1000)
  *   models/broken.gguf         first 100 bytes of a valid file
  *   models/notgguf.gguf        text
- *   models/linked.gguf   ->    ../elsewhere/real.gguf (valid, ctx 2000)
+ *   models/linked.gguf   ->    ../elsewhere/real.gguf (outside models/: not listed)
+ *   models/inner.gguf    ->    sub.gguf/x.gguf (a link inside models/: listed, ctx 3000)
  *   models/dangling.gguf ->    ../elsewhere/none.gguf
  *   models/override.gguf       valid, but config entry "override" replaces it
  *   models/ov.gguf             valid, but "ov" is an alias of "override"
@@ -159,6 +161,9 @@ static int setup(void **state)
     write_model(f->elsewhere, "real.gguf", 2000, 0);
     path_in(p, sizeof p, f->models, "linked.gguf");
     if (symlink("../elsewhere/real.gguf", p) != 0)
+        return -1;
+    path_in(p, sizeof p, f->models, "inner.gguf");
+    if (symlink("sub.gguf/x.gguf", p) != 0)
         return -1;
     path_in(p, sizeof p, f->models, "dangling.gguf");
     if (symlink("../elsewhere/none.gguf", p) != 0)
@@ -252,7 +257,7 @@ static void test_listing(void **state)
     struct lyra_registry_changes ch;
     struct lyra_registry *reg = open_reg(f, &ch);
     static const char *const want[] = {"alpha", "broken", "chat",    "dangling",
-                                       "ghost", "linked", "notgguf", "override"};
+                                       "ghost", "inner", "notgguf", "override"};
     const size_t n_want = sizeof want / sizeof *want;
     assert_int_equal(ch.n_added, n_want);
     assert_int_equal(ch.n_removed, 0);
@@ -283,8 +288,10 @@ static void test_listing(void **state)
     assert_false(v[4]->valid); /* ghost */
     assert_int_equal(v[4]->error_code, LYRA_ENOTFOUND);
     assert_non_null(strstr(v[4]->error, "missing.gguf"));
-    assert_true(v[5]->valid); /* linked: the symlink was followed */
-    assert_int_equal(v[5]->info->context_length, 2000);
+    assert_true(v[5]->valid); /* inner: the symlink inside models/ was followed */
+    assert_int_equal(v[5]->info->context_length, 3000);
+    /* linked points out of models/: not listed (only a warning is logged). */
+    assert_null(lyra_registry_lookup(reg, "linked"));
     assert_false(v[6]->valid); /* notgguf */
     assert_non_null(strstr(v[6]->error, "not a GGUF file"));
     assert_true(v[7]->valid); /* override: the entry, not the scanned file */
@@ -522,9 +529,21 @@ static void test_real_model_symlink(void **state)
         print_message("no generated models found; skipping\n");
         skip();
     }
-    char *abs = realpath(tiny, NULL);
-    char p[256];
+    /* A copy in a folder of models/, linked from the top: a link that stays
+     * inside the directory is followed (one out of it is not listed). */
+    char blobs[256], p[256], q[300];
+    path_in(blobs, sizeof blobs, f->models, "blobs");
+    assert_int_equal(mkdir(blobs, 0700), 0);
+    size_t len = 0;
+    char *data = lyra_read_file(tiny, &len);
+    assert_non_null(data);
+    snprintf(q, sizeof q, "%s/tiny.gguf", blobs);
+    assert_int_equal(lyra_write_file_atomic(q, data, len, 0644), 0);
+    free(data);
     path_in(p, sizeof p, f->models, "tiny.gguf");
+    assert_int_equal(symlink("blobs/tiny.gguf", p), 0);
+    char *abs = realpath(tiny, NULL);
+    path_in(p, sizeof p, f->models, "outside.gguf");
     assert_int_equal(symlink(abs, p), 0);
     free(abs);
     struct lyra_registry *reg = open_reg(f, NULL);
@@ -535,6 +554,7 @@ static void test_real_model_symlink(void **state)
     assert_string_equal(lyra_gguf_quantization(m->info), "Q8_0");
     assert_int_equal(m->size_bytes, m->info->file_size);
     lyra_registry_unref(m);
+    assert_null(lyra_registry_lookup(reg, "outside"));
 }
 
 /* ---- concurrency (run under TSan) --------------------------------------- */

@@ -41,12 +41,12 @@ static void test_migrates_fresh_database(void **state)
     struct lyra_err err = {0};
     struct lyra_store *st = lyra_store_open(path, &err);
     assert_non_null(st);
-    assert_int_equal(lyra_store_schema_version(st), 6);
+    assert_int_equal(lyra_store_schema_version(st), 7);
     assert_int_equal(lyra_store_check(st, &err), 0);
     lyra_store_close(st);
     /* Opening again applies nothing and keeps the version. */
     st = lyra_store_open(path, &err);
-    assert_int_equal(lyra_store_schema_version(st), 6);
+    assert_int_equal(lyra_store_schema_version(st), 7);
     lyra_store_close(st);
 }
 
