@@ -5,12 +5,13 @@
  * last with "done":true and Ollama's counters (durations in nanoseconds);
  * "stream": false gives that last object alone, with the whole text.
  *
- * keep_alive: 0 unloads the model once this request is done (the model's
- * worker drains: requests already running on it finish first); a pinned
- * model stays.  Negative values and durations are accepted and checked,
- * but the manager has no per-request idle timeout yet, so the model's
- * configured keep_alive_s (models.keep_alive_s) still governs when it is
- * unloaded; /api/ps shows that real expiry.
+ * keep_alive (Ollama's semantics): each request may say how long its model
+ * stays loaded once idle — 0 unloads it after this request (requests
+ * already running on it finish first; a pinned model stays), negative
+ * keeps it, a duration or a number of seconds idles it that long — and
+ * that holds until another request says otherwise (the manager's
+ * "keep_alive_s", models/manager.h); absent, the model's
+ * models.keep_alive_s governs.  /api/ps shows the resulting expiry.
  *
  * /api/pull maps onto the "pull" job (jobs/pull.h): the job's events on the
  * bus become Ollama's progress lines.  The bus calls subscribers under its
@@ -442,26 +443,6 @@ static json_t *fmt_error(const char *code, const char *message, int status, void
     return error_json("%s", message ? message : "error");
 }
 
-/* keep_alive 0: the model goes once this request is done.  Called by the
- * bridge either on an HTTP thread (a whole answer; the job has ended, so
- * no frame of it can be waiting for the bridge's lock) or, for a stream,
- * on the supervisor loop inside the job's terminal callback, where
- * lyra_manager_unload's loop call runs inline: the job is already off the
- * worker, so an idle worker is stopped (state "stopping" at once) and a
- * busy one drains — no wait either way (timeout 0). */
-static void fmt_finished(const struct lyra_infer_result *r, json_t *body, void *ud)
-{
-    struct oreq *o = ud;
-    (void)body;
-    if (o->keep_alive != 0 || !r->model || !*r->model)
-        return;
-    bool was_loaded = false;
-    int rc = lyra_manager_unload(o->srv->manager, r->model, false, 0, &was_loaded);
-    if (rc == LYRA_EPERM)
-        lyra_log(LYRA_LOG_INFO, "ollama", NULL, json_pack("{s:s}", "model", r->model),
-                 "keep_alive 0: %s is pinned and stays loaded", r->model);
-}
-
 static const struct lyra_infer_format gen_format = {
     .sse = false,
     .full = fmt_full,
@@ -469,7 +450,6 @@ static const struct lyra_infer_format gen_format = {
     .delta = fmt_delta,
     .closing = fmt_closing,
     .error = fmt_error,
-    .finished = fmt_finished,
     .free_ud = free,
 };
 
@@ -489,7 +469,6 @@ static const struct lyra_infer_format emb_format = {
     .sse = false,
     .full = emb_full,
     .error = fmt_error,
-    .finished = fmt_finished,
     .free_ud = free,
 };
 
@@ -558,6 +537,8 @@ static void unload_now(struct lyra_http_req *req, struct oreq *o)
 static void start(struct lyra_http_req *req, struct oreq *o, json_t *msg, bool stream,
                   const struct lyra_infer_format *fmt)
 {
+    if (o->keep_alive != LYRA_OLLAMA_KEEP_DEFAULT)
+        json_object_set_new(msg, "keep_alive_s", json_integer(o->keep_alive < 0 ? -1 : o->keep_alive));
     struct lyra_infer_options opts = {
         .model = o->name,
         .msg = msg,
@@ -891,7 +872,8 @@ void lyra_api_ollama_ps(struct lyra_http_req *req, void *ctx)
         if (!m)
             continue;
         json_t *e = model_json(m);
-        int ka = m->settings.keep_alive_s;
+        json_t *wka = json_object_get(w, "keep_alive_s");
+        int ka = json_is_integer(wka) ? (int)json_integer_value(wka) : m->settings.keep_alive_s;
         lyra_registry_unref(m);
         if (!e)
             continue;

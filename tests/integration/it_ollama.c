@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/util.h"
 #include "harness.h"
@@ -29,7 +30,8 @@ static int setup(void **state)
     snprintf(models, sizeof models, "%s/models", home);
     if (lyra_mkdirs(models) < 0 || it_install_model(models, "tiny.gguf", "tiny.gguf", SIZE_MAX) < 0)
         return -1;
-    static const char *const env[] = {"LYRA_LOG_LEVEL=warn", "LYRA_SERVER_MAX_BODY_BYTES=65536", NULL};
+    static const char *const env[] = {"LYRA_LOG_LEVEL=warn", "LYRA_SERVER_MAX_BODY_BYTES=65536",
+                                      "LYRA_MODELS_KEEP_ALIVE_S=1", NULL};
     return it_server_start(&srv, home, NULL, env);
 }
 
@@ -137,6 +139,61 @@ static void test_ndjson_framing(void **state)
     it_response_free(&r);
 }
 
+static bool tiny_running(void)
+{
+    json_t *ps = it_get_json(srv.port, "/api/ps", 200);
+    bool found = false;
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(ps, "models"), i, m) found |=
+        strcmp(json_string_value(json_object_get(m, "name")) ?: "", "tiny") == 0;
+    json_decref(ps);
+    return found;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* keep_alive per request, on a daemon whose models idle out after 1 s:
+ * -1 keeps the model loaded past that, a duration sets its own idle time,
+ * and the next request's keep_alive replaces the last one's. */
+static void test_keep_alive(void **state)
+{
+    struct it_response r;
+    assert_int_equal(it_post_json(srv.port, "/api/generate",
+                                  "{\"model\":\"tiny\",\"prompt\":\"hi\",\"stream\":false,\"keep_alive\":-1,"
+                                  "\"options\":{\"num_predict\":2}}",
+                                  &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    sleep_ms(3000);
+    assert_true(tiny_running()); /* the model's own 1 s would have unloaded it */
+    json_t *ps = it_get_json(srv.port, "/api/ps", 200);
+    assert_non_null(strstr(json_string_value(json_object_get(json_array_get(json_object_get(ps, "models"), 0),
+                                                             "expires_at")) ?: "",
+                           "2300-"));
+    json_decref(ps);
+    assert_int_equal(it_post_json(srv.port, "/api/generate",
+                                  "{\"model\":\"tiny\",\"prompt\":\"hi\",\"stream\":false,\"keep_alive\":\"2s\","
+                                  "\"options\":{\"num_predict\":2}}",
+                                  &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    it_response_free(&r);
+    assert_true(tiny_running());
+    int waited = 0;
+    while (tiny_running() && waited < 10000) {
+        sleep_ms(200);
+        waited += 200;
+    }
+    assert_false(tiny_running());
+    assert_true(waited >= 1200); /* about 2 s of idle, not at once */
+}
+
 static void test_head_root(void **state)
 {
     struct it_response r;
@@ -205,6 +262,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ndjson_framing),
         cmocka_unit_test(test_head_root),
+        cmocka_unit_test(test_keep_alive),
         cmocka_unit_test(test_error_shapes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
