@@ -447,10 +447,10 @@ static void test_control_errors(void **state)
     free(out);
     assert_int_equal(lyra((const char *[]){"pin", "tiny", "--force", NULL}, NULL, &out), 2);
     free(out);
-    /* No daemon: exit 1, said so. */
+    /* No daemon: exit 3, said so. */
     assert_int_equal(lyra((const char *[]){"load", "tiny", "--url", "http://127.0.0.1:1", NULL}, NULL, &out),
-                     1);
-    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1"));
+                     3);
+    assert_non_null(strstr(out, "connection refused at http://127.0.0.1:1"));
     free(out);
 }
 
