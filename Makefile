@@ -44,10 +44,13 @@ build: deps $(BUILD_DIR)/build.ninja
 models: build
 	@scripts/models.sh $(BUILD_DIR)
 
-# The official openai npm client, for the API compatibility test (pinned by
-# tests/node/package-lock.json; skipped if already installed).
-node-deps:
-	@[ -f tests/node/node_modules/openai/package.json ] || npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+# The official openai and ollama npm clients, for the API compatibility
+# tests (pinned by tests/node/package-lock.json).  Installed again whenever
+# the lock file is newer than the stamp of the last install.
+NODE_STAMP := tests/node/node_modules/.lyra-installed
+node-deps: $(NODE_STAMP)
+$(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
+	@npm ci --prefix tests/node --no-audit --no-fund --loglevel=error && touch $@
 
 # puppeteer-core for the dashboard's browser tests (tests/ui/, pinned by its
 # package-lock.json): installed again whenever the lock file changes (the

@@ -18,6 +18,8 @@ declare -A tool_package=(
     # ctest integration.it_nginx (deploy/nginx/lyra.conf in front of Lyra);
     # systemd-analyze (it_systemd) comes with systemd
     [nginx]=nginx-light [systemd-analyze]=systemd [shellcheck]=shellcheck
+    # it_pull and it_ollama_node download from tests/tools/pull_server.py
+    [python3]=python3
 )
 packages=(
     ca-certificates

@@ -7,6 +7,7 @@
  *           an unknown permission name is held by admin alone).
  * Handlers that act on one model also check the caller's model patterns.
  * Adding an endpoint touches this table and the file of its resource. */
+#include "api/ollama.h"
 #include "api/server.h"
 #include "api/ui.h"
 
@@ -64,5 +65,16 @@ const struct lyra_route lyra_routes[] = {
     {"GET", "/ui", lyra_api_ui_index, ""},
     {"GET", "/ui/", lyra_api_ui_index, ""},
     {"GET", "/ui/{file}", lyra_api_ui_file, ""},
+    /* Ollama-compatible API (api/ollama.c; HEAD / is GET / above) */
+    {"POST", "/api/chat", lyra_api_ollama_chat, "chat"},
+    {"POST", "/api/generate", lyra_api_ollama_generate, "chat"},
+    {"POST", "/api/embed", lyra_api_ollama_embed, "chat"},
+    {"POST", "/api/embeddings", lyra_api_ollama_embeddings, "chat"},
+    {"GET", "/api/tags", lyra_api_ollama_tags, "models.read"},
+    {"GET", "/api/ps", lyra_api_ollama_ps, "models.read"},
+    {"POST", "/api/show", lyra_api_ollama_show, "models.read"},
+    {"POST", "/api/pull", lyra_api_ollama_pull, "models.pull"},
+    {"DELETE", "/api/delete", lyra_api_ollama_delete, "models.delete"},
+    {"GET", "/api/version", lyra_api_ollama_version, "self"},
 };
 const size_t lyra_n_routes = sizeof lyra_routes / sizeof *lyra_routes;

@@ -9,8 +9,10 @@
  *                                   POST /users/{name}/role
  * A new key is printed alone on stdout (KEY=$(lyra keys create ...)), its
  * description on stderr; no other output ever contains a key.
- * Exit status: 0, 1 the daemon refused or cannot be reached (its message is
- * printed), 2 usage. */
+ * Every command takes --json: the daemon's answer (login and logout: what
+ * they did) as JSON on stdout instead of sentences.
+ * Exit status (cli/output.h): 0, 1 the daemon refused (its message is
+ * printed), 2 usage, 3 no daemon at the URL. */
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -24,6 +26,7 @@
 #include "cli/client.h"
 #include "cli/credentials.h"
 #include "cli/expiry.h"
+#include "cli/output.h"
 #include "core/util.h"
 
 #define TIMEOUT_S 30
@@ -115,7 +118,7 @@ static int call(struct lyra_client *c, const char *cmd, const char *method, cons
     int rc = path ? lyra_client_request_json(c, method, path, body, TIMEOUT_S, answer) : LYRA_ENOMEM;
     if (rc < 0) {
         fprintf(stderr, "lyra %s: %s\n", cmd, !path ? "out of memory" : lyra_client_errmsg(c));
-        return 1;
+        return path ? lyra_cli_exit_code(rc) : 1;
     }
     return 0;
 }
@@ -218,12 +221,13 @@ static void print_new_key(const char *cmd, json_t *answer)
 
 static void login_usage(FILE *out)
 {
-    fprintf(out, "usage: lyra login [--url URL] [--api-key-file PATH] [--home DIR]\n\n"
+    fprintf(out, "usage: lyra login [--json] [--url URL] [--api-key-file PATH] [--home DIR]\n\n"
                  "Reads an API key (from stdin; at a terminal, a prompt that does not echo),\n"
                  "checks it with the daemon (GET /permissions) and stores it for the daemon's\n"
                  "URL in the credentials file ($LYRA_CONFIG_DIR, else $XDG_CONFIG_HOME/lyra,\n"
                  "else ~/.config/lyra; file `credentials`, mode 0600), where every client\n"
                  "command finds it when neither --api-key nor LYRA_API_KEY gives a key.\n"
+                 "  --json      print {url, principal, role} instead of a sentence\n"
                  "  --url URL   the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
                  "              then the configured host and port, 127.0.0.1:8000)\n");
     fputs(LYRA_CLI_KEY_USAGE, out);
@@ -311,7 +315,8 @@ int lyra_cmd_login(int argc, char **argv)
         return 2;
     const char *url_flag = NULL, *pos[1];
     int n_pos;
-    const struct opt opts[] = {{"--url", &url_flag, NULL}, {NULL, NULL, NULL}};
+    bool json = false;
+    const struct opt opts[] = {{"--url", &url_flag, NULL}, {"--json", NULL, &json}, {NULL, NULL, NULL}};
     int st = parse(argc, argv, 1, opts, pos, 0, &n_pos, "login", login_usage);
     if (st >= 0)
         return st;
@@ -321,7 +326,8 @@ int lyra_cmd_login(int argc, char **argv)
     struct lyra_client *c = NULL;
     json_t *answer = NULL;
     int status = 1;
-    if (lyra_client_find_daemon(url_flag, &flags, &url) < 0)
+    enum lyra_client_origin origin;
+    if (lyra_client_locate(url_flag, &flags, &url, &origin) < 0)
         goto out;
     if (flags.api_key || flags.api_key_file) {
         if (lyra_client_resolve_key(&flags, url, "login", &key, &source) < 0)
@@ -340,12 +346,14 @@ int lyra_cmd_login(int argc, char **argv)
         goto out;
     }
     lyra_client_set_hint(c, false);
+    lyra_client_set_origin(c, origin);
     if (lyra_client_set_key(c, key, source) < 0) {
         fprintf(stderr, "lyra login: %s\n", lyra_client_errmsg(c));
         goto out;
     }
-    if (call(c, "login", "GET", "/permissions", NULL, &answer) != 0)
+    if ((status = call(c, "login", "GET", "/permissions", NULL, &answer)) != 0)
         goto out;
+    status = 1;
     json_t *caller = json_object_get(answer, "caller");
     const char *who = str(caller, "principal", str(caller, "name", NULL));
     const char *role = str(caller, "role", "?");
@@ -365,10 +373,15 @@ int lyra_cmd_login(int argc, char **argv)
         goto out;
     }
     int rc = lyra_credentials_store(dir, lyra_client_url(c), key, &err);
-    if (rc < 0)
+    if (rc < 0) {
         fprintf(stderr, "lyra login: %s\n", err.msg);
-    else
+    } else if (json) {
+        json_t *j = json_pack("{s:s, s:s, s:s}", "url", lyra_client_url(c), "principal", who, "role", role);
+        rc = j && lyra_cli_print_json("login", j, false) == 0 ? 0 : -1;
+        json_decref(j);
+    } else {
         printf("logged in to %s as %s (role %s)\n", lyra_client_url(c), who, role);
+    }
     free(dir);
     status = rc < 0 ? 1 : 0;
 out:
@@ -383,9 +396,10 @@ out:
 
 static void logout_usage(FILE *out)
 {
-    fprintf(out, "usage: lyra logout [--url URL] [--home DIR]\n\n"
+    fprintf(out, "usage: lyra logout [--json] [--url URL] [--home DIR]\n\n"
                  "Removes the key `lyra login` stored for the daemon's URL from the credentials\n"
                  "file.  The key itself stays valid: `lyra keys revoke ID` ends it.\n"
+                 "  --json      print {url, removed} instead of a sentence\n"
                  "  --url URL   the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
                  "              then the configured host and port, 127.0.0.1:8000)\n");
 }
@@ -398,7 +412,8 @@ int lyra_cmd_logout(int argc, char **argv)
         return 2;
     const char *url_flag = NULL, *pos[1];
     int n_pos;
-    const struct opt opts[] = {{"--url", &url_flag, NULL}, {NULL, NULL, NULL}};
+    bool json = false;
+    const struct opt opts[] = {{"--url", &url_flag, NULL}, {"--json", NULL, &json}, {NULL, NULL, NULL}};
     int st = parse(argc, argv, 1, opts, pos, 0, &n_pos, "logout", logout_usage);
     if (st >= 0)
         return st;
@@ -412,7 +427,12 @@ int lyra_cmd_logout(int argc, char **argv)
     }
     struct lyra_err err = {0};
     int rc = lyra_credentials_remove(dir, url, &err);
-    if (rc == 0)
+    if (json && (rc == 0 || rc == LYRA_ENOTFOUND)) {
+        json_t *j = json_pack("{s:s, s:b}", "url", url, "removed", rc == 0);
+        if (!j || lyra_cli_print_json("logout", j, false) != 0)
+            rc = LYRA_ENOMEM;
+        json_decref(j);
+    } else if (rc == 0)
         printf("logged out of %s\n", url);
     else if (rc == LYRA_ENOTFOUND)
         printf("no key was stored for %s\n", url);
@@ -429,9 +449,9 @@ static void keys_usage(FILE *out)
 {
     fprintf(out, "usage: lyra keys create --role ROLE [--name N] [--expires D] [--label L]\n"
                  "       lyra keys create --user NAME [--expires D] [--label L]\n"
-                 "       lyra keys list [--user NAME] [--json]\n"
+                 "       lyra keys list [--user NAME]\n"
                  "       lyra keys revoke ID\n"
-                 "       (each also takes --url URL, --home DIR and the key flags below)\n\n"
+                 "       (each also takes --json, --url URL, --home DIR and the key flags below)\n\n"
                  "create makes a key and prints it alone on stdout, once (KEY=$(lyra keys\n"
                  "create ...)): with --role, for a new service account N (generated when\n"
                  "--name is absent) holding ROLE; with --user, for the existing principal NAME.\n"
@@ -439,13 +459,14 @@ static void keys_usage(FILE *out)
                  "                (00:00 UTC that day); default: never\n"
                  "  --label L     free text shown by `keys list`\n"
                  "list shows ID PREFIX PRINCIPAL LABEL STATE EXPIRES LAST USED (all keys, or\n"
-                 "NAME's); --json prints the daemon's JSON.  revoke ends key ID at once.\n"
+                 "NAME's).  revoke ends key ID at once.  --json prints the daemon's JSON\n"
+                 "answer instead (create: with the key in it).\n"
                  "These need permission permissions.manage (the admin role).\n");
     fputs(LYRA_CLI_KEY_USAGE, out);
 }
 
 static int keys_create(struct lyra_client *c, const char *role, const char *name, const char *user,
-                       const char *expires, const char *label)
+                       const char *expires, const char *label, bool json)
 {
     struct lyra_expiry exp = {0};
     struct lyra_err err = {0};
@@ -475,9 +496,12 @@ static int keys_create(struct lyra_client *c, const char *role, const char *name
     json_t *answer = NULL;
     int st = call(c, "keys create", "POST", "/keys", body, &answer);
     json_decref(body);
-    if (st == 0)
+    if (st == 0 && json)
+        lyra_cli_print_json("keys create", answer, false);
+    else if (st == 0)
         print_new_key("keys create", answer);
-    st = st == 0 && json_is_string(json_object_get(answer, "key")) ? 0 : 1;
+    if (st == 0)
+        st = json_is_string(json_object_get(answer, "key")) ? 0 : 1;
     json_decref(answer);
     return st;
 }
@@ -532,10 +556,10 @@ int lyra_cmd_keys(int argc, char **argv)
     const struct opt create_opts[] = {
         {"--url", &url_flag, NULL}, {"--role", &role, NULL},       {"--name", &name, NULL},
         {"--user", &user, NULL},    {"--expires", &expires, NULL}, {"--label", &label, NULL},
-        {NULL, NULL, NULL}};
+        {"--json", NULL, &json},    {NULL, NULL, NULL}};
     const struct opt list_opts[] = {
         {"--url", &url_flag, NULL}, {"--user", &user, NULL}, {"--json", NULL, &json}, {NULL, NULL, NULL}};
-    const struct opt revoke_opts[] = {{"--url", &url_flag, NULL}, {NULL, NULL, NULL}};
+    const struct opt revoke_opts[] = {{"--url", &url_flag, NULL}, {"--json", NULL, &json}, {NULL, NULL, NULL}};
     const struct opt *opts;
     char cmd[32];
     snprintf(cmd, sizeof cmd, "keys %s", verb);
@@ -571,12 +595,14 @@ int lyra_cmd_keys(int argc, char **argv)
         return 1;
     json_t *answer = NULL;
     if (opts == create_opts) {
-        st = keys_create(c, role, name, user, expires, label);
+        st = keys_create(c, role, name, user, expires, label, json);
     } else if (opts == revoke_opts) {
         char *path = path_of("/keys/", pos[0], NULL);
         st = call(c, cmd, "DELETE", path, NULL, &answer);
         free(path);
-        if (st == 0)
+        if (st == 0 && json)
+            st = lyra_cli_print_json(cmd, answer, false);
+        else if (st == 0)
             printf("revoked key %s\n", str(answer, "revoked", pos[0]));
     } else {
         char *path = user ? path_of("/keys?principal=", user, NULL) : strdup("/keys");
@@ -597,10 +623,11 @@ int lyra_cmd_keys(int argc, char **argv)
 static void users_usage(FILE *out)
 {
     fprintf(out, "usage: lyra users add NAME --role ROLE [--service] [--key]\n"
-                 "       lyra users list [--json]\n"
+                 "       lyra users list\n"
                  "       lyra users remove NAME\n"
                  "       lyra users set-role NAME ROLE\n"
-                 "       (each also takes --url URL, --home DIR and the key flags below)\n\n"
+                 "       (each also takes --json (the daemon's answer), --url URL, --home DIR\n"
+                 "       and the key flags below)\n\n"
                  "add creates principal NAME with ROLE: a user, or with --service a service\n"
                  "account; --key also creates its first key and prints it alone on stdout,\n"
                  "once.  list shows NAME KIND ROLE KEYS CREATED; remove deletes NAME and\n"
@@ -659,9 +686,10 @@ int lyra_cmd_users(int argc, char **argv)
                                    {"--role", &role, NULL},
                                    {"--service", NULL, &service},
                                    {"--key", NULL, &key},
+                                   {"--json", NULL, &json},
                                    {NULL, NULL, NULL}};
     const struct opt list_opts[] = {{"--url", &url_flag, NULL}, {"--json", NULL, &json}, {NULL, NULL, NULL}};
-    const struct opt plain_opts[] = {{"--url", &url_flag, NULL}, {NULL, NULL, NULL}};
+    const struct opt plain_opts[] = {{"--url", &url_flag, NULL}, {"--json", NULL, &json}, {NULL, NULL, NULL}};
     const struct opt *opts;
     char cmd[32];
     snprintf(cmd, sizeof cmd, "users %s", verb);
@@ -704,7 +732,11 @@ int lyra_cmd_users(int argc, char **argv)
                              "that is not UTF-8\n",
                              cmd),
                      2);
-        if (st == 0 && key) {
+        if (st == 0 && json) {
+            st = lyra_cli_print_json(cmd, answer, false);
+            if (st == 0 && key && !json_is_string(json_object_get(answer, "key")))
+                st = 1;
+        } else if (st == 0 && key) {
             print_new_key(cmd, answer);
             st = json_is_string(json_object_get(answer, "key")) ? 0 : 1;
         } else if (st == 0) {
@@ -720,13 +752,17 @@ int lyra_cmd_users(int argc, char **argv)
     } else if (want_pos == 1) {
         path = path_of("/users/", pos[0], NULL);
         st = call(c, cmd, "DELETE", path, NULL, &answer);
-        if (st == 0)
+        if (st == 0 && json)
+            st = lyra_cli_print_json(cmd, answer, false);
+        else if (st == 0)
             printf("removed %s (its keys are revoked)\n", str(answer, "removed", pos[0]));
     } else {
         path = path_of("/users/", pos[0], "/role");
         body = json_pack("{s:s?}", "role", pos[1]);
         st = body ? call(c, cmd, "POST", path, body, &answer) : 2;
-        if (st == 0)
+        if (st == 0 && json)
+            st = lyra_cli_print_json(cmd, answer, false);
+        else if (st == 0)
             printf("%s now has role %s\n", pos[0], str(answer, "role", pos[1]));
     }
     free(path);

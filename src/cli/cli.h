@@ -10,6 +10,7 @@ int lyra_cmd_config(int argc, char **argv);
 int lyra_cmd_run(int argc, char **argv);
 int lyra_cmd_ls(int argc, char **argv);
 int lyra_cmd_ps(int argc, char **argv);
+int lyra_cmd_status(int argc, char **argv);
 int lyra_cmd_load(int argc, char **argv);
 int lyra_cmd_unload(int argc, char **argv);
 int lyra_cmd_pin(int argc, char **argv);

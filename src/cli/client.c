@@ -25,6 +25,7 @@ struct lyra_client {
     char *key;              /* the bearer token, wiped at free; NULL: none */
     const char *key_source; /* where it came from ("LYRA_API_KEY"), static */
     bool no_hint;           /* a 401 does not say how to give a key */
+    enum lyra_client_origin origin;
     long status;
     long retry_after; /* of the last answer, -1 when it had none */
     char msg[LYRA_ERR_MSG_MAX];
@@ -89,9 +90,20 @@ static char *strip_slashes(const char *url)
 
 int lyra_client_find_daemon(const char *url_flag, const struct lyra_common_flags *flags, char **out)
 {
+    return lyra_client_locate(url_flag, flags, out, NULL);
+}
+
+int lyra_client_locate(const char *url_flag, const struct lyra_common_flags *flags, char **out,
+                       enum lyra_client_origin *origin)
+{
     *out = NULL;
-    const char *url = url_flag && *url_flag ? url_flag : getenv("LYRA_URL");
+    enum lyra_client_origin dummy;
+    if (!origin)
+        origin = &dummy;
+    bool from_flag = url_flag && *url_flag;
+    const char *url = from_flag ? url_flag : getenv("LYRA_URL");
     if (url && *url) {
+        *origin = from_flag ? LYRA_URL_FROM_FLAG : LYRA_URL_FROM_ENV;
         *out = strip_slashes(url);
         return *out ? 0 : LYRA_ENOMEM;
     }
@@ -99,6 +111,7 @@ int lyra_client_find_daemon(const char *url_flag, const struct lyra_common_flags
     if (lyra_cli_load_config(&cfg, flags, 0) != 0)
         return LYRA_ECONFIG;
     char *found = url_from_state_file(cfg.home);
+    *origin = found ? LYRA_URL_FROM_STATE : LYRA_URL_FROM_CONFIG;
     if (!found)
         found = url_of(cfg.server.host, cfg.server.port > 0 ? cfg.server.port : 8000);
     lyra_config_free(&cfg);
@@ -190,6 +203,33 @@ int lyra_client_set_key(struct lyra_client *c, const char *key, const char *sour
     c->key = copy;
     c->key_source = key ? (source ? source : "the caller") : NULL;
     return 0;
+}
+
+void lyra_client_set_origin(struct lyra_client *c, enum lyra_client_origin origin)
+{
+    c->origin = origin;
+}
+
+int lyra_client_unreachable(const char *base, enum lyra_client_origin origin, bool resolve_failed, bool slow,
+                            char *msg, size_t len)
+{
+    const char *from = origin == LYRA_URL_FROM_FLAG  ? "--url"
+                       : origin == LYRA_URL_FROM_ENV ? "env LYRA_URL"
+                                                     : NULL;
+    if (resolve_failed)
+        lyra_fmt(msg, len, "cannot resolve the host of %s%s%s%s: check the address", base, from ? " (from " : "",
+                 from ? from : "", from ? ")" : "");
+    else if (slow)
+        lyra_fmt(msg, len, "%s%s%s%s did not accept a connection in time: check the address and firewalls",
+                 base, from ? " (from " : "", from ? from : "", from ? ")" : "");
+    else if (from)
+        lyra_fmt(msg, len,
+                 "connection refused at %s (from %s): no Lyra daemon listens there; check the address "
+                 "(`lyra serve` logs where it listens)",
+                 base, from);
+    else
+        lyra_fmt(msg, len, "no Lyra daemon at %s: start it with `lyra serve` (or make run)", base);
+    return LYRA_EUNAVAILABLE;
 }
 
 void lyra_client_set_hint(struct lyra_client *c, bool hint)
@@ -293,16 +333,18 @@ static int fail_transfer(struct lyra_client *c, CURLcode rc)
     curl_off_t connect_us = 0;
     curl_easy_getinfo(c->curl, CURLINFO_CONNECT_TIME_T, &connect_us);
     const char *detail = c->curl_err[0] ? c->curl_err : curl_easy_strerror(rc);
+    char text[LYRA_ERR_MSG_MAX];
     switch (rc) {
     case CURLE_COULDNT_CONNECT:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
-        return set_err(c, LYRA_EUNAVAILABLE, "cannot reach the Lyra daemon at %s: is `lyra serve` running?",
-                       c->base);
+        lyra_client_unreachable(c->base, c->origin, rc != CURLE_COULDNT_CONNECT, false, text, sizeof text);
+        return set_err(c, LYRA_EUNAVAILABLE, "%s", text);
     case CURLE_OPERATION_TIMEDOUT:
-        if (connect_us == 0)
-            return set_err(c, LYRA_EUNAVAILABLE,
-                           "cannot reach the Lyra daemon at %s: is `lyra serve` running?", c->base);
+        if (connect_us == 0) {
+            lyra_client_unreachable(c->base, c->origin, false, true, text, sizeof text);
+            return set_err(c, LYRA_EUNAVAILABLE, "%s", text);
+        }
         return set_err(c, LYRA_ETIMEOUT, "the Lyra daemon at %s did not answer in time", c->base);
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
@@ -787,7 +829,8 @@ int lyra_client_connect(const char *url_flag, const struct lyra_common_flags *fl
     *out = NULL;
     char *url = NULL, *key = NULL;
     const char *source = NULL;
-    int rc = lyra_client_find_daemon(url_flag, flags, &url);
+    enum lyra_client_origin origin;
+    int rc = lyra_client_locate(url_flag, flags, &url, &origin);
     if (rc < 0) {
         if (rc != LYRA_ECONFIG) /* configuration errors are printed where found */
             fprintf(stderr, "lyra %s: %s\n", cmd, lyra_strerror(rc));
@@ -797,6 +840,8 @@ int lyra_client_connect(const char *url_flag, const struct lyra_common_flags *fl
     struct lyra_err err = {0};
     if (rc == 0 && (rc = lyra_client_new(out, url, &err)) < 0)
         fprintf(stderr, "lyra %s: %s\n", cmd, err.msg);
+    if (rc == 0)
+        lyra_client_set_origin(*out, origin);
     if (rc == 0 && key && (rc = lyra_client_set_key(*out, key, source)) < 0)
         fprintf(stderr, "lyra %s: %s\n", cmd, lyra_client_errmsg(*out));
     if (rc < 0) {

@@ -6,8 +6,15 @@
  * server-sent-event stream chunk by chunk.  Every call returns 0 or a
  * negative LYRA_E* code and leaves a message for a person on the handle
  * (lyra_client_errmsg):
- *   LYRA_EUNAVAILABLE  the daemon cannot be reached ("cannot reach the Lyra
- *                      daemon at URL: is `lyra serve` running?")
+ *   LYRA_EUNAVAILABLE  no daemon answers at the URL.  The message depends on
+ *                      how the URL was found (lyra_client_set_origin): the
+ *                      default one (serve.json, the configuration) says
+ *                      "no Lyra daemon at URL: start it with `lyra serve`
+ *                      (or make run)"; one given by --url or LYRA_URL says
+ *                      the connection was refused there and to check the
+ *                      address; an unknown host and a connection that is
+ *                      not accepted in time say so
+ *   LYRA_ETIMEOUT      connected, but the daemon did not answer in time
  *   LYRA_EIO           the daemon answered 4xx/5xx: the message is the
  *                      daemon's own (error.message of Lyra's and OpenAI's
  *                      error shapes); lyra_client_status() has the status.
@@ -42,6 +49,32 @@
 #define LYRA_CLIENT_MAX_BODY (64u << 20)
 
 struct lyra_client;
+
+/* Where a daemon URL came from; the messages of LYRA_EUNAVAILABLE differ. */
+enum lyra_client_origin {
+    LYRA_URL_FROM_CONFIG = 0, /* the configured server.host:port (default) */
+    LYRA_URL_FROM_STATE,      /* $LYRA_HOME/serve.json of a running daemon */
+    LYRA_URL_FROM_FLAG,       /* --url */
+    LYRA_URL_FROM_ENV,        /* env LYRA_URL */
+};
+
+/* As lyra_client_find_daemon, and *origin (may be NULL) says which source
+ * gave the URL. */
+int lyra_client_locate(const char *url_flag, const struct lyra_common_flags *flags, char **out,
+                       enum lyra_client_origin *origin);
+
+/* Tells the client how its URL was found (default LYRA_URL_FROM_CONFIG),
+ * for the message when nothing answers there.  lyra_client_connect sets
+ * it. */
+void lyra_client_set_origin(struct lyra_client *c, enum lyra_client_origin origin);
+
+/* The message (into msg, len bytes) for a daemon at `base` that could not
+ * be reached: `resolve_failed` when the host name is unknown, `slow` when
+ * the connection was not accepted in time, else refused.  Returns
+ * LYRA_EUNAVAILABLE.  For callers that make their own transfers (`lyra
+ * events`). */
+int lyra_client_unreachable(const char *base, enum lyra_client_origin origin, bool resolve_failed, bool slow,
+                            char *msg, size_t len);
 
 /* The daemon's base URL, first found of: `url_flag` (--url, may be NULL),
  * env LYRA_URL, the `url` of $LYRA_HOME/serve.json when the pid it names is

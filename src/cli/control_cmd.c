@@ -5,9 +5,9 @@
  * finished, the worker exited), so the command waits for it, up to
  * --timeout seconds.
  *
- * Exit status: 0 done, 1 the daemon refused or failed (its message is
- * printed, with the Retry-After of a 503 when a model cannot fit now) or
- * cannot be reached, 2 usage. */
+ * Exit status (cli/output.h): 0 done, 1 the daemon refused or failed (its
+ * message is printed, with the Retry-After of a 503 when a model cannot fit
+ * now), 2 usage, 3 no daemon at the URL. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +15,7 @@
 
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/output.h"
 
 /* Long enough for the daemon's own deadlines (models.load_timeout_s 120 by
  * default; an unload first lets the requests in flight finish). */
@@ -164,14 +165,9 @@ static int run_action(const struct action *a, int argc, char **argv)
         if (lyra_client_status(c) == 503 && retry >= 0)
             fprintf(stderr, " (retry after %ld s)", retry);
         fputc('\n', stderr);
-        status = 1;
+        status = lyra_cli_exit_code(rc);
     } else if (json) {
-        char *s = json_dumps(answer, JSON_INDENT(2));
-        if (s)
-            printf("%s\n", s);
-        else
-            status = 1;
-        free(s);
+        status = lyra_cli_print_json(a->name, answer, false);
     } else {
         print_done(a->name, name, answer);
     }

@@ -2,7 +2,10 @@
  * daemon's event stream (SSE, GET /events) and prints one JSON line per
  * event, as it arrives.  When the stream drops after it was open (the
  * daemon restarts), it reconnects every second with Last-Event-ID, so no
- * event is lost or printed twice.  SIGINT/SIGTERM end it with status 0. */
+ * event is lost or printed twice.  SIGINT/SIGTERM end it with status 0.
+ * The output is JSON already (one object per line, never coloured);
+ * --json is accepted for symmetry with the other commands.  Exit status:
+ * 0, 1 the daemon refused, 2 usage, 3 no daemon at the URL. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <signal.h>
@@ -13,6 +16,7 @@
 
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/output.h"
 
 static volatile sig_atomic_t stop_flag;
 
@@ -78,11 +82,12 @@ static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: lyra events [--since SEQ] [--types PATTERNS] [--url URL] [--home DIR]\n\n"
+    fprintf(f, "usage: lyra events [--since SEQ] [--types PATTERNS] [--json] [--url URL] [--home DIR]\n\n"
                "Prints the daemon's events as they happen, one JSON object per line\n"
                "({seq, ts, type, source, data}), from GET /events (server-sent events).\n"
                "  --since SEQ       first replay every event after SEQ, then go on live\n"
                "  --types PATTERNS  only these types: model.*,job.*,system.startup\n"
+               "  --json            the default: the output is JSON lines already\n"
                "Reconnects (without loss) when the daemon restarts; Ctrl-C ends it.\n");
     fputs(LYRA_CLI_KEY_USAGE, f);
 }
@@ -103,6 +108,8 @@ int lyra_cmd_events(int argc, char **argv)
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
+        } else if (strcmp(a, "--json") == 0) {
+            continue;
         } else if (dst && i + 1 < argc) {
             *dst = argv[++i];
         } else if (strncmp(a, "--since=", 8) == 0) {
@@ -122,7 +129,8 @@ int lyra_cmd_events(int argc, char **argv)
         return 2;
     }
     char *base = NULL;
-    int rc = lyra_client_find_daemon(url_flag, &flags, &base);
+    enum lyra_client_origin origin;
+    int rc = lyra_client_locate(url_flag, &flags, &base, &origin);
     if (rc < 0) {
         if (rc != LYRA_ECONFIG)
             fprintf(stderr, "lyra events: %s\n", lyra_strerror(rc));
@@ -170,6 +178,7 @@ int lyra_cmd_events(int argc, char **argv)
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
         if (key) {
             curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
             curl_easy_setopt(h, CURLOPT_XOAUTH2_BEARER, key);
@@ -192,9 +201,18 @@ int lyra_cmd_events(int argc, char **argv)
             status = 1;
             break;
         } else if (!t->opened) {
-            fprintf(stderr, "lyra events: cannot reach the Lyra daemon at %s (%s): is `lyra serve` running?\n",
-                    base, curl_easy_strerror(cc));
-            status = 1;
+            char msg[512];
+            if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
+                cc == CURLE_COULDNT_RESOLVE_PROXY || cc == CURLE_OPERATION_TIMEDOUT) {
+                lyra_client_unreachable(base, origin, cc != CURLE_COULDNT_CONNECT && cc != CURLE_OPERATION_TIMEDOUT,
+                                        cc == CURLE_OPERATION_TIMEDOUT, msg, sizeof msg);
+                status = LYRA_EXIT_NO_DAEMON;
+            } else {
+                snprintf(msg, sizeof msg, "request to the Lyra daemon at %s failed: %s", base,
+                         curl_easy_strerror(cc));
+                status = LYRA_EXIT_ERROR;
+            }
+            fprintf(stderr, "lyra events: %s\n", msg);
             break;
         }
         free(t->data);

@@ -2,9 +2,9 @@
  *   lyra jobs [--state S] [--type T] [--limit N] [--json]   table: ID TYPE STATE PROGRESS AGE
  *   lyra jobs show ID [--json]                               one job, every field
  *   lyra jobs cancel ID                                      POST /jobs/ID/cancel
- * Exit status: 0, 1 when the daemon refused or could not be reached (the
- * daemon's message is printed: "job ... not found", "already succeeded"),
- * 2 for a usage error. */
+ * Exit status (cli/output.h): 0, 1 when the daemon refused (its message is
+ * printed: "job ... not found", "already succeeded"), 2 for a usage error,
+ * 3 when no daemon answers at the URL. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,13 +12,14 @@
 
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/output.h"
 #include "core/util.h"
 
 static void usage(FILE *out)
 {
     fprintf(out, "usage: lyra jobs [--state STATE] [--type TYPE] [--limit N] [--json] [--url URL]\n"
                  "       lyra jobs show ID [--json] [--url URL]\n"
-                 "       lyra jobs cancel ID [--url URL]\n\n"
+                 "       lyra jobs cancel ID [--json] [--url URL]\n\n"
                  "Lists the daemon's background jobs (warmup, verify, unload, pull), newest\n"
                  "first, shows one, or cancels a queued or running one.\n"
                  "  --state S   queued, running, succeeded, failed or cancelled\n"
@@ -238,13 +239,12 @@ int lyra_cmd_jobs(int argc, char **argv)
         fprintf(stderr, "lyra jobs: %s\n",
                 rc == LYRA_EPARSE ? "the daemon's answer is not JSON" : lyra_client_errmsg(c));
         lyra_client_free(c);
-        return 1;
+        return lyra_cli_exit_code(rc);
     }
     lyra_client_free(c);
+    int status = 0;
     if (json) {
-        char *s = json_dumps(answer, JSON_INDENT(2));
-        printf("%s\n", s ? s : "null");
-        free(s);
+        status = lyra_cli_print_json("jobs", answer, false);
     } else if (verb && strcmp(verb, "cancel") == 0) {
         printf("job %s: %s\n", id, json_string_value(json_object_get(answer, "state")) ?: "cancel requested");
     } else if (verb) {
@@ -253,5 +253,5 @@ int lyra_cmd_jobs(int argc, char **argv)
         print_table(json_object_get(answer, "jobs"));
     }
     json_decref(answer);
-    return 0;
+    return status;
 }

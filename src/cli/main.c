@@ -1,8 +1,10 @@
 /* main.c — `lyra`: one binary, subcommands. */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/output.h"
 #include "worker/worker.h"
 
 static const struct {
@@ -14,6 +16,7 @@ static const struct {
     {"run", lyra_cmd_run, "chat with a model, or answer one prompt (streamed)"},
     {"ls", lyra_cmd_ls, "list the models the daemon knows"},
     {"ps", lyra_cmd_ps, "list the models loaded now"},
+    {"status", lyra_cmd_status, "show the daemon's state: memory, CPU, GPUs, cache, loaded models"},
     {"load", lyra_cmd_load, "load a model now and wait until it is ready"},
     {"unload", lyra_cmd_unload, "stop a model's worker and wait until it exited"},
     {"pin", lyra_cmd_pin, "keep a model loaded (loads it), never evicted"},
@@ -51,17 +54,37 @@ int lyra_cmd_help(int argc, char **argv)
         printf("  %-8s %s\n", commands[i].name, commands[i].summary);
     printf("\n`lyra <command> --help` shows a command's options.  The client commands send\n"
            "the API key of --api-key-file PATH or --api-key KEY, else of env LYRA_API_KEY,\n"
-           "else the one `lyra login` stored for the daemon's URL.\n");
+           "else the one `lyra login` stored for the daemon's URL.  Every client command\n"
+           "takes --json (output for scripts).  Exit status: 0 ok, 1 the daemon refused\n"
+           "or failed, 2 usage, 3 no daemon at the URL.\n");
     return 0;
 }
 
 int lyra_cmd_version(int argc, char **argv)
 {
-    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        printf("usage: lyra version\n\nPrints Lyra's version.\n");
-        return 0;
+#ifndef LYRA_LLAMA_CPP_VERSION
+#define LYRA_LLAMA_CPP_VERSION "unknown"
+#endif
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: lyra version [--json]\n\nPrints Lyra's version and the llama.cpp it was built with.\n"
+                   "  --json   print {\"version\", \"llama_cpp\"}\n");
+            return 0;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = true;
+        } else {
+            fprintf(stderr, "lyra version: unknown argument '%s'\n", argv[i]);
+            return LYRA_EXIT_USAGE;
+        }
     }
-    printf("lyra %s\n", LYRA_VERSION);
+    if (json) {
+        json_t *j = json_pack("{s:s, s:s}", "version", LYRA_VERSION, "llama_cpp", LYRA_LLAMA_CPP_VERSION);
+        int st = j ? lyra_cli_print_json("version", j, false) : LYRA_EXIT_ERROR;
+        json_decref(j);
+        return st;
+    }
+    printf("lyra %s (llama.cpp %s)\n", LYRA_VERSION, LYRA_LLAMA_CPP_VERSION);
     return 0;
 }
 

@@ -7,6 +7,7 @@
 
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/output.h"
 
 /* --- tables --------------------------------------------------------- */
 
@@ -201,7 +202,7 @@ static int fetch(const struct cmd *cmd, int argc, char **argv, json_t **out, cha
     if (rc < 0) {
         json_decref(*out);
         *out = NULL;
-        return 1;
+        return lyra_cli_exit_code(rc);
     }
     return -1;
 }

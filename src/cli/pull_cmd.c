@@ -7,8 +7,13 @@
  * giving up after 60 s without one.  Interrupting the command does not
  * cancel the pull.
  *
- * Exit status: 0 the job succeeded, 1 it failed or was cancelled (its error
- * is printed) or the daemon refused or stayed away, 2 usage. */
+ * The bar is drawn only when stderr is a terminal (and TERM is not dumb);
+ * to a pipe or a log it prints one line per 10 % instead; --json draws
+ * nothing and prints the job's final state (GET /jobs/{id}) on stdout.
+ *
+ * Exit status (cli/output.h): 0 the job succeeded, 1 it failed or was
+ * cancelled (its error is printed) or the daemon refused, 2 usage, 3 no
+ * daemon at the URL (at the start, or for 60 s while following). */
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -19,6 +24,7 @@
 
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/output.h"
 #include "core/util.h"
 
 #define POLL_MS 250
@@ -26,13 +32,14 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: lyra pull SOURCE [--name N] [--sha256 H] [--url URL] [--home DIR]\n"
-                 "       [--config FILE]\n\n"
+    fprintf(out, "usage: lyra pull SOURCE [--name N] [--sha256 H] [--json] [--url URL]\n"
+                 "       [--home DIR] [--config FILE]\n\n"
                  "Downloads a GGUF model into the daemon's models directory and shows its\n"
                  "progress.  SOURCE is an http(s) URL, hf://ORG/REPO/FILE.gguf (Hugging Face;\n"
                  "the daemon's HF_TOKEN is used), or a local file path (copied).\n"
                  "  --name N     the model's name (default: the file name without .gguf)\n"
                  "  --sha256 H   the expected SHA-256; a mismatch fails and keeps nothing\n"
+                 "  --json       no progress; print the job's final state as JSON on stdout\n"
                  "  --url URL    the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
                  "               then the configured host and port, 127.0.0.1:8000)\n"
                  "Interrupting the command leaves the pull running in the daemon.\n");
@@ -55,6 +62,7 @@ static void human_bytes(double b, char *out, size_t cap)
 }
 
 struct bar {
+    bool quiet; /* --json: nothing drawn */
     bool tty;
     bool drawn;
     int64_t last_ms;
@@ -82,6 +90,8 @@ static void draw(struct bar *b, const char *name, json_t *progress)
                  : rate > 0 && total > done ? (total - done) / rate
                                             : -1;
     char d[32], t[32], r[32], e[32] = "--:--";
+    if (b->quiet)
+        return;
     if (!b->tty) {
         int step = total > 0 ? (int)(10 * done / total) : 0;
         if (total > 0 && step > b->last_step) {
@@ -123,7 +133,8 @@ static int connect_daemon(const char *url_flag, const struct lyra_common_flags *
 {
     char *url = NULL, *key = NULL;
     const char *source = NULL;
-    int rc = lyra_client_find_daemon(url_flag, flags, &url);
+    enum lyra_client_origin origin;
+    int rc = lyra_client_locate(url_flag, flags, &url, &origin);
     if (rc < 0)
         return rc;
     struct lyra_err err = {0};
@@ -134,6 +145,8 @@ static int connect_daemon(const char *url_flag, const struct lyra_common_flags *
     rc = lyra_client_resolve_key(flags, url, "pull", &key, &source);
     if (rc == 0 && (rc = lyra_client_new(c, url, &err)) < 0 && !quiet)
         fprintf(stderr, "lyra pull: %s\n", err.msg);
+    if (rc == 0)
+        lyra_client_set_origin(*c, origin);
     if (rc == 0 && key && (rc = lyra_client_set_key(*c, key, source)) < 0)
         fprintf(stderr, "lyra pull: %s\n", lyra_client_errmsg(*c));
     if (rc < 0) {
@@ -149,11 +162,12 @@ static int connect_daemon(const char *url_flag, const struct lyra_common_flags *
 
 /* Follows job `id` until it ends.  Returns the exit status. */
 static int follow(struct lyra_client **c, const char *url_flag, const struct lyra_common_flags *flags,
-                  const char *id, const char *name)
+                  const char *id, const char *name, bool json)
 {
     char path[96];
     snprintf(path, sizeof path, "/jobs/%s", id);
-    struct bar b = {.tty = isatty(2) == 1};
+    const char *term = getenv("TERM");
+    struct bar b = {.quiet = json, .tty = lyra_cli_is_tty(stderr) && !(term && strcmp(term, "dumb") == 0)};
     int64_t away_since = 0;
     for (;;) {
         char *body = NULL;
@@ -174,7 +188,7 @@ static int follow(struct lyra_client **c, const char *url_flag, const struct lyr
                         "lyra pull: no daemon for %d s; the job %s goes on when it is back "
                         "(`lyra jobs`)\n",
                         GIVE_UP_MS / 1000, id);
-                return 1;
+                return LYRA_EXIT_NO_DAEMON;
             }
             sleep_ms(POLL_MS);
             connect_daemon(url_flag, flags, c, true);
@@ -200,7 +214,13 @@ static int follow(struct lyra_client **c, const char *url_flag, const struct lyr
         }
         draw(&b, name, json_object_get(job, "progress"));
         int status = -1;
-        if (strcmp(state, "succeeded") == 0) {
+        bool over = strcmp(state, "succeeded") == 0 || strcmp(state, "failed") == 0 ||
+                    strcmp(state, "cancelled") == 0;
+        if (json && over) {
+            status = strcmp(state, "succeeded") == 0 ? 0 : 1;
+            if (lyra_cli_print_json("pull", job, false) != 0)
+                status = 1;
+        } else if (strcmp(state, "succeeded") == 0) {
             end_bar(&b);
             json_t *r = json_object_get(job, "result");
             char size[32];
@@ -230,6 +250,7 @@ int lyra_cmd_pull(int argc, char **argv)
     if (argc < 0)
         return 2;
     const char *url_flag = NULL, *source = NULL, *name = NULL, *sha = NULL;
+    bool json = false;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         const char **dst = NULL;
@@ -243,6 +264,9 @@ int lyra_cmd_pull(int argc, char **argv)
             dst = &name;
         } else if (strncmp(arg, "--sha256", n = 8) == 0 && (arg[n] == '\0' || arg[n] == '=')) {
             dst = &sha;
+        } else if (strcmp(arg, "--json") == 0) {
+            json = true;
+            continue;
         } else if (arg[0] == '-' && arg[1] != '\0') {
             fprintf(stderr, "lyra pull: unknown option '%s'\n", arg);
             usage(stderr);
@@ -286,7 +310,7 @@ int lyra_cmd_pull(int argc, char **argv)
         fprintf(stderr, "lyra pull: %s\n",
                 rc == LYRA_ENOMEM && !req ? "out of memory" : lyra_client_errmsg(c));
         lyra_client_free(c);
-        return 1;
+        return lyra_cli_exit_code(rc);
     }
     const char *id = json_string_value(json_object_get(json_object_get(answer, "job"), "id"));
     if (!id) {
@@ -306,8 +330,9 @@ int lyra_cmd_pull(int argc, char **argv)
         shown[n] = '\0';
         name = shown;
     }
-    fprintf(stderr, "pulling %s (job %s)\n", name, job_id);
-    int status = follow(&c, url_flag, &flags, job_id, name);
+    if (!json)
+        fprintf(stderr, "pulling %s (job %s)\n", name, job_id);
+    int status = follow(&c, url_flag, &flags, job_id, name, json);
     lyra_client_free(c);
     return status;
 }

@@ -6,7 +6,14 @@
  * Ctrl-C: SIGINT sets the one flag below (installed without SA_RESTART, so
  * a read at the prompt returns at once); the transfer's progress callback
  * sees it and aborts the answer.  During an answer that returns to the
- * prompt, at the prompt it ends the chat. */
+ * prompt, at the prompt it ends the chat.
+ *
+ * --json: each answer is requested whole (stream: false) and the daemon's
+ * chat completion (choices, usage, timings) is printed as JSON instead of
+ * the text: indented for a one-shot prompt, one line per turn in a chat.
+ *
+ * Exit status (cli/output.h): 0, 1 the daemon refused or failed, 2 usage,
+ * 3 no daemon at the URL, 130 a one-shot answer stopped by Ctrl-C. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -17,6 +24,7 @@
 
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/output.h"
 
 static volatile sig_atomic_t interrupted;
 
@@ -37,6 +45,8 @@ static void usage(FILE *out)
                  "  --max-tokens N    at most N tokens per answer\n"
                  "  --seed N          sampling seed\n"
                  "  --system TEXT     a system message that opens the conversation\n"
+                 "  --json            print the daemon's whole answer (text, finish_reason,\n"
+                 "                    usage) as JSON instead of streaming the text\n"
                  "  --url URL         the daemon (default: env LYRA_URL, $LYRA_HOME/serve.json,\n"
                  "                    then the configured host and port, 127.0.0.1:8000)\n"
                  "  --home DIR, --config FILE, --host ADDR, --port N   as for `lyra serve`\n");
@@ -45,6 +55,7 @@ static void usage(FILE *out)
 
 struct run_opts {
     const char *url, *system;
+    bool json;
     json_t *params; /* sampling fields added to each request */
 };
 
@@ -90,9 +101,38 @@ static int on_chunk(json_t *chunk, void *ud)
 /* Streams one answer to `messages`.  Returns 0 (also when Ctrl-C stopped
  * it: `interrupted` says so) or a negative code after printing the error;
  * *text gets the answer shown (caller frees; may be NULL). */
+static int answer_json(struct lyra_client *c, const char *model, json_t *messages, const struct run_opts *o,
+                       bool compact, char **text)
+{
+    *text = NULL;
+    json_t *body = json_pack("{s:s, s:O, s:b}", "model", model, "messages", messages, "stream", 0);
+    if (!body || json_object_update(body, o->params) < 0) {
+        json_decref(body);
+        fprintf(stderr, "lyra run: out of memory\n");
+        return LYRA_ENOMEM;
+    }
+    json_t *reply = NULL;
+    int rc = lyra_client_post_json(c, "/v1/chat/completions", body, 3600, &reply);
+    json_decref(body);
+    if (rc < 0) {
+        fprintf(stderr, "lyra run: %s\n", lyra_client_errmsg(c));
+        return rc;
+    }
+    if (lyra_cli_print_json("run", reply, compact) != 0)
+        rc = LYRA_ENOMEM;
+    json_t *choice = json_array_get(json_object_get(reply, "choices"), 0);
+    const char *content = json_string_value(json_object_get(json_object_get(choice, "message"), "content"));
+    if (rc == 0 && content)
+        *text = strdup(content);
+    json_decref(reply);
+    return rc;
+}
+
 static int answer(struct lyra_client *c, const char *model, json_t *messages, const struct run_opts *o,
                   char **text)
 {
+    if (o->json)
+        return answer_json(c, model, messages, o, false, text);
     json_t *body = json_pack("{s:s, s:O, s:b}", "model", model, "messages", messages, "stream", 1);
     if (!body || json_object_update(body, o->params) < 0) {
         json_decref(body);
@@ -159,7 +199,7 @@ static int one_shot(struct lyra_client *c, const char *model, json_t *messages, 
     int rc = answer(c, model, messages, o, &text);
     free(text);
     if (rc < 0)
-        return 1;
+        return lyra_cli_exit_code(rc);
     return interrupted ? 130 : 0;
 }
 
@@ -169,7 +209,7 @@ static int one_shot(struct lyra_client *c, const char *model, json_t *messages, 
  * is dropped). */
 static int chat(struct lyra_client *c, const char *model, json_t *messages, const struct run_opts *o)
 {
-    bool tty = isatty(STDIN_FILENO);
+    bool tty = isatty(STDIN_FILENO) && !o->json;
     if (tty)
         printf("Chatting with %s at %s.  /bye or Ctrl-D ends, Ctrl-C stops an answer.\n", model,
                lyra_client_url(c));
@@ -199,9 +239,9 @@ static int chat(struct lyra_client *c, const char *model, json_t *messages, cons
             break;
         json_array_append_new(messages, message("user", line));
         char *text = NULL;
-        int rc = answer(c, model, messages, o, &text);
+        int rc = o->json ? answer_json(c, model, messages, o, true, &text) : answer(c, model, messages, o, &text);
         if (rc < 0 || (interrupted && !text)) {
-            status = rc < 0 ? 1 : status;
+            status = rc < 0 ? lyra_cli_exit_code(rc) : status;
             json_array_remove(messages, json_array_size(messages) - 1);
         } else {
             json_array_append_new(messages, message("assistant", text));
@@ -291,6 +331,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o, const char **mo
             usage(stdout);
             return 0;
         }
+        if (strcmp(arg, "--json") == 0) {
+            o->json = true;
+            continue;
+        }
         size_t k = 0, n_options = sizeof options / sizeof *options;
         const char *value = NULL;
         for (; k < n_options; k++) {
@@ -369,7 +413,9 @@ int lyra_cmd_run(int argc, char **argv)
     }
     if (lyra_client_connect(o.url, &flags, "run", &c) < 0)
         goto out;
-    struct sigaction sa = {.sa_handler = on_sigint}; /* no SA_RESTART: a read at the prompt returns */
+    /* --json answers are not streamed: Ctrl-C keeps its default (it ends the
+     * command), as the request cannot be stopped half-way and printed. */
+    struct sigaction sa = {.sa_handler = o.json ? SIG_DFL : on_sigint}; /* no SA_RESTART: a read returns */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     status = prompt ? one_shot(c, model, messages, prompt, &o) : chat(c, model, messages, &o);

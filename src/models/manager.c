@@ -17,6 +17,7 @@
 #include "models/manager.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -58,6 +59,7 @@ struct lyra_job {
     bool terminal, handed, started_load, queued;
     bool admin_load;          /* {"type":"load"}: ends when the worker is ready */
     bool counted;             /* counted as a cache hit or miss */
+    int keep_alive_s;         /* the request's keep_alive_s (LYRA_KEEP_ALIVE_UNSET: none) */
     bool accepted;            /* passed the queue-depth check (a re-route does not check again) */
     int attempts;
     int n_fallbacks;          /* fallback models tried */
@@ -90,8 +92,16 @@ struct mworker {
     int n_slots;               /* from its ready frame (0 before) */
     uint64_t est_host, est_device; /* the estimate it was admitted with */
     uint64_t rss;              /* last measured resident set (bytes), 0 before the first sample */
+    int keep_alive_s;          /* set by the last request that named one; LYRA_KEEP_ALIVE_UNSET: the model's */
     struct mworker *next;      /* m->workers */
 };
+
+/* How long an idle worker stays: the last request's keep_alive_s (Ollama's
+ * semantics: each request may say), else its model's setting. */
+static int worker_keep_alive(const struct mworker *w)
+{
+    return w->keep_alive_s != LYRA_KEEP_ALIVE_UNSET ? w->keep_alive_s : w->model->settings.keep_alive_s;
+}
 
 struct model_state {
     char name[128];
@@ -428,6 +438,7 @@ static struct mworker *worker_start(struct lyra_manager *m, struct model_state *
     }
     w->m = m;
     w->ms = ms;
+    w->keep_alive_s = LYRA_KEEP_ALIVE_UNSET;
     w->model = lyra_registry_ref(model);
     w->pending_tail = &w->pending;
     const struct lyra_model_settings *st = &model->settings;
@@ -504,6 +515,8 @@ static void worker_free(struct lyra_manager *m, struct mworker *w)
  * worker is then dying and its exit settles the job. */
 static void send_job(struct mworker *w, struct lyra_job *job)
 {
+    if (job->keep_alive_s != LYRA_KEEP_ALIVE_UNSET)
+        w->keep_alive_s = job->keep_alive_s;
     job->w = w;
     job->next = w->inflight;
     w->inflight = job;
@@ -540,6 +553,8 @@ static void job_loaded(struct lyra_job *job, struct mworker *w)
 static void dispatch(struct mworker *w, struct lyra_job *job)
 {
     job->load_ms = w->load_ms;
+    if (job->keep_alive_s != LYRA_KEEP_ALIVE_UNSET)
+        w->keep_alive_s = job->keep_alive_s;
     if (job->admin_load)
         job_loaded(job, w);
     else
@@ -594,8 +609,8 @@ static void after_idle(struct lyra_manager *m, struct mworker *w)
         return;
     if (w->draining) {
         evict(m, w, LYRA_EVICT_ADMIN, "unloaded by request once its requests ended");
-    } else if (w->model->settings.keep_alive_s == 0 && !worker_pinned(w)) {
-        evict(m, w, LYRA_EVICT_IDLE, "keep_alive_s is 0: unloaded after its request");
+    } else if (worker_keep_alive(w) == 0 && !worker_pinned(w)) {
+        evict(m, w, LYRA_EVICT_IDLE, "keep_alive is 0: unloaded after its request");
     }
     admit(m);
 }
@@ -1171,6 +1186,13 @@ static struct lyra_job *job_build(struct lyra_manager *m, const struct lyra_mode
     const char *type = json_string_value(json_object_get(msg, "type"));
     job->admin_load = type && strcmp(type, "load") == 0;
     apply_default_sampling(msg, &model->settings);
+    /* keep_alive_s is the manager's (how long the worker stays idle), not
+     * the worker's: taken off the frame. */
+    json_t *ka = json_object_get(msg, "keep_alive_s");
+    job->keep_alive_s = json_is_integer(ka) && json_integer_value(ka) >= -1 && json_integer_value(ka) <= INT_MAX
+                            ? (int)json_integer_value(ka)
+                            : LYRA_KEEP_ALIVE_UNSET;
+    json_object_del(msg, "keep_alive_s");
     json_object_set_new(msg, "id", json_integer((json_int_t)job->id));
     job->text = json_dumps(msg, JSON_COMPACT);
     json_decref(msg);
@@ -1397,7 +1419,7 @@ static void reap_idle(void *ud)
         uint64_t rss = statm_rss(lyra_wproc_pid(w->proc));
         if (rss)
             w->rss = rss;
-        int ka = w->model->settings.keep_alive_s;
+        int ka = worker_keep_alive(w);
         if (w->draining || !worker_idle(w) || worker_pinned(w) || ka < 0 || now - w->last_used_us < (int64_t)ka * 1000000)
             continue;
         char detail[96];
@@ -1586,6 +1608,8 @@ static json_t *worker_json(const struct mworker *w, int64_t now)
                           (int)lyra_wproc_pid(w->proc), "in_flight", w->n_inflight, "load_ms",
                           w->state != W_LOADING ? json_real(w->load_ms) : json_null(), "idle_s",
                           (double)(now - w->last_used_us) / 1e6, "stale", w->stale);
+    if (j)
+        json_object_set_new(j, "keep_alive_s", json_integer(worker_keep_alive(w)));
     if (j && w->ready) { /* copies: the status is sent on an HTTP thread after w may be gone */
         json_object_set_new(j, "n_slots", json_deep_copy(json_object_get(w->ready, "n_slots")));
         json_object_set_new(j, "n_ctx_slot", json_deep_copy(json_object_get(w->ready, "n_ctx_slot")));

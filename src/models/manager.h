@@ -117,6 +117,13 @@ bool lyra_manager_wait_workers(struct lyra_manager *m, int timeout_ms);
 /* Shuts down (if not done) and frees.  NULL is a no-op. */
 void lyra_manager_free(struct lyra_manager *m);
 
+/* A request may carry "keep_alive_s" (integer: -1 keep loaded, 0 unload
+ * once idle, N seconds idle): from then on the model's worker stays that
+ * long after its last request (until another request says otherwise or the
+ * worker goes), instead of the model's keep_alive_s.  The manager takes
+ * the field off the frame. */
+#define LYRA_KEEP_ALIVE_UNSET (-2)
+
 /* Submits `msg` (reference taken) for `model`.  On success *out is the job,
  * which the caller holds until lyra_job_release(); the callback may run
  * before this returns, on the supervisor thread.  Errors (nothing

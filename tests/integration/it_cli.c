@@ -447,10 +447,10 @@ static void test_control_errors(void **state)
     free(out);
     assert_int_equal(lyra((const char *[]){"pin", "tiny", "--force", NULL}, NULL, &out), 2);
     free(out);
-    /* No daemon: exit 1, said so. */
+    /* No daemon: exit 3, said so. */
     assert_int_equal(lyra((const char *[]){"load", "tiny", "--url", "http://127.0.0.1:1", NULL}, NULL, &out),
-                     1);
-    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1"));
+                     3);
+    assert_non_null(strstr(out, "connection refused at http://127.0.0.1:1"));
     free(out);
 }
 
@@ -576,13 +576,12 @@ static void test_no_daemon(void **state)
 {
     char *out = NULL;
     int rc = lyra((const char *[]){"ls", "--url", "http://127.0.0.1:1", NULL}, NULL, &out);
-    assert_int_equal(rc, 1);
-    assert_non_null(
-        strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1: is `lyra serve` running?"));
+    assert_int_equal(rc, 3);
+    assert_non_null(strstr(out, "connection refused at http://127.0.0.1:1 (from --url)"));
     free(out);
     rc = lyra((const char *[]){"run", "tiny", "hi", "--url", "http://127.0.0.1:1", NULL}, NULL, &out);
-    assert_int_equal(rc, 1);
-    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1"));
+    assert_int_equal(rc, 3);
+    assert_non_null(strstr(out, "connection refused at http://127.0.0.1:1"));
     free(out);
 
     /* A serve.json left by a daemon that is gone is not believed: the
@@ -600,8 +599,8 @@ static void test_no_daemon(void **state)
     it_write_file(path, text);
     snprintf(env_home, sizeof env_home, "LYRA_HOME=%s", other);
     rc = lyra((const char *[]){"ps", NULL}, (const char *[]){env_home, env_port, NO_URL_ENV, NULL}, &out);
-    assert_int_equal(rc, 1);
-    assert_non_null(strstr(out, "cannot reach the Lyra daemon at http://127.0.0.1:1:"));
+    assert_int_equal(rc, 3);
+    assert_non_null(strstr(out, "no Lyra daemon at http://127.0.0.1:1: start it with `lyra serve`"));
     free(out);
     it_rmrf(other);
 }
