@@ -136,7 +136,7 @@ int lyra_ollama_keep_alive(const json_t *v, int *seconds, struct lyra_err *err)
     char *end;
     errno = 0;
     double d = strtod(s, &end);
-    if (*s && !errno && *end == '\0' && end != s) { /* "300": seconds */
+    if (*s && !errno && *end == '\0' && end != s && isfinite(d)) { /* "300": seconds; not "nan"/"inf" */
         *seconds = seconds_of(d);
         return 0;
     }
