@@ -111,6 +111,11 @@ static void send_403(struct lyra_http_req *req, const struct lyra_principal *p, 
                  p->kind == LYRA_PRINCIPAL_ANONYMOUS ? "; send a key with Authorization: Bearer" : "");
     if (p->kind == LYRA_PRINCIPAL_ANONYMOUS)
         lyra_http_add_header(req, "WWW-Authenticate", "Bearer realm=\"lyra\"");
+    const char *route = lyra_http_route(req);
+    if (route && strncmp(route, "/api/", 5) == 0) { /* the Ollama routes: their clients read one shape */
+        lyra_http_send_error(req, 403, code, "%s", msg);
+        return;
+    }
     lyra_http_send_json(req, 403,
                         json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "message", msg, "permission",
                                   permission));

@@ -1072,6 +1072,12 @@ struct follow {
     bool ended;
     bool cb_ended; /* ended by the subscriber, which drops the subscription */
     char name[LYRA_PULL_NAME_MAX + 1];
+    /* stream false: the request is parked (lyra_http_park) until the job
+     * ends, then answered with the job's outcome and a status that says
+     * it (200 success, 500 failed or cancelled), as Ollama does. */
+    struct lyra_http_req *req; /* while parked; NULL once the client left */
+    json_t *final;             /* the answer, once ended */
+    int final_status;
 };
 
 static void follow_unref(struct follow *f)
@@ -1104,7 +1110,14 @@ static void end_follow(struct follow *f, json_t *last, bool success)
     if (f->ended)
         return;
     f->ended = true;
-    if (success && f->progress_lines) {
+    if (!f->progress_lines) {
+        f->final = last ? last : json_pack("{s:s}", "status", "success");
+        f->final_status = success ? 200 : 500;
+        if (f->req)
+            lyra_http_wake(f->req);
+        return;
+    }
+    if (success) {
         write_line(f, json_pack("{s:s}", "status", "verifying sha256 digest"));
         write_line(f, json_pack("{s:s}", "status", "writing manifest"));
     }
@@ -1178,6 +1191,48 @@ static void on_job_event(const struct lyra_event *ev, void *ud)
                  f->id);
 }
 
+/* stream false, parked: the job ended (or the client went): answer. */
+static void pull_resume(struct lyra_http_req *req, void *ud)
+{
+    struct follow *f = ud;
+    pthread_mutex_lock(&f->lock);
+    json_t *answer = f->final;
+    int status = f->final_status ? f->final_status : 500;
+    f->final = NULL;
+    f->req = NULL;
+    pthread_mutex_unlock(&f->lock);
+    lyra_http_send_json(req, status, answer ? answer : error_json("the pull ended without an answer"));
+    follow_unref(f); /* the parked request's hold */
+}
+
+/* The client hung up while parked: the pull goes on as a job (GET
+ * /jobs/{id}); the request is woken so that it ends now. */
+static void pull_gone(void *ud)
+{
+    struct follow *f = ud;
+    pthread_mutex_lock(&f->lock);
+    if (!f->ended) {
+        f->ended = true;
+        f->final = error_json("the client went away; the pull goes on as job %s", f->id);
+        f->final_status = 500;
+        if (f->req)
+            lyra_http_wake(f->req);
+    }
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* The connection ended before the resume could run: never wake it again. */
+static void pull_dropped(void *ud)
+{
+    struct follow *f = ud;
+    pthread_mutex_lock(&f->lock);
+    f->req = NULL;
+    json_decref(f->final);
+    f->final = NULL;
+    pthread_mutex_unlock(&f->lock);
+    follow_unref(f);
+}
+
 /* The pull's source: an http(s):// URL or hf://ORG/REPO/FILE.gguf. */
 static bool pull_source(const char *s)
 {
@@ -1238,13 +1293,19 @@ void lyra_api_ollama_pull(struct lyra_http_req *req, void *ctx)
     f->srv = srv;
     f->progress_lines = progress_lines;
     lyra_fmt(f->name, sizeof f->name, "%s", name);
-    const char *first = f->progress_lines ? "{\"status\":\"pulling manifest\"}\n" : " ";
-    f->st = lyra_http_send_stream(req, 200, f->progress_lines ? "application/x-ndjson" : "application/json", first,
-                                  strlen(first), NULL, NULL);
-    if (!f->st) {
-        json_decref(params);
-        follow_unref(f);
-        return;
+    if (f->progress_lines) {
+        static const char first[] = "{\"status\":\"pulling manifest\"}\n";
+        f->st = lyra_http_send_stream(req, 200, "application/x-ndjson", first, sizeof first - 1, NULL, NULL);
+        if (!f->st) {
+            json_decref(params);
+            follow_unref(f);
+            return;
+        }
+    } else {
+        /* Parked before anything can end the follow (and wake it). */
+        f->refs++; /* the parked request's hold: resume or dropped lets go */
+        f->req = req;
+        lyra_http_park(req, pull_resume, pull_gone, pull_dropped, f);
     }
     if (exists) { /* Ollama answers a pull of a model it has with success */
         json_decref(params);

@@ -27,13 +27,27 @@ static enum lyra_sdnotify_state sd_state(void *ud)
     }
 }
 
-/* The HTTP loop answers /health (any HTTP answer proves the loop runs; a
- * Host guard that refuses the probe's Host still answered). */
+/* Alive: first, that HTTP answers — a GET /health over loopback, so that
+ * READY=1 means "serving" — and from then on, that the supervisor loop,
+ * which runs every worker, request hand-off and deadline, answers a call
+ * (lyra_manager_status goes through it and waits: a deadlocked loop never
+ * returns, the pings stop, and systemd restarts the daemon).  The watchdog
+ * does not probe HTTP: a probe needs a free connection slot, so a client
+ * holding every slot (slow headers) could have the daemon restarted every
+ * WatchdogSec; a saturated listener is bounded by server.idle_timeout_s. */
 static bool sd_alive(void *ud, char *why, size_t why_len)
 {
+    static bool http_confirmed; /* the notifier's thread only */
     struct lyra_server *srv = ud;
-    return lyra_sdnotify_probe_http(srv->cfg->server.host, lyra_http_port(srv->http), "/health", 5000, NULL, why,
-                                    why_len);
+    if (!http_confirmed)
+        return http_confirmed = lyra_sdnotify_probe_http(srv->cfg->server.host, lyra_http_port(srv->http), "/health",
+                                                         5000, NULL, why, why_len);
+    json_t *st = lyra_manager_status(srv->manager);
+    bool ok = st != NULL;
+    if (!ok)
+        snprintf(why, why_len, "the supervisor loop did not answer");
+    json_decref(st);
+    return ok;
 }
 
 static void usage(FILE *out)

@@ -267,13 +267,12 @@ void lyra_http_send_error(struct lyra_http_req *req, int status, const char *cod
     /* msg is valid UTF-8 (lyra_vfmt); NULL here means out of memory, which
      * lyra_http_send_json answers with a static 500. */
     json_t *err = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
-    /* The Ollama-compatible routes (api/ollama.c) answer errors about the
-     * body itself — too large, not JSON — in Ollama's {"error":"message"},
-     * the one shape its clients read.  Only those: the authorization
-     * errors keep Lyra's shape with their codes everywhere. */
-    if (req->route && strncmp(req->route->pattern, "/api/", 5) == 0 &&
-        (strcmp(code, "body_too_large") == 0 || strcmp(code, "unsupported_media_type") == 0 ||
-         strcmp(code, "invalid_json") == 0 || strcmp(code, "invalid_utf8") == 0)) {
+    /* The Ollama-compatible routes (api/ollama.c) answer every error —
+     * the body's, authentication's and authorization's — in Ollama's
+     * {"error":"message"}, the one shape its clients read (anything else
+     * shows as "[object Object]"); the status and headers (WWW-Authenticate,
+     * Retry-After) say the rest. */
+    if (req->route && strncmp(req->route->pattern, "/api/", 5) == 0) {
         json_decref(err);
         err = json_pack("{s:s}", "error", msg);
     }

@@ -8,10 +8,12 @@
  *
  * The notifier is one thread that watches the daemon through two hooks:
  *  - state(ud), cheap, polled every poll_ms: starting, serving or stopping;
- *  - alive(ud), a real check that the daemon answers (serve.c: a GET
- *    /health over loopback), run before READY=1 and before every watchdog
- *    ping, so READY=1 means "answering HTTP" and a daemon whose HTTP loop
- *    hangs stops pinging and is restarted by systemd (WatchdogSec).
+ *  - alive(ud), a real check that the daemon answers, run before READY=1
+ *    and before every watchdog ping (serve.c: a GET /health over loopback
+ *    until it first answers, so READY=1 means "answering HTTP"; then a
+ *    call through the supervisor loop, so a daemon whose loop hangs stops
+ *    pinging and is restarted by systemd, WatchdogSec, while a client
+ *    holding every connection slot cannot cause restarts).
  * It sends READY=1 (with STATUS) once state says serving and alive
  * agrees; WATCHDOG=1 every WATCHDOG_USEC/2 (sd_watchdog_enabled(3)) while
  * alive holds (while starting or stopping, on time alone: those phases

@@ -288,7 +288,19 @@ static int probe(const struct lyra_route *rt, const struct caller *c, const char
     int status = r.status;
     json_t *j = it_json(&r);
     char www[256];
-    if (status == 401) {
+    /* The Ollama routes answer errors in Ollama's {"error":"message"}: the
+     * message must still name the failure (the code's text or the
+     * permission). */
+    bool ollama = strncmp(rt->pattern, "/api/", 5) == 0;
+    const char *omsg = json_string_value(json_object_get(j, "error"));
+    if (ollama && (status == 401 || status == 403)) {
+        if (!omsg)
+            snprintf(why, why_len, "%d on an Ollama route not in Ollama's shape", status);
+        else if (status == 403 && !strstr(omsg, rt->permission))
+            snprintf(why, why_len, "403 message does not name %s: %.100s", rt->permission, omsg);
+        else if (!it_header(&r, "WWW-Authenticate", www, sizeof www) && status == 401)
+            snprintf(why, why_len, "401 without WWW-Authenticate");
+    } else if (status == 401) {
         const char *code = it_error_code(j);
         const char *want = c->kind == NO_KEY ? "missing_key" : "invalid_key";
         if (strcmp(code, want) != 0)
