@@ -36,13 +36,20 @@ void lyra_api_root(struct lyra_http_req *req, void *ctx)
 }
 
 /* Liveness: answers as long as the process serves HTTP at all. */
+/* Liveness, public.  auth_required tells a client (the dashboard) whether
+ * it must sign in before anything else answers — what any request's 401
+ * would say anyway. */
 void lyra_api_health(struct lyra_http_req *req, void *ctx)
 {
-    static const char body[] = "{\"status\":\"ok\"}";
-    char *copy = malloc(sizeof body);
+    struct lyra_server *srv = ctx;
+    static const char open_body[] = "{\"status\":\"ok\",\"auth_required\":false}";
+    static const char keyed_body[] = "{\"status\":\"ok\",\"auth_required\":true}";
+    const char *body = srv && srv->auth && !srv->anonymous_role ? keyed_body : open_body;
+    size_t len = strlen(body);
+    char *copy = malloc(len + 1);
     if (copy)
-        memcpy(copy, body, sizeof body);
-    lyra_http_send(req, 200, "application/json", copy, copy ? sizeof body - 1 : 0);
+        memcpy(copy, body, len + 1);
+    lyra_http_send(req, 200, "application/json", copy, copy ? len : 0);
 }
 
 /* Readiness: 503 while starting or draining, so a load balancer stops

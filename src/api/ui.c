@@ -9,7 +9,7 @@
  * not be framed. */
 #define UI_CSP                                                                                          \
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "                   \
-    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; "             \
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "             \
     "frame-ancestors 'none'"
 
 const struct lyra_ui_asset *lyra_ui_find(const char *path)

@@ -701,8 +701,10 @@ static int parse(struct reader *r, struct lyra_gguf_info *info)
         if (rc)
             return rc;
         if (memcmp(p, "GGUF", 4) != 0)
-            return lyra_err_set(r->err, LYRA_EPARSE, "not a GGUF file (magic 0x%02x%02x%02x%02x)", p[0], p[1],
-                                p[2], p[3]);
+            /* The bytes themselves are not shown: the message can reach an
+             * API caller (a pull of a local path), and the first bytes of
+             * an arbitrary file are its content. */
+            return lyra_err_set(r->err, LYRA_EPARSE, "not a GGUF file (it does not start with \"GGUF\")");
     } else {
         /* Say "not GGUF" rather than "truncated" when the bytes that are
          * there already disagree with the magic. */

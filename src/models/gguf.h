@@ -8,7 +8,7 @@
  * Every count and length read from the file is checked against the bytes the
  * file can still hold before anything is allocated, so a corrupt or hostile
  * file yields an error with a reason ("truncated: ...", "not a GGUF file
- * (magic 0x...)", "unsupported GGUF version 1", ...) and never a huge
+ * (it does not start with "GGUF")", "unsupported GGUF version 1", ...) and never a huge
  * allocation or a crash.  The layout checks follow ggml's own reader
  * (ggml/src/gguf.cpp), so a file accepted here is one that llama.cpp's loader
  * will accept as well, as far as the container goes.

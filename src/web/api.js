@@ -76,6 +76,14 @@ export const del = (path) => api('DELETE', path);
 
 // Who am I and what may I do.  Returns false when the daemon wants a key.
 export async function loadPermissions() {
+  // Without a key, ask the public /health first whether the daemon takes
+  // anonymous requests: probing /permissions would log a 401 in the console.
+  if (!session.key) {
+    try {
+      const h = await fetch('/health', { headers: { Accept: 'application/json' } }).then((r) => r.json());
+      if (h && h.auth_required === true) return false;
+    } catch (_) { /* fall through: /permissions says */ }
+  }
   try {
     const j = await get('/permissions');
     session.caller = j.caller || null;
