@@ -29,17 +29,34 @@ while [ $# -gt 0 ]; do
     case $1 in
         --dry-run) DRY_RUN=true ;;
         --foreground) FOREGROUND=true ;;
-        --home) LYRA_HOME=$2; shift ;;
-        --port) PORT=$2; shift ;;
-        --lyra) LYRA_BIN=$2; shift ;;
-        --unit) UNIT_SRC=$2; shift ;;
-        --min-mem-gib) MIN_MEM_GIB=$2; shift ;;
-        --min-disk-gib) MIN_DISK_GIB=$2; shift ;;
+        --home|--port|--lyra|--unit|--min-mem-gib|--min-disk-gib)
+            if [ $# -lt 2 ] || [ -z "$2" ]; then echo "run-production: $1 needs a value" >&2; exit 2; fi
+            case $1 in
+                --home) LYRA_HOME=$2 ;;
+                --port) PORT=$2 ;;
+                --lyra) LYRA_BIN=$2 ;;
+                --unit) UNIT_SRC=$2 ;;
+                --min-mem-gib) MIN_MEM_GIB=$2 ;;
+                --min-disk-gib) MIN_DISK_GIB=$2 ;;
+            esac
+            shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run-production: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
+
+# Values that go into the unit file must be plain: an absolute path of
+# ordinary characters (no spaces, no sed or systemd specials), a port number.
+plain_path() { case $1 in /*) ;; *) return 1 ;; esac; case $1 in *[!A-Za-z0-9/._-]*) return 1 ;; esac; }
+if ! plain_path "$LYRA_HOME"; then
+    echo "run-production: --home '$LYRA_HOME': use an absolute path of letters, digits, '/', '.', '_' and '-'" >&2
+    exit 2
+fi
+case $PORT in
+    ''|*[!0-9]*) echo "run-production: --port '$PORT' is not a number" >&2; exit 2 ;;
+esac
+if [ "$PORT" -gt 65535 ]; then echo "run-production: --port $PORT: 0 (any free port) to 65535" >&2; exit 2; fi
 
 # ExecStart needs an absolute path.
 if [ -x "$LYRA_BIN" ]; then LYRA_BIN=$(readlink -f "$LYRA_BIN"); fi
@@ -180,12 +197,13 @@ if $FOREGROUND; then
     exit 0
 fi
 say "installing lyra.service from $UNIT_SRC"
-if [ "$LYRA_BIN" != /usr/local/bin/lyra ] || [ "$LYRA_HOME" != /var/lib/lyra ]; then
+if [ "$LYRA_BIN" != /usr/local/bin/lyra ] || [ "$LYRA_HOME" != /var/lib/lyra ] || [ "$PORT" != 8000 ]; then
     say "  (with ExecStart=$LYRA_BIN and home $LYRA_HOME)"
     if $DRY_RUN; then
         printf '  would write: /etc/systemd/system/lyra.service (paths rewritten)\n'
     else
-        sed -e "s#/usr/local/bin/lyra #$LYRA_BIN #" -e "s#/var/lib/lyra#$LYRA_HOME#g" "$UNIT_SRC" \
+        sed -e "s#/usr/local/bin/lyra #$LYRA_BIN #" -e "s#/var/lib/lyra#$LYRA_HOME#g" \
+            -e "s#^ExecStart=\(.*\)\$#ExecStart=\1 --port $PORT#" "$UNIT_SRC" \
             > /etc/systemd/system/lyra.service
         chmod 0644 /etc/systemd/system/lyra.service
     fi

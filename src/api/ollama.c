@@ -474,6 +474,20 @@ static const struct lyra_infer_format emb_format = {
 
 /* ---- inference: requests ---------------------------------------------- */
 
+/* keep_alive 0 unloads a model others may be using, -1 keeps it loaded
+ * past the operator's idle policy for ever: both are models.load's, as
+ * POST /models/{name}/unload and a pin are (a caller with chat alone may
+ * set a duration).  Answers 403 and returns false otherwise. */
+static bool keep_alive_allowed(struct lyra_http_req *req, struct lyra_server *srv, const struct oreq *o)
+{
+    if ((o->keep_alive != 0 && o->keep_alive != -1) || lyra_authz_may(req, srv, "models.load", o->name))
+        return true;
+    send_err(req, 403, o->keep_alive == 0 ? "keep_alive 0 unloads the model, which needs permission models.load"
+                                          : "keep_alive -1 keeps the model loaded for ever, which needs permission "
+                                            "models.load");
+    return false;
+}
+
 /* What chat and generate share: model, stream (default true), keep_alive,
  * options and format into params.  Answers and returns false on a bad one. */
 static bool common_fields(struct lyra_http_req *req, const json_t *body, struct oreq *o, bool *stream,
@@ -676,10 +690,8 @@ static void generate_like(struct lyra_http_req *req, struct lyra_server *srv, en
     }
     /* Unloading is models.load's (POST /models/{name}/unload): keep_alive 0
      * may not let a caller with chat alone evict a model others use. */
-    if (o->keep_alive == 0 && !lyra_authz_may(req, srv, "models.load", o->name)) {
-        send_err(req, 403, "keep_alive 0 unloads the model, which needs permission models.load");
+    if (!keep_alive_allowed(req, srv, o))
         goto out;
-    }
     if (o->load_only && o->keep_alive == 0) {
         unload_now(req, o);
         goto out;
@@ -725,10 +737,8 @@ static void embed_like(struct lyra_http_req *req, struct lyra_server *srv, enum 
     bool stream;
     if (!o || !common_fields(req, body, o, &stream, NULL))
         goto out;
-    if (o->keep_alive == 0 && !lyra_authz_may(req, srv, "models.load", o->name)) {
-        send_err(req, 403, "keep_alive 0 unloads the model, which needs permission models.load");
+    if (!keep_alive_allowed(req, srv, o))
         goto out;
-    }
     struct lyra_err err = {0};
     json_t *params = json_object(); /* checked for their types, not used by an embedding */
     int rc = params ? lyra_ollama_options(json_object_get(body, "options"), params, &err) : nomem(&err);
