@@ -6,7 +6,8 @@
 #   make models                build/models/{tiny,small}.gguf
 #   make test [SANITIZE=address|thread]
 #   make fuzz [FUZZ_SECONDS=60]  libFuzzer harnesses (clang) in build-fuzz/, each for FUZZ_SECONDS
-#   make run                   serve the generated demo model on 127.0.0.1:8000
+#   make run                   serve models/demo.gguf (as demo) and tiny/small on 127.0.0.1:8000
+#   make demo-model [INSTALL=1]  retrain the demo model into build/demo/ (over models/ with INSTALL=1)
 #   make bench                 benchmarks side by side with llama-server
 
 SANITIZE ?=
@@ -18,7 +19,7 @@ VOCAB_DIR := deps/llama/share/vocab
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps packages build models node-deps test fuzz run bench clean format
+.PHONY: all deps packages build models node-deps test fuzz run demo-model bench clean format
 
 all: build
 
@@ -52,8 +53,21 @@ test: models node-deps
 fuzz: deps
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh run
 
+# The committed demo model (models/demo.gguf, trained by `make demo-model`)
+# beside the generated test models, linked into one models dir.
+DEMO_HOME := build/demo-home
 run: models
-	$(BUILD_DIR)/lyra serve --home build/demo-home --models-dir build/models $(ARGS)
+	@mkdir -p $(DEMO_HOME)/models
+	@ln -sfn $(CURDIR)/models/demo.gguf $(DEMO_HOME)/models/demo.gguf
+	@ln -sfn $(CURDIR)/$(MODELS_DIR)/tiny.gguf $(DEMO_HOME)/models/tiny.gguf
+	@ln -sfn $(CURDIR)/$(MODELS_DIR)/small.gguf $(DEMO_HOME)/models/small.gguf
+	$(BUILD_DIR)/lyra serve --home $(DEMO_HOME) --models-dir $(DEMO_HOME)/models $(ARGS)
+
+# Retrains the demo model from the King James Bible (docs/demo-model.md):
+# needs the Debian packages of `scripts/setup-packages.sh --demo`; about 45
+# minutes on 2 cores.  INSTALL=1 copies the result over models/.
+demo-model: build
+	@INSTALL=$(INSTALL) scripts/demo-model.sh $(BUILD_DIR)
 
 bench: models
 	@bench/run.sh $(BUILD_DIR)

@@ -6,9 +6,9 @@
 #
 #   scripts/demo-model.sh [BUILD_DIR]        (make demo-model [INSTALL=1])
 #
-# Writes build/demo/ (demo.gguf, demo.manifest.json, demo-f32.gguf, the
-# tokenizer, the texts, train.log); with INSTALL=1 also copies demo.gguf and
-# its manifest over models/.  Training uses the CPU, or the GPU when deps/
+# Writes build/demo/ (demo.gguf, demo.manifest.json, demo.words.txt,
+# demo-f32.gguf, the tokenizer, the texts, train.log); with INSTALL=1 also
+# copies demo.gguf, its manifest and the word list over models/.  Training uses the CPU, or the GPU when deps/
 # was built with CUDA=1 (ggml picks the GPU backend by itself).  Same inputs,
 # recipe and THREADS give the same data order and, on the CPU, the same file.
 #
@@ -45,6 +45,9 @@ t_start=$(date +%s)
 #    then verses only, every 50th chapter held out for validation.
 bible -l 100000 'Gen1:1-Rev22:21' > "$out/kjv.txt"
 "$train_bin" prep --in "$out/kjv.txt" --train "$out/train.txt" --val "$out/val.txt" --val-every $VAL_EVERY
+# Every distinct word of the training text, lower-cased: what the test
+# it_demo_model checks the model's output against.
+tr -cs 'A-Za-z' '\n' < "$out/train.txt" | tr 'A-Z' 'a-z' | sed '/^$/d' | LC_ALL=C sort -u > "$out/demo.words.txt"
 
 # 2. The tokenizer: BPE (llama.cpp's SPM tokenizer merges by score, which is
 #    SentencePiece BPE), byte fallback, no normalization (llama.cpp applies
@@ -137,5 +140,6 @@ if [ "${INSTALL:-0}" = 1 ]; then
     mkdir -p models
     cp "$out/demo.gguf" models/demo.gguf
     cp "$out/demo.manifest.json" models/demo.manifest.json
-    echo "demo-model: installed models/demo.gguf and models/demo.manifest.json"
+    cp "$out/demo.words.txt" models/demo.words.txt
+    echo "demo-model: installed models/demo.gguf, demo.manifest.json and demo.words.txt"
 fi

@@ -249,6 +249,15 @@ static void vocab_load(struct vocab *v, const char *path)
         die("%s: no <0x0A> byte piece (spm_train --byte_fallback=true)", path);
 }
 
+static void vocab_free(struct vocab *v)
+{
+    for (int i = 0; i < v->n; i++)
+        free(v->piece[i]);
+    free(v->piece);
+    free(v->score);
+    free(v->type);
+}
+
 /* ======================================================================== tokens */
 
 struct tokens {
@@ -821,6 +830,12 @@ static int cmd_train(int argc, char **argv)
     free(in);
     free(lab);
     free(starts);
+    free(m.l);
+    free(tr.id);
+    free(tr.verse);
+    free(va.id);
+    free(va.verse);
+    vocab_free(&v);
     return 0;
 }
 
@@ -934,6 +949,9 @@ static int cmd_score(int argc, char **argv)
             die("llama.cpp's tokenization differs from spm_encode's (%d vs %" PRId64
                 " tokens, first difference at %" PRId64 ")", ntok, st.n, diff);
         fprintf(stderr, PROG ": llama.cpp tokenizes the text exactly as spm_encode (%d tokens)\n", ntok);
+        free(st.id);
+        free(st.verse);
+        vocab_free(&v);
     }
     struct llama_context_params cp = llama_context_default_params();
     cp.n_ctx = T;
