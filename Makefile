@@ -54,18 +54,19 @@ fuzz: deps
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh run
 
 # The committed demo model (models/demo.gguf, trained by `make demo-model`)
-# beside the generated test models, linked into one models dir.
+# beside the generated test models, linked into one models dir; demo is the
+# default model (a request that names none).
 DEMO_HOME := build/demo-home
 run: models
 	@mkdir -p $(DEMO_HOME)/models
 	@ln -sfn $(CURDIR)/models/demo.gguf $(DEMO_HOME)/models/demo.gguf
 	@ln -sfn $(CURDIR)/$(MODELS_DIR)/tiny.gguf $(DEMO_HOME)/models/tiny.gguf
 	@ln -sfn $(CURDIR)/$(MODELS_DIR)/small.gguf $(DEMO_HOME)/models/small.gguf
-	$(BUILD_DIR)/lyra serve --home $(DEMO_HOME) --models-dir $(DEMO_HOME)/models $(ARGS)
+	LYRA_MODELS_DEFAULT_MODEL=$${LYRA_MODELS_DEFAULT_MODEL:-demo} $(BUILD_DIR)/lyra serve --home $(DEMO_HOME) --models-dir $(DEMO_HOME)/models $(ARGS)
 
 # Retrains the demo model from the King James Bible (docs/demo-model.md):
-# needs the Debian packages of `scripts/setup-packages.sh --demo`; about 45
-# minutes on 2 cores.  INSTALL=1 copies the result over models/.
+# needs the Debian packages of `scripts/setup-packages.sh --demo`; about 40
+# minutes on 2 shared cores.  INSTALL=1 copies the result over models/.
 demo-model: build
 	@INSTALL=$(INSTALL) scripts/demo-model.sh $(BUILD_DIR)
 

@@ -23,8 +23,8 @@ train_bin=$build/lyra-train
 # The recipe.  Changing it changes the committed model: retrain, INSTALL=1,
 # and commit models/ with the new manifest.
 DIM=${DIM:-192} LAYERS=${LAYERS:-4} HEADS=${HEADS:-6} KV_HEADS=${KV_HEADS:-2} FFN=${FFN:-512}
-CTX=${CTX:-128} BATCH=${BATCH:-16} STEPS=${STEPS:-3000} WARMUP=${WARMUP:-200}
-EVAL_EVERY=${EVAL_EVERY:-250} VAL_SEQS=${VAL_SEQS:-0}
+CTX=${CTX:-128} BATCH=${BATCH:-16} STEPS=${STEPS:-1500} WARMUP=${WARMUP:-150}
+EVAL_EVERY=${EVAL_EVERY:-150} VAL_SEQS=${VAL_SEQS:-0}
 LR=${LR:-3e-3} LR_MIN=${LR_MIN:-3e-4} WD=${WD:-0.1} BETA1=0.9 BETA2=0.99
 SEED=${SEED:-42} THREADS=${THREADS:-2} VOCAB=${VOCAB:-2000} VAL_EVERY=50
 
