@@ -6,7 +6,8 @@
 #   make models                build/models/{tiny,small}.gguf
 #   make test [SANITIZE=address|thread]
 #   make fuzz [FUZZ_SECONDS=60]  libFuzzer harnesses (clang) in build-fuzz/, each for FUZZ_SECONDS
-#   make run                   serve the generated demo model on 127.0.0.1:8000
+#   make run                   serve models/demo.gguf (as demo) and tiny/small on 127.0.0.1:8000
+#   make demo-model [INSTALL=1]  retrain the demo model into build/demo/ (over models/ with INSTALL=1)
 #   make bench                 benchmarks side by side with llama-server
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #                              bin/lyra, lib/lyra/ (llama.cpp, backends), share/lyra/
@@ -23,7 +24,7 @@ FUZZ_SECONDS ?= 60
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all deps packages build models node-deps ui-deps test test-ui fuzz run bench install clean format
+.PHONY: all deps packages build models node-deps ui-deps test test-ui fuzz run demo-model bench install clean format
 
 all: build
 
@@ -75,8 +76,23 @@ test-ui: build models ui-deps
 fuzz: deps
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh run
 
+# The committed demo model (models/demo.gguf, trained by `make demo-model`)
+# beside the generated test models, linked into one models dir; demo is the
+# default model (a request that names none).
+DEMO_HOME := build/demo-home
 run: models
-	$(BUILD_DIR)/lyra serve --home build/demo-home --models-dir build/models $(ARGS)
+	@mkdir -p $(DEMO_HOME)/models
+	@# copies, not symlinks: the registry does not follow a link out of models.dir
+	@for m in models/demo.gguf $(MODELS_DIR)/tiny.gguf $(MODELS_DIR)/small.gguf; do \
+	    [ -L $(DEMO_HOME)/models/$$(basename $$m) ] && rm -f $(DEMO_HOME)/models/$$(basename $$m); \
+	    cp -u $$m $(DEMO_HOME)/models/; done
+	LYRA_MODELS_DEFAULT_MODEL=$${LYRA_MODELS_DEFAULT_MODEL:-demo} $(BUILD_DIR)/lyra serve --home $(DEMO_HOME) --models-dir $(DEMO_HOME)/models $(ARGS)
+
+# Retrains the demo model from the King James Bible (docs/demo-model.md):
+# needs the Debian packages of `scripts/setup-packages.sh --demo`; about 40
+# minutes on 2 shared cores.  INSTALL=1 copies the result over models/.
+demo-model: build
+	@INSTALL=$(INSTALL) scripts/demo-model.sh $(BUILD_DIR)
 
 bench: models
 	@bench/run.sh $(BUILD_DIR)

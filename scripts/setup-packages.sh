@@ -2,7 +2,13 @@
 # Installs the Debian packages Lyra builds and tests with, when missing.
 # Needs root (apt-get) only when something is missing; idempotent and fast
 # when everything is there.
+#   scripts/setup-packages.sh          what build and test need
+#   scripts/setup-packages.sh --demo   also what `make demo-model` needs (the
+#                                      training text and SentencePiece); the
+#                                      build and the tests never need these
 set -euo pipefail
+demo=false
+[ "${1:-}" = --demo ] && demo=true
 
 # Tools count as present when their command exists (a machine may have them
 # from elsewhere, e.g. Node.js from nodesource); libraries by dpkg status.
@@ -31,6 +37,12 @@ packages=(
     # the sanitizer runtimes, and llvm-symbolizer for readable reports.
     libclang-rt-14-dev llvm-14
 )
+# `make demo-model` only: spm_train/spm_encode, the KJV text and its reader.
+if $demo; then
+    tool_package[spm_train]=sentencepiece
+    tool_package[bible]=bible-kjv
+    packages+=(bible-kjv-text)
+fi
 missing=()
 # nginx and systemd-analyze live in /usr/sbin and /usr/bin; a non-root
 # PATH may lack sbin.
