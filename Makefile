@@ -81,7 +81,7 @@ fuzz: deps
 # default model (a request that names none).
 DEMO_HOME := build/demo-home
 run: models
-	@mkdir -p $(DEMO_HOME)/models
+	@mkdir -p $(DEMO_HOME)/models && chmod 700 $(DEMO_HOME)
 	@# copies, not symlinks: the registry does not follow a link out of models.dir
 	@for m in models/demo.gguf $(MODELS_DIR)/tiny.gguf $(MODELS_DIR)/small.gguf; do \
 	    [ -L $(DEMO_HOME)/models/$$(basename $$m) ] && rm -f $(DEMO_HOME)/models/$$(basename $$m); \
