@@ -41,7 +41,6 @@ struct client {
     struct lyra_evsub *sub;
     uint64_t since;
     char *types;
-    atomic_bool pump_posted;
     bool attached, dead;
     bool gone_early; /* SSE: the client left before the attach ran */
     bool revoked;    /* ended by revalidate_tick */
@@ -60,6 +59,10 @@ struct client {
     /* SSE */
     struct lyra_http_stream *st;
     unsigned char *who; /* o.who_size bytes: the policy's view of this client */
+    /* Set by publishing threads; apart from the loop-only flags above, so
+     * that no load of those (the compiler may read neighbouring bytes in
+     * one go) touches it. */
+    atomic_bool pump_posted;
 };
 
 struct lyra_evstream {
