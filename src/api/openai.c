@@ -25,6 +25,7 @@ struct oai {
     char *prompt;      /* echo: the prompt (owned) */
     size_t offset;     /* stream: text_offset of the next generated token */
     size_t prompt_off; /* stream: text_offset of the next prompt token */
+    bool prompt_strip; /* stream: the first prompt token with text is still to come (completion_logprobs) */
 };
 
 static void oai_free(void *ud)
@@ -36,6 +37,34 @@ static void oai_free(void *ud)
 }
 
 /* --- logprobs --------------------------------------------------------- */
+
+/* buf[0..n) as a JSON string with each byte that is not part of a valid
+ * UTF-8 sequence shown as U+FFFD (a byte-fallback token is one byte of a
+ * character; `bytes` carries the exact value). */
+static json_t *replaced(const char *buf, size_t n)
+{
+    char *out = malloc(n * 3 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t k = 1;
+        unsigned char c = (unsigned char)buf[i];
+        size_t want = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (want && i + want <= n && lyra_utf8_valid(buf + i, want)) {
+            memcpy(out + o, buf + i, want);
+            o += want;
+            k = want;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+        }
+        i += k;
+    }
+    json_t *j = json_stringn(out, o);
+    free(out);
+    return j;
+}
 
 /* A worker entry's token (its "h": hex of the bytes) as OpenAI's `token`
  * string (invalid UTF-8 becomes U+FFFD; `bytes` has the exact bytes) and,
@@ -63,7 +92,7 @@ static json_t *entry_token(const json_t *hex, json_t **bytes, size_t *len)
     }
     buf[n] = '\0';
     *len = n;
-    json_t *s = lyra_utf8_valid(buf, n) ? json_stringn(buf, n) : json_string(lyra_utf8_scrub(buf));
+    json_t *s = lyra_utf8_valid(buf, n) ? json_stringn(buf, n) : replaced(buf, n);
     free(buf);
     if (bytes)
         *bytes = arr;
@@ -98,13 +127,27 @@ static json_t *chat_logprobs(const json_t *entries)
 }
 
 /* Completions: appends the entries to the four parallel arrays of
- * choices[].logprobs, text offsets counted from *offset. */
-static void completion_logprobs(const json_t *entries, json_t *lp, size_t *offset)
+ * choices[].logprobs, text offsets counted from *offset.  For the prompt's
+ * tokens, *strip_space (NULL for generated ones) says that the first token
+ * with text still has to come: SentencePiece adds a space before the
+ * prompt's first word that the prompt (and the echoed text) does not have,
+ * so that token is shown without it and the offsets index the text. */
+static void completion_logprobs(const json_t *entries, json_t *lp, size_t *offset, bool *strip_space)
 {
     size_t i, k, len;
     const json_t *e, *t;
     json_array_foreach(entries, i, e) {
         json_t *tok = entry_token(json_object_get(e, "h"), NULL, &len);
+        if (strip_space && *strip_space && len > 0) {
+            *strip_space = false;
+            const char *ts = json_string_value(tok);
+            if (ts && ts[0] == ' ') {
+                json_t *cut = json_string(ts + 1);
+                json_decref(tok);
+                tok = cut;
+                len--;
+            }
+        }
         json_t *v = lp_of(json_object_get(e, "lp"));
         json_t *top = json_is_null(v) ? json_null() : json_object();
         json_array_foreach(json_object_get(e, "top"), k, t) {
@@ -186,10 +229,11 @@ static json_t *fmt_full(const struct lyra_infer_result *r, void *ud)
         free(text);
         if (o->logprobs >= 0 && (lp = completion_lp_new())) {
             size_t off = 0;
+            bool strip = o->prompt && o->prompt[0] != ' ';
             if (o->echo)
-                completion_logprobs(r->prompt_logprobs, lp, &off);
+                completion_logprobs(r->prompt_logprobs, lp, &off, &strip);
             off = o->echo && o->prompt ? strlen(o->prompt) : 0;
-            completion_logprobs(r->logprobs, lp, &off);
+            completion_logprobs(r->logprobs, lp, &off, NULL);
         }
     }
     json_object_set_new(e, "choices", json_pack("[o]", choice(o, content, lp, finish_of(r), false)));
@@ -219,8 +263,8 @@ static json_t *fmt_delta(const struct lyra_infer_result *r, const char *text, vo
         if (o->kind == CHAT) {
             lp = chat_logprobs(r->logprobs);
         } else if ((lp = completion_lp_new())) {
-            completion_logprobs(r->prompt_logprobs, lp, &o->prompt_off);
-            completion_logprobs(r->logprobs, lp, &o->offset);
+            completion_logprobs(r->prompt_logprobs, lp, &o->prompt_off, &o->prompt_strip);
+            completion_logprobs(r->logprobs, lp, &o->offset, NULL);
         }
     }
     json_object_set_new(e, "choices", json_pack("[o]", choice(o, d, lp, NULL, true)));
@@ -305,6 +349,7 @@ static void start(struct lyra_server *srv, struct lyra_http_req *req, struct lyr
         return;
     }
     o->offset = o->echo && o->prompt ? strlen(o->prompt) : 0;
+    o->prompt_strip = o->prompt && o->prompt[0] != ' ';
     struct lyra_infer_options opts = {.model = model,
                                       .msg = r->msg,
                                       .stream = r->stream,

@@ -63,6 +63,11 @@ struct request {
     struct request *next;
 };
 
+/* The most prompt rows with logits one decode step asks for (see
+ * lyra_engine_step): bounds llama.cpp's output buffer at this many rows of
+ * n_vocab floats (256 x 128k vocabulary = 128 MiB instead of 1 GiB). */
+#define LYRA_PROMPT_LOGIT_ROWS 256
+
 struct slot {
     int id; /* also its llama sequence id */
     enum slot_state state;
@@ -1086,6 +1091,10 @@ int lyra_engine_step(struct lyra_engine *e)
     for (int i = 0; i < e->n_slots; i++)
         n_gen += e->slots[i].state == SLOT_GENERATING && e->slots[i].has_next;
     int budget = e->n_batch - n_gen;
+    /* Prompt rows that want logits (echo + logprobs): llama.cpp's output
+     * buffer grows to the most rows one batch asked for, n_vocab floats
+     * each, and never shrinks — so a step takes at most this many. */
+    int logit_rows = LYRA_PROMPT_LOGIT_ROWS;
 
     struct llama_batch *b = &e->batch;
     b->n_tokens = 0;
@@ -1101,6 +1110,13 @@ int lyra_engine_step(struct lyra_engine *e)
         } else if (s->state == SLOT_PROMPT && budget > 0) {
             int left = s->req->n_tokens - s->n_fed;
             int n = left < budget ? left : budget;
+            if (s->req->prompt_probs) {
+                if (n > logit_rows)
+                    n = logit_rows;
+                logit_rows -= n;
+                if (n == 0)
+                    continue; /* next step: this one's logit rows are taken */
+            }
             for (int k = 0; k < n; k++)
                 batch_add(b, s->req->tokens[s->n_fed + k], s->n_cache + k, s->id,
                           k == left - 1 || s->req->prompt_probs);
@@ -1267,6 +1283,8 @@ int lyra_engine_new(const struct lyra_engine_config *cfg, const struct lyra_engi
     /* Per-sequence KV streams are padded by llama.cpp; a unified buffer
      * is shared, so the per-slot limit is ours to keep. */
     e->n_ctx_slot = cfg->kv_unified ? ctx_slot : (int)llama_n_ctx_seq(e->ctx);
+    if (e->n_ctx_slot > ctx_slot) /* padded past what was asked (and past the model's trained context) */
+        e->n_ctx_slot = ctx_slot;
 
     bool fell_back;
     rc = lyra_template_select(e->model, cfg->chat_template, &e->tmpl, &fell_back, err);

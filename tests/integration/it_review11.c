@@ -132,8 +132,8 @@ static void test_byte_token_shown_as_replacement_character(void **state)
     int n_bytes = 0;
     for (size_t i = 1; i < json_array_size(toks); i++) {
         const char *t = json_string_value(json_array_get(toks, i));
-        if (strcmp(t, " ") == 0 || strcmp(t, "\xe2\x96\x81") == 0)
-            continue; /* the added space */
+        if (strcmp(t, "") == 0 || strcmp(t, " ") == 0 || strcmp(t, "\xe2\x96\x81") == 0)
+            continue; /* the added space (shown without it: "") */
         n_bytes++;
         if (strcmp(t, "\xef\xbf\xbd") != 0)
             fail_msg("byte token %zu shown as '%s', not U+FFFD", i, t);
