@@ -114,7 +114,7 @@ jq -n --slurpfile curve "$out/curve.json" \
       tokenizer: {
         trainer: "spm_train (package sentencepiece \($spm_ver))", options: $spm_opts,
         model: "llama", vocab_size: $c.vocab, bos_id: 1, eos_id: 2, unk_id: 0,
-        add_bos_token: true, chat_template: "deepseek-ocr"
+        add_bos_token: true, chat_template: "{% for message in messages %}{{ message['"'"'content'"'"'] }}{% endfor %}"
       },
       recipe: {
         dim: $dim, layers: $layers, heads: $heads, kv_heads: $kv_heads, ffn: $ffn,

@@ -30,6 +30,7 @@
 
 #include "ggml-backend.h"
 #include "llama.h"
+#include "worker/template.h"
 
 static bool verbose;
 
@@ -67,8 +68,11 @@ static int check_template(const struct llama_model *model)
         {"system", "You are terse."},
         {"user", "Hello!"},
     };
+    /* The join-the-contents Jinja template (the demo model's) is llama.cpp's
+     * built-in "deepseek-ocr", as Lyra applies it (src/worker/template.h). */
+    const char *apply = strcmp(tmpl, LYRA_TEMPLATE_JOIN_JINJA) == 0 ? LYRA_TEMPLATE_JOIN_BUILTIN : tmpl;
     char buf[1024];
-    int32_t n = llama_chat_apply_template(tmpl, chat, 2, true, buf, sizeof buf);
+    int32_t n = llama_chat_apply_template(apply, chat, 2, true, buf, sizeof buf);
     if (n < 0 || n >= (int32_t)sizeof buf) {
         fprintf(stderr, "check_model: llama_chat_apply_template failed (%d)\n", n);
         return -1;

@@ -39,6 +39,8 @@ int lyra_template_select(const struct llama_model *model, const char *override, 
         tmpl = override;
     } else {
         tmpl = llama_model_chat_template(model, NULL);
+        if (tmpl && strcmp(tmpl, LYRA_TEMPLATE_JOIN_JINJA) == 0)
+            tmpl = LYRA_TEMPLATE_JOIN_BUILTIN;
         if (!tmpl || !*tmpl) {
             tmpl = "chatml";
         } else if (!supported(tmpl)) {

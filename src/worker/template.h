@@ -14,9 +14,17 @@
 
 struct llama_model;
 
+/* A Jinja chat template that joins the messages' contents (nothing else):
+ * what a text-continuation model such as the demo model stores, so that
+ * stock llama-server (Jinja) and Lyra (llama.cpp's built-in templates:
+ * "deepseek-ocr" is exactly this) format a chat the same way. */
+#define LYRA_TEMPLATE_JOIN_JINJA "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+#define LYRA_TEMPLATE_JOIN_BUILTIN "deepseek-ocr"
+
 /* Chooses the template for `model`: `override` (a built-in name or template
  * text; NULL for none) if given, else the model's own template, else
- * "chatml".  A template that llama.cpp does not support is an error for an
+ * "chatml" (LYRA_TEMPLATE_JOIN_JINJA counts as its built-in equivalent).
+ * A template that llama.cpp does not support is an error for an
  * override (LYRA_EUNSUPPORTED) and replaced by "chatml" with *fell_back set
  * for the model's own.  Returns 0 with *out set to a malloc'd copy (caller
  * frees). */

@@ -56,10 +56,10 @@
 #define LYRA_BACKEND_DIR ""
 #endif
 
-/* llama.cpp's built-in name for "no template": the messages' contents concatenated, so a chat
- * request whose last message is "In the beginning" continues that text. llama.cpp recognises it
- * by name only (llm_chat_template_from_str), which is what Lyra and llama_chat_apply_template use. */
-#define DEMO_CHAT_TEMPLATE "deepseek-ocr"
+/* The messages' contents concatenated, so a chat request whose last message is "In the
+ * beginning" continues that text: a real Jinja template (stock llama-server renders it), which
+ * Lyra maps onto llama.cpp's built-in equivalent (src/worker/template.h). */
+#define DEMO_CHAT_TEMPLATE "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 
 #define RMS_EPS   1e-5f
 #define ROPE_BASE 10000.0f
@@ -1006,6 +1006,47 @@ static int cmd_score(int argc, char **argv)
     return 0;
 }
 
+/* retemplate --in F --out G: F with tokenizer.chat_template set to the demo's template (the
+ * metadata rewritten, every tensor's bytes kept): for a file exported before the template
+ * changed, so that it matches what an export gives now without training again. */
+static int cmd_retemplate(int argc, char **argv)
+{
+    const char *in = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--in") && i + 1 < argc)
+            in = argv[++i];
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc)
+            out = argv[++i];
+        else
+            die("retemplate: unknown argument '%s' (--in F --out G)", argv[i]);
+    }
+    if (!in || !out)
+        die("retemplate: --in and --out are required");
+    struct ggml_context *data = NULL;
+    struct gguf_init_params gp = {.no_alloc = false, .ctx = &data};
+    struct gguf_context *g = gguf_init_from_file(in, gp);
+    if (!g)
+        die("retemplate: cannot read %s as GGUF", in);
+    /* A new context: the read one's tensor infos do not point at the loaded bytes. */
+    struct gguf_context *w = gguf_init_empty();
+    gguf_set_kv(w, g);
+    gguf_set_val_str(w, "tokenizer.chat_template", DEMO_CHAT_TEMPLATE);
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); i++) {
+        struct ggml_tensor *t = ggml_get_tensor(data, gguf_get_tensor_name(g, i));
+        if (!t)
+            die("retemplate: tensor %s missing", gguf_get_tensor_name(g, i));
+        gguf_add_tensor(w, t);
+    }
+    if (gguf_get_alignment(g) != GGUF_DEFAULT_ALIGNMENT)
+        gguf_set_val_u32(w, "general.alignment", (uint32_t)gguf_get_alignment(g));
+    if (!gguf_write_to_file(w, out, false))
+        die("retemplate: cannot write %s", out);
+    gguf_free(w);
+    gguf_free(g);
+    ggml_free(data);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1024,5 +1065,7 @@ int main(int argc, char **argv)
         return cmd_quantize(argc, argv);
     if (!strcmp(cmd, "score"))
         return cmd_score(argc, argv);
-    die("unknown command '%s' (prep, train, quantize, score)", cmd);
+    if (!strcmp(cmd, "retemplate"))
+        return cmd_retemplate(argc, argv);
+    die("unknown command '%s' (prep, train, quantize, score, retemplate)", cmd);
 }
