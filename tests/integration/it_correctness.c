@@ -184,7 +184,11 @@ static void test_perplexity(void **state)
     double rel = fabs(nll - ref) / ref;
     printf("perplexity: %d tokens; Lyra mean NLL %.6f (ppl %.3f), llama.cpp %.6f (ppl %.3f), rel. diff %.2e\n",
            n_ref, nll, exp(nll), ref, exp(ref), rel);
+    /* The issue asks for 0.5 %; the two agree to about 1e-7 (the same
+     * kernels on the same rows), so a much tighter bound also catches a
+     * small systematic error (a wrong row, a softmax over the wrong span). */
     assert_true(rel < 0.005);
+    assert_true(rel < 1e-4);
 }
 
 /* --- logprobs under batching and the prefix cache ---------------------- */
