@@ -306,6 +306,8 @@ static bool release_text(struct lyra_engine *e, struct slot *s, const char *text
     struct request *r = s->req;
     if (!r->quiet)
         return emit_token(e, s, text, len);
+    if (len == 0)
+        return true; /* nothing to keep (and no buffer yet, maybe: memcpy must not see NULL) */
     if (r->acc_len + len > r->acc_cap) {
         size_t cap = r->acc_cap ? r->acc_cap : 1024;
         while (cap < r->acc_len + len)
