@@ -414,6 +414,15 @@ static void ws_attach_task(void *ud)
     static const struct wslay_event_callbacks cbs = {
         .recv_callback = ws_recv_cb, .send_callback = ws_send_cb, .on_msg_recv_callback = ws_on_msg};
     if (!accepting(es) || wslay_event_context_server_init(&c->ctx, &cbs, c) != 0) {
+        /* Shutting down before this client was attached (its 101 went out
+         * just before the stop): it still gets its close 1001, written
+         * directly — one small frame on a fresh socket — not a bare cut. */
+        if (!accepting(es)) {
+            static const char reason[] = "server shutting down";
+            unsigned char frame[4 + sizeof reason - 1] = {0x88, 2 + sizeof reason - 1, 0x03, 0xe9};
+            memcpy(frame + 4, reason, sizeof reason - 1);
+            (void)!write(c->fd, frame, sizeof frame);
+        }
         c->ctx = NULL;
         lyra_http_upgraded_close(c->up);
         client_release(c);
