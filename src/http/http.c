@@ -55,6 +55,7 @@
 enum req_state { REQ_NEW, REQ_PARKED, REQ_WAKING, REQ_ANSWERED, REQ_STREAMING };
 
 struct lyra_http {
+    atomic_bool xff_warned; /* format_client_addr said once that an untrusted proxy forwards */
     struct lyra_http_options opts;
     const struct lyra_route *routes;
     size_t n_routes;
@@ -661,8 +662,20 @@ static void format_client_addr(struct lyra_http_req *req)
     else if (sa && sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->client_addr,
                   sizeof req->client_addr);
-    if (!req->http->proxies || !lyra_proxies_trusts(req->http->proxies, req->client_addr))
+    if (!req->http->proxies || !lyra_proxies_trusts(req->http->proxies, req->client_addr)) {
+        /* A proxy on this host that Lyra was not told to trust: every client
+         * then looks like the proxy (one back-off bucket, loopback-only
+         * operations allowed through it, one address in the audit log).
+         * Said once per server. */
+        if (!req->http->proxies && lyra_http_peer_loopback(req) &&
+            MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Forwarded-For") &&
+            !atomic_exchange(&req->http->xff_warned, true))
+            lyra_warn("http",
+                      "a request from %s carries X-Forwarded-For, but server.trusted_proxies is empty: behind a "
+                      "reverse proxy every client looks like the proxy (set server.trusted_proxies to its address)",
+                      req->client_addr);
         return;
+    }
     struct xff_join j = {.len = 0};
     MHD_get_connection_values(req->conn, MHD_HEADER_KIND, join_xff, &j);
     if (j.len == 0)
