@@ -396,6 +396,21 @@ enum lyra_authz_visibility lyra_authz_event_visible(struct lyra_server *srv, con
         return LYRA_AUTHZ_END;
     bool per_model;
     const char *perm = event_permission(type, &per_model);
+    /* An event that lists models (models.restored) is shown only to a
+     * principal that may read every one of them: the names themselves
+     * are what a model pattern hides. */
+    const json_t *list = json_object_get(data, "models");
+    if (json_is_array(list)) {
+        size_t i;
+        const json_t *m;
+        json_array_foreach(list, i, m) {
+            const char *name = json_string_value(m);
+            if (!name)
+                name = json_string_value(json_object_get(m, "name"));
+            if (name && !lyra_auth_allowed(srv->auth, p, perm, name))
+                return LYRA_AUTHZ_HIDE;
+        }
+    }
     const char *model = NULL;
     if (per_model) {
         model = json_string_value(json_object_get(data, "model"));
