@@ -14,6 +14,7 @@
  * touched.  A loaded model is unloaded first when idle; one that is busy or
  * pinned answers 409 model_busy and nothing changes. */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -155,22 +156,32 @@ static bool inside(const char *dir, const char *path)
     return path[n] == '\0' || path[n] == '/' || (n == 1 && dir[0] == '/');
 }
 
-/* Unlinks the model file m->path if it lies in models.dir.  0, or an
- * answered error (then negative). */
-static int remove_file(struct lyra_http_req *req, struct lyra_server *srv, const struct lyra_model *m)
+/* A refusal of lyra_server_delete_model: status, code and message. */
+static int refuse(struct lyra_model_delete *d, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int refuse(struct lyra_model_delete *d, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lyra_vfmt(d->msg, sizeof d->msg, fmt, ap);
+    va_end(ap);
+    d->status = status;
+    d->code = code;
+    return -1;
+}
+
+/* Unlinks the model file m->path if it lies in models.dir.  0, or -1 with
+ * d filled. */
+static int remove_file(struct lyra_server *srv, const struct lyra_model *m, struct lyra_model_delete *d)
 {
     char dir_real[PATH_MAX], parent_real[PATH_MAX];
     const char *models_dir = lyra_registry_dir(srv->registry);
-    if (!realpath(models_dir, dir_real)) {
-        lyra_http_send_error(req, 500, "internal", "models dir %s: %s", models_dir, strerror(errno));
-        return -1;
-    }
+    if (!realpath(models_dir, dir_real))
+        return refuse(d, 500, "internal", "models dir %s: %s", models_dir, strerror(errno));
     /* The file's own name, and the directory it is in. */
     char *copy = strdup(m->path);
-    if (!copy) {
-        lyra_http_send_error(req, 500, "internal", "out of memory");
-        return -1;
-    }
+    if (!copy)
+        return refuse(d, 500, "internal", "out of memory");
     char *slash = strrchr(copy, '/');
     const char *base = slash ? slash + 1 : copy;
     const char *parent = slash ? (slash == copy ? "/" : copy) : ".";
@@ -178,36 +189,68 @@ static int remove_file(struct lyra_http_req *req, struct lyra_server *srv, const
         *slash = '\0';
     int rc = -1;
     if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
-        lyra_http_send_error(req, 409, "model_outside_dir", "model '%s' has no file to delete", m->name);
+        refuse(d, 409, "model_outside_dir", "model '%s' has no file to delete", m->name);
         goto out;
     }
     if (!realpath(parent, parent_real) || !inside(dir_real, parent_real)) {
-        lyra_http_send_error(req, 409, "model_outside_dir",
-                             "model '%s': its file is not inside the models directory %s; delete it there",
-                             m->name, models_dir);
+        refuse(d, 409, "model_outside_dir", "model '%s': its file is not inside the models directory %s; delete it there",
+               m->name, models_dir);
         goto out;
     }
     int dfd = open(parent_real, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
-        lyra_http_send_error(req, 500, "internal", "models dir: %s", strerror(errno));
+        refuse(d, 500, "internal", "models dir: %s", strerror(errno));
         goto out;
     }
     struct stat st;
-    if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-        lyra_http_send_error(req, errno == ENOENT ? 404 : 500, errno == ENOENT ? "model_not_found" : "internal",
-                             "model '%s': %s", m->name, strerror(errno));
-    } else if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
-        lyra_http_send_error(req, 409, "model_outside_dir", "model '%s': not a regular file", m->name);
-    } else if (unlinkat(dfd, base, 0) < 0) {
-        lyra_http_send_error(req, 500, "delete_failed", "cannot delete model '%s': %s", m->name,
-                             strerror(errno));
-    } else {
+    if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        refuse(d, errno == ENOENT ? 404 : 500, errno == ENOENT ? "model_not_found" : "internal", "model '%s': %s",
+               m->name, strerror(errno));
+    else if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+        refuse(d, 409, "model_outside_dir", "model '%s': not a regular file", m->name);
+    else if (unlinkat(dfd, base, 0) < 0)
+        refuse(d, 500, "delete_failed", "cannot delete model '%s': %s", m->name, strerror(errno));
+    else
         rc = 0;
-    }
     close(dfd);
 out:
     free(copy);
     return rc;
+}
+
+int lyra_server_delete_model(struct lyra_server *srv, const struct lyra_model *m, struct lyra_model_delete *d)
+{
+    d->was_loaded = false;
+    if (m->from_config)
+        return refuse(d, 409, "model_in_config",
+                      "model '%s' is an entry of models.entries in the configuration: remove it there", m->name);
+    json_t *info = lyra_manager_model_info(srv->manager, m->name);
+    bool pinned = json_is_true(json_object_get(info, "pinned"));
+    json_int_t in_flight = json_integer_value(json_object_get(info, "in_flight"));
+    json_decref(info);
+    if (pinned)
+        return refuse(d, 409, "model_busy", "model '%s' is pinned: unpin it first", m->name);
+    if (in_flight > 0)
+        return refuse(d, 409, "model_busy", "model '%s' is serving %lld requests", m->name, (long long)in_flight);
+    if (lyra_manager_model_state(srv->manager, m->name)) {
+        int rc = lyra_manager_unload(srv->manager, m->name, false, srv->cfg->models.stop_timeout_s * 3000 + 1000,
+                                     &d->was_loaded);
+        if (rc == LYRA_EBUSY || rc == LYRA_EPERM || rc == LYRA_ETIMEOUT)
+            return refuse(d, 409, "model_busy", "model '%s' is %s", m->name,
+                          rc == LYRA_EPERM   ? "pinned: unpin it first"
+                          : rc == LYRA_EBUSY ? "busy: it unloads when its requests end"
+                                             : "still stopping");
+        if (rc < 0)
+            return refuse(d, 503, "shutting_down", "the server is shutting down");
+    }
+    if (remove_file(srv, m, d) < 0)
+        return -1;
+    lyra_log(LYRA_LOG_INFO, "models", NULL, NULL, "deleted model %s (%s)", m->name, m->path);
+    struct lyra_err err = {0};
+    if (lyra_registry_refresh(srv->registry, NULL, &err) < 0)
+        lyra_log(LYRA_LOG_WARN, "models", NULL, NULL, "models dir: %s", err.msg);
+    lyra_bus_publish(srv->bus, "model.deleted", "models", json_pack("{s:s}", "model", m->name));
+    return 0;
 }
 
 void lyra_api_models_delete(struct lyra_http_req *req, void *ctx)
@@ -223,44 +266,13 @@ void lyra_api_models_delete(struct lyra_http_req *req, void *ctx)
                              (int)lyra_utf8_clip(name, 128), name);
         return;
     }
-    if (!lyra_authz_require(req, srv, "models.delete", m->name))
-        goto out;
-    json_t *info = lyra_manager_model_info(srv->manager, m->name);
-    bool pinned = json_is_true(json_object_get(info, "pinned"));
-    json_int_t in_flight = json_integer_value(json_object_get(info, "in_flight"));
-    json_decref(info);
-    if (pinned) {
-        lyra_http_send_error(req, 409, "model_busy", "model '%s' is pinned: unpin it first", m->name);
-        goto out;
+    struct lyra_model_delete d;
+    if (lyra_authz_require(req, srv, "models.delete", m->name)) {
+        if (lyra_server_delete_model(srv, m, &d) < 0)
+            lyra_http_send_error(req, d.status, d.code, "%s", d.msg);
+        else
+            lyra_http_send_json(req, 200, json_pack("{s:s,s:b,s:b}", "model", m->name, "deleted", 1, "was_loaded",
+                                                    d.was_loaded));
     }
-    if (in_flight > 0) {
-        lyra_http_send_error(req, 409, "model_busy", "model '%s' is serving %lld requests", m->name,
-                             (long long)in_flight);
-        goto out;
-    }
-    bool was_loaded = false;
-    if (lyra_manager_model_state(srv->manager, m->name)) {
-        int rc = lyra_manager_unload(srv->manager, m->name, false, srv->cfg->models.stop_timeout_s * 3000 + 1000,
-                                     &was_loaded);
-        if (rc == LYRA_EBUSY || rc == LYRA_EPERM || rc == LYRA_ETIMEOUT) {
-            lyra_http_send_error(req, 409, "model_busy", "model '%s' is %s", m->name,
-                                 rc == LYRA_EPERM     ? "pinned: unpin it first"
-                                 : rc == LYRA_EBUSY   ? "busy: it unloads when its requests end"
-                                                      : "still stopping");
-            goto out;
-        }
-        if (rc < 0) {
-            lyra_http_send_error(req, 503, "shutting_down", "the server is shutting down");
-            goto out;
-        }
-    }
-    if (remove_file(req, srv, m) < 0)
-        goto out;
-    lyra_log(LYRA_LOG_INFO, "models", lyra_http_request_id(req), NULL, "deleted model %s (%s)", m->name, m->path);
-    if (lyra_registry_refresh(srv->registry, NULL, &err) < 0)
-        lyra_log(LYRA_LOG_WARN, "models", NULL, NULL, "models dir: %s", err.msg);
-    lyra_bus_publish(srv->bus, "model.deleted", "models", json_pack("{s:s}", "model", m->name));
-    lyra_http_send_json(req, 200, json_pack("{s:s,s:b,s:b}", "model", m->name, "deleted", 1, "was_loaded", was_loaded));
-out:
     lyra_registry_unref(m);
 }

@@ -31,7 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -987,10 +986,8 @@ void lyra_api_ollama_version(struct lyra_http_req *req, void *ctx)
 
 /* ---- DELETE /api/delete -------------------------------------------------- */
 
-/* The checks of DELETE /models/{name}: a model Lyra scanned (an entry of
- * models.entries is the operator's to remove from the configuration), its
- * file a regular file (not a symlink) directly inside models.dir, not
- * pinned; a resident model is unloaded first (a busy one refuses: 409). */
+/* DELETE /api/delete: the same deletion as DELETE /models/{name}
+ * (lyra_server_delete_model), answered in Ollama's shape. */
 void lyra_api_ollama_delete(struct lyra_http_req *req, void *ctx)
 {
     struct lyra_server *srv = ctx;
@@ -1011,58 +1008,11 @@ void lyra_api_ollama_delete(struct lyra_http_req *req, void *ctx)
         lyra_registry_unref(m);
         return;
     }
-    char *dir = realpath(lyra_registry_dir(srv->registry), NULL);
-    char *path = m->path ? strdup(m->path) : NULL;
-    char *parent = NULL;
-    struct stat st;
-    if (m->from_config) {
-        send_err(req, 409, "model '%.*s' is an entry of models.entries in the configuration: remove it there",
-                 QUOTE(name));
-        goto out;
-    }
-    if (!dir || !path) {
-        send_err(req, 500, "cannot resolve the models directory");
-        goto out;
-    }
-    char *slash = strrchr(path, '/');
-    if (slash) {
-        *slash = '\0';
-        parent = realpath(path, NULL);
-        *slash = '/';
-    }
-    if (!parent || strcmp(parent, dir) != 0 || lstat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
-        send_err(req, 403, "model '%.*s': its file is not a regular file directly inside the models directory",
-                 QUOTE(name));
-        goto out;
-    }
-    bool was_loaded = false;
-    int rc = lyra_manager_unload(srv->manager, m->name, false, 10000, &was_loaded);
-    if (rc == LYRA_EPERM) {
-        send_err(req, 409, "model '%.*s' is pinned: unpin it before deleting it", QUOTE(name));
-        goto out;
-    }
-    if (rc == LYRA_EBUSY) {
-        send_err(req, 409, "model '%.*s' is serving requests: it is unloaded once they end; delete it then",
-                 QUOTE(name));
-        goto out;
-    }
-    if (rc < 0) {
-        send_err(req, 503, "model '%.*s' could not be unloaded: %s", QUOTE(name), lyra_strerror(rc));
-        goto out;
-    }
-    if (unlink(path) < 0) {
-        send_err(req, 500, "cannot delete %s: %s", path, strerror(errno));
-        goto out;
-    }
-    lyra_registry_refresh(srv->registry, NULL, NULL);
-    lyra_bus_publish(srv->bus, "model.deleted", "models", json_pack("{s:s}", "model", m->name));
-    lyra_log(LYRA_LOG_INFO, "ollama", lyra_http_request_id(req), json_pack("{s:s}", "model", m->name),
-             "deleted model %s (%s)", m->name, path);
-    lyra_http_send(req, 200, "application/json", NULL, 0);
-out:
-    free(parent);
-    free(path);
-    free(dir);
+    struct lyra_model_delete d;
+    if (lyra_server_delete_model(srv, m, &d) < 0)
+        send_err(req, d.status, "%s", d.msg);
+    else
+        lyra_http_send(req, 200, "application/json", NULL, 0);
     lyra_registry_unref(m);
 }
 

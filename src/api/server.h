@@ -152,6 +152,19 @@ void lyra_api_conversations_get(struct lyra_http_req *req, void *ctx);
 void lyra_api_conversations_delete(struct lyra_http_req *req, void *ctx);
 
 void lyra_api_models_delete(struct lyra_http_req *req, void *ctx);
+/* Deletes model m's file (api/audit.c; DELETE /models/{name} and Ollama's
+ * /api/delete): refuses a models.entries model, a pinned or busy one and a
+ * file outside models.dir; unloads an idle loaded one first; unlinks (a
+ * symlink loses the link, its target stays); refreshes the registry and
+ * publishes model.deleted.  0, or -1 with the answer's status, code and
+ * message in d. */
+struct lyra_model_delete {
+    bool was_loaded;
+    int status;
+    const char *code; /* static */
+    char msg[512];
+};
+int lyra_server_delete_model(struct lyra_server *srv, const struct lyra_model *m, struct lyra_model_delete *d);
 /* Handlers (api/permissions.c): RBAC — the caller's grants, checks, grant
  * and revoke, users, keys, roles. */
 void lyra_api_permissions_get(struct lyra_http_req *req, void *ctx);
